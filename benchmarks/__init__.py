@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: cedana against raw CRIU and the runtimes' own checkpointing."""

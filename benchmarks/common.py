@@ -1,0 +1,85 @@
+"""Helpers shared by the benchmarks: timing, reaping, tables."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Adopt orphans (restored trees) so they can be reaped and their pids freed."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap() -> None:
+    """Reap every finished child (adopted ones included)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def kill_and_wait(pid: int, timeout: float = 10) -> None:
+    """SIGKILL ``pid`` and wait until it is gone (reaped if it was ours)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, 9)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reap()
+        if not Path(f"/proc/{pid}").exists():
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"pid {pid} did not go away")
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run(cmd: Sequence[str], **kw: object) -> None:
+    subprocess.run(list(cmd), check=True, stdout=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+
+
+def du(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+@contextlib.contextmanager
+def scratch(parent: Path) -> Iterator[Path]:
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    path = Path(tempfile.mkdtemp(prefix="bench-", dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def table(title: str, rows: list[tuple[str, list[float], int | None]], baseline: str) -> str:
+    """Median times, sizes and the ratio of each row to ``baseline``."""
+    med = {name: statistics.median(times) for name, times, _ in rows}
+    base = med[baseline]
+    lines = [title, f"  {'method':44} {'median s':>9} {'min s':>7} {'size MiB':>9} {'vs ' + baseline[:18]:>22}"]
+    for name, times, size in rows:
+        size_s = f"{size / 2**20:9.1f}" if size is not None else f"{'':9}"
+        lines.append(
+            f"  {name:44} {med[name]:9.3f} {min(times):7.3f} {size_s} {med[name] / base:21.2f}x"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""Checkpoint and restore of a 1 GiB process, cedana beside raw CRIU.
+
+Workload: a Python process holding 1 GiB (512 MiB random, 512 MiB of a
+repeating pattern). In the same run, on the same workload and disk, it times:
+
+- checkpoint: ``criu dump`` (images only, uncompressed); ``criu dump`` then
+  ``tar | zstd -T0`` at the same level (what one would script by hand);
+  ``cedana checkpoint`` (dump, zstd tar, fsync, full verification);
+- restore: ``criu restore`` from the images; ``zstd -d | tar -x`` then
+  ``criu restore``; ``cedana.restore`` (verify, unpack, restore).
+
+All dumps use leave-running so the one workload serves every round. Prints
+medians, sizes and ratios; run with ``python -m benchmarks.process [--rounds N]
+[--mib N] [--level N] [--dir DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import cedana
+from benchmarks.common import become_subreaper, du, kill_and_wait, run, scratch, table, timed
+
+WORKLOAD = """
+import os, time
+half = {half}
+rand = os.urandom(half)
+pattern = bytes(range(256)) * (half // 256)
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def start_workload(mib: int, log: Path) -> cedana.Process:
+    proc = cedana.spawn([sys.executable, "-c", WORKLOAD.format(half=(mib << 20) // 2)], log=log)
+    import time  # noqa: PLC0415
+
+    while "ready" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.1)
+    return proc
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="benchmarks.process", description=__doc__)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--mib", type=int, default=1024, help="workload memory in MiB")
+    p.add_argument("--level", type=int, default=3, help="zstd level for both cedana and zstd")
+    p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    args = p.parse_args(argv)
+    become_subreaper()
+    level = str(args.level)
+    dump: dict[str, list[float]] = {"criu dump": [], "criu dump + tar|zstd": [], "cedana checkpoint": []}
+    rest: dict[str, list[float]] = {
+        "criu restore": [],
+        "zstd -d|tar -x + criu restore": [],
+        "cedana restore": [],
+    }
+    sizes: dict[str, int] = {}
+    with scratch(args.dir) as work:
+        proc = start_workload(args.mib, work / "workload.log")
+        pid = proc.pid
+        try:
+            for r in range(args.rounds):
+                images = work / f"images{r}"
+                images.mkdir()
+                dump["criu dump"].append(
+                    timed(lambda: run(["criu", "dump", "-t", str(pid), "-D", str(images), "-R"]))
+                )
+                sizes["criu dump"] = du(images)
+                tarball = work / f"criu{r}.tar.zst"
+
+                def criu_tar(images: Path = images, tarball: Path = tarball) -> None:
+                    images2 = work / f"images2-{r}"
+                    images2.mkdir()
+                    run(["criu", "dump", "-t", str(pid), "-D", str(images2), "-R"])
+                    run(
+                        ["bash", "-c", f"tar -C {images2} -cf - . | zstd -q -{level} -T0 -o {tarball}"]
+                    )
+
+                dump["criu dump + tar|zstd"].append(timed(criu_tar))
+                sizes["criu dump + tar|zstd"] = du(tarball)
+                artifact = work / f"cedana{r}.tar.zst"
+                dump["cedana checkpoint"].append(
+                    timed(lambda: proc.checkpoint(artifact, leave_running=True, level=args.level))
+                )
+                sizes["cedana checkpoint"] = du(artifact)
+        finally:
+            proc.kill()
+            kill_and_wait(pid)
+        for r in range(args.rounds):
+            images = work / f"images{r}"
+            rest["criu restore"].append(
+                timed(lambda: run(["criu", "restore", "-D", str(images), "-d"]))
+            )
+            kill_and_wait(pid)
+            tarball = work / f"criu{r}.tar.zst"
+
+            def untar_restore(tarball: Path = tarball) -> None:
+                out = work / f"untar{r}"
+                out.mkdir()
+                run(["bash", "-c", f"zstd -q -d -c {tarball} | tar -C {out} -xf -"])
+                run(["criu", "restore", "-D", str(out), "-d"])
+
+            rest["zstd -d|tar -x + criu restore"].append(timed(untar_restore))
+            kill_and_wait(pid)
+            artifact = work / f"cedana{r}.tar.zst"
+            rest["cedana restore"].append(timed(lambda: cedana.restore(artifact)))
+            kill_and_wait(pid)
+    print(f"process with {args.mib} MiB (half random), zstd level {args.level}, "
+          f"{args.rounds} rounds, on {args.dir}")
+    print(table("checkpoint", [(k, v, sizes.get(k)) for k, v in dump.items()], "criu dump + tar|zstd"))
+    print(table("restore", [(k, v, None) for k, v in rest.items()], "zstd -d|tar -x + criu restore"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

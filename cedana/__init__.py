@@ -1,0 +1,81 @@
+"""cedana: checkpoint and restore live Linux workloads through CRIU.
+
+Layout, one concern per layer (each holds the one below)::
+
+    api.py        check / open / restore: the top-level verbs
+    process.py    Process, spawn: a live process tree (uses procfs.py)
+    container/    RuncContainer: a runc container (runc state, cgroups, namespaces, mounts)
+    rootfs/       snapshotters: a container's root filesystem changes (overlay)
+    checkpoint.py Checkpoint: an opened artifact (manifest, verify, inspect)
+    artifact/     manifest, zstd tar archive, verification, image inspection
+    criu.py       the CRIU boundary (the only importer of pycriu)
+    errors.py     CedanaError and its tree
+    cli.py        the ``cedana`` command, thin over the above
+"""
+
+import logging
+
+from cedana.api import check, open, restore
+from cedana.checkpoint import Checkpoint
+from cedana.container import RuncContainer
+from cedana.criu import CriuReport
+from cedana.errors import (
+    ArtifactCorrupt,
+    ArtifactError,
+    ArtifactExists,
+    CedanaError,
+    ContainerError,
+    ContainerExists,
+    ContainerNotFound,
+    ContainerNotRunning,
+    CriuError,
+    CriuNotFound,
+    DumpFailed,
+    NotCheckpointable,
+    NotPermitted,
+    PidInUse,
+    ProcessNotFound,
+    RestoreFailed,
+    RuntimeUnavailable,
+    SetupError,
+    UnsafeArtifact,
+    UnsupportedFormat,
+)
+from cedana.process import CheckpointOptions, Process, RestoreOptions, spawn
+
+__version__ = "0.1.0"
+
+logging.getLogger("cedana").addHandler(logging.NullHandler())
+
+__all__ = [
+    "ArtifactCorrupt",
+    "ArtifactError",
+    "ArtifactExists",
+    "CedanaError",
+    "Checkpoint",
+    "CheckpointOptions",
+    "ContainerError",
+    "ContainerExists",
+    "ContainerNotFound",
+    "ContainerNotRunning",
+    "CriuError",
+    "CriuNotFound",
+    "CriuReport",
+    "DumpFailed",
+    "NotCheckpointable",
+    "NotPermitted",
+    "PidInUse",
+    "Process",
+    "ProcessNotFound",
+    "RestoreFailed",
+    "RestoreOptions",
+    "RuncContainer",
+    "RuntimeUnavailable",
+    "SetupError",
+    "UnsafeArtifact",
+    "UnsupportedFormat",
+    "check",
+    "open",
+    "restore",
+    "spawn",
+]

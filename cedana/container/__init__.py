@@ -1,0 +1,17 @@
+"""Containers: a process tree plus what its runtime set up around it.
+
+Layout::
+
+    state.py       runc's state.json: init pid, bundle, cgroups, namespaces, stdio, status
+    options.py     config.json + the live container -> CRIU's dump options (runc's choices)
+    mounts.py      which mounts are external, under runc's keys
+    namespaces.py  namespaces shared with the outside (extRootNetNS...)
+    cgroups.py     cgroup v1 / hybrid / v2: freezer, v1 hierarchies
+    command.py     the runc command (restore, delete, exec)
+    runc.py        RuncContainer: checkpoint and restore, rootfs changes included
+"""
+
+from cedana.container.runc import DEFAULT_BUNDLES, RuncContainer
+from cedana.container.state import RuncState
+
+__all__ = ["DEFAULT_BUNDLES", "RuncContainer", "RuncState"]

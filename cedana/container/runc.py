@@ -1,0 +1,686 @@
+"""RuncContainer: checkpoint and restore a runc container, root filesystem changes included.
+
+A runc container is a process tree plus what runc set up around it: its
+bundle (``config.json``), namespaces, cgroups, mounts and root filesystem.
+:class:`RuncContainer` holds the runc side and hands the tree to the Process
+layer (:func:`cedana.process.checkpoint_tree`), so the artifact, its
+integrity, the atomic write and "killed only once the artifact is verified"
+are the Process layer's, unchanged.
+
+Checkpoint, in order:
+
+1. Look the container up in runc's state (``ROOT/ID/state.json``); it must be
+   running or paused. Read its ``config.json`` and derive CRIU's options the
+   way runc's own checkpoint does (:mod:`cedana.container.options`).
+2. Dump. From CRIU's post-dump callback, while the container is still frozen,
+   add ``descriptors.json`` (runc's record of the init's stdio), the
+   ``config.json`` and the root filesystem changes (an overlay upper directory
+   as ``container/rootfs-diff.tar``; a plain directory rootfs is recorded as
+   not captured).
+3. Without ``leave_running``, CRIU kills the container once the artifact is
+   verified, and ``runc delete`` frees its id, as ``runc checkpoint`` does.
+
+Restore lays the artifact out so that ``runc restore --image-path`` can use it:
+CRIU's images and ``descriptors.json`` at the top. For an overlay rootfs it
+makes a new bundle (``/var/lib/cedana/bundles/NAME`` unless told otherwise):
+the checkpoint's ``config.json``, a fresh upper directory with the changes
+applied, an overlay of the same lower directories mounted as ``rootfs``. Then
+``runc restore --detach`` brings the container back and runc manages it from
+then on. Any failure removes what was made: the half-restored container
+(``runc delete --force``), the overlay mount and the bundle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal as signal_mod
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+
+from cedana.artifact.manifest import Manifest
+from cedana.checkpoint import Checkpoint
+from cedana.container.command import RuncCommand, log_errors
+from cedana.container.options import dump_options, gather_facts
+from cedana.container.state import DEFAULT_ROOT, RuncState, check_id, read_state
+from cedana.criu import CriuBackend, default_backend
+from cedana.errors import (
+    CedanaError,
+    ContainerError,
+    ContainerExists,
+    ContainerNotFound,
+    ContainerNotRunning,
+    RestoreFailed,
+)
+from cedana.process import CheckpointOptions, checkpoint_tree, plan_dump
+from cedana.rootfs import RootfsDiff, snapshotter_for
+from cedana.rootfs.mounts import MountEntry, is_mountpoint, mountinfo, umount
+from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter
+
+__all__ = ["DEFAULT_BUNDLES", "RuncContainer", "container_lines", "container_summary"]
+
+logger = logging.getLogger("cedana.runc")
+
+#: Where restore makes bundles unless given ``bundle=``.
+DEFAULT_BUNDLES = Path("/var/lib/cedana/bundles")
+
+#: runc's record of the init's stdio, in the images directory (runc's name for it).
+DESCRIPTORS = "descriptors.json"
+#: The directory of the artifact holding the container's own members.
+CONTAINER_DIR = "container"
+CONFIG_MEMBER = f"{CONTAINER_DIR}/config.json"
+#: Marks a bundle restore made, so :meth:`RuncContainer.delete` may remove it.
+BUNDLE_MARKER = "cedana-bundle.json"
+
+StdioTarget = int | str | os.PathLike[str] | IO[Any] | None
+
+
+@attrs.define(eq=False)
+class RuncContainer:
+    """A runc container, found through runc's own state.
+
+    Args:
+        id: The container id.
+        root: runc's state root (``runc --root``).
+        backend: The CRIU backend; the real one by default.
+        runc: The runc binary; found on PATH by default.
+
+    Every property reads runc's state afresh, so it follows the container.
+
+    Raises:
+        ContainerError: ``id`` is not a valid runc id.
+    """
+
+    id: str
+    root: Path = attrs.field(default=DEFAULT_ROOT, converter=Path)
+    _backend: CriuBackend | None = attrs.field(default=None, alias="backend", repr=False)
+    _runc: str | None = attrs.field(default=None, alias="runc", repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        check_id(self.id)
+
+    # --- what runc knows --------------------------------------------------------
+
+    @property
+    def _command(self) -> RuncCommand:
+        return RuncCommand(self.root, self._runc)
+
+    def state(self) -> RuncState:
+        """runc's state of the container.
+
+        Raises:
+            ContainerNotFound: No such container under ``root``.
+        """
+        return read_state(self.root, self.id)
+
+    @property
+    def pid(self) -> int:
+        """The init process (host pid)."""
+        return self.state().pid
+
+    @property
+    def status(self) -> str:
+        """``"running"``, ``"paused"``, ``"created"`` or ``"stopped"``."""
+        return self.state().status
+
+    @property
+    def running(self) -> bool:
+        """True while the container exists and is running or paused."""
+        try:
+            return self.state().status in ("running", "paused")
+        except ContainerNotFound:
+            return False
+
+    @property
+    def bundle(self) -> Path:
+        """The bundle directory."""
+        return self.state().bundle
+
+    @property
+    def rootfs(self) -> Path:
+        """The root filesystem on the host."""
+        return self.state().rootfs
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The bundle's ``config.json``."""
+        return _load_config(self.state().bundle)
+
+    @property
+    def namespaces(self) -> Mapping[str, str]:
+        """runc's namespace names (``NEWNET``...) -> ``/proc/PID/ns/...``."""
+        return self.state().namespace_paths
+
+    @property
+    def cgroup_paths(self) -> Mapping[str, str]:
+        """Controller (``""`` for the unified hierarchy) -> cgroup directory."""
+        return self.state().cgroup_paths
+
+    @property
+    def mounts(self) -> list[MountEntry]:
+        """The container's mount table (its init's ``mountinfo``)."""
+        return mountinfo(self.state().pid)
+
+    def _live_state(self) -> RuncState:
+        state = self.state()
+        if state.status not in ("running", "paused"):
+            hint = "start it with runc start" if state.status == "created" else "it has exited"
+            raise ContainerNotRunning(
+                f"runc container {self.id!r} is {state.status}, so there is nothing to "
+                f"checkpoint ({hint})"
+            )
+        return state
+
+    # --- checkpoint -------------------------------------------------------------
+
+    def checkpoint(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        leave_running: bool = False,
+        tcp_established: bool = False,
+        file_locks: bool = False,
+        options: CheckpointOptions | None = None,
+        **more: Any,
+    ) -> Checkpoint:
+        """Checkpoint the container, its root filesystem changes included, to ``path``.
+
+        Keyword arguments beyond the three named ones set any other
+        :class:`~cedana.CheckpointOptions` field (``compress``, ``level``, ``criu``...).
+
+        Without ``leave_running`` the container is killed once the artifact is
+        written and verified, then deleted from runc (its id is free again).
+
+        Raises:
+            ContainerNotFound: No such container.
+            ContainerNotRunning: It is created but not started, or stopped.
+            NotCheckpointable: Established TCP connections without ``tcp_established``.
+            DumpFailed: CRIU failed; the container keeps running, unfrozen.
+            ArtifactExists: ``path`` exists and ``overwrite`` was not set.
+            OSError: Writing the artifact failed; the container keeps running.
+        """
+        opts = options or CheckpointOptions()
+        opts = attrs.evolve(
+            opts,
+            leave_running=leave_running or opts.leave_running,
+            tcp_established=tcp_established or opts.tcp_established,
+            file_locks=file_locks or opts.file_locks,
+            **more,
+        )
+        backend = self._backend or default_backend()
+        backend.preflight()
+        state = self._live_state()
+        config_bytes = (state.bundle / "config.json").read_bytes()
+        config = json.loads(config_bytes)
+        facts = gather_facts(state, config)
+        plan = plan_dump(state.pid, opts)
+        criu = {**plan.criu, **dump_options(config, facts)}
+        if opts.shell_job is not None:
+            criu["shell_job"] = opts.shell_job
+        criu.update(opts.criu)
+        plan = attrs.evolve(plan, criu=criu, shell_job=bool(criu["shell_job"]))
+
+        snapshotter = snapshotter_for(state.rootfs)
+        rootfs_info: dict[str, Any]
+        if snapshotter is not None:
+            layers = OverlayLayers.of(state.rootfs)
+            assert layers is not None
+            rootfs_info = {
+                "captured": True,
+                "snapshotter": snapshotter.name,
+                "dir": CONTAINER_DIR,
+                "lower": list(layers.lower),
+                "userxattr": layers.userxattr,
+            }
+        else:
+            rootfs_info = {
+                "captured": False,
+                "path": str(state.rootfs),
+                "reason": "the root filesystem is not an overlay with an upper directory; "
+                "restore runs on the same bundle and sees its files as they are then",
+            }
+        process = config.get("process") or {}
+        workload = {
+            "container": {
+                "id": self.id,
+                "runtime": "runc",
+                "root": str(self.root),
+                "bundle": str(state.bundle),
+                "rootfs": str(state.rootfs),
+                "status": state.status,
+                "config": CONFIG_MEMBER,
+                "descriptors": list(state.external_descriptors),
+                "terminal": bool(process.get("terminal")),
+                "cgroup_paths": dict(state.cgroup_paths),
+                "ext_unix_sk": bool(criu.get("ext_unix_sk")),
+            },
+            "rootfs": rootfs_info,
+        }
+
+        def add_members(images: Path) -> Mapping[str, Any] | None:
+            # Called while the container is frozen: the files match the memory images.
+            _write_private(
+                images / DESCRIPTORS, json.dumps(list(state.external_descriptors)).encode()
+            )
+            own = images / CONTAINER_DIR
+            own.mkdir(mode=0o700, exist_ok=True)
+            _write_private(images / CONFIG_MEMBER, config_bytes)
+            if snapshotter is None:
+                return None
+            diff = snapshotter.capture(state.rootfs, own)
+            return {"rootfs": {**rootfs_info, "diff": diff.to_json()}}
+
+        started = time.monotonic()
+        logger.debug("checkpoint runc %s (pid %d) -> %s: start", self.id, state.pid, path)
+        ckpt = checkpoint_tree(
+            plan,
+            Path(path),
+            opts,
+            kind="container",
+            runtime="runc",
+            workload=workload,
+            add_members=add_members,
+            backend=backend,
+        )
+        if not opts.leave_running:
+            # As runc checkpoint does: the dumped container is gone, free its id.
+            try:
+                self._command.delete(self.id, force=True)
+            except CedanaError as exc:
+                logger.warning("checkpoint of %s written, but runc delete failed: %s", self.id, exc)
+        logger.debug("checkpoint runc %s: complete in %.3fs", self.id, time.monotonic() - started)
+        return ckpt
+
+    # --- restore ----------------------------------------------------------------
+
+    @classmethod
+    def restore(
+        cls,
+        checkpoint: Checkpoint | str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        bundle: str | os.PathLike[str] | None = None,
+        root: str | os.PathLike[str] | None = None,
+        stdin: StdioTarget = None,
+        stdout: StdioTarget = None,
+        stderr: StdioTarget = None,
+        tcp_established: bool | None = None,
+        console_socket: str | os.PathLike[str] | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        backend: CriuBackend | None = None,
+        runc: str | None = None,
+    ) -> RuncContainer:
+        """Restore a runc checkpoint; the container runs again under runc.
+
+        Args:
+            checkpoint: The artifact (or an opened :class:`~cedana.Checkpoint`).
+            name: The container id; the checkpointed one by default.
+            bundle: Where to make the bundle (must not exist or be empty) for
+                a checkpoint with its rootfs changes; the original bundle to
+                restore on for one without. Defaults:
+                ``/var/lib/cedana/bundles/NAME`` and the original bundle.
+            root: runc's state root; the checkpointed container's by default.
+            stdin: What becomes the container's stdin when it was a pipe
+                (runc reattaches pipes listed in ``descriptors.json``): a
+                descriptor, a path, a file object; /dev/null when None.
+            stdout: Likewise for stdout (a path is opened for appending).
+            stderr: Likewise for stderr.
+            tcp_established: Restore established TCP connections; None follows
+                the checkpoint.
+            console_socket: For a container with a terminal: the socket that
+                receives the new pty master (``runc restore --console-socket``).
+            work_dir: Where the images are unpacked; the system temp dir by default.
+            backend: The CRIU backend (for the preflight check).
+            runc: The runc binary.
+
+        Raises:
+            ContainerExists: ``name`` is taken, or the bundle directory is not empty.
+            ContainerError: The checkpoint is not a runc one, or what it needs
+                (lower layers, the original bundle) is gone.
+            ArtifactCorrupt, UnsafeArtifact: The artifact is unusable.
+            RestoreFailed: runc (or CRIU) failed; nothing is left behind.
+        """
+        ckpt = (
+            checkpoint
+            if isinstance(checkpoint, Checkpoint)
+            else Checkpoint.open(Path(checkpoint), verify=False)
+        )
+        manifest = ckpt.manifest
+        if manifest.kind != "container" or manifest.runtime != "runc":
+            raise ContainerError(
+                f"{ckpt.path} holds a {manifest.runtime or manifest.kind} checkpoint, "
+                "not a runc one"
+            )
+        info = manifest.workload["container"]
+        rootfs_info = manifest.workload.get("rootfs") or {}
+        name = check_id(name or str(info["id"]))
+        root_dir = Path(root) if root is not None else Path(str(info["root"]))
+        (backend or default_backend()).preflight()
+        command = RuncCommand(root_dir, runc)
+        if (root_dir / name).exists():
+            raise ContainerExists(
+                f"a runc container named {name!r} exists under {root_dir}; choose another name "
+                "(name=...) or delete it first"
+            )
+        terminal = bool(info.get("terminal"))
+        if terminal and console_socket is None:
+            raise ContainerError(
+                f"{ckpt.path} holds a container with a terminal; pass console_socket= (the "
+                "socket that receives the new pty master, as for runc restore --console-socket)"
+            )
+        captured = bool(rootfs_info.get("captured"))
+        if captured:
+            bundle_dir = Path(bundle) if bundle is not None else DEFAULT_BUNDLES / name
+            _check_new_bundle(bundle_dir)
+            for layer in rootfs_info.get("lower") or ():
+                if not Path(layer).is_dir():
+                    raise ContainerError(
+                        f"image layer {layer} of the checkpointed container is gone; the "
+                        "rootfs changes apply on top of the same layers"
+                    )
+        else:
+            bundle_dir = Path(bundle) if bundle is not None else Path(str(info["bundle"]))
+            if not (bundle_dir / "config.json").is_file():
+                raise ContainerError(
+                    f"{ckpt.path} did not capture the root filesystem (it was not an overlay), "
+                    f"so it restores on its bundle, but {bundle_dir}/config.json is gone"
+                )
+        opts = manifest.options
+        tcp = (
+            bool(opts.get("tcp_established", False)) if tcp_established is None else tcp_established
+        )
+
+        started = time.monotonic()
+        logger.debug("restore runc %s from %s: start", name, ckpt.path)
+        made: _MadeBundle | None = None
+        with _work_dir(work_dir) as work:
+            images = work / "images"
+            try:
+                ckpt.extract(images)
+                if captured:
+                    made = _make_overlay_bundle(bundle_dir, images, info, rootfs_info, name)
+                args = [
+                    "restore",
+                    "--detach",
+                    "--image-path",
+                    os.fspath(images),
+                    "--work-path",
+                    os.fspath(work / "criu"),
+                    "--bundle",
+                    os.fspath(bundle_dir),
+                ]
+                if tcp:
+                    args.append("--tcp-established")
+                if opts.get("file_locks"):
+                    args.append("--file-locks")
+                if info.get("ext_unix_sk"):
+                    args.append("--ext-unix-sk")
+                if console_socket is not None:
+                    args += ["--console-socket", os.fspath(console_socket)]
+                args.append(name)
+                with _open_stdio(stdin, stdout, stderr) as (fd0, fd1, fd2):
+                    done = command.run(
+                        *args, log=work / "runc.log", stdin=fd0, stdout=fd1, stderr=fd2
+                    )
+                if done.returncode != 0:
+                    raise RestoreFailed(
+                        f"runc restore of {name!r} failed: "
+                        f"{log_errors(work / 'runc.log') or 'see the CRIU log'}",
+                        log_tail=_log_tail(work / "criu" / "restore.log"),
+                    )
+                state = read_state(root_dir, name)
+                if state.status not in ("running", "paused"):
+                    raise RestoreFailed(
+                        f"runc restored {name!r} but it is {state.status}",
+                        log_tail=_log_tail(work / "criu" / "restore.log"),
+                    )
+            except BaseException:
+                logger.debug("restore runc %s: failed, cleaning up", name)
+                if (root_dir / name).exists():
+                    with contextlib.suppress(CedanaError, OSError):
+                        command.delete(name, force=True)
+                if made is not None:
+                    made.remove()
+                raise
+        logger.debug(
+            "restore runc %s: pid %d in %.3fs", name, state.pid, time.monotonic() - started
+        )
+        return cls(name, root=root_dir, backend=backend, runc=runc)
+
+    # --- managing it ------------------------------------------------------------
+
+    def exec(self, argv: Sequence[str], *, timeout: float = 60) -> bytes:
+        """Run ``argv`` inside the container (``runc exec``); return its stdout."""
+        return self._command.exec(self.id, argv, timeout=timeout)
+
+    def kill(self, sig: int | str = signal_mod.SIGKILL) -> None:
+        """Send ``sig`` to the container's init (``runc kill``)."""
+        name = sig if isinstance(sig, str) else signal_mod.Signals(sig).name
+        done = self._command.run("kill", self.id, name)
+        if done.returncode != 0:
+            raise ContainerError(f"runc kill {self.id} {name} failed")
+
+    def delete(self, *, force: bool = True) -> None:
+        """Delete the container (``runc delete``) and the bundle restore made for it, if any.
+
+        A bundle made by :meth:`restore` has its overlay unmounted and is
+        removed; a bundle of your own is left alone.
+        """
+        bundle: Path | None = None
+        with contextlib.suppress(ContainerNotFound):
+            bundle = self.state().bundle
+            self._command.delete(self.id, force=force)
+        if bundle is not None and (bundle / BUNDLE_MARKER).is_file():
+            _MadeBundle(bundle, created=True).remove()
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+def _load_config(bundle: Path) -> dict[str, Any]:
+    try:
+        config: dict[str, Any] = json.loads((bundle / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ContainerError(f"cannot read {bundle}/config.json: {exc}") from exc
+    return config
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with open(fd, "wb") as f:
+        f.write(data)
+
+
+def _log_tail(path: Path, lines: int = 12) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join([ln for ln in text if "RLIMIT_NOFILE" not in ln][-lines:])
+
+
+@contextlib.contextmanager
+def _work_dir(parent: str | os.PathLike[str] | None) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=".cedana-restore-", dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _open_stdio(*targets: StdioTarget) -> Iterator[tuple[Any, ...]]:
+    """What to hand subprocess for each target; closes what it opened."""
+    opened: list[int] = []
+
+    def one(target: StdioTarget, writing: bool) -> Any:
+        if target is None:
+            return subprocess.DEVNULL
+        if isinstance(target, int) or hasattr(target, "fileno"):
+            return target
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND if writing else os.O_RDONLY
+        fd = os.open(os.fspath(target), flags | os.O_CLOEXEC, 0o600)
+        opened.append(fd)
+        return fd
+
+    try:
+        yield tuple(one(t, i > 0) for i, t in enumerate(targets))
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def _check_new_bundle(bundle: Path) -> None:
+    if bundle.is_symlink() or (bundle.exists() and (not bundle.is_dir() or any(bundle.iterdir()))):
+        raise ContainerExists(
+            f"bundle directory {bundle} exists and is not empty (left by an earlier restore? "
+            "delete that container with cedana, or remove the directory); or pass bundle="
+        )
+
+
+@attrs.define
+class _MadeBundle:
+    """A bundle restore made: removed (overlay unmounted first) if restore fails."""
+
+    path: Path
+    created: bool
+
+    def remove(self) -> None:
+        rootfs = self.path / "rootfs"
+        with contextlib.suppress(OSError):
+            while is_mountpoint(rootfs):
+                umount(rootfs, detach=True)
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            for child in list(self.path.iterdir()) if self.path.is_dir() else []:
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+
+
+def _rename_cgroups_path(path: str, old: str, new: str) -> str:
+    """Point a config's ``cgroupsPath`` at the new name when it ends with the old one."""
+    if old == new:
+        return path
+    if ":" in path:  # systemd: slice:prefix:name
+        parts = path.split(":")
+        if parts[-1] == old:
+            parts[-1] = new
+        return ":".join(parts)
+    head, sep, tail = path.rpartition("/")
+    return f"{head}{sep}{new}" if tail == old else path
+
+
+def _new_config(raw: bytes, *, original_bundle: str, old_id: str, name: str) -> dict[str, Any]:
+    """The checkpoint's config.json for a new bundle: rootfs ``rootfs``, absolute bind sources."""
+    config: dict[str, Any] = json.loads(raw)
+    config.setdefault("root", {})["path"] = "rootfs"
+    for m in config.get("mounts") or []:
+        source = m.get("source")
+        options = m.get("options") or []
+        is_bind = m.get("type") == "bind" or "bind" in options or "rbind" in options
+        if is_bind and source and not os.path.isabs(source):
+            m["source"] = os.path.join(original_bundle, source)
+    linux = config.get("linux") or {}
+    if linux.get("cgroupsPath"):
+        linux["cgroupsPath"] = _rename_cgroups_path(str(linux["cgroupsPath"]), old_id, name)
+    return config
+
+
+def _make_overlay_bundle(
+    bundle: Path,
+    images: Path,
+    info: Mapping[str, Any],
+    rootfs_info: Mapping[str, Any],
+    name: str,
+) -> _MadeBundle:
+    """A new bundle: config.json, upper (the changes applied), work, rootfs (the overlay)."""
+    made = _MadeBundle(bundle, created=not bundle.exists())
+    bundle.mkdir(mode=0o711, parents=True, exist_ok=True)
+    try:
+        upper, work, rootfs = bundle / "upper", bundle / "work", bundle / "rootfs"
+        for d in (upper, work, rootfs):
+            d.mkdir(mode=0o755)
+        userxattr = bool(rootfs_info.get("userxattr"))
+        diff_dir = images / str(rootfs_info.get("dir") or CONTAINER_DIR)
+        applied: RootfsDiff = OverlaySnapshotter().apply(diff_dir, upper, userxattr=userxattr)
+        logger.debug("bundle %s: rootfs changes applied: %s", bundle, applied.describe())
+        config = _new_config(
+            (images / str(info.get("config") or CONFIG_MEMBER)).read_bytes(),
+            original_bundle=str(info["bundle"]),
+            old_id=str(info["id"]),
+            name=name,
+        )
+        (bundle / "config.json").write_text(json.dumps(config, indent=2))
+        layers = OverlayLayers(
+            lower=tuple(rootfs_info.get("lower") or ()),
+            upper=os.fspath(upper),
+            work=os.fspath(work),
+            userxattr=userxattr,
+        )
+        layers.mount(rootfs)
+        (bundle / BUNDLE_MARKER).write_text(
+            json.dumps({"container": name, "overlay": "rootfs", "lower": list(layers.lower)})
+        )
+    except BaseException:
+        made.remove()
+        raise
+    return made
+
+
+def _plain(value: Any) -> Any:
+    """A manifest value (read-only mappings, tuples) as plain JSON-able dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def container_summary(manifest: Manifest) -> dict[str, Any] | None:
+    """What a container checkpoint's manifest says about the container (None for a process).
+
+    Returns:
+        ``id``, ``runtime``, ``status`` (when checkpointed), ``bundle`` and
+        ``rootfs`` (``captured``, and the snapshotter, lower layers and diff
+        counts, or why it was not captured).
+    """
+    if manifest.kind != "container":
+        return None
+    info = manifest.workload.get("container") or {}
+    rootfs = _plain(manifest.workload.get("rootfs") or {})
+    return {
+        "id": info.get("id"),
+        "runtime": manifest.runtime,
+        "status": info.get("status"),
+        "bundle": info.get("bundle"),
+        "rootfs": rootfs,
+    }
+
+
+def container_lines(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """:func:`container_summary` as (label, text) lines for people."""
+    rootfs = summary.get("rootfs") or {}
+    if rootfs.get("captured") and rootfs.get("diff"):
+        diff = RootfsDiff.from_json(rootfs["diff"])
+        what = f"{diff.snapshotter} changes: {diff.describe()}"
+    elif rootfs.get("captured"):
+        what = f"{rootfs.get('snapshotter')} changes"
+    else:
+        what = f"not captured ({rootfs.get('reason', 'no writable layer')})"
+    return [
+        ("container", f"{summary.get('id')} ({summary.get('runtime')}, {summary.get('status')})"),
+        ("bundle", str(summary.get("bundle"))),
+        ("rootfs", what),
+    ]

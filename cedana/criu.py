@@ -1,0 +1,439 @@
+"""The CRIU boundary: the one module that imports pycriu.
+
+Everything else describes what it wants as a plain :class:`CriuRequest` (CRIU
+option names mapped to values) and hands it to a :class:`CriuBackend`. The real
+backend, :class:`SwrkCriu`, starts one ``criu swrk`` child per request, speaks
+CRIU's RPC over a socketpair, answers notify callbacks, maps every failure to a
+:class:`~cedana.errors.CriuError` carrying CRIU's errno and the tail of its log,
+and always reaps the child and closes its socket. Unit tests hand a fake
+backend to the layers above.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errno_mod
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+
+from cedana.errors import CriuError, CriuNotFound, DumpFailed, NotPermitted, RestoreFailed
+
+__all__ = [
+    "MIN_VERSION",
+    "CriuBackend",
+    "CriuReport",
+    "CriuRequest",
+    "Notify",
+    "SwrkCriu",
+    "default_backend",
+    "load_image",
+]
+
+logger = logging.getLogger("cedana.criu")
+
+#: Oldest CRIU that dumps INET sockets on Linux >= 6.16 (SO_PASSCRED refusal).
+MIN_VERSION = (4, 2)
+
+#: Called for each CRIU notify event (``"post-dump"``, ``"setup-namespaces"``, ...)
+#: with the event name and the pid CRIU names; raising aborts the operation.
+Notify = Callable[[str, int], None]
+
+_LOG_TAIL_LINES = 12
+_RECV_LIMIT = 1 << 20
+
+
+@attrs.frozen(kw_only=True)
+class CriuRequest:
+    """One dump or restore, described in CRIU's own option names.
+
+    Attributes:
+        images_dir: Where CRIU reads or writes its images.
+        options: ``criu_opts`` fields (``rpc.proto``) to values; repeated fields
+            take sequences, ``inherit_fd`` takes ``(key, fd)`` pairs,
+            ``join_ns`` takes ``(ns, ns_file)`` pairs, ``ext_mnt`` takes
+            ``(key, val)`` pairs.
+        pass_fds: Descriptors of this process that CRIU must see under the same
+            numbers (for ``inherit_fd``).
+        log_file: Log name inside ``images_dir``.
+        notify: Callback for notify events; ``notify_scripts`` is set when given.
+        log_dir: Where CRIU writes its log (``work_dir``); ``images_dir`` when None,
+            which puts the log among the images.
+    """
+
+    images_dir: Path
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    pass_fds: Sequence[int] = ()
+    log_file: str = "criu.log"
+    notify: Notify | None = None
+    log_dir: Path | None = None
+
+    @property
+    def log_path(self) -> Path:
+        """Where CRIU's log for this request ends up."""
+        return (self.log_dir or self.images_dir) / self.log_file
+
+
+@attrs.frozen(kw_only=True)
+class CriuReport:
+    """What ``cedana.check()`` tells about the CRIU on this machine."""
+
+    binary: str
+    version: tuple[int, ...]
+    version_text: str
+    kernel: str
+    check_ok: bool
+    check_error: str
+    features: Mapping[str, bool]
+
+    @property
+    def usable(self) -> bool:
+        """True when this CRIU can checkpoint and restore here."""
+        return self.check_ok and self.version >= MIN_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-able dict."""
+        return {
+            "binary": self.binary,
+            "version": self.version_text,
+            "kernel": self.kernel,
+            "check": self.check_ok,
+            "check_error": self.check_error,
+            "features": dict(self.features),
+            "usable": self.usable,
+        }
+
+
+class CriuBackend(Protocol):
+    """What the layers above need from CRIU."""
+
+    def preflight(self) -> None:
+        """Raise NotPermitted / CriuNotFound when dumps or restores cannot work here."""
+
+    def dump(self, request: CriuRequest) -> None:
+        """Dump the tree named by ``request.options["pid"]``; raise DumpFailed."""
+
+    def restore(self, request: CriuRequest) -> int:
+        """Restore from ``request.images_dir``; return the root pid; raise RestoreFailed."""
+
+    def report(self) -> CriuReport:
+        """Describe the CRIU binary and what this kernel supports."""
+
+
+def _import_pycriu() -> tuple[Any, Any]:
+    try:
+        import pycriu.images  # noqa: PLC0415
+        import pycriu.rpc_pb2 as rpc  # noqa: PLC0415
+    except ImportError as exc:
+        raise CriuNotFound(
+            "pycriu is not installed in this Python environment; run scripts/provision "
+            "as root and install the pycriu wheel it builds (see README)"
+        ) from exc
+    return rpc, pycriu.images
+
+
+def load_image(path: Path, *, payload: bool = False) -> dict[str, Any]:
+    """Decode one CRIU image file to a dict (pycriu's JSON form).
+
+    Raises:
+        ValueError: The file is not a CRIU image pycriu can decode.
+    """
+    _, images = _import_pycriu()
+    with open(path, "rb") as f:
+        try:
+            image: dict[str, Any] = images.load(f, pretty=False, no_payload=not payload)
+        except Exception as exc:  # pycriu raises bare Exceptions and MagicException
+            raise ValueError(f"{path.name}: not a CRIU image pycriu can decode ({exc})") from exc
+    return image
+
+
+def _first_error(tail: str) -> str:
+    """CRIU's first real error line from a log tail ('' if none)."""
+    for line in tail.splitlines():
+        if "Error (" in line:
+            return line.split("): ", 1)[-1].strip()
+    return ""
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    # The RLIMIT_NOFILE warning appears in every log on unprivileged-resource machines.
+    lines = [ln for ln in lines if "RLIMIT_NOFILE" not in ln]
+    errors = [ln for ln in lines if "Error (" in ln]
+    tail = lines[-_LOG_TAIL_LINES:]
+    # Keep the first error even when it scrolled out of the tail: it is usually the cause.
+    if errors and errors[0] not in tail:
+        tail = [errors[0], "...", *tail]
+    return "\n".join(tail)
+
+
+def _set_options(opts: Any, rpc: Any, options: Mapping[str, Any]) -> None:
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name == "inherit_fd":
+            for key, fd in value:
+                opts.inherit_fd.add(key=key, fd=fd)
+        elif name == "join_ns":
+            for ns, ns_file in value:
+                opts.join_ns.add(ns=ns, ns_file=ns_file)
+        elif name == "ext_mnt":
+            for key, val in value:
+                opts.ext_mnt.add(key=key, val=val)
+        elif name == "cg_root":
+            for ctrl, path in value:
+                entry = opts.cg_root.add(path=path)
+                if ctrl:
+                    entry.ctrl = ctrl
+        elif name == "manage_cgroups_mode":
+            opts.manage_cgroups_mode = rpc.criu_cg_mode.Value(value.upper())
+        elif name == "network_lock":
+            opts.network_lock = rpc.criu_network_lock_method.Value(value.upper())
+        elif isinstance(value, list | tuple):
+            getattr(opts, name).extend(value)
+        else:
+            try:
+                setattr(opts, name, value)
+            except (AttributeError, TypeError, ValueError) as exc:
+                raise ValueError(f"bad CRIU option {name}={value!r}: {exc}") from exc
+
+
+def build_options(options: Mapping[str, Any]) -> Any:
+    """Return a ``criu_opts`` message for ``options`` (exposed for unit tests).
+
+    Raises:
+        ValueError: An option name or value CRIU's RPC does not know.
+    """
+    rpc, _ = _import_pycriu()
+    opts = rpc.criu_opts(images_dir_fd=-1)
+    unknown = [n for n in options if n not in opts.DESCRIPTOR.fields_by_name]
+    if unknown:
+        raise ValueError(f"unknown CRIU option(s): {', '.join(sorted(unknown))}")
+    _set_options(opts, rpc, options)
+    return opts
+
+
+class _Session:
+    """One ``criu swrk`` child and its socket; closed (child reaped) for sure."""
+
+    def __init__(self, binary: str, pass_fds: Sequence[int]):
+        self._parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = subprocess.Popen(
+                [binary, "swrk", str(child.fileno())],
+                pass_fds=(child.fileno(), *pass_fds),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                # A tree CRIU restores is its child: a new session keeps it off our terminal.
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._parent.close()
+            raise CriuNotFound(f"cannot start {binary} swrk: {exc}") from exc
+        finally:
+            child.close()
+
+    def call(self, req: Any, rpc: Any, notify: Notify | None) -> Any:
+        """Send ``req``, answer notifications, return the final response.
+
+        When ``notify`` raises, CRIU is told the callback failed (so it rolls
+        back), its final answer is awaited, and the callback's error is raised.
+        """
+        failure: BaseException | None = None
+        self._parent.sendall(req.SerializeToString())
+        while True:
+            data = self._parent.recv(_RECV_LIMIT)
+            if not data:
+                status = self._proc.wait()
+                raise CriuError(f"criu swrk exited before answering (status {status})")
+            resp = rpc.criu_resp()
+            resp.ParseFromString(data)
+            if resp.type != rpc.NOTIFY:
+                if failure is not None:
+                    # CRIU has rolled back (thawed the tree); report why it had to.
+                    raise failure
+                return resp
+            ok = failure is None
+            if ok and notify is not None:
+                try:
+                    notify(resp.notify.script, resp.notify.pid)
+                except BaseException as exc:
+                    failure, ok = exc, False
+            ack = rpc.criu_req(type=rpc.NOTIFY, notify_success=ok)
+            self._parent.sendall(ack.SerializeToString())
+
+    def close(self) -> None:
+        self._parent.close()
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+@attrs.define(eq=False)
+class SwrkCriu:
+    """The real backend: one ``criu swrk`` per request.
+
+    Args:
+        binary: The ``criu`` to run; found on PATH (and /usr/local/sbin) when None.
+    """
+
+    binary: str | None = None
+
+    def _binary(self) -> str:
+        if self.binary:
+            return self.binary
+        found = shutil.which("criu") or shutil.which("criu", path="/usr/local/sbin:/usr/sbin:/sbin")
+        if not found:
+            raise CriuNotFound(
+                "criu is not installed; run scripts/provision as root to build CRIU >= "
+                f"{'.'.join(map(str, MIN_VERSION))}"
+            )
+        self.binary = found
+        return found
+
+    @contextlib.contextmanager
+    def _session(self, pass_fds: Sequence[int] = ()) -> Iterator[_Session]:
+        session = _Session(self._binary(), pass_fds)
+        try:
+            yield session
+        finally:
+            session.close()
+
+    def preflight(self) -> None:
+        """Check we are root and that criu and pycriu are there."""
+        if os.geteuid() != 0:
+            raise NotPermitted(
+                "checkpoint and restore need root (CRIU ptraces, freezes and recreates the "
+                "tree); run as root"
+            )
+        _import_pycriu()
+        self._binary()
+
+    def _run(self, kind: str, request: CriuRequest) -> Any:
+        rpc, _ = _import_pycriu()
+        self.preflight()
+        opts = build_options(request.options)
+        dir_fd = os.open(request.images_dir, os.O_DIRECTORY | os.O_RDONLY)
+        fds = [dir_fd]
+        try:
+            if request.log_dir is not None:
+                fds.append(os.open(request.log_dir, os.O_DIRECTORY | os.O_RDONLY))
+                opts.work_dir_fd = fds[-1]
+            opts.images_dir_fd = dir_fd
+            opts.log_file = request.log_file
+            if not opts.HasField("log_level"):
+                opts.log_level = 4
+            if request.notify is not None:
+                opts.notify_scripts = True
+            req_type = rpc.DUMP if kind == "dump" else rpc.RESTORE
+            req = rpc.criu_req(type=req_type, opts=opts)
+            started = time.monotonic()
+            logger.debug("criu %s: start (%s)", kind, request.images_dir)
+            with self._session((*fds, *request.pass_fds)) as session:
+                try:
+                    resp = session.call(req, rpc, request.notify)
+                except CriuError as exc:
+                    exc.log_tail = _log_tail(request.log_path)
+                    raise
+        finally:
+            for fd in fds:
+                os.close(fd)
+        elapsed = time.monotonic() - started
+        if not resp.success:
+            err = resp.cr_errno
+            tail = _log_tail(request.log_path)
+            # cr_errmsg is CRIU's first error, often the harmless RLIMIT_NOFILE warning.
+            message = resp.cr_errmsg if "RLIMIT_NOFILE" not in resp.cr_errmsg else ""
+            what = _first_error(tail) or message or (os.strerror(err) if err else "see the log")
+            logger.debug("criu %s: failed after %.3fs: %s", kind, elapsed, what)
+            cls = DumpFailed if kind == "dump" else RestoreFailed
+            raise cls(
+                f"CRIU {kind} failed: {what}",
+                errno=err,
+                log_tail=tail,
+                log_path=str(request.log_path),
+            )
+        logger.debug("criu %s: complete in %.3fs", kind, elapsed)
+        return resp
+
+    def dump(self, request: CriuRequest) -> None:
+        """Dump the tree rooted at ``request.options["pid"]``."""
+        self._run("dump", request)
+
+    def restore(self, request: CriuRequest) -> int:
+        """Restore a tree; return its root pid."""
+        resp = self._run("restore", request)
+        return int(resp.restore.pid)
+
+    def _simple(self, req: Any) -> Any:
+        rpc, _ = _import_pycriu()
+        with self._session() as session:
+            return session.call(req, rpc, None)
+
+    def version(self) -> tuple[tuple[int, ...], str]:
+        """Return CRIU's version as a tuple and as text."""
+        rpc, _ = _import_pycriu()
+        resp = self._simple(rpc.criu_req(type=rpc.VERSION))
+        v = resp.version
+        numbers = (v.major_number, v.minor_number, v.sublevel if v.HasField("sublevel") else 0)
+        text = ".".join(map(str, numbers)) + (f" ({v.gitid})" if v.gitid else "")
+        return numbers, text
+
+    def report(self) -> CriuReport:
+        """Run CRIU's version, check and feature-check requests."""
+        rpc, _ = _import_pycriu()
+        binary = self._binary()
+        version, text = self.version()
+        check_error = ""
+        if os.geteuid() != 0:
+            check_ok, check_error = False, "not root: criu check needs root"
+            features: dict[str, bool] = {}
+        else:
+            resp = self._simple(rpc.criu_req(type=rpc.CHECK))
+            check_ok = bool(resp.success)
+            if not check_ok:
+                check_error = resp.cr_errmsg or os.strerror(resp.cr_errno or errno_mod.EINVAL)
+            wanted = rpc.criu_features(mem_track=True, lazy_pages=True, pidfd_store=True)
+            resp = self._simple(rpc.criu_req(type=rpc.FEATURE_CHECK, features=wanted))
+            features = {
+                "mem_track": bool(resp.features.mem_track),
+                "lazy_pages": bool(resp.features.lazy_pages),
+                "pidfd_store": bool(resp.features.pidfd_store),
+            }
+        return CriuReport(
+            binary=binary,
+            version=version,
+            version_text=text,
+            kernel=os.uname().release,
+            check_ok=check_ok,
+            check_error=check_error,
+            features=features,
+        )
+
+
+_default: CriuBackend | None = None
+
+
+def default_backend() -> CriuBackend:
+    """The process-wide real backend."""
+    global _default  # noqa: PLW0603
+    if _default is None:
+        _default = SwrkCriu()
+    return _default

@@ -1,0 +1,613 @@
+"""Process: checkpoint and restore a live process tree through CRIU.
+
+The checkpoint path, and why it is safe:
+
+1. Look at the tree in /proc while nothing is frozen: refuse what cannot be
+   dumped (kernel threads, ourselves, established TCP without
+   ``tcp_established``), detect shell-job and descriptors leading outside.
+2. CRIU dumps into a private work directory. With ``leave_running=False`` the
+   artifact is written, fsynced and verified from CRIU's ``post-dump`` callback,
+   while the tree is still frozen: only when that succeeds does CRIU kill it.
+   If anything fails, CRIU thaws the tree and it keeps running.
+3. With ``leave_running=True`` CRIU thaws the tree right after the dump and the
+   artifact is written afterwards.
+
+Restore opens and verifies the artifact first, checks every pid is free, then
+asks CRIU to restore, reattaching outside descriptors to the ones given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import attrs
+
+from cedana import procfs
+from cedana.artifact.archive import open_artifact, write_artifact
+from cedana.artifact.manifest import HostInfo, Manifest, ProcessEntry
+from cedana.checkpoint import Checkpoint
+from cedana.criu import CriuBackend, CriuRequest, default_backend
+from cedana.errors import (
+    CedanaError,
+    NotCheckpointable,
+    PidInUse,
+    ProcessNotFound,
+    RestoreFailed,
+)
+
+__all__ = ["CheckpointOptions", "Process", "RestoreOptions", "spawn"]
+
+logger = logging.getLogger("cedana.process")
+
+StdioTarget = int | str | os.PathLike[str] | IO[Any] | None
+
+_STDIO = ("stdin", "stdout", "stderr")
+
+
+@attrs.frozen(kw_only=True)
+class CheckpointOptions:
+    """How to checkpoint.
+
+    Attributes:
+        leave_running: Keep the workload running after the checkpoint. When
+            False it is killed, but only once the artifact is complete.
+        tcp_established: Dump established TCP connections (CRIU's TCP repair).
+        file_locks: Dump file locks held by the tree.
+        shell_job: Force CRIU's shell-job mode; None detects it.
+        compress: ``"zstd"`` or ``"none"`` (a plain tar).
+        level: zstd level.
+        threads: zstd threads; 0 uses every core.
+        directory: Write the directory form instead of one file.
+        overwrite: Replace an existing artifact at the path.
+        work_dir: Where CRIU's images are staged; the system temp dir by default.
+        criu: Any other ``criu_opts`` field (CRIU's RPC names), the escape hatch.
+    """
+
+    leave_running: bool = False
+    tcp_established: bool = False
+    file_locks: bool = False
+    shell_job: bool | None = None
+    compress: Literal["zstd", "none"] = "zstd"
+    level: int = 3
+    threads: int = 0
+    directory: bool = False
+    overwrite: bool = False
+    work_dir: Path | None = None
+    criu: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The options as recorded in the manifest."""
+        return {
+            "leave_running": self.leave_running,
+            "tcp_established": self.tcp_established,
+            "file_locks": self.file_locks,
+            "compress": self.compress,
+            "level": self.level,
+            "criu": dict(self.criu),
+        }
+
+
+@attrs.frozen(kw_only=True)
+class RestoreOptions:
+    """How to restore.
+
+    Attributes:
+        tcp_established: Restore established TCP connections; None follows the checkpoint.
+        stdin: What the tree's outside stdin becomes (fd, path, file object);
+            /dev/null when None.
+        stdout: Likewise for stdout (a path is opened for appending).
+        stderr: Likewise for stderr.
+        work_dir: Where the images are unpacked; the system temp dir by default.
+        criu: Any other ``criu_opts`` field, the escape hatch.
+    """
+
+    tcp_established: bool | None = None
+    stdin: StdioTarget = None
+    stdout: StdioTarget = None
+    stderr: StdioTarget = None
+    work_dir: Path | None = None
+    criu: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class DumpPlan:
+    """What the Process layer worked out for one dump; layers above extend it."""
+
+    pid: int
+    tree: tuple[procfs.ProcInfo, ...]
+    criu: Mapping[str, Any]
+    external: tuple[Mapping[str, Any], ...]
+    shell_job: bool
+
+
+def _external_pipes(
+    tree: Sequence[procfs.ProcInfo],
+) -> tuple[list[dict[str, Any]], bool]:
+    """Pipe ends whose other end lives outside the tree, and whether a tty is used."""
+    ends: dict[str, set[bool]] = {}
+    holders: list[procfs.Descriptor] = []
+    tty = False
+    for info in tree:
+        for d in procfs.descriptors(info.pid):
+            if d.target.startswith("pipe:["):
+                ends.setdefault(d.target, set()).add(d.writable)
+                holders.append(d)
+            elif d.target.startswith(("/dev/pts/", "/dev/tty")) and d.target != "/dev/tty":
+                tty = True
+    external = [
+        {"pid": d.pid, "fd": d.fd, "key": d.target, "writable": d.writable}
+        for d in holders
+        if len(ends[d.target]) == 1
+    ]
+    return external, tty
+
+
+def plan_dump(pid: int, options: CheckpointOptions) -> DumpPlan:
+    """Look at the live tree and decide CRIU's options; nothing is frozen.
+
+    Raises:
+        ProcessNotFound: No such pid.
+        NotCheckpointable: A kernel thread, ourselves, or established TCP
+            connections without ``tcp_established``.
+    """
+    root = procfs.proc_info(pid)
+    procfs.check_dumpable(root)
+    tree = procfs.tree(pid)
+    external, tty = _external_pipes(tree)
+    if not options.tcp_established:
+        conns = []
+        for info in tree:
+            conns += procfs.established_tcp(info.pid, procfs.descriptors(info.pid))
+        if conns:
+            first = conns[0]
+            raise NotCheckpointable(
+                f"pid {first.pid} has {len(conns)} established TCP connection(s) "
+                f"(fd {first.fd}: {first.local} -> {first.remote}); pass tcp_established=True "
+                "(--tcp-established) to dump them with TCP repair"
+            )
+    shell_job = options.shell_job
+    if shell_job is None:
+        shell_job = root.sid != root.pid or tty
+    criu: dict[str, Any] = {
+        "pid": pid,
+        "shell_job": shell_job,
+        "tcp_established": options.tcp_established,
+        "file_locks": options.file_locks,
+        "leave_running": options.leave_running,
+        # Pipes leading outside are reattached at restore via inherit_fd.
+        "ext_unix_sk": True,
+        "log_level": 4,
+    }
+    criu.update(options.criu)
+    return DumpPlan(
+        pid=pid,
+        tree=tuple(tree),
+        criu=criu,
+        external=tuple(external),
+        shell_job=shell_job,
+    )
+
+
+@contextlib.contextmanager
+def _work_dir(parent: Path | None, prefix: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _reap_if_ours(pids: Sequence[int], popen: subprocess.Popen[bytes] | None) -> None:
+    """Wait for killed processes to go, reaping those that are (or became) our children.
+
+    A zombie holds its pid, and CRIU restores under the original pids.
+    """
+    pending = set(pids)
+    if popen is not None and popen.pid in pending:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(timeout=10)
+        pending.discard(popen.pid)
+    deadline = time.monotonic() + 10
+    while pending and time.monotonic() < deadline:
+        for pid in list(pending):
+            try:
+                info = procfs.proc_info(pid)
+            except ProcessNotFound:
+                pending.discard(pid)
+                continue
+            if info.state == "Z":
+                if info.ppid == os.getpid():
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, 0)
+                pending.discard(pid)
+        if pending:
+            time.sleep(0.005)
+
+
+def checkpoint_tree(
+    plan: DumpPlan,
+    path: Path,
+    options: CheckpointOptions,
+    *,
+    kind: str,
+    runtime: str | None = None,
+    workload: Mapping[str, Any] | None = None,
+    add_members: Callable[[Path], Mapping[str, Any] | None] | None = None,
+    backend: CriuBackend | None = None,
+    popen: subprocess.Popen[bytes] | None = None,
+) -> Checkpoint:
+    """Dump ``plan`` with CRIU and write the artifact at ``path``.
+
+    The shared checkpoint path of every layer: a container layer passes its own
+    plan, manifest fields and ``add_members`` (called once with the images
+    directory from CRIU's post-dump callback, while the tree is frozen, in both
+    modes, to add e.g. the rootfs changes; what it returns is merged into the
+    manifest's ``workload``).
+    """
+    backend = backend or default_backend()
+    backend.preflight()
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not options.overwrite:
+        from cedana.errors import ArtifactExists  # noqa: PLC0415
+
+        raise ArtifactExists(f"{path} exists; pass overwrite=True or choose another path")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"directory {path.parent} does not exist; create it first")
+
+    manifest = Manifest(
+        created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        host=HostInfo.current(criu_version=_criu_version(backend)),
+        kind=kind,
+        runtime=runtime,
+        options=options.to_manifest(),
+        tree=tuple(ProcessEntry(pid=p.pid, ppid=p.ppid, command=p.command) for p in plan.tree),
+        workload={
+            "root_pid": plan.pid,
+            "shell_job": plan.shell_job,
+            "external": [dict(e) for e in plan.external],
+            **(workload or {}),
+        },
+    )
+    written: list[Manifest] = []
+    added: dict[str, Any] = {}
+    members_added: list[bool] = []
+
+    def add(images: Path) -> None:
+        if add_members is not None and not members_added:
+            members_added.append(True)
+            added.update(add_members(images) or {})
+
+    def finish(images: Path) -> None:
+        started = time.monotonic()
+        add(images)  # a no-op when the post-dump callback already added them
+        final = attrs.evolve(manifest, workload={**manifest.workload, **added})
+        written.append(
+            write_artifact(
+                images,
+                path,
+                final,
+                compress=options.compress,
+                level=options.level,
+                threads=options.threads,
+                directory=options.directory,
+                overwrite=options.overwrite,
+            )
+        )
+        open_artifact(path, verify=True)
+        logger.debug("artifact %s: written and verified in %.3fs", path, time.monotonic() - started)
+
+    def on_notify(event: str, _pid: int) -> None:
+        # post-dump: images complete, tree still frozen; raising makes CRIU thaw it.
+        if event == "post-dump":
+            if options.leave_running:
+                add(images)
+            else:
+                finish(images)
+
+    started = time.monotonic()
+    logger.debug("checkpoint pid %d -> %s: start", plan.pid, path)
+    try:
+        with _work_dir(options.work_dir, ".cedana-dump-") as work:
+            images = work / "images"
+            images.mkdir(mode=0o700)
+            request = CriuRequest(
+                images_dir=images,
+                options=plan.criu,
+                log_file="dump.log",
+                log_dir=work,
+                notify=on_notify,
+            )
+            backend.dump(request)
+            if options.leave_running:
+                finish(images)
+    except BaseException:
+        logger.debug("checkpoint pid %d: failed", plan.pid)
+        if written:
+            _remove_artifact(path)
+        raise
+    if not options.leave_running:
+        _reap_if_ours([p.pid for p in plan.tree], popen)
+    logger.debug("checkpoint pid %d: complete in %.3fs", plan.pid, time.monotonic() - started)
+    return Checkpoint.open(path, verify=False, manifest=written[0])
+
+
+def _remove_artifact(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _criu_version(backend: CriuBackend) -> str:
+    version = getattr(backend, "version", None)
+    if version is None:
+        return "unknown"
+    try:
+        return str(version()[1])
+    except CedanaError:
+        return "unknown"
+
+
+class _Stdio:
+    """Opens what the caller gave for stdin/stdout/stderr as descriptors; closes what it opened."""
+
+    def __init__(self, options: RestoreOptions):
+        self.fds: dict[str, int] = {}
+        self._opened: list[int] = []
+        for name in _STDIO:
+            target = getattr(options, name)
+            self.fds[name] = self._fd(target, writing=name != "stdin")
+
+    def _fd(self, target: StdioTarget, *, writing: bool) -> int:
+        if isinstance(target, int):
+            return target
+        if target is None:
+            fd = os.open(os.devnull, os.O_RDWR)
+        elif hasattr(target, "fileno"):
+            return int(target.fileno())
+        else:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND if writing else os.O_RDONLY
+            fd = os.open(os.fspath(target), flags | os.O_CLOEXEC, 0o600)
+        self._opened.append(fd)
+        return fd
+
+    def for_fd(self, fd: int, writable: bool) -> int:
+        if fd == 0:
+            return self.fds["stdin"]
+        if fd == 2:
+            return self.fds["stderr"]
+        if fd == 1 or writable:
+            return self.fds["stdout"]
+        return self.fds["stdin"]
+
+    def close(self) -> None:
+        for fd in self._opened:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._opened.clear()
+
+
+def check_pids_free(entries: Sequence[ProcessEntry]) -> None:
+    """Raise PidInUse naming the holder when a pid of the tree is taken."""
+    for entry in entries:
+        holder = procfs.holder_of(entry.pid)
+        if holder is not None:
+            raise PidInUse(
+                f"pid {entry.pid} (was {entry.command!r}) is taken by {holder}; CRIU restores "
+                "every process under its original pid: stop that process (or restore on "
+                "another machine / in a new pid namespace)",
+                errno=17,
+            )
+
+
+def restore_tree(
+    checkpoint: Checkpoint,
+    options: RestoreOptions,
+    *,
+    backend: CriuBackend | None = None,
+    criu: Mapping[str, Any] | None = None,
+) -> int:
+    """Unpack ``checkpoint`` (verifying it) and restore its tree; return the root pid."""
+    backend = backend or default_backend()
+    backend.preflight()
+    manifest = checkpoint.manifest
+    workload = manifest.workload
+    check_pids_free(manifest.tree)
+    tcp = options.tcp_established
+    if tcp is None:
+        tcp = bool(manifest.options.get("tcp_established", False))
+    started = time.monotonic()
+    stdio = _Stdio(options)
+    try:
+        with _work_dir(options.work_dir, ".cedana-restore-") as work:
+            images = work / "images"
+            checkpoint.extract(images)
+            inherit = []
+            for ext in workload.get("external", []):
+                fd = stdio.for_fd(int(ext["fd"]), bool(ext.get("writable")))
+                inherit.append((str(ext["key"]), fd))
+            request_opts: dict[str, Any] = {
+                "shell_job": bool(workload.get("shell_job", False)),
+                "tcp_established": tcp,
+                "file_locks": bool(manifest.options.get("file_locks", False)),
+                "ext_unix_sk": True,
+                "inherit_fd": inherit,
+                "log_level": 4,
+            }
+            request_opts.update(criu or {})
+            request_opts.update(options.criu)
+            request = CriuRequest(
+                images_dir=images,
+                options=request_opts,
+                pass_fds=tuple(sorted({fd for _, fd in inherit})),
+                log_file="restore.log",
+            )
+            logger.debug("restore %s: start", checkpoint.path)
+            try:
+                pid = backend.restore(request)
+            except RestoreFailed as exc:
+                if exc.errno == 17:
+                    check_pids_free(manifest.tree)  # name the holder if we can
+                raise
+    finally:
+        stdio.close()
+    logger.debug("restore %s: pid %d in %.3fs", checkpoint.path, pid, time.monotonic() - started)
+    return pid
+
+
+@attrs.define(eq=False)
+class Process:
+    """A live process tree, identified by its root pid.
+
+    Args:
+        pid: The root of the tree.
+        backend: The CRIU backend; the real one by default (tests hand in fakes).
+    """
+
+    pid: int
+    _backend: CriuBackend | None = attrs.field(default=None, alias="backend", repr=False)
+    _popen: subprocess.Popen[bytes] | None = attrs.field(default=None, alias="popen", repr=False)
+
+    def checkpoint(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        leave_running: bool = False,
+        tcp_established: bool = False,
+        file_locks: bool = False,
+        options: CheckpointOptions | None = None,
+        **more: Any,
+    ) -> Checkpoint:
+        """Checkpoint the tree to ``path``; see :class:`CheckpointOptions`.
+
+        Keyword arguments beyond the three named ones set any other
+        :class:`CheckpointOptions` field (``compress``, ``level``, ``criu``...).
+
+        Raises:
+            ProcessNotFound: No such pid.
+            NotCheckpointable: The tree cannot be dumped as asked.
+            NotPermitted: Not root.
+            DumpFailed: CRIU failed; the tree keeps running.
+            ArtifactExists: ``path`` exists and ``overwrite`` was not set.
+            OSError: Writing the artifact failed (e.g. ENOSPC); the tree keeps running.
+        """
+        opts = options or CheckpointOptions()
+        opts = attrs.evolve(
+            opts,
+            leave_running=leave_running or opts.leave_running,
+            tcp_established=tcp_established or opts.tcp_established,
+            file_locks=file_locks or opts.file_locks,
+            **more,
+        )
+        backend = self._backend or default_backend()
+        backend.preflight()
+        plan = plan_dump(self.pid, opts)
+        return checkpoint_tree(
+            plan, Path(path), opts, kind="process", backend=backend, popen=self._popen
+        )
+
+    @classmethod
+    def restore(
+        cls,
+        checkpoint: Checkpoint | str | os.PathLike[str],
+        *,
+        options: RestoreOptions | None = None,
+        backend: CriuBackend | None = None,
+        **more: Any,
+    ) -> Process:
+        """Restore a process checkpoint; the tree runs again, detached from the caller."""
+        if not isinstance(checkpoint, Checkpoint):
+            checkpoint = Checkpoint.open(Path(checkpoint), verify=False)
+        opts = attrs.evolve(options or RestoreOptions(), **more)
+        pid = restore_tree(checkpoint, opts, backend=backend)
+        return cls(pid, backend=backend)
+
+    # --- observing and ending the tree ---------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True while the root exists and is not a zombie."""
+        if self._popen is not None and self._popen.poll() is not None:
+            return False
+        try:
+            return procfs.proc_info(self.pid).state not in ("Z", "X")
+        except ProcessNotFound:
+            return False
+
+    def tree(self) -> list[procfs.ProcInfo]:
+        """The live tree, root first."""
+        return procfs.tree(self.pid)
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the root."""
+        os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        """Kill every process of the tree and reap the root when it is ours."""
+        try:
+            pids = [p.pid for p in procfs.tree(self.pid)]
+        except ProcessNotFound:
+            pids = [self.pid]
+        for pid in reversed(pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _reap_if_ours(pids, self._popen)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the root to end; its exit status when it was our child."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.running:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"pid {self.pid} still running after {timeout}s")
+            time.sleep(0.01)
+        if self._popen is not None:
+            return self._popen.wait()
+        _reap_if_ours([self.pid], None)
+        return None
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    log: str | os.PathLike[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Process:
+    """Start a workload that can always be checkpointed.
+
+    It gets its own session (so no shell-job, no terminal), stdin from
+    /dev/null, and stdout and stderr appended to ``log`` (or /dev/null): no
+    descriptor leads back to the caller.
+    """
+    out = os.open(
+        os.fspath(log) if log is not None else os.devnull,
+        os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+        0o600,
+    )
+    try:
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(out)
+    logger.debug("spawned pid %d: %s", popen.pid, " ".join(argv))
+    return Process(popen.pid, popen=popen)

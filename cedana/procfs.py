@@ -1,0 +1,229 @@
+"""Reading live processes from /proc: the tree, descriptors, sockets.
+
+Used before a dump to decide what CRIU must be told (shell-job, external
+descriptors, established connections) while nothing is frozen yet.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import attrs
+
+from cedana.errors import NotCheckpointable, ProcessNotFound
+
+__all__ = [
+    "Descriptor",
+    "ProcInfo",
+    "TcpConnection",
+    "descriptors",
+    "established_tcp",
+    "holder_of",
+    "proc_info",
+    "tree",
+]
+
+PROC = Path("/proc")
+_PF_KTHREAD = 0x00200000
+_TCP_ESTABLISHED = "01"
+
+
+@attrs.frozen(kw_only=True)
+class ProcInfo:
+    """One live process as /proc shows it."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    state: str
+    comm: str
+    cmdline: tuple[str, ...]
+    kernel_thread: bool
+
+    @property
+    def command(self) -> str:
+        """The command line, or ``[comm]`` when it has none."""
+        return " ".join(self.cmdline) if self.cmdline else f"[{self.comm}]"
+
+
+@attrs.frozen(kw_only=True)
+class Descriptor:
+    """An open descriptor of a process: its number, what it points at, its mode."""
+
+    pid: int
+    fd: int
+    target: str
+    flags: int
+
+    @property
+    def writable(self) -> bool:
+        return self.flags & os.O_ACCMODE != os.O_RDONLY
+
+
+@attrs.frozen(kw_only=True)
+class TcpConnection:
+    """An established TCP connection held by a process of the tree."""
+
+    pid: int
+    fd: int
+    local: str
+    remote: str
+
+
+def proc_info(pid: int) -> ProcInfo:
+    """Read ``/proc/PID``.
+
+    Raises:
+        ProcessNotFound: No such process (or it exited meanwhile).
+    """
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+        raw_cmdline = (PROC / str(pid) / "cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessNotFound(f"no process with pid {pid}") from None
+    # comm is parenthesised and may itself contain spaces or parentheses.
+    comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2 :].split()
+    cmdline = tuple(a.decode(errors="replace") for a in raw_cmdline.split(b"\0") if a)
+    return ProcInfo(
+        pid=pid,
+        state=fields[0],
+        ppid=int(fields[1]),
+        pgid=int(fields[2]),
+        sid=int(fields[3]),
+        comm=comm,
+        cmdline=cmdline,
+        kernel_thread=bool(int(fields[6]) & _PF_KTHREAD),
+    )
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        for task in (PROC / str(pid) / "task").iterdir():
+            text = (task / "children").read_text()
+            kids.extend(int(c) for c in text.split())
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return kids
+
+
+def tree(pid: int) -> list[ProcInfo]:
+    """The process tree rooted at ``pid``, root first, parents before children."""
+    out = [proc_info(pid)]
+    queue = [pid]
+    while queue:
+        for child in _children(queue.pop(0)):
+            try:
+                out.append(proc_info(child))
+            except ProcessNotFound:
+                continue
+            queue.append(child)
+    return out
+
+
+def descriptors(pid: int) -> list[Descriptor]:
+    """Every open descriptor of ``pid`` (descriptors closed meanwhile are skipped)."""
+    fd_dir = PROC / str(pid) / "fd"
+    out = []
+    try:
+        names = os.listdir(fd_dir)
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    for name in names:
+        try:
+            target = os.readlink(fd_dir / name)
+            info = (PROC / str(pid) / "fdinfo" / name).read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        flags = 0
+        for line in info.splitlines():
+            if line.startswith("flags:"):
+                flags = int(line.split()[1], 8)
+        out.append(Descriptor(pid=pid, fd=int(name), target=target, flags=flags))
+    return sorted(out, key=lambda d: d.fd)
+
+
+def _addr(hex_addr: str) -> str:
+    host, port = hex_addr.split(":")
+    raw = bytes.fromhex(host)
+    if len(raw) == 4:
+        ip = socket.inet_ntop(socket.AF_INET, struct.pack("<I", int(host, 16)))
+        return f"{ip}:{int(port, 16)}"
+    words = struct.unpack("<4I", raw)
+    ip = socket.inet_ntop(socket.AF_INET6, struct.pack(">4I", *words))
+    return f"[{ip}]:{int(port, 16)}"
+
+
+def _tcp_table(pid: int) -> Iterator[tuple[int, str, str, str]]:
+    """(inode, local, remote, state) for each TCP socket in pid's network namespace."""
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (PROC / str(pid) / "net" / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            yield int(f[9]), _addr(f[1]), _addr(f[2]), f[3]
+
+
+def established_tcp(pid: int, fds: Iterable[Descriptor]) -> list[TcpConnection]:
+    """Established TCP connections among ``fds`` (all of them in ``pid``'s netns)."""
+    by_inode = {}
+    for d in fds:
+        if d.target.startswith("socket:["):
+            by_inode[int(d.target[8:-1])] = d
+    if not by_inode:
+        return []
+    out = []
+    for inode, local, remote, state in _tcp_table(pid):
+        d = by_inode.get(inode)
+        if d is not None and state == _TCP_ESTABLISHED:
+            out.append(TcpConnection(pid=d.pid, fd=d.fd, local=local, remote=remote))
+    return out
+
+
+def holder_of(pid: int) -> str | None:
+    """Describe who holds ``pid`` now (for a pid-in-use error), or None if it is free."""
+    try:
+        info = proc_info(pid)
+    except ProcessNotFound:
+        return None
+    if info.state == "Z":
+        try:
+            parent = proc_info(info.ppid).command
+        except ProcessNotFound:
+            parent = "?"
+        return (
+            f"a zombie of {info.comm!r} whose parent (pid {info.ppid}, {parent}) "
+            "has not reaped it; reap or end that parent"
+        )
+    return f"{info.command!r} (state {info.state})"
+
+
+def check_dumpable(info: ProcInfo) -> None:
+    """Refuse targets CRIU cannot dump, before anything is frozen."""
+    if info.kernel_thread or info.pid == 2 or info.ppid == 2:
+        raise NotCheckpointable(
+            f"pid {info.pid} ({info.comm}) is a kernel thread; only user processes can be "
+            "checkpointed"
+        )
+    if info.pid == 1:
+        raise NotCheckpointable("pid 1 is this machine's init; it cannot be checkpointed")
+    own = os.getpid()
+    ancestor = own
+    while ancestor > 1:
+        if ancestor == info.pid:
+            raise NotCheckpointable(
+                f"pid {info.pid} is this process or one of its ancestors; a tree cannot "
+                "checkpoint itself; run cedana from outside the tree"
+            )
+        try:
+            ancestor = proc_info(ancestor).ppid
+        except ProcessNotFound:
+            break

@@ -1,0 +1,548 @@
+"""The overlay snapshotter: an overlay upper directory as a plain tar, and back.
+
+An overlay mount shows its read-only lower directories with the upper
+directory on top; everything the container changed is in the upper directory:
+new and modified files (with their modes, owners and extended attributes),
+deletions as *whiteouts* (character devices 0:0) and directories that hide
+the lower content as *opaque* (the ``trusted.overlay.opaque`` attribute).
+
+:func:`capture_upper` writes the upper directory as an uncompressed POSIX
+(pax) tar, whiteouts as character devices 0:0 and extended attributes as
+``SCHILY.xattr.NAME`` records, the form GNU tar's ``--xattrs`` reads. Of
+overlay's own attributes only those that describe the tree (``opaque``,
+``redirect``, ``whiteout``, ``whiteouts``) are kept; the ones naming inodes of
+this mount (``origin``, ``impure``, ``nlink``, ``uuid``...) are dropped, and a
+metadata-only copy-up (``metacopy``) is stored with its full content read
+through the merged view.
+
+:func:`apply_upper` writes such a tar into a fresh upper directory. The tar
+sits inside a verified artifact, but its entries are checked one by one all
+the same: names must stay inside the target (no absolute names, no ``..``),
+every directory on the way is opened without following symlinks, hard links
+must point at files of the same tar, and relative symlinks must not climb
+out of the root (absolute ones are resolved inside the container's root at
+run time, so they are kept as they are).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errno_mod
+import logging
+import os
+import stat
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+
+from cedana.errors import UnsafeArtifact
+from cedana.rootfs import RootfsDiff
+from cedana.rootfs.mounts import find_mount, mount, overlay_options
+
+__all__ = [
+    "DIFF_NAME",
+    "OverlayLayers",
+    "OverlaySnapshotter",
+    "apply_upper",
+    "capture_upper",
+]
+
+logger = logging.getLogger("cedana.rootfs")
+
+#: The member ``capture`` writes.
+DIFF_NAME = "rootfs-diff.tar"
+
+_XATTR_PAX = "SCHILY.xattr."
+_OVERLAY_PREFIXES = ("trusted.overlay.", "user.overlay.")
+# Overlay attributes that describe the tree and stay valid on the same lower layers.
+_KEPT_OVERLAY_XATTRS = frozenset({"opaque", "redirect", "whiteout", "whiteouts"})
+_CHUNK = 1 << 20
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@attrs.frozen(kw_only=True)
+class OverlayLayers:
+    """The layers of an overlay mount: lower directories (top first), upper, work.
+
+    Attributes:
+        lower: The lower directories, uppermost first.
+        upper: The upper directory; None for a read-only overlay.
+        work: The work directory; None for a read-only overlay.
+        userxattr: Overlay keeps its attributes as ``user.overlay.*`` (unprivileged mounts).
+    """
+
+    lower: tuple[str, ...]
+    upper: str | None = None
+    work: str | None = None
+    userxattr: bool = False
+
+    @classmethod
+    def from_options(cls, options: list[str]) -> OverlayLayers:
+        """Read the layers from an overlay mount's (unescaped) super options."""
+        lower: list[str] = []
+        upper = work = None
+        userxattr = False
+        for opt in options:
+            key, _, value = opt.partition("=")
+            if key == "lowerdir":
+                lower += _split_lowerdir(value)
+            elif key in ("lowerdir+", "datadir+"):
+                lower.append(value)
+            elif key == "upperdir":
+                upper = value
+            elif key == "workdir":
+                work = value
+            elif key == "userxattr":
+                userxattr = True
+        return cls(lower=tuple(lower), upper=upper, work=work, userxattr=userxattr)
+
+    @classmethod
+    def of(cls, rootfs: Path, pid: int | str = "self") -> OverlayLayers | None:
+        """The layers of the overlay mounted at ``rootfs``; None if it is not an overlay."""
+        entry = find_mount(rootfs, pid)
+        if entry is None or entry.fstype != "overlay":
+            return None
+        return cls.from_options(entry.super_option_list())
+
+    def mount(self, target: Path) -> None:
+        """Mount these layers as an overlay on ``target``."""
+        data = overlay_options(self.lower, self.upper, self.work, userxattr=self.userxattr)
+        mount("overlay", target, "overlay", data)
+
+
+def _split_lowerdir(value: str) -> list[str]:
+    r"""Split ``lowerdir=a:b`` on unescaped colons (overlay writes ``\:`` for a colon)."""
+    out, cur, i = [], "", 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value):
+            cur += value[i + 1]
+            i += 2
+            continue
+        if c == ":":
+            out.append(cur)
+            cur = ""
+        else:
+            cur += c
+        i += 1
+    if cur:
+        out.append(cur)
+    # "a::b" separates data-only layers; empty parts carry nothing.
+    return [p for p in out if p]
+
+
+# --------------------------------------------------------------------------- capture
+
+
+def _overlay_xattr(name: str) -> str | None:
+    """The short name of an overlay private attribute, or None for any other."""
+    for prefix in _OVERLAY_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return None
+
+
+def _read_xattrs(path: str) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno_mod.ENOTSUP, errno_mod.EPERM):
+            return {}
+        raise
+    out = {}
+    for name in names:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            out[name] = os.getxattr(path, name, follow_symlinks=False)
+    return out
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.files = self.directories = self.symlinks = self.hardlinks = 0
+        self.whiteouts = self.opaque = self.special = self.bytes = 0
+        self.skipped: list[str] = []
+
+    def diff(self, members: tuple[str, ...]) -> RootfsDiff:
+        return RootfsDiff(
+            snapshotter="overlay",
+            members=members,
+            files=self.files,
+            directories=self.directories,
+            symlinks=self.symlinks,
+            hardlinks=self.hardlinks,
+            whiteouts=self.whiteouts,
+            opaque=self.opaque,
+            special=self.special,
+            bytes=self.bytes,
+            skipped=tuple(self.skipped),
+        )
+
+
+def _walk(top: str, prefix: str = "") -> Iterator[tuple[str, str, os.stat_result]]:
+    """(relative name, path, lstat) of every entry under ``top``, parents first, sorted."""
+    with os.scandir(top) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        rel = prefix + entry.name
+        st = entry.stat(follow_symlinks=False)
+        yield rel, entry.path, st
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk(entry.path, rel + "/")
+
+
+def capture_upper(upper: Path, out: IO[bytes], *, merged: Path | None = None) -> RootfsDiff:
+    """Write the upper directory ``upper`` as a tar to ``out``; return the counts.
+
+    Args:
+        upper: The overlay upper directory.
+        out: A binary file open for writing.
+        merged: The mounted overlay, to read files whose upper copy holds only
+            metadata (``metacopy``); when None such files are refused.
+
+    Raises:
+        ValueError: A metacopy file and no ``merged`` view to read it through.
+    """
+    counts = _Counts()
+    seen_inodes: dict[tuple[int, int], str] = {}
+    with tarfile.open(
+        fileobj=out, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"
+    ) as tar:
+        # The root's owner and mode (overlay shows the upper root's); not counted.
+        st = os.lstat(upper)
+        root = tarfile.TarInfo(".")
+        root.type = tarfile.DIRTYPE
+        root.mode, root.uid, root.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+        root.mtime = st.st_mtime
+        tar.addfile(root)
+        for rel, path, st in _walk(os.fspath(upper)):
+            info = tarfile.TarInfo(rel)
+            info.mode = stat.S_IMODE(st.st_mode)
+            info.uid, info.gid = st.st_uid, st.st_gid
+            info.uname = info.gname = ""
+            info.mtime = st.st_mtime
+            pax: dict[str, str] = {}
+            metacopy = False
+            for name, value in _read_xattrs(path).items():
+                short = _overlay_xattr(name)
+                if short == "metacopy":
+                    metacopy = True
+                if short is not None and short not in _KEPT_OVERLAY_XATTRS:
+                    continue
+                if short == "opaque" and stat.S_ISDIR(st.st_mode):
+                    counts.opaque += 1
+                pax[_XATTR_PAX + name] = value.decode("utf-8", "surrogateescape")
+            info.pax_headers = pax
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                info.type = tarfile.DIRTYPE
+                counts.directories += 1
+                tar.addfile(info)
+            elif stat.S_ISREG(mode):
+                key = (st.st_dev, st.st_ino)
+                if st.st_nlink > 1 and key in seen_inodes:
+                    info.type = tarfile.LNKTYPE
+                    info.linkname = seen_inodes[key]
+                    counts.hardlinks += 1
+                    tar.addfile(info)
+                    continue
+                seen_inodes[key] = rel
+                source = path
+                if metacopy:
+                    if merged is None:
+                        raise ValueError(
+                            f"{rel} holds only metadata in the upper directory (overlay "
+                            "metacopy); its content needs the mounted overlay"
+                        )
+                    source = os.path.join(merged, rel)
+                fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                with open(fd, "rb") as f:
+                    info.type = tarfile.REGTYPE
+                    info.size = os.fstat(f.fileno()).st_size
+                    tar.addfile(info, f)
+                counts.files += 1
+                counts.bytes += info.size
+            elif stat.S_ISLNK(mode):
+                info.type = tarfile.SYMTYPE
+                info.linkname = os.readlink(path)
+                counts.symlinks += 1
+                tar.addfile(info)
+            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+                info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+                if stat.S_ISCHR(mode) and st.st_rdev == 0:
+                    counts.whiteouts += 1
+                else:
+                    counts.special += 1
+                tar.addfile(info)
+            elif stat.S_ISFIFO(mode):
+                info.type = tarfile.FIFOTYPE
+                counts.special += 1
+                tar.addfile(info)
+            else:  # sockets: bound by a process, recreated by it, not carried
+                counts.skipped.append(rel)
+    return counts.diff((DIFF_NAME,))
+
+
+# --------------------------------------------------------------------------- apply
+
+
+def _unsafe(name: str, why: str) -> UnsafeArtifact:
+    return UnsafeArtifact(
+        f"the root filesystem changes hold an unsafe entry {name!r} ({why}), so nothing was "
+        "restored; do not use this checkpoint"
+    )
+
+
+def _parts(name: str) -> list[str]:
+    """The components of a tar entry name that must stay inside the target."""
+    if name.startswith("/"):
+        raise _unsafe(name, "an absolute name")
+    parts = [p for p in name.rstrip("/").split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise _unsafe(name, "a '..' component")
+    return parts
+
+
+def _check_symlink(parts: list[str], target: str, name: str) -> None:
+    if not target or "\0" in target:
+        raise _unsafe(name, "an empty symlink")
+    if target.startswith("/"):
+        return
+    # Walk the target from the link's directory; climbing above the root is refused.
+    depth = len(parts) - 1
+    for comp in target.split("/"):
+        if comp == "..":
+            depth -= 1
+            if depth < 0:
+                raise _unsafe(name, f"a symlink to {target!r}, outside the root filesystem")
+        elif comp not in ("", "."):
+            depth += 1
+
+
+class _Writer:
+    """Creates entries under ``root`` through directory descriptors, never following symlinks."""
+
+    def __init__(self, root: Path):
+        self._fds: dict[tuple[str, ...], int] = {(): os.open(root, _O_DIR)}
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def directory(self, parts: tuple[str, ...], *, create: bool = True) -> int:
+        """The descriptor of directory ``parts``, made (0755) when missing."""
+        if parts in self._fds:
+            return self._fds[parts]
+        parent = self.directory(parts[:-1], create=create)
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(parts[-1], 0o755, dir_fd=parent)
+        try:
+            fd = os.open(parts[-1], _O_DIR, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno_mod.ELOOP, errno_mod.ENOTDIR):
+                raise _unsafe("/".join(parts), "a path through a symlink or a file") from None
+            raise
+        self._fds[parts] = fd
+        return fd
+
+    def clear(self, dirfd: int, base: str) -> None:
+        """Remove a non-directory ``base`` if present (a fresh layer normally has none)."""
+        try:
+            st = os.lstat(base, dir_fd=dirfd)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(base, dir_fd=dirfd)
+
+
+def _set_xattrs(target: str | int, info: tarfile.TarInfo, *, userxattr: bool) -> None:
+    for key, value in info.pax_headers.items():
+        if not key.startswith(_XATTR_PAX):
+            continue
+        name = key[len(_XATTR_PAX) :]
+        short = _overlay_xattr(name)
+        if short is not None:
+            name = ("user.overlay." if userxattr else "trusted.overlay.") + short
+        raw = value.encode("utf-8", "surrogateescape")
+        if isinstance(target, int):
+            os.setxattr(target, name, raw)
+        else:
+            os.setxattr(target, name, raw, follow_symlinks=False)
+
+
+def apply_upper(diff: Path, target: Path, *, userxattr: bool = False) -> RootfsDiff:
+    """Write the tar ``diff`` (from :func:`capture_upper`) into the upper directory ``target``.
+
+    Args:
+        diff: The tar file.
+        target: An existing directory, normally empty and not mounted yet.
+        userxattr: The overlay that will use ``target`` keeps its attributes as
+            ``user.overlay.*`` rather than ``trusted.overlay.*``.
+
+    Raises:
+        UnsafeArtifact: An entry would land outside ``target`` or link outside it.
+        OSError: Writing failed.
+    """
+    counts = _Counts()
+    writer = _Writer(target)
+    seen: set[tuple[str, ...]] = set()
+    files: set[tuple[str, ...]] = set()
+    dir_times: list[tuple[tuple[str, ...], int]] = []
+    try:
+        with tarfile.open(diff, mode="r:", encoding="utf-8", errors="surrogateescape") as tar:
+            for info in tar:
+                parts = tuple(_parts(info.name))
+                if not parts:
+                    if info.isdir():  # the root itself: owner and mode only
+                        root_fd = writer.directory(())
+                        os.fchown(root_fd, info.uid, info.gid)
+                        os.fchmod(root_fd, info.mode & 0o7777)
+                    continue
+                if parts in seen:
+                    raise _unsafe(info.name, "listed twice")
+                seen.add(parts)
+                _apply_one(
+                    tar,
+                    info,
+                    parts,
+                    writer,
+                    counts=counts,
+                    files=files,
+                    dir_times=dir_times,
+                    userxattr=userxattr,
+                )
+        # Directory times last: creating their entries touched them.
+        for parts, mtime_ns in reversed(dir_times):
+            fd = writer.directory(parts, create=False)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+    finally:
+        writer.close()
+    return counts.diff((DIFF_NAME,))
+
+
+def _apply_one(
+    tar: tarfile.TarFile,
+    info: tarfile.TarInfo,
+    parts: tuple[str, ...],
+    writer: _Writer,
+    *,
+    counts: _Counts,
+    files: set[tuple[str, ...]],
+    dir_times: list[tuple[tuple[str, ...], int]],
+    userxattr: bool,
+) -> None:
+    name = info.name
+    mtime_ns = int(info.mtime * 1e9)
+    if info.isdir():
+        fd = writer.directory(parts)
+        os.fchown(fd, info.uid, info.gid)
+        os.fchmod(fd, info.mode & 0o7777)
+        _set_xattrs(fd, info, userxattr=userxattr)
+        if any(k.endswith(".overlay.opaque") for k in info.pax_headers):
+            counts.opaque += 1
+        dir_times.append((parts, mtime_ns))
+        counts.directories += 1
+        return
+    dirfd = writer.directory(parts[:-1])
+    base = parts[-1]
+    path = f"/proc/self/fd/{dirfd}/{base}"
+    writer.clear(dirfd, base)
+    if info.isreg():
+        fd = os.open(
+            base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+            dir_fd=dirfd,
+        )  # fmt: skip
+        try:
+            source = tar.extractfile(info)
+            if source is not None:
+                while chunk := source.read(_CHUNK):
+                    os.write(fd, chunk)
+            os.fchown(fd, info.uid, info.gid)
+            os.fchmod(fd, info.mode & 0o7777)  # after chown, which clears set-id bits
+            _set_xattrs(fd, info, userxattr=userxattr)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(fd)
+        files.add(parts)
+        counts.files += 1
+        counts.bytes += info.size
+        return
+    if info.islnk():
+        link_parts = tuple(_parts(info.linkname))
+        if link_parts not in files:
+            raise _unsafe(name, f"a hard link to {info.linkname!r}, not a file of this diff")
+        src_dir = writer.directory(link_parts[:-1], create=False)
+        os.link(link_parts[-1], base, src_dir_fd=src_dir, dst_dir_fd=dirfd, follow_symlinks=False)
+        counts.hardlinks += 1
+        return
+    if info.issym():
+        _check_symlink(list(parts), info.linkname, name)
+        os.symlink(info.linkname, base, dir_fd=dirfd)
+        os.chown(base, info.uid, info.gid, dir_fd=dirfd, follow_symlinks=False)
+        _set_xattrs(path, info, userxattr=userxattr)
+        os.utime(base, ns=(mtime_ns, mtime_ns), dir_fd=dirfd, follow_symlinks=False)
+        counts.symlinks += 1
+        return
+    if info.ischr() or info.isblk() or info.isfifo():
+        kind = stat.S_IFCHR if info.ischr() else stat.S_IFBLK if info.isblk() else stat.S_IFIFO
+        device = os.makedev(info.devmajor, info.devminor) if not info.isfifo() else 0
+        os.mknod(base, kind | 0o600, device, dir_fd=dirfd)
+        os.chown(base, info.uid, info.gid, dir_fd=dirfd, follow_symlinks=False)
+        # Just made by mknod, so not a symlink: chmod may follow the name.
+        os.chmod(base, info.mode & 0o7777, dir_fd=dirfd)
+        _set_xattrs(path, info, userxattr=userxattr)
+        os.utime(base, ns=(mtime_ns, mtime_ns), dir_fd=dirfd, follow_symlinks=False)
+        if info.ischr() and device == 0:
+            counts.whiteouts += 1
+        else:
+            counts.special += 1
+        return
+    raise _unsafe(name, f"an entry of tar type {info.type!r}")
+
+
+# --------------------------------------------------------------------------- the snapshotter
+
+
+@attrs.define
+class OverlaySnapshotter:
+    """Captures an overlay mount's upper directory; applies it to a fresh one."""
+
+    name: str = "overlay"
+
+    def capture(self, rootfs: Path, dest: Path) -> RootfsDiff:
+        """Write the changes of the overlay mounted at ``rootfs`` as ``dest/rootfs-diff.tar``."""
+        layers = OverlayLayers.of(rootfs)
+        if layers is None or layers.upper is None:
+            raise ValueError(f"{rootfs} is not an overlay mount with an upper directory")
+        started = time.monotonic()
+        dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(dest / DIFF_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as out:
+            diff = capture_upper(Path(layers.upper), out, merged=rootfs)
+        logger.debug(
+            "overlay capture %s: %s in %.3fs",
+            layers.upper,
+            diff.describe(),
+            time.monotonic() - started,
+        )
+        return diff
+
+    def apply(self, diff: Path, target: Path, *, userxattr: bool = False) -> RootfsDiff:
+        """Apply ``diff/rootfs-diff.tar`` to the upper directory ``target``."""
+        started = time.monotonic()
+        result = apply_upper(diff / DIFF_NAME, target, userxattr=userxattr)
+        logger.debug(
+            "overlay apply %s: %s in %.3fs", target, result.describe(), time.monotonic() - started
+        )
+        return result
+
+
+def layers_json(layers: OverlayLayers) -> dict[str, Any]:
+    """The layers as the manifest records them."""
+    return {"lower": list(layers.lower), "userxattr": layers.userxattr}

@@ -1,0 +1,10 @@
+"""Sphinx configuration for cedana's documentation."""
+
+project = "cedana"
+author = "cedana developers"
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.doctest"]
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+nitpicky = False
+exclude_patterns = ["_build"]
+html_theme = "alabaster"

@@ -1,0 +1,81 @@
+"""Everything a person runs: tests, lint, typecheck, docs, demo, bench.
+
+``tests``, ``demo`` and ``bench`` first run scripts/provision (as root), which
+installs CRIU, runc and containerd idempotently and leaves a pycriu wheel in
+WHEELS; each session installs cedana with that wheel. ``session.posargs`` pass
+through to pytest, the demo and the benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+WHEELS = os.environ.get("CEDANA_WHEELS", "/usr/local/share/cedana/wheels")
+PYTHON = "3.11"
+
+
+def provision(session: nox.Session) -> None:
+    """Install the system pieces (needs root); skipped with a note otherwise."""
+    if os.geteuid() != 0:
+        session.warn("not root: skipping scripts/provision; integration tests will be skipped")
+        return
+    session.run("bash", str(ROOT / "scripts" / "provision"), external=True)
+
+
+def install(session: nox.Session, *extras: str) -> None:
+    spec = f".[{','.join(extras)}]" if extras else "."
+    session.install("--find-links", WHEELS, spec)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Unit and integration tests (integration needs root; CI=true makes skips fail)."""
+    provision(session)
+    install(session, "test")
+    session.run("pytest", *(session.posargs or ["tests"]))
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("mypy", "--find-links", WHEELS, ".[test]")
+    session.run("mypy", "cedana")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Sphinx with -W, then the doctests."""
+    session.install("--find-links", WHEELS, ".", "sphinx")
+    session.run("sphinx-build", "-W", "-b", "html", "docs", "docs/_build/html")
+    session.run("sphinx-build", "-W", "-b", "doctest", "docs", "docs/_build/doctest")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Spawn a counter, checkpoint it, restore it, show it continued."""
+    provision(session)
+    install(session)
+    session.run("python", "-m", "cedana", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """cedana vs raw CRIU (and tar | zstd), same workload, same run; prints ratios."""
+    provision(session)
+    install(session)
+    session.run("python", "-m", "benchmarks", *session.posargs)

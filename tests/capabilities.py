@@ -1,0 +1,60 @@
+"""What a test needs from the machine, as skip markers.
+
+Locally a missing capability skips with a reason; under CI (``CI=true``) it
+fails instead, so nothing is silently untested.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import pytest
+
+STRICT = os.environ.get("CI", "").lower() == "true"
+
+
+def criu_version() -> tuple[int, ...] | None:
+    criu = shutil.which("criu") or shutil.which("criu", path="/usr/local/sbin:/usr/sbin")
+    if not criu:
+        return None
+    out = subprocess.run([criu, "--version"], capture_output=True, text=True, check=False).stdout
+    for line in out.splitlines():
+        if line.startswith("Version:"):
+            return tuple(int(x) for x in line.split()[1].split(".") if x.isdigit())
+    return None
+
+
+def runtime_version(name: str) -> str | None:
+    binary = shutil.which(name)
+    if not binary:
+        return None
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else "?"
+
+
+def _need(ok: bool, reason: str) -> pytest.MarkDecorator:
+    """A mark: nothing when ``ok``; else skip (locally) or fail (under CI, see conftest)."""
+    if ok:
+        return pytest.mark.capabilities_met
+    if STRICT:
+        return pytest.mark.missing_capability(reason)
+    return pytest.mark.skip(reason=reason)
+
+
+requires_root = _need(os.geteuid() == 0, "needs root")
+
+
+def requires_criu(minimum: tuple[int, ...] = (4, 2)) -> pytest.MarkDecorator:
+    version = criu_version()
+    return _need(
+        version is not None and version >= minimum,
+        f"needs CRIU >= {'.'.join(map(str, minimum))} (found {version}); run scripts/provision",
+    )
+
+
+def requires_runtime(name: str) -> pytest.MarkDecorator:
+    return _need(runtime_version(name) is not None, f"needs {name}; run scripts/provision")
+
+
+integration = [pytest.mark.integration, requires_root, requires_criu()]

@@ -1,0 +1,123 @@
+"""Shared fixtures: the machine report header, strict capability checks, workloads."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.capabilities import STRICT, criu_version, runtime_version
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    crv = criu_version()
+    return [
+        f"kernel: {platform.release()}  arch: {platform.machine()}  root: {os.geteuid() == 0}",
+        f"criu: {'.'.join(map(str, crv)) if crv else 'not found'}",
+        f"runc: {runtime_version('runc')}; containerd: {runtime_version('containerd')}",
+        f"strict capabilities (CI): {STRICT}",
+    ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "missing_capability(reason): fails under CI")
+    config.addinivalue_line("markers", "capabilities_met: what the test needs is here")
+    # Restored trees are orphaned by CRIU; as subreaper this process adopts and can reap them
+    # (this machine's init does not reap orphans, and a zombie holds the pid a restore needs).
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("missing_capability"):
+        pytest.fail(f"CI=true and a needed capability is missing: {marker.args[0]}")
+
+
+def reap_zombie_children() -> None:
+    """Reap every zombie whose parent is this process (adopted orphans included)."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] == "Z" and int(fields[1]) == me:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(entry), os.WNOHANG)
+
+
+@pytest.fixture(autouse=True)
+def _reap_after_test() -> Iterator[None]:
+    yield
+    reap_zombie_children()
+
+
+class Workloads:
+    """Starts python workloads checkpoint-ready and kills every pid it saw at teardown."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.pids: list[int] = []
+        self._n = 0
+
+    def python(self, code: str, *, log: Path | None = None) -> tuple[object, Path]:
+        import cedana  # noqa: PLC0415
+
+        self._n += 1
+        script = self.tmp / f"workload{self._n}.py"
+        script.write_text(textwrap.dedent(code))
+        log = log or self.tmp / f"workload{self._n}.log"
+        # Unbuffered stdio writes a line in pieces, which interleave between processes.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        proc = cedana.spawn([sys.executable, str(script)], log=log, cwd=self.tmp, env=env)
+        self.pids.append(proc.pid)
+        return proc, log
+
+    def track(self, pid: int) -> None:
+        self.pids.append(pid)
+
+    def kill_all(self) -> None:
+        import signal  # noqa: PLC0415
+
+        from cedana import procfs  # noqa: PLC0415
+
+        for pid in self.pids:
+            with contextlib.suppress(Exception):
+                for info in reversed(procfs.tree(pid)):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(info.pid, signal.SIGKILL)
+        time.sleep(0.05)
+        reap_zombie_children()
+
+
+@pytest.fixture
+def workloads(tmp_path: Path) -> Iterator[Workloads]:
+    w = Workloads(tmp_path)
+    try:
+        yield w
+    finally:
+        w.kill_all()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+    """Poll ``predicate`` until truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")

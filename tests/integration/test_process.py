@@ -1,0 +1,568 @@
+"""Process checkpoint/restore against real CRIU: each workload's state is checked after restore."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import zstandard
+
+import cedana
+from cedana import procfs
+from tests.capabilities import integration
+from tests.conftest import Workloads, reap_zombie_children, wait_for
+
+pytestmark = integration
+
+
+def numbers(log: Path, prefix: str = "") -> list[int]:
+    """The integers of lines starting with ``prefix`` (the last field of each)."""
+    out = []
+    for line in log.read_text().splitlines():
+        if line.startswith(prefix) and line.split() and line.split()[-1].isdigit():
+            out.append(int(line.split()[-1]))
+    return out
+
+
+def wait_count(log: Path, at_least: int, prefix: str = "", timeout: float = 20) -> None:
+    wait_for(
+        lambda: len(numbers(log, prefix)) >= at_least,
+        timeout,
+        f"{at_least} lines {prefix!r} in {log.name}",
+    )
+
+
+def assert_continues(log: Path, before: list[int], prefix: str = "", more: int = 5) -> None:
+    """After restore, the lines go on from the last value before the checkpoint, by one."""
+    wait_count(log, len(before) + more, prefix)
+    after = numbers(log, prefix)[len(before) :]
+    assert after[:more] == list(range(before[-1] + 1, before[-1] + 1 + more)), (before[-3:], after)
+
+
+def assert_gone(pid: int) -> None:
+    reap_zombie_children()
+    wait_for(lambda: procfs.holder_of(pid) is None, 10, f"pid {pid} to go")
+
+
+COUNTER = """
+    import time
+    n = 0
+    while True:
+        n += 1
+        print("count", n, flush=True)
+        time.sleep(0.02)
+"""
+
+
+def test_counter_continues(workloads: Workloads, tmp_path: Path) -> None:
+    """A counter held only in memory goes on from where it was, in the same pid."""
+    proc, log = workloads.python(COUNTER)
+    wait_count(log, 10)
+    ckpt = proc.checkpoint(tmp_path / "c.tar.zst")
+    assert not proc.running
+    before = numbers(log)
+    assert ckpt.manifest.tree[0].pid == proc.pid
+    restored = cedana.restore(tmp_path / "c.tar.zst")
+    workloads.track(restored.pid)
+    assert restored.pid == proc.pid
+    assert_continues(log, before)
+    assert restored.running
+
+
+def test_big_buffer_checksum_unchanged(workloads: Workloads, tmp_path: Path) -> None:
+    """A 256 MiB buffer of random bytes has the same sha256 after restore."""
+    proc, log = workloads.python(
+        """
+        import hashlib, os, signal, time
+        buf = bytearray(os.urandom(128 << 20)) + bytearray(128 << 20)
+        buf[-1] = 7
+        def report(*_):
+            print("sum", hashlib.sha256(buf).hexdigest(), flush=True)
+        signal.signal(signal.SIGUSR1, report)
+        report()
+        n = 0
+        while True:
+            n += 1
+            print("tick", n, flush=True)
+            time.sleep(0.05)
+        """
+    )
+    wait_count(log, 2, "tick", timeout=60)
+    original = [ln.split()[1] for ln in log.read_text().splitlines() if ln.startswith("sum")]
+    proc.checkpoint(tmp_path / "big.tar.zst")
+    restored = cedana.restore(tmp_path / "big.tar.zst")
+    workloads.track(restored.pid)
+    restored.signal(signal.SIGUSR1)
+    wait_for(lambda: log.read_text().count("sum ") == 2, 30, "second checksum")
+    sums = [ln.split()[1] for ln in log.read_text().splitlines() if ln.startswith("sum")]
+    assert sums == original * 2
+
+
+def test_process_tree_with_grandchild(workloads: Workloads, tmp_path: Path) -> None:
+    """A parent, two children and a grandchild all come back, under their pids, and go on."""
+    proc, log = workloads.python(
+        """
+        import os, time
+        def count(role):
+            n = 0
+            while True:
+                n += 1
+                print(role, os.getpid(), n, flush=True)
+                time.sleep(0.05)
+        if os.fork() == 0:
+            if os.fork() == 0:
+                count("grandchild")
+            count("child1")
+        if os.fork() == 0:
+            count("child2")
+        count("parent")
+        """
+    )
+    roles = ("parent", "child1", "child2", "grandchild")
+    for role in roles:
+        wait_count(log, 3, role)
+    tree = proc.tree()
+    assert len(tree) == 4
+    ckpt = proc.checkpoint(tmp_path / "tree.tar.zst")
+    assert {e.pid for e in ckpt.manifest.tree} == {p.pid for p in tree}
+    before = {role: numbers(log, role) for role in roles}
+    restored = cedana.restore(ckpt.path)
+    workloads.track(restored.pid)
+    assert {p.pid for p in restored.tree()} == {p.pid for p in tree}
+    for role in roles:
+        assert_continues(log, before[role], role, more=3)
+
+
+def test_threads(workloads: Workloads, tmp_path: Path) -> None:
+    """Each of several threads keeps its own counter going after restore."""
+    proc, log = workloads.python(
+        """
+        import threading, time
+        def count(name):
+            n = 0
+            while True:
+                n += 1
+                print(name, n, flush=True)
+                time.sleep(0.03)
+        for i in range(3):
+            threading.Thread(target=count, args=(f"thread{i}",), daemon=True).start()
+        count("main")
+        """
+    )
+    names = ("main", "thread0", "thread1", "thread2")
+    for name in names:
+        wait_count(log, 3, name)
+    proc.checkpoint(tmp_path / "t.tar.zst")
+    before = {name: numbers(log, name) for name in names}
+    restored = cedana.restore(tmp_path / "t.tar.zst")
+    workloads.track(restored.pid)
+    status = Path(f"/proc/{restored.pid}/status").read_text()
+    assert "Threads:\t4" in status
+    for name in names:
+        assert_continues(log, before[name], name, more=3)
+
+
+def test_pipe_between_processes(workloads: Workloads, tmp_path: Path) -> None:
+    """A pipe from parent to child carries the sequence on, with nothing lost or repeated."""
+    proc, log = workloads.python(
+        """
+        import os, time
+        r, w = os.pipe()
+        if os.fork() == 0:
+            os.close(w)
+            f = os.fdopen(r)
+            for line in f:
+                print("got", line.strip(), flush=True)
+        os.close(r)
+        n = 0
+        while True:
+            n += 1
+            os.write(w, f"{n}\\n".encode())
+            time.sleep(0.02)
+        """
+    )
+    wait_count(log, 10, "got")
+    proc.checkpoint(tmp_path / "p.tar.zst")
+    before = numbers(log, "got")
+    restored = cedana.restore(tmp_path / "p.tar.zst")
+    workloads.track(restored.pid)
+    assert_continues(log, before, "got")
+
+
+def test_unix_socketpair(workloads: Workloads, tmp_path: Path) -> None:
+    """A unix socketpair between parent and child keeps its ping-pong going."""
+    proc, log = workloads.python(
+        """
+        import os, socket, time
+        a, b = socket.socketpair()
+        if os.fork() == 0:
+            a.close()
+            while True:
+                n = int(b.recv(64))
+                b.sendall(str(n + 1).encode())
+        b.close()
+        n = 0
+        while True:
+            a.sendall(str(n).encode())
+            n = int(a.recv(64))
+            print("pong", n, flush=True)
+            time.sleep(0.02)
+        """
+    )
+    wait_count(log, 10, "pong")
+    proc.checkpoint(tmp_path / "u.tar.zst")
+    before = numbers(log, "pong")
+    restored = cedana.restore(tmp_path / "u.tar.zst")
+    workloads.track(restored.pid)
+    assert_continues(log, before, "pong")
+
+
+TCP_ECHO = """
+    import socket, time
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    cli = socket.create_connection(srv.getsockname())
+    conn, _ = srv.accept()
+    n = 0
+    while True:
+        cli.sendall(f"{n}\\n".encode())
+        n = int(conn.recv(64)) + 1
+        conn.sendall(f"{n}\\n".encode())
+        n = int(cli.recv(64))
+        print("echo", n, flush=True)
+        time.sleep(0.02)
+"""
+
+
+def test_established_tcp_on_loopback(workloads: Workloads, tmp_path: Path) -> None:
+    """An established loopback TCP connection keeps carrying data after restore."""
+    proc, log = workloads.python(TCP_ECHO)
+    wait_count(log, 10, "echo")
+    ckpt = proc.checkpoint(tmp_path / "tcp.tar.zst", tcp_established=True)
+    assert ckpt.manifest.options["tcp_established"] is True
+    before = numbers(log, "echo")
+    restored = cedana.restore(tmp_path / "tcp.tar.zst")
+    workloads.track(restored.pid)
+    assert_continues(log, before, "echo")  # each line is one round trip over the connection
+
+
+def test_established_tcp_without_option_is_refused_before_freezing(
+    workloads: Workloads, tmp_path: Path
+) -> None:
+    """Without tcp_established the error names the option, and the workload never stopped."""
+    proc, log = workloads.python(TCP_ECHO)
+    wait_count(log, 5, "echo")
+    with pytest.raises(cedana.NotCheckpointable, match="tcp_established=True"):
+        proc.checkpoint(tmp_path / "tcp.tar.zst")
+    assert proc.running
+    assert not (tmp_path / "tcp.tar.zst").exists()
+    n = len(numbers(log, "echo"))
+    wait_count(log, n + 5, "echo")
+
+
+def test_file_lock(workloads: Workloads, tmp_path: Path) -> None:
+    """A lock held before the checkpoint is held by the restored process."""
+    lockfile = tmp_path / "lock"
+    lockfile.write_text("x")
+    proc, log = workloads.python(
+        f"""
+        import fcntl, time
+        f = open({str(lockfile)!r}, "r+")
+        fcntl.lockf(f, fcntl.LOCK_EX)
+        n = 0
+        while True:
+            n += 1
+            print("locked", n, flush=True)
+            time.sleep(0.05)
+        """
+    )
+    wait_count(log, 3, "locked")
+    proc.checkpoint(tmp_path / "l.tar.zst", file_locks=True)
+    with open(lockfile, "r+") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free while nobody runs
+        fcntl.lockf(f, fcntl.LOCK_UN)
+    restored = cedana.restore(tmp_path / "l.tar.zst")
+    workloads.track(restored.pid)
+    assert f" {restored.pid} " in Path("/proc/locks").read_text()
+    with open(lockfile, "r+") as f, pytest.raises(OSError):
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_open_deleted_file(workloads: Workloads, tmp_path: Path) -> None:
+    """An open file that was deleted still reads back its contents after restore."""
+    proc, log = workloads.python(
+        """
+        import os, time
+        f = open("scratch", "w+")
+        f.write("precious")
+        f.flush()
+        os.unlink("scratch")
+        n = 0
+        while True:
+            n += 1
+            f.seek(0)
+            print(f.read(), n, flush=True)
+            time.sleep(0.05)
+        """
+    )
+    wait_count(log, 3, "precious")
+    proc.checkpoint(tmp_path / "d.tar.zst")
+    before = numbers(log, "precious")
+    restored = cedana.restore(tmp_path / "d.tar.zst")
+    workloads.track(restored.pid)
+    assert_continues(log, before, "precious", more=3)
+    assert not (tmp_path / "scratch").exists()
+
+
+def test_leave_running(workloads: Workloads, tmp_path: Path) -> None:
+    """With leave_running the original goes on; once stopped, the copy restores at the checkpoint."""
+    proc, log = workloads.python(COUNTER)
+    wait_count(log, 5)
+    low = numbers(log)[-1]
+    proc.checkpoint(tmp_path / "lr.tar.zst", leave_running=True)
+    high = numbers(log)[-1]  # the dump happened between low and high
+    assert proc.running
+    wait_count(log, len(numbers(log)) + 5)  # the original keeps counting
+    proc.kill()
+    assert_gone(proc.pid)
+    mark = len(numbers(log))
+    restored = cedana.restore(tmp_path / "lr.tar.zst")
+    workloads.track(restored.pid)
+    wait_count(log, mark + 3)
+    first, *rest = numbers(log)[mark : mark + 3]
+    assert low < first <= high + 1, "the copy resumes from the checkpoint, not from 1"
+    assert rest == [first + 1, first + 2]
+
+
+def test_ten_cycles(workloads: Workloads, tmp_path: Path) -> None:
+    """Ten checkpoint/restore cycles in a row, the count continuing across all of them."""
+    proc, log = workloads.python(COUNTER)
+    wait_count(log, 3)
+    current: cedana.Process = proc
+    for i in range(10):
+        path = tmp_path / f"cycle{i}.tar.zst"
+        current.checkpoint(path)
+        before = numbers(log)
+        current = cedana.restore(path)
+        workloads.track(current.pid)
+        assert_continues(log, before, more=2)
+    assert current.pid == proc.pid
+
+
+def test_started_with_pipes_from_subprocess(workloads: Workloads, tmp_path: Path) -> None:
+    """A child of this Python with pipes as stdio (not a session leader) restores, its output
+    going to the file given at restore."""
+    script = tmp_path / "piped.py"
+    script.write_text(textwrap.dedent(COUNTER))
+    popen = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    workloads.track(popen.pid)
+    assert popen.stdout is not None
+    first = [popen.stdout.readline() for _ in range(3)]
+    assert first[-1].startswith(b"count")
+    ckpt = cedana.Process(popen.pid).checkpoint(tmp_path / "piped.tar.zst")
+    popen.wait(10)
+    assert ckpt.manifest.workload["shell_job"] is True
+    assert {e["fd"] for e in ckpt.manifest.workload["external"]} == {0, 1, 2}
+    out = tmp_path / "restored.out"
+    restored = cedana.restore(ckpt.path, stdout=out)
+    workloads.track(restored.pid)
+    wait_count(out, 5)
+    assert numbers(out)[0] > 3
+
+
+# --- bad input ------------------------------------------------------------------------
+
+
+def test_no_such_pid(tmp_path: Path) -> None:
+    """A pid nobody has gives ProcessNotFound (a ProcessLookupError) and writes nothing."""
+    pid = int(Path("/proc/sys/kernel/pid_max").read_text()) - 1
+    while procfs.holder_of(pid) is not None:
+        pid -= 1
+    with pytest.raises(ProcessLookupError, match=str(pid)):
+        cedana.Process(pid).checkpoint(tmp_path / "x.tar.zst")
+    assert not list(tmp_path.iterdir())
+
+
+def test_kernel_thread_is_refused(tmp_path: Path) -> None:
+    """kthreadd (pid 2) is refused with a clear error."""
+    with pytest.raises(cedana.NotCheckpointable, match="kernel thread"):
+        cedana.Process(2).checkpoint(tmp_path / "k.tar.zst")
+
+
+def test_not_root_is_refused(workloads: Workloads, tmp_path: Path) -> None:
+    """An unprivileged caller gets NotPermitted; the workload is untouched."""
+    proc, log = workloads.python(COUNTER)
+    wait_count(log, 3)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            cedana.Process(proc.pid).checkpoint(tmp_path / "nr.tar.zst")
+        except cedana.NotPermitted:
+            code = 42
+        except BaseException:
+            code = 2
+        os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 42
+    assert proc.running
+    assert not (tmp_path / "nr.tar.zst").exists()
+
+
+@pytest.fixture
+def good_checkpoint(workloads: Workloads, tmp_path: Path) -> tuple[Path, int, Path]:
+    proc, log = workloads.python(COUNTER)
+    wait_count(log, 3)
+    path = tmp_path / "good.tar.zst"
+    proc.checkpoint(path)
+    assert_gone(proc.pid)
+    return path, proc.pid, log
+
+
+def _rewrite(src: Path, dest: Path, extra: list[tuple[tarfile.TarInfo, bytes]]) -> None:
+    raw = zstandard.ZstdDecompressor().stream_reader(src.open("rb")).read()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tin, tarfile.open(fileobj=buf, mode="w") as tout:
+        for m in tin.getmembers():
+            tout.addfile(m, tin.extractfile(m))
+        for info, data in extra:
+            info.size = len(data)
+            tout.addfile(info, io.BytesIO(data))
+    dest.write_bytes(zstandard.ZstdCompressor().compress(buf.getvalue()))
+
+
+def _assert_refused(path: Path, pid: int, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        cedana.restore(path)
+    assert procfs.holder_of(pid) is None, "nothing may be restored from a bad artifact"
+
+
+def test_truncated_artifact_restores_nothing(good_checkpoint, tmp_path: Path) -> None:
+    """A truncated artifact is refused before CRIU runs; the good one still restores."""
+    path, pid, log = good_checkpoint
+    data = path.read_bytes()
+    bad = tmp_path / "truncated.tar.zst"
+    bad.write_bytes(data[: len(data) // 2])
+    _assert_refused(bad, pid, cedana.ArtifactCorrupt)
+    restored = cedana.restore(path)
+    assert restored.pid == pid
+    restored.kill()
+
+
+def test_flipped_byte_restores_nothing(good_checkpoint, tmp_path: Path) -> None:
+    """One flipped byte anywhere past the manifest is caught; nothing is restored."""
+    path, pid, _ = good_checkpoint
+    data = bytearray(path.read_bytes())
+    data[len(data) * 3 // 4] ^= 0x01
+    bad = tmp_path / "flipped.tar.zst"
+    bad.write_bytes(bytes(data))
+    _assert_refused(bad, pid, cedana.ArtifactError)
+
+
+def test_added_member_restores_nothing(good_checkpoint, tmp_path: Path) -> None:
+    """A member not in the manifest is refused."""
+    path, pid, _ = good_checkpoint
+    bad = tmp_path / "added.tar.zst"
+    _rewrite(path, bad, [(tarfile.TarInfo("extra.img"), b"sneaky")])
+    _assert_refused(bad, pid, cedana.ArtifactCorrupt)
+
+
+def test_path_traversal_member_restores_nothing(good_checkpoint, tmp_path: Path) -> None:
+    """A member that would land outside the images directory is refused, and not written."""
+    path, pid, _ = good_checkpoint
+    bad = tmp_path / "traversal.tar.zst"
+    _rewrite(path, bad, [(tarfile.TarInfo("../../escaped"), b"x")])
+    _assert_refused(bad, pid, cedana.UnsafeArtifact)
+    assert not (tmp_path.parent / "escaped").exists()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+BIG_RANDOM = """
+    import os, time
+    buf = os.urandom(48 << 20)
+    n = 0
+    while True:
+        n += 1
+        print("count", n, flush=True)
+        time.sleep(0.02)
+"""
+
+
+@pytest.mark.parametrize("stage_on_small", [False, True], ids=["artifact-full", "images-full"])
+def test_full_filesystem_leaves_workload_running(
+    workloads: Workloads, small_tmpfs: Path, stage_on_small: bool
+) -> None:
+    """ENOSPC while writing the artifact (or CRIU's images) leaves the workload running and
+    thawed, and nothing on the full filesystem."""
+    proc, log = workloads.python(BIG_RANDOM)
+    wait_count(log, 3)
+    with pytest.raises((OSError, cedana.DumpFailed)) as info:
+        proc.checkpoint(
+            small_tmpfs / "full.tar.zst", work_dir=small_tmpfs if stage_on_small else None
+        )
+    assert "No space left on device" in str(info.value)
+    assert proc.running
+    assert procfs.proc_info(proc.pid).state != "T"
+    n = len(numbers(log))
+    wait_count(log, n + 5)  # still counting: not frozen
+    assert list(small_tmpfs.iterdir()) == []
+
+
+def test_artifact_is_listable_and_private(workloads: Workloads, tmp_path: Path) -> None:
+    """`tar --zstd -tf` lists the artifact with manifest.json first; the file is 0600."""
+    proc, log = workloads.python(COUNTER)
+    wait_count(log, 3)
+    path = tmp_path / "l.tar.zst"
+    ckpt = proc.checkpoint(path, leave_running=True)
+    names = subprocess.run(
+        ["tar", "--zstd", "-tf", str(path)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert names[0] == "manifest.json"
+    assert "pstree.img" in names
+    assert path.stat().st_mode & 0o777 == 0o600
+    opened = cedana.open(path)
+    assert opened.manifest == ckpt.manifest
+    member = opened.manifest.members[0]
+    assert len(member.sha256) == 64
+    assert hashlib.sha256(opened.read_member(member.name)).hexdigest() == member.sha256
+    info = opened.inspect()
+    assert info.processes[0].pid == proc.pid
+    time.sleep(0)
+
+
+def test_pid_in_use_names_the_holder(workloads: Workloads, tmp_path: Path) -> None:
+    """Restoring while the original still runs fails with PidInUse naming who holds the pid."""
+    proc, log = workloads.python(COUNTER)
+    wait_count(log, 3)
+    proc.checkpoint(tmp_path / "p.tar.zst", leave_running=True)
+    with pytest.raises(cedana.PidInUse, match=f"pid {proc.pid}"):
+        cedana.restore(tmp_path / "p.tar.zst")
+    assert proc.running
