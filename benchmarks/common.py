@@ -62,8 +62,8 @@ def du(path: Path) -> int:
 
 @contextlib.contextmanager
 def scratch(parent: Path) -> Iterator[Path]:
-    import shutil  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
+    import shutil
+    import tempfile
 
     path = Path(tempfile.mkdtemp(prefix="bench-", dir=parent))
     try:
@@ -76,7 +76,10 @@ def table(title: str, rows: list[tuple[str, list[float], int | None]], baseline:
     """Median times, sizes and the ratio of each row to ``baseline``."""
     med = {name: statistics.median(times) for name, times, _ in rows}
     base = med[baseline]
-    lines = [title, f"  {'method':44} {'median s':>9} {'min s':>7} {'size MiB':>9} {'vs ' + baseline[:18]:>22}"]
+    lines = [
+        title,
+        f"  {'method':44} {'median s':>9} {'min s':>7} {'size MiB':>9} {'vs ' + baseline[:18]:>22}",
+    ]
     for name, times, size in rows:
         size_s = f"{size / 2**20:9.1f}" if size is not None else f"{'':9}"
         lines.append(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import cedana
@@ -37,7 +38,7 @@ while True:
 
 def start_workload(mib: int, log: Path) -> cedana.Process:
     proc = cedana.spawn([sys.executable, "-c", WORKLOAD.format(half=(mib << 20) // 2)], log=log)
-    import time  # noqa: PLC0415
+    import time
 
     while "ready" not in (log.read_text() if log.exists() else ""):
         time.sleep(0.1)
@@ -53,67 +54,72 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     become_subreaper()
     level = str(args.level)
-    dump: dict[str, list[float]] = {"criu dump": [], "criu dump + tar|zstd": [], "cedana checkpoint": []}
+    dump: dict[str, list[float]] = {
+        "criu dump": [],
+        "criu dump + tar|zstd": [],
+        "cedana checkpoint": [],
+    }
     rest: dict[str, list[float]] = {
         "criu restore": [],
         "zstd -d|tar -x + criu restore": [],
         "cedana restore": [],
     }
     sizes: dict[str, int] = {}
+
+    def criu_dump(pid: int, images: Path) -> None:
+        images.mkdir()
+        run(["criu", "dump", "-t", str(pid), "-D", str(images), "-R"])
+
+    def criu_dump_tar(pid: int, images: Path, tarball: Path) -> None:
+        criu_dump(pid, images)
+        run(["bash", "-c", f"tar -C {images} -cf - . | zstd -q -{level} -T0 -o {tarball}"])
+
+    def untar_restore(tarball: Path, out: Path) -> None:
+        out.mkdir()
+        run(["bash", "-c", f"zstd -q -d -c {tarball} | tar -C {out} -xf -"])
+        run(["criu", "restore", "-D", str(out), "-d"])
+
     with scratch(args.dir) as work:
         proc = start_workload(args.mib, work / "workload.log")
         pid = proc.pid
         try:
             for r in range(args.rounds):
-                images = work / f"images{r}"
-                images.mkdir()
-                dump["criu dump"].append(
-                    timed(lambda: run(["criu", "dump", "-t", str(pid), "-D", str(images), "-R"]))
+                images, tarball = work / f"images{r}", work / f"criu{r}.tar.zst"
+                artifact = work / f"cedana{r}.tar.zst"
+                dump["criu dump"].append(timed(partial(criu_dump, pid, images)))
+                dump["criu dump + tar|zstd"].append(
+                    timed(partial(criu_dump_tar, pid, work / f"images-t{r}", tarball))
+                )
+                dump["cedana checkpoint"].append(
+                    timed(partial(proc.checkpoint, artifact, leave_running=True, level=args.level))
                 )
                 sizes["criu dump"] = du(images)
-                tarball = work / f"criu{r}.tar.zst"
-
-                def criu_tar(images: Path = images, tarball: Path = tarball) -> None:
-                    images2 = work / f"images2-{r}"
-                    images2.mkdir()
-                    run(["criu", "dump", "-t", str(pid), "-D", str(images2), "-R"])
-                    run(
-                        ["bash", "-c", f"tar -C {images2} -cf - . | zstd -q -{level} -T0 -o {tarball}"]
-                    )
-
-                dump["criu dump + tar|zstd"].append(timed(criu_tar))
                 sizes["criu dump + tar|zstd"] = du(tarball)
-                artifact = work / f"cedana{r}.tar.zst"
-                dump["cedana checkpoint"].append(
-                    timed(lambda: proc.checkpoint(artifact, leave_running=True, level=args.level))
-                )
                 sizes["cedana checkpoint"] = du(artifact)
         finally:
             proc.kill()
             kill_and_wait(pid)
         for r in range(args.rounds):
-            images = work / f"images{r}"
-            rest["criu restore"].append(
-                timed(lambda: run(["criu", "restore", "-D", str(images), "-d"]))
+            restore_dir = ["criu", "restore", "-D", str(work / f"images{r}"), "-d"]
+            rest["criu restore"].append(timed(partial(run, restore_dir)))
+            kill_and_wait(pid)
+            untar = partial(untar_restore, work / f"criu{r}.tar.zst", work / f"untar{r}")
+            rest["zstd -d|tar -x + criu restore"].append(timed(untar))
+            kill_and_wait(pid)
+            rest["cedana restore"].append(
+                timed(partial(cedana.restore, work / f"cedana{r}.tar.zst"))
             )
             kill_and_wait(pid)
-            tarball = work / f"criu{r}.tar.zst"
-
-            def untar_restore(tarball: Path = tarball) -> None:
-                out = work / f"untar{r}"
-                out.mkdir()
-                run(["bash", "-c", f"zstd -q -d -c {tarball} | tar -C {out} -xf -"])
-                run(["criu", "restore", "-D", str(out), "-d"])
-
-            rest["zstd -d|tar -x + criu restore"].append(timed(untar_restore))
-            kill_and_wait(pid)
-            artifact = work / f"cedana{r}.tar.zst"
-            rest["cedana restore"].append(timed(lambda: cedana.restore(artifact)))
-            kill_and_wait(pid)
-    print(f"process with {args.mib} MiB (half random), zstd level {args.level}, "
-          f"{args.rounds} rounds, on {args.dir}")
-    print(table("checkpoint", [(k, v, sizes.get(k)) for k, v in dump.items()], "criu dump + tar|zstd"))
-    print(table("restore", [(k, v, None) for k, v in rest.items()], "zstd -d|tar -x + criu restore"))
+    print(
+        f"process with {args.mib} MiB (half random), zstd level {args.level}, "
+        f"{args.rounds} rounds, on {args.dir}"
+    )
+    print(
+        table("checkpoint", [(k, v, sizes.get(k)) for k, v in dump.items()], "criu dump + tar|zstd")
+    )
+    print(
+        table("restore", [(k, v, None) for k, v in rest.items()], "zstd -d|tar -x + criu restore")
+    )
     return 0
 
 

@@ -24,7 +24,7 @@ def check() -> CriuReport:
     return result
 
 
-def open(path: str | os.PathLike[str], *, verify: bool = True) -> Checkpoint:  # noqa: A001
+def open(path: str | os.PathLike[str], *, verify: bool = True) -> Checkpoint:
     """Open and verify a checkpoint artifact; nothing is restored.
 
     Raises:

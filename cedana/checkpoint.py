@@ -93,7 +93,7 @@ class Checkpoint:
 
     def inspect(self) -> Inspection:
         """Decode the CRIU images: processes, memory, files, sockets. Needs no root."""
-        from cedana.artifact.inspect import inspect_images  # noqa: PLC0415
+        from cedana.artifact.inspect import inspect_images
 
         with tempfile.TemporaryDirectory(prefix=".cedana-inspect-") as tmp:
             images = Path(tmp) / "images"

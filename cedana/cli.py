@@ -119,7 +119,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from cedana.demo import run_demo  # noqa: PLC0415
+    from cedana.demo import run_demo
 
     return run_demo(output=args.output)
 

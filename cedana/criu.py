@@ -130,8 +130,8 @@ class CriuBackend(Protocol):
 
 def _import_pycriu() -> tuple[Any, Any]:
     try:
-        import pycriu.images  # noqa: PLC0415
-        import pycriu.rpc_pb2 as rpc  # noqa: PLC0415
+        import pycriu.images
+        import pycriu.rpc_pb2 as rpc
     except ImportError as exc:
         raise CriuNotFound(
             "pycriu is not installed in this Python environment; run scripts/provision "

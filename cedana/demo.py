@@ -59,9 +59,8 @@ def run_demo(output: str | None = None) -> int:
                 f"2. checkpointed to {artifact} in {t1 - t0:.2f}s "
                 f"({ckpt.size / 1024:.0f} KiB, {len(ckpt.manifest.members)} members)"
             )
-            say(
-                f"   the counter was at {at_checkpoint}; the workload is gone: running={proc.running}"
-            )
+            stopped = not proc.running
+            say(f"   the counter was at {at_checkpoint}; the workload is stopped: {stopped}")
 
             t0 = time.monotonic()
             restored = cedana.restore(artifact)

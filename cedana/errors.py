@@ -4,7 +4,7 @@ Every error derives from :class:`CedanaError`; leaves also derive from the
 builtin that fits, so ``except ProcessLookupError`` keeps working::
 
     CedanaError
-    ├── SetupError                      the machine cannot checkpoint (CRIU missing, too old, not root)
+    ├── SetupError                      the machine cannot checkpoint (no CRIU, old CRIU, no root)
     │   ├── CriuNotFound                no usable ``criu`` binary or pycriu
     │   └── NotPermitted                (PermissionError) needs root / capabilities
     ├── CriuError                       CRIU refused or failed; carries ``errno`` and ``log_tail``
@@ -80,10 +80,10 @@ class CriuError(CedanaError):
     def __init__(
         self, message: str, *, errno: int = 0, log_tail: str = "", log_path: str | None = None
     ):
+        super().__init__(message)
         self.errno = errno
         self.log_tail = log_tail
         self.log_path = log_path
-        super().__init__(message)
 
     def __str__(self) -> str:
         text = super().__str__()
@@ -100,7 +100,7 @@ class RestoreFailed(CriuError):
     """CRIU could not restore the tree; nothing of it is left running."""
 
 
-class PidInUse(RestoreFailed, FileExistsError):
+class PidInUse(RestoreFailed, FileExistsError):  # type: ignore[misc]  # errno: int, never None
     """A pid the checkpoint needs is taken by another process (or a zombie)."""
 
 

@@ -259,7 +259,7 @@ def checkpoint_tree(
     backend.preflight()
     path = Path(path)
     if (path.exists() or path.is_symlink()) and not options.overwrite:
-        from cedana.errors import ArtifactExists  # noqa: PLC0415
+        from cedana.errors import ArtifactExists
 
         raise ArtifactExists(f"{path} exists; pass overwrite=True or choose another path")
     if not path.parent.is_dir():

@@ -182,9 +182,9 @@ def established_tcp(pid: int, fds: Iterable[Descriptor]) -> list[TcpConnection]:
         return []
     out = []
     for inode, local, remote, state in _tcp_table(pid):
-        d = by_inode.get(inode)
-        if d is not None and state == _TCP_ESTABLISHED:
-            out.append(TcpConnection(pid=d.pid, fd=d.fd, local=local, remote=remote))
+        holder = by_inode.get(inode)
+        if holder is not None and state == _TCP_ESTABLISHED:
+            out.append(TcpConnection(pid=holder.pid, fd=holder.fd, local=local, remote=remote))
     return out
 
 

@@ -74,7 +74,7 @@ class Workloads:
         self._n = 0
 
     def python(self, code: str, *, log: Path | None = None) -> tuple[object, Path]:
-        import cedana  # noqa: PLC0415
+        import cedana
 
         self._n += 1
         script = self.tmp / f"workload{self._n}.py"
@@ -90,9 +90,9 @@ class Workloads:
         self.pids.append(pid)
 
     def kill_all(self) -> None:
-        import signal  # noqa: PLC0415
+        import signal
 
-        from cedana import procfs  # noqa: PLC0415
+        from cedana import procfs
 
         for pid in self.pids:
             with contextlib.suppress(Exception):
@@ -112,7 +112,9 @@ def workloads(tmp_path: Path) -> Iterator[Workloads]:
         w.kill_all()
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition"
+) -> object:
     """Poll ``predicate`` until truthy; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -127,7 +127,7 @@ def snapshotter_for(rootfs: str | os.PathLike[str]) -> Snapshotter | None:
     None means the root filesystem has no writable layer to capture (a plain
     directory, or an overlay without an upper directory).
     """
-    from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter  # noqa: PLC0415
+    from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter
 
     layers = OverlayLayers.of(Path(rootfs))
     if layers is None or layers.upper is None:

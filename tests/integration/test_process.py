@@ -457,7 +457,7 @@ def _assert_refused(path: Path, pid: int, error: type[Exception]) -> None:
 
 def test_truncated_artifact_restores_nothing(good_checkpoint, tmp_path: Path) -> None:
     """A truncated artifact is refused before CRIU runs; the good one still restores."""
-    path, pid, log = good_checkpoint
+    path, pid, _ = good_checkpoint
     data = path.read_bytes()
     bad = tmp_path / "truncated.tar.zst"
     bad.write_bytes(data[: len(data) // 2])

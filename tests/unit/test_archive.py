@@ -9,12 +9,14 @@ import hashlib
 import io
 import json
 import os
+import socket
 import stat
 import subprocess
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 import zstandard
 
@@ -143,17 +145,12 @@ def special(name: str, kind: bytes, linkname: str = "") -> Entry:
 
 def manifest_entry(manifest: Manifest, members: dict[str, bytes]) -> Entry:
     """A manifest.json entry listing ``members`` with their true sizes and digests."""
-    listed = manifest.__class__(
-        **{
-            **{field: getattr(manifest, field) for field in ("created", "host", "kind")},
-            "options": manifest.options,
-            "tree": manifest.tree,
-            "workload": manifest.workload,
-            "members": [
-                Member(name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
-                for name, data in sorted(members.items())
-            ],
-        }
+    listed = attrs.evolve(
+        manifest,
+        members=[
+            Member(name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+            for name, data in sorted(members.items())
+        ],
     )
     return regular("manifest.json", listed.to_json())
 
@@ -260,7 +257,7 @@ def test_zstd_frames_carry_checksums(images: Path, tmp_path: Path, manifest: Man
 
 
 @pytest.fixture
-def open_umask() -> object:
+def open_umask() -> Iterator[None]:
     old = os.umask(0)
     try:
         yield
@@ -352,7 +349,9 @@ def test_overwrite_spares_a_directory_that_is_not_an_artifact(
         {"threads": -1},
     ],
 )
-def test_bad_arguments(kwargs: dict[str, object], images: Path, tmp_path: Path, manifest: Manifest) -> None:
+def test_bad_arguments(
+    kwargs: dict[str, object], images: Path, tmp_path: Path, manifest: Manifest
+) -> None:
     """A bad compress, level or threads raises ValueError before anything is written."""
     with pytest.raises(ValueError, match="must be"):
         write_artifact(images, tmp_path / "ckpt", manifest, **kwargs)  # type: ignore[arg-type]
@@ -377,7 +376,7 @@ def test_images_must_be_regular_files(
     elif kind == "fifo":
         os.mkfifo(odd)
     else:
-        import socket  # noqa: PLC0415
+        import socket
 
         with socket.socket(socket.AF_UNIX) as sock:
             sock.bind(os.fspath(odd))
@@ -429,7 +428,7 @@ def test_failed_write_keeps_errno(
 
     def filling_up(fd: int, data: bytes) -> int:
         calls.append(fd)
-        if len(calls) > 3:
+        if len(calls) >= 2:
             raise OSError(28, "No space left on device")
         return real_write(fd, data)
 
@@ -487,7 +486,7 @@ def _generic_tar(path: Path) -> None:
             id="zstd-of-text",
         ),
         pytest.param(lambda p: p.mkdir(), id="empty-directory"),
-        pytest.param(lambda p: os.mkfifo(p), id="fifo"),
+        pytest.param(os.mkfifo, id="fifo"),
     ],
 )
 def test_not_an_artifact(make: Callable[[Path], object], tmp_path: Path) -> None:
@@ -499,7 +498,9 @@ def test_not_an_artifact(make: Callable[[Path], object], tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_unknown_format_version(form: str, images: Path, tmp_path: Path, manifest: Manifest) -> None:
+def test_unknown_format_version(
+    form: str, images: Path, tmp_path: Path, manifest: Manifest
+) -> None:
     """An artifact of a newer format raises UnsupportedFormat telling the user to upgrade."""
     dest = write(images, tmp_path, manifest, form)
     if form == "directory":
@@ -544,18 +545,11 @@ def test_truncated(form: str, images: Path, tmp_path: Path, manifest: Manifest) 
     cut = tmp_path / "cut"
     for offset in sorted(offsets):
         cut.write_bytes(data[:offset])
-        with pytest.raises(ArtifactCorrupt, match="truncated|not a cedana checkpoint"):
+        with pytest.raises(ArtifactCorrupt, match="truncated|not a cedana checkpoint") as caught:
             open_artifact(cut)
         if offset > 1024:
-            assert "nothing was restored" in str(_error(lambda: open_artifact(cut)))
-
-
-def _error(action: Callable[[], object]) -> BaseException:
-    try:
-        action()
-    except BaseException as exc:
-        return exc
-    raise AssertionError("no error raised")
+            assert "is truncated" in str(caught.value)
+            assert "nothing was restored" in str(caught.value)
 
 
 @pytest.mark.parametrize("form", FILE_FORMS)
@@ -564,12 +558,15 @@ def test_flipped_bytes(form: str, images: Path, tmp_path: Path, manifest: Manife
 
     zstd frame checksums cover the manifest and tar headers; sha256 covers every member; tar
     header checksums cover a plain tar's headers. (A few bits change no decoded byte, such as
-    the padding inside the skippable frame; those read back identical.)
+    the padding inside the skippable frame; those read back identical.) A plain tar has no
+    checksum over the manifest's own text, so its flips are left out there.
     """
     dest = write(images, tmp_path, manifest, form)
     original = open_artifact(dest).manifest
     data = dest.read_bytes()
     offsets = {*range(0, len(data), max(1, len(data) // 150)), *range(len(data) - 16, len(data))}
+    if form == "tar":
+        offsets -= set(range(512, 512 + len(original.to_json())))
     flipped = tmp_path / "flipped"
     caught = 0
     for offset in sorted(offsets):
@@ -634,7 +631,11 @@ def test_member_added(form: str, tmp_path: Path, manifest: Manifest) -> None:
         form,
         manifest,
         files,
-        [regular("core-1.img", b"core"), regular("evil.img", b"x"), regular("pages-1.img", b"pages")],
+        [
+            regular("core-1.img", b"core"),
+            regular("evil.img", b"x"),
+            regular("pages-1.img", b"pages"),
+        ],
     )
     with pytest.raises(ArtifactCorrupt, match="'evil.img' was added"):
         open_artifact(path)
@@ -658,7 +659,9 @@ def test_member_modified(
     form: str, data: bytes, message: str, tmp_path: Path, manifest: Manifest
 ) -> None:
     """A member whose content or size differs from the manifest raises ArtifactCorrupt."""
-    path = tampered(tmp_path, form, manifest, {"pages-1.img": b"pages"}, [regular("pages-1.img", data)])
+    path = tampered(
+        tmp_path, form, manifest, {"pages-1.img": b"pages"}, [regular("pages-1.img", data)]
+    )
     with pytest.raises(ArtifactCorrupt, match=f"'pages-1.img' {message}"):
         open_artifact(path)
 
@@ -710,7 +713,12 @@ UNSAFE_NAMES = [
 @pytest.mark.parametrize("name", UNSAFE_NAMES)
 @pytest.mark.parametrize("listed", [True, False], ids=["listed", "unlisted"])
 def test_unsafe_names(
-    form: str, name: str, listed: bool, tmp_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
+    form: str,
+    name: str,
+    listed: bool,
+    tmp_path: Path,
+    manifest: Manifest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A traversing, absolute or odd name raises UnsafeArtifact, listed or not; nothing escapes."""
     work = tmp_path / "work"
@@ -723,8 +731,13 @@ def test_unsafe_names(
         tmp_path, form, manifest, files, [regular("core-1.img", b"core"), regular(name, b"x")]
     )
     with pytest.raises(UnsafeArtifact, match="unsafe member"):
-        artifact = open_artifact(path, verify=False)
-        artifact.extract(work / "out")
+        open_artifact(path)
+
+    def open_and_extract() -> None:
+        open_artifact(path, verify=False).extract(work / "out")
+
+    with pytest.raises(UnsafeArtifact, match="unsafe member"):
+        open_and_extract()
     assert list(tmp_path.rglob("x")) == []
     assert not (work / "out").exists()
 
@@ -773,11 +786,19 @@ def test_directory_entries(form: str, tmp_path: Path, manifest: Manifest) -> Non
     """A directory entry with a safe name is tolerated; one with a traversing name is unsafe."""
     files = {"rootfs/diff.tar": b"diff"}
     good = tampered(
-        tmp_path, form, manifest, files, [special("rootfs", tarfile.DIRTYPE), regular("rootfs/diff.tar", b"diff")]
+        tmp_path,
+        form,
+        manifest,
+        files,
+        [special("rootfs", tarfile.DIRTYPE), regular("rootfs/diff.tar", b"diff")],
     )
     open_artifact(good)
     bad = tampered(
-        tmp_path, form, manifest, files, [special("../rootfs", tarfile.DIRTYPE), regular("rootfs/diff.tar", b"diff")]
+        tmp_path,
+        form,
+        manifest,
+        files,
+        [special("../rootfs", tarfile.DIRTYPE), regular("rootfs/diff.tar", b"diff")],
     )
     with pytest.raises(UnsafeArtifact):
         open_artifact(bad)
@@ -786,7 +807,9 @@ def test_directory_entries(form: str, tmp_path: Path, manifest: Manifest) -> Non
 def test_manifest_as_symlink(tmp_path: Path, manifest: Manifest) -> None:
     """A first entry named manifest.json that is a symlink is refused as unsafe."""
     path = build(
-        tmp_path / "ckpt.tar.zst", [special("manifest.json", tarfile.SYMTYPE, "/etc/passwd")], compress=True
+        tmp_path / "ckpt.tar.zst",
+        [special("manifest.json", tarfile.SYMTYPE, "/etc/passwd")],
+        compress=True,
     )
     with pytest.raises(UnsafeArtifact):
         open_artifact(path)
@@ -836,7 +859,11 @@ def test_extract_only_still_verifies(form: str, tmp_path: Path, manifest: Manife
     """A damaged member that only= skips still fails the extraction, which then leaves nothing."""
     files = {"core-1.img": b"core", "pages-1.img": b"pages"}
     path = tampered(
-        tmp_path, form, manifest, files, [regular("core-1.img", b"core"), regular("pages-1.img", b"PAGES")]
+        tmp_path,
+        form,
+        manifest,
+        files,
+        [regular("core-1.img", b"core"), regular("pages-1.img", b"PAGES")],
     )
     out = tmp_path / "out"
     with pytest.raises(ArtifactCorrupt, match="pages-1.img"):
@@ -845,10 +872,16 @@ def test_extract_only_still_verifies(form: str, tmp_path: Path, manifest: Manife
 
 
 @pytest.mark.parametrize("form", FILE_FORMS)
-def test_failed_extract_removes_what_it_wrote(form: str, tmp_path: Path, manifest: Manifest) -> None:
+def test_failed_extract_removes_what_it_wrote(
+    form: str, tmp_path: Path, manifest: Manifest
+) -> None:
     """When the last member is bad, the members already written are removed; dest's own files stay."""
     files = {"a/core-1.img": b"core", "b/c/inventory.img": b"inv", "z.img": b"zzz"}
-    entries = [regular("a/core-1.img", b"core"), regular("b/c/inventory.img", b"inv"), regular("z.img", b"ZZZ")]
+    entries = [
+        regular("a/core-1.img", b"core"),
+        regular("b/c/inventory.img", b"inv"),
+        regular("z.img", b"ZZZ"),
+    ]
     path = tampered(tmp_path, form, manifest, files, entries)
     out = tmp_path / "out"
     out.mkdir()
@@ -863,7 +896,9 @@ def test_failed_extract_removes_what_it_wrote(form: str, tmp_path: Path, manifes
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_extract_never_replaces_files(form: str, images: Path, tmp_path: Path, manifest: Manifest) -> None:
+def test_extract_never_replaces_files(
+    form: str, images: Path, tmp_path: Path, manifest: Manifest
+) -> None:
     """An existing file in dest raises ArtifactExists, is kept, and the rest is cleaned up."""
     dest = write(images, tmp_path, manifest, form)
     out = tmp_path / "out"
@@ -875,7 +910,9 @@ def test_extract_never_replaces_files(form: str, images: Path, tmp_path: Path, m
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_extract_does_not_follow_symlinks(form: str, images: Path, tmp_path: Path, manifest: Manifest) -> None:
+def test_extract_does_not_follow_symlinks(
+    form: str, images: Path, tmp_path: Path, manifest: Manifest
+) -> None:
     """A symlink already in dest cannot redirect a member outside it."""
     dest = write(images, tmp_path, manifest, form)
     outside = tmp_path / "outside"
@@ -908,12 +945,20 @@ def test_read_member_verifies(form: str, tmp_path: Path, manifest: Manifest) -> 
     """read_member refuses a member that does not match the manifest, and unsafe entries before it."""
     files = {"core-1.img": b"core", "pages-1.img": b"pages"}
     path = tampered(
-        tmp_path, form, manifest, files, [regular("core-1.img", b"CORE"), regular("pages-1.img", b"pages")]
+        tmp_path,
+        form,
+        manifest,
+        files,
+        [regular("core-1.img", b"CORE"), regular("pages-1.img", b"pages")],
     )
     with pytest.raises(ArtifactCorrupt, match="'core-1.img' does not match"):
         open_artifact(path, verify=False).read_member("core-1.img")
     path = tampered(
-        tmp_path, form, manifest, files, [special("core-1.img", tarfile.SYMTYPE, "/etc"), regular("pages-1.img", b"pages")]
+        tmp_path,
+        form,
+        manifest,
+        files,
+        [special("core-1.img", tarfile.SYMTYPE, "/etc"), regular("pages-1.img", b"pages")],
     )
     with pytest.raises(UnsafeArtifact):
         open_artifact(path, verify=False).read_member("pages-1.img")

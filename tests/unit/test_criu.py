@@ -80,11 +80,11 @@ class _NoPreflight(criu.SwrkCriu):
 
 
 def fake_backend(tmp_path: Path, mode: str) -> criu.SwrkCriu:
-    import pycriu  # noqa: PLC0415
+    import pycriu
 
     script = tmp_path / f"criu-{mode}"
     pkg_root = str(Path(pycriu.__file__).parent.parent)
-    import google.protobuf  # noqa: PLC0415
+    import google.protobuf
 
     google = str(Path(google.protobuf.__file__).parent.parent.parent)
     script.write_text(FAKE.format(python=sys.executable, path=[pkg_root, google], mode=mode))
@@ -181,7 +181,7 @@ def test_log_dir_used_for_the_log(tmp_path: Path) -> None:
 
 def test_error_tree_leaves_subclass_builtins() -> None:
     """The leaves that have a natural builtin also are one."""
-    from cedana import errors  # noqa: PLC0415
+    from cedana import errors
 
     assert issubclass(errors.ProcessNotFound, ProcessLookupError)
     assert issubclass(errors.NotPermitted, PermissionError)

@@ -60,8 +60,11 @@ def test_pipe_inside_the_tree_is_not_external(tmp_path: Path) -> None:
     """Both ends of a pipe held within the tree are CRIU's business, not external."""
     code = "import os,time\nr,w=os.pipe()\nif os.fork()==0:\n    time.sleep(60)\ntime.sleep(60)\n"
     p = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, "-c", code],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 5
@@ -106,7 +109,9 @@ def test_kernel_thread_and_self_refused() -> None:
 
 def test_escape_hatch_passes_criu_options(sleeper) -> None:
     """criu= options reach CRIU unchanged and win over derived ones."""
-    plan = plan_dump(sleeper.pid, CheckpointOptions(criu={"ghost_limit": 1 << 24, "shell_job": True}))
+    plan = plan_dump(
+        sleeper.pid, CheckpointOptions(criu={"ghost_limit": 1 << 24, "shell_job": True})
+    )
     assert plan.criu["ghost_limit"] == 1 << 24
     assert plan.criu["shell_job"] is True
 
@@ -145,7 +150,9 @@ def test_artifact_complete_before_the_kill(sleeper, tmp_path: Path) -> None:
     def add(images: Path) -> None:
         seen.append(fake.calls[:])
 
-    ckpt = checkpoint_tree(plan, dest, CheckpointOptions(), kind="process", backend=fake, add_members=add)
+    ckpt = checkpoint_tree(
+        plan, dest, CheckpointOptions(), kind="process", backend=fake, add_members=add
+    )
     assert seen == [["dumped"]]
     assert fake.calls == ["dumped", "killed"]
     assert {m.name for m in ckpt.manifest.members} == {"pstree.img", "pages-1.img"}
@@ -162,7 +169,9 @@ def test_failed_write_thaws_and_leaves_nothing(sleeper, tmp_path: Path) -> None:
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError, match="No space"):
-        checkpoint_tree(plan, dest, CheckpointOptions(), kind="process", backend=fake, add_members=broken)
+        checkpoint_tree(
+            plan, dest, CheckpointOptions(), kind="process", backend=fake, add_members=broken
+        )
     assert fake.calls == ["dumped"]
     assert list(tmp_path.iterdir()) == []
 
