@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -110,7 +111,7 @@ class Checkpoint:
             "created": m.created,
             "host": {"kernel": m.host.kernel, "arch": m.host.arch, "criu": m.host.criu_version},
             "processes": [{"pid": p.pid, "ppid": p.ppid, "command": p.command} for p in m.tree],
-            "options": dict(m.options),
+            "options": json.loads(m.to_json())["options"],
             "members": len(m.members),
             "images_bytes": sum(x.size for x in m.members),
             "size": self.size,

@@ -40,6 +40,7 @@ from cedana.checkpoint import Checkpoint
 from cedana.criu import CriuBackend, CriuRequest, default_backend
 from cedana.errors import (
     CedanaError,
+    CriuError,
     NotCheckpointable,
     PidInUse,
     ProcessNotFound,
@@ -201,11 +202,26 @@ def plan_dump(pid: int, options: CheckpointOptions) -> DumpPlan:
 
 @contextlib.contextmanager
 def _work_dir(parent: Path | None, prefix: str) -> Iterator[Path]:
+    """A private scratch directory, removed on every path; CRIU's log survives a failure."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     try:
         yield path
+    except CriuError as exc:
+        _keep_log(exc)
+        raise
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _keep_log(exc: CriuError) -> None:
+    """Move CRIU's log out of the scratch directory so the error can point at it."""
+    if not exc.log_path or not os.path.exists(exc.log_path):
+        return
+    fd, kept = tempfile.mkstemp(prefix="cedana-criu-", suffix=".log")
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        shutil.copyfile(exc.log_path, kept)
+        exc.log_path = kept
 
 
 def _reap_if_ours(pids: Sequence[int], popen: subprocess.Popen[bytes] | None) -> None:
@@ -405,9 +421,8 @@ def check_pids_free(entries: Sequence[ProcessEntry]) -> None:
         holder = procfs.holder_of(entry.pid)
         if holder is not None:
             raise PidInUse(
-                f"pid {entry.pid} (was {entry.command!r}) is taken by {holder}; CRIU restores "
-                "every process under its original pid: stop that process (or restore on "
-                "another machine / in a new pid namespace)",
+                f"cannot restore pid {entry.pid} ({entry.command!r}): CRIU restores every "
+                f"process under its original pid, and it is taken by {holder}",
                 errno=17,
             )
 

@@ -189,7 +189,7 @@ def established_tcp(pid: int, fds: Iterable[Descriptor]) -> list[TcpConnection]:
 
 
 def holder_of(pid: int) -> str | None:
-    """Describe who holds ``pid`` now (for a pid-in-use error), or None if it is free."""
+    """Say who holds ``pid`` and what would free it (for a pid-in-use error); None if free."""
     try:
         info = proc_info(pid)
     except ProcessNotFound:
@@ -200,10 +200,13 @@ def holder_of(pid: int) -> str | None:
         except ProcessNotFound:
             parent = "?"
         return (
-            f"a zombie of {info.comm!r} whose parent (pid {info.ppid}, {parent}) "
-            "has not reaped it; reap or end that parent"
+            f"a zombie of {info.comm!r} whose parent (pid {info.ppid}, {parent}) has not "
+            "reaped it; that parent must wait() for it or exit"
         )
-    return f"{info.command!r} (state {info.state})"
+    return (
+        f"{info.command!r} (state {info.state}); stop it, or restore where the pid is free "
+        "(another machine, a new pid namespace)"
+    )
 
 
 def check_dumpable(info: ProcInfo) -> None:

@@ -37,16 +37,15 @@ import stat
 import struct
 import tarfile
 import time
-import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Literal, Protocol
+from typing import IO, BinaryIO, Literal, Protocol, cast
 
 import attrs
 import zstandard
 
-from ..errors import ArtifactCorrupt, ArtifactError, ArtifactExists, UnsafeArtifact
-from .manifest import MANIFEST_NAME, Manifest, Member
+from cedana.artifact.manifest import MANIFEST_NAME, Manifest, Member
+from cedana.errors import ArtifactCorrupt, ArtifactError, ArtifactExists, UnsafeArtifact
 
 __all__ = ["Artifact", "Compression", "Form", "open_artifact", "write_artifact"]
 
@@ -68,7 +67,8 @@ _PLACEHOLDER_SHA256 = "0" * 64
 _MIN_LEVEL = -(1 << 17)  # zstd's fastest "negative" level
 _MAX_LEVEL = zstandard.MAX_COMPRESSION_LEVEL
 
-_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO that replaced a file must not hang; regular files ignore it.
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -662,9 +662,7 @@ def _write_tar(
         write: Callable[[bytes | memoryview], object] = sink.write
         if compress == "zstd":
             cctx = zstandard.ZstdCompressor(level=level, threads=threads or -1, write_checksum=True)
-            compressor = cctx.stream_writer(
-                typing.cast(typing.IO[bytes], sink), write_size=_CHUNK, closefd=False
-            )
+            compressor = cctx.stream_writer(cast(IO[bytes], sink), write_size=_CHUNK, closefd=False)
             write = compressor.write
         members: list[Member] = []
         offset = head_size
@@ -844,7 +842,7 @@ class _ZstdStream:
         self._path = path
         self._tracker = _FrameTracker()
         self._reader = zstandard.ZstdDecompressor().stream_reader(
-            typing.cast(typing.IO[bytes], _Tap(source, self._tracker)),
+            cast(IO[bytes], _Tap(source, self._tracker)),
             read_size=_CHUNK,
             read_across_frames=True,
             closefd=False,
@@ -883,8 +881,11 @@ class _TarReader:
             have += len(more)
         return b"".join(parts)
 
-    def next_entry(self) -> tuple[str, int] | None:
-        """Read up to the next member's data; return its name and size, or None at the end."""
+    def next_entry(self, *, first: bool = False) -> tuple[str, int] | None:
+        """Read up to the next member's data; return its name and size, or None at the end.
+
+        With ``first``, a header that does not parse means the file is not a tar at all.
+        """
         pax: dict[str, str] | None = None
         while True:
             block = self._stream.read(_BLOCK)
@@ -899,6 +900,10 @@ class _TarReader:
             try:
                 info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
             except tarfile.HeaderError as exc:
+                if first:
+                    raise _not_a_checkpoint(
+                        self._path, "it does not begin with a valid tar header, or it is damaged"
+                    ) from None
                 raise _damaged(self._path, f"a tar header is invalid: {exc}") from None
             if info.type == tarfile.XHDTYPE:
                 if pax is not None or not 0 <= info.size <= _MAX_PAX:
@@ -909,7 +914,7 @@ class _TarReader:
             name = pax.get("path", info.name) if pax else info.name
             size = info.size
             if pax and "size" in pax:
-                if not pax["size"].isdigit():
+                if not (pax["size"].isascii() and pax["size"].isdigit()):
                     raise _damaged(self._path, f"member {name!r} has a malformed size")
                 size = int(pax["size"])
             if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
@@ -969,7 +974,7 @@ class _TarReader:
 
 
 def _read_manifest_entry(tar: _TarReader, path: Path) -> bytes:
-    entry = tar.next_entry()
+    entry = tar.next_entry(first=True)
     if entry is None or entry[0] != MANIFEST_NAME:
         first = "nothing" if entry is None else repr(entry[0])
         raise _not_a_checkpoint(path, f"its first member is {first}, not {MANIFEST_NAME}")
@@ -981,16 +986,23 @@ def _read_manifest_entry(tar: _TarReader, path: Path) -> bytes:
     return data
 
 
-def _read_small_file(path: Path, limit: int) -> bytes:
-    fd = os.open(path, _O_READ)
+def _read_directory_manifest(root: Path) -> bytes:
+    """Read ``manifest.json`` of a directory artifact, refusing a link or a special file."""
+    try:
+        fd = os.open(root / MANIFEST_NAME, _O_READ)
+    except FileNotFoundError:
+        raise _not_a_checkpoint(root, f"it holds no {MANIFEST_NAME}") from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise _unsafe(root, MANIFEST_NAME, "it is a symbolic link") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ArtifactCorrupt(f"{path} is {_file_kind(st.st_mode)}")
-        if st.st_size > limit:
-            raise ArtifactCorrupt(f"{path} is {st.st_size} bytes, more than {limit}")
-        with open(fd, "rb", closefd=False) as source:
-            return source.read()
+            raise _unsafe(root, MANIFEST_NAME, f"it is {_file_kind(st.st_mode)}")
+        if st.st_size > _MAX_MANIFEST:
+            raise _damaged(root, f"its manifest claims {st.st_size} bytes")
+        return b"".join(_file_chunks(fd, st.st_size, root, MANIFEST_NAME))
     finally:
         os.close(fd)
 
@@ -1040,9 +1052,10 @@ class Artifact:
     def extract(self, dest: Path, *, only: Callable[[str], bool] | None = None) -> None:
         """Write the members into ``dest``, checking the whole artifact in the same pass.
 
-        ``dest`` is created (0700) if missing; files are written 0600, directories 0700. On
-        any failure, everything written so far is removed (and ``dest`` too if this call
-        created it) before the error propagates.
+        ``dest`` is created (0700) if missing; files are written 0600, directories 0700, and
+        runs of zeros are left as holes. Nothing is fsynced: the images are read right away
+        by the restore that asked for them. On any failure, everything written so far is
+        removed (and ``dest`` too if this call created it) before the error propagates.
 
         Args:
             dest: The directory to extract into; existing files are never replaced.
@@ -1160,7 +1173,7 @@ class Artifact:
         missing = sorted(expected.keys() - present)
         if missing:
             raise _damaged(self.path, f"member {missing[0]!r} listed in the manifest is missing")
-        self._check_same_manifest(_read_small_file(self.path / MANIFEST_NAME, _MAX_MANIFEST))
+        self._check_same_manifest(_read_directory_manifest(self.path))
         for member in self.manifest.members:
             if stop_at is not None and member.name != stop_at:
                 continue
@@ -1206,10 +1219,7 @@ def open_artifact(path: Path, *, verify: bool = True) -> Artifact:
     form: Form
     if stat.S_ISDIR(st.st_mode):
         form = "directory"
-        try:
-            raw = _read_small_file(path / MANIFEST_NAME, _MAX_MANIFEST)
-        except (FileNotFoundError, ArtifactCorrupt):
-            raise _not_a_checkpoint(path, f"it holds no regular {MANIFEST_NAME}") from None
+        raw = _read_directory_manifest(path)
     elif stat.S_ISREG(st.st_mode):
         with open(path, "rb", buffering=_CHUNK) as source:
             start = source.read(_BLOCK)

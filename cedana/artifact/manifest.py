@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ..errors import ArtifactCorrupt, UnsupportedFormat
+from cedana.errors import ArtifactCorrupt, UnsupportedFormat
 
 __all__ = [
     "FORMAT_VERSION",

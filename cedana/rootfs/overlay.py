@@ -216,15 +216,16 @@ def capture_upper(upper: Path, out: IO[bytes], *, merged: Path | None = None) ->
         root = tarfile.TarInfo(".")
         root.type = tarfile.DIRTYPE
         root.mode, root.uid, root.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-        root.mtime = st.st_mtime
+        root.mtime = st.st_mtime_ns // 1_000_000_000
         tar.addfile(root)
         for rel, path, st in _walk(os.fspath(upper)):
             info = tarfile.TarInfo(rel)
             info.mode = stat.S_IMODE(st.st_mode)
             info.uid, info.gid = st.st_uid, st.st_gid
             info.uname = info.gname = ""
-            info.mtime = st.st_mtime
-            pax: dict[str, str] = {}
+            info.mtime = st.st_mtime_ns // 1_000_000_000
+            # tarfile's float mtime loses nanoseconds; the pax record keeps them exactly.
+            pax: dict[str, str] = {"mtime": _ns_text(st.st_mtime_ns)}
             metacopy = False
             for name, value in _read_xattrs(path).items():
                 short = _overlay_xattr(name)
@@ -288,6 +289,20 @@ def capture_upper(upper: Path, out: IO[bytes], *, merged: Path | None = None) ->
 
 
 # --------------------------------------------------------------------------- apply
+
+
+def _ns_text(ns: int) -> str:
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return f"{seconds}.{rest:09d}"
+
+
+def _mtime_ns(info: tarfile.TarInfo) -> int:
+    """The entry's mtime in nanoseconds, exact when its pax record holds them."""
+    raw = info.pax_headers.get("mtime", "")
+    seconds, _, fraction = raw.partition(".")
+    if seconds.isdigit() and (not fraction or fraction.isdigit()):
+        return int(seconds) * 1_000_000_000 + int((fraction + "0" * 9)[:9])
+    return int(info.mtime * 1_000_000_000)
 
 
 def _unsafe(name: str, why: str) -> UnsafeArtifact:
@@ -438,7 +453,7 @@ def _apply_one(
     userxattr: bool,
 ) -> None:
     name = info.name
-    mtime_ns = int(info.mtime * 1e9)
+    mtime_ns = _mtime_ns(info)
     if info.isdir():
         fd = writer.directory(parts)
         os.fchown(fd, info.uid, info.gid)

@@ -376,8 +376,6 @@ def test_images_must_be_regular_files(
     elif kind == "fifo":
         os.mkfifo(odd)
     else:
-        import socket
-
         with socket.socket(socket.AF_UNIX) as sock:
             sock.bind(os.fspath(odd))
     with pytest.raises(ArtifactError, match="rootfs/odd"):
@@ -971,3 +969,33 @@ def test_read_member_directory_form(images: Path, tmp_path: Path, manifest: Mani
     (dest / "core-1.img").write_bytes(b"CORE")
     with pytest.raises(ArtifactCorrupt, match="'core-1.img' does not match"):
         artifact.read_member("core-1.img")
+
+
+def test_tar_padding_must_be_zero(images: Path, tmp_path: Path, manifest: Manifest) -> None:
+    """Bytes hidden in a plain tar's padding after a member are reported as damage."""
+    dest = write(images, tmp_path, manifest, "tar")
+    raw = bytearray(dest.read_bytes())
+    with tarfile.open(fileobj=io.BytesIO(bytes(raw)), mode="r:") as tar:
+        core = tar.getmember("core-1.img")
+    raw[core.offset_data + core.size] = ord("!")
+    dest.write_bytes(raw)
+    with pytest.raises(ArtifactCorrupt, match="padding"):
+        open_artifact(dest)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory", "fifo"])
+def test_directory_manifest_must_be_a_file(
+    kind: str, images: Path, tmp_path: Path, manifest: Manifest
+) -> None:
+    """A directory artifact whose manifest.json is a symlink, directory or FIFO is unsafe."""
+    dest = write(images, tmp_path, manifest, "directory")
+    target = dest / "manifest.json"
+    target.rename(tmp_path / "real-manifest.json")
+    if kind == "symlink":
+        target.symlink_to(tmp_path / "real-manifest.json")
+    elif kind == "directory":
+        target.mkdir()
+    else:
+        os.mkfifo(target)
+    with pytest.raises(UnsafeArtifact, match="'manifest.json'"):
+        open_artifact(dest, verify=False)

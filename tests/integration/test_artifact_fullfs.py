@@ -1,0 +1,103 @@
+"""Artifacts on a full filesystem: ENOSPC propagates with its errno, and nothing is left behind.
+
+A 4 MiB tmpfs stands in for a full disk; the images are 8 MiB of random bytes, which no
+compression brings under 4 MiB.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cedana.artifact import HostInfo, Manifest, ProcessEntry, open_artifact, write_artifact
+
+pytestmark = [pytest.mark.integration]
+
+FORMS = {
+    "zstd": {},
+    "tar": {"compress": "none"},
+    "directory": {"directory": True},
+}
+
+
+def require_root(why: str) -> None:
+    """Skip unless root; under CI (``CI=true``) fail instead, so nothing goes silently untested."""
+    if os.geteuid() == 0:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{why}, and under CI=true a missing capability is a failure")
+    pytest.skip(why)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, unmounted afterwards whatever happened."""
+    require_root("mounting a tmpfs needs root")
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", mountpoint], check=True
+    )
+    try:
+        yield mountpoint
+    finally:
+        if subprocess.run(["umount", mountpoint], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", mountpoint], check=False)
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    (root / "core-1.img").write_bytes(b"core")
+    (root / "pages-1.img").write_bytes(os.urandom(8 << 20))
+    (root / "sub" / "z.img").write_bytes(b"last")
+    return root
+
+
+@pytest.fixture
+def manifest() -> Manifest:
+    return Manifest(
+        host=HostInfo.current("4.2.1"),
+        kind="process",
+        options={},
+        tree=[ProcessEntry(pid=1, ppid=0, command="init")],
+        workload={},
+    )
+
+
+def assert_empty(filesystem: Path) -> None:
+    """No entry is left, and no space is held by a file left open after its removal."""
+    assert os.listdir(filesystem) == []
+    usage = os.statvfs(filesystem)
+    assert usage.f_bfree == usage.f_blocks
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_write_onto_full_filesystem(
+    form: str, small_fs: Path, images: Path, manifest: Manifest
+) -> None:
+    """Writing an artifact bigger than the filesystem raises ENOSPC and leaves it empty."""
+    dest = small_fs / "ckpt"
+    with pytest.raises(OSError) as caught:
+        write_artifact(images, dest, manifest, **FORMS[form])  # type: ignore[arg-type]
+    assert caught.value.errno == errno.ENOSPC
+    assert_empty(small_fs)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_extract_onto_full_filesystem(
+    form: str, small_fs: Path, images: Path, manifest: Manifest, tmp_path: Path
+) -> None:
+    """Extracting onto a full filesystem raises ENOSPC and removes everything it wrote."""
+    dest = tmp_path / "ckpt"
+    write_artifact(images, dest, manifest, **FORMS[form])  # type: ignore[arg-type]
+    with pytest.raises(OSError) as caught:
+        open_artifact(dest).extract(small_fs / "out")
+    assert caught.value.errno == errno.ENOSPC
+    assert_empty(small_fs)

@@ -1,0 +1,599 @@
+"""runc containers against real runc and CRIU: each restored container's state is checked.
+
+The containers run busybox from a root filesystem the session builds (no image
+registry): a shared read-only lower directory, and per container an overlay
+with its own upper directory, as container engines mount them. Every
+container, mount and bundle a test makes is removed at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cedana
+from cedana.container import DEFAULT_BUNDLES
+from cedana.rootfs.mounts import is_mountpoint, umount
+from tests.capabilities import integration, requires_runtime
+from tests.conftest import reap_zombie_children, wait_for
+
+pytestmark = [*integration, requires_runtime("runc")]
+
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i >> /tmp/count.log; sleep 0.05; done"
+
+
+# --- fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A busybox root filesystem: the static binary, its applets as symlinks, /etc files."""
+    busybox = shutil.which("busybox", path="/bin:/usr/bin")
+    if busybox is None:
+        pytest.skip("needs busybox-static; run scripts/provision")
+    root = tmp_path_factory.mktemp("image") / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy2(busybox, root / "bin" / "busybox")
+    applets = subprocess.run(
+        [busybox, "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            (root / "bin" / applet).symlink_to("busybox")
+    for d in ("etc", "proc", "sys", "dev", "root", "www", "data", "host"):
+        (root / d).mkdir()
+    (root / "tmp").mkdir(mode=0o1777)
+    os.chmod(root / "tmp", 0o1777)
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc" / "group").write_text("root:x:0:\n")
+    (root / "etc" / "image.txt").write_text("from the image\n")
+    (root / "etc" / "doomed.txt").write_text("deleted by the container\n")
+    (root / "www" / "index.html").write_text("image page\n")
+    return root
+
+
+class Containers:
+    """Makes bundles and runs runc containers; removes every one of them at teardown."""
+
+    def __init__(self, tmp: Path, lower: Path, runc_root: Path):
+        self.tmp = tmp
+        self.lower = lower
+        self.root = runc_root
+        self.mounts: list[Path] = []
+        self.names: list[str] = []
+
+    def runc(self, *args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["runc", "--root", str(self.root), *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=60,
+            **kw,
+        )
+
+    def bundle(
+        self,
+        name: str,
+        script: str,
+        *,
+        overlay: bool = True,
+        mounts: Sequence[dict[str, Any]] = (),
+    ) -> Path:
+        """A bundle running ``sh -c script``: overlay rootfs on the image, or a copy of it."""
+        bundle = self.tmp / name
+        rootfs = bundle / "rootfs"
+        if overlay:
+            for d in ("upper", "work", "rootfs"):
+                (bundle / d).mkdir(parents=True)
+            data = f"lowerdir={self.lower},upperdir={bundle}/upper,workdir={bundle}/work"
+            subprocess.run(["mount", "-t", "overlay", "overlay", "-o", data, str(rootfs)], check=True)
+            self.mounts.append(rootfs)
+        else:
+            bundle.mkdir(parents=True)
+            shutil.copytree(self.lower, rootfs, symlinks=True)
+        subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+        config = json.loads((bundle / "config.json").read_text())
+        config["process"]["terminal"] = False
+        config["process"]["args"] = ["sh", "-c", script]
+        config["root"] = {"path": "rootfs", "readonly": False}
+        config["hostname"] = name
+        config["mounts"] += list(mounts)
+        (bundle / "config.json").write_text(json.dumps(config, indent=2))
+        return bundle
+
+    def run(
+        self, name: str, script: str = COUNTER, *, stdout: Any = subprocess.DEVNULL, **kw: Any
+    ) -> cedana.RuncContainer:
+        """``runc run -d`` with stdio on /dev/null (or the given pipe), never a host file."""
+        bundle = self.bundle(name, script, **kw)
+        self.names.append(name)
+        subprocess.run(
+            ["runc", "--root", str(self.root), "run", "-d", "--bundle", str(bundle), name],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.DEVNULL,
+            check=True,
+            timeout=60,
+        )
+        return cedana.RuncContainer(name, root=self.root)
+
+    def track(self, name: str) -> None:
+        self.names.append(name)
+
+    def cleanup(self) -> None:
+        for name in reversed(self.names):
+            with contextlib.suppress(cedana.CedanaError):
+                cedana.RuncContainer(name, root=self.root).delete()
+            leftover = DEFAULT_BUNDLES / name
+            if leftover.exists():
+                with contextlib.suppress(OSError):
+                    while is_mountpoint(leftover / "rootfs"):
+                        umount(leftover / "rootfs", detach=True)
+                shutil.rmtree(leftover, ignore_errors=True)
+        for path in reversed(self.mounts):
+            with contextlib.suppress(OSError):
+                while is_mountpoint(path):
+                    umount(path, detach=True)
+        reap_zombie_children()
+
+
+@pytest.fixture(scope="session")
+def runc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runc-state")
+
+
+@pytest.fixture
+def containers(tmp_path: Path, busybox_rootfs: Path, runc_root: Path) -> Iterator[Containers]:
+    c = Containers(tmp_path, busybox_rootfs, runc_root)
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+def name_for(request: pytest.FixtureRequest, suffix: str = "") -> str:
+    """A container id unique to this test (and this run, for the shared default bundles)."""
+    base = request.node.name.replace("test_", "").replace("_", "-")[:30]
+    return f"cedana-{os.getpid()}-{base}{suffix}"
+
+
+def count(container: cedana.RuncContainer) -> list[int]:
+    """The counter's lines, read through the container's root."""
+    try:
+        text = Path(f"/proc/{container.pid}/root/tmp/count.log").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+def wait_count(container: cedana.RuncContainer, at_least: int) -> list[int]:
+    wait_for(lambda: len(count(container)) >= at_least, 20, f"{at_least} counts in {container.id}")
+    return count(container)
+
+
+def assert_counts_on(container: cedana.RuncContainer, before: list[int], more: int = 5) -> None:
+    """After restore the counter goes on from where it was frozen: 1, 2, ... with no gap
+    and no restart (the log file came back with the rootfs, ``i`` with the memory)."""
+    after = wait_count(container, len(before) + more)
+    assert after[: len(before)] == before
+    assert after == list(range(1, len(after) + 1)), after[len(before) - 3 : len(before) + more]
+
+
+# --- checkpoint and restore -----------------------------------------------------------
+
+
+def test_counter_continues_under_the_same_id(
+    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A counter in the container goes on after restore under its old id; the dumped
+    container is gone from runc meanwhile, and runc manages the restored one
+    (list, ps, exec, kill, delete)."""
+    name = name_for(request)
+    web = containers.run(name)
+    wait_count(web, 5)
+    ckpt = web.checkpoint(tmp_path / "c.tar.zst")
+    assert ckpt.kind == "container" and ckpt.runtime == "runc"
+    assert name not in containers.runc("list", "-q").stdout.split()
+    before = [int(x) for x in _upper_file(containers, name, "tmp/count.log").split()]
+
+    restored = cedana.restore(tmp_path / "c.tar.zst", root=containers.root, bundle=tmp_path / "b2")
+    assert isinstance(restored, cedana.RuncContainer) and restored.id == name
+    assert restored.status == "running"
+    assert_counts_on(restored, before)
+
+    assert name in containers.runc("list", "-q").stdout.split()
+    assert "sh" in containers.runc("ps", name).stdout
+    assert containers.runc("exec", name, "cat", "/etc/image.txt").stdout == "from the image\n"
+    containers.runc("kill", name, "KILL")
+    wait_for(lambda: restored.status == "stopped", 10, "the restored container to stop")
+    restored.delete()
+    assert name not in containers.runc("list", "-q").stdout.split()
+    assert not (tmp_path / "b2").exists()
+
+
+def _upper_file(containers: Containers, name: str, rel: str) -> str:
+    return (containers.tmp / name / "upper" / rel).read_text()
+
+
+def test_filesystem_changes_come_back(
+    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """What the container did to its filesystem before the checkpoint is there after
+    restore: a new file, a modified and a chmod-ed image file, a deleted image file
+    (still deleted), a replaced directory (the image's content hidden), a symlink."""
+    script = (
+        "echo written inside > /tmp/new.txt; echo changed > /etc/image.txt; "
+        "chmod 600 /etc/passwd; rm /etc/doomed.txt; rm -rf /www; mkdir /www; "
+        "echo new page > /www/other.html; ln -s /tmp/new.txt /root/link; "
+        "echo ready > /tmp/ready; " + COUNTER
+    )
+    name = name_for(request)
+    c = containers.run(name, script)
+    wait_count(c, 3)
+    ckpt = c.checkpoint(tmp_path / "fs.tar.zst")
+    diff = ckpt.manifest.workload["rootfs"]["diff"]
+    assert diff["whiteouts"] == 1 and diff["opaque"] == 1
+
+    r = cedana.restore(ckpt, root=containers.root, bundle=tmp_path / "b2")
+    wait_count(r, 1)
+
+    def sh(cmd: str) -> str:
+        return r.exec(["sh", "-c", cmd]).decode()
+
+    assert sh("cat /tmp/new.txt /etc/image.txt") == "written inside\nchanged\n"
+    assert sh("stat -c %a /etc/passwd") == "600\n"
+    assert sh("test -e /etc/doomed.txt && echo there || echo gone") == "gone\n"
+    assert sh("ls /www") == "other.html\n"
+    assert sh("readlink /root/link; cat /root/link") == "/tmp/new.txt\nwritten inside\n"
+    # The image itself is untouched: the changes live in the new bundle's upper directory.
+    assert (containers.lower / "etc" / "doomed.txt").exists()
+    assert (tmp_path / "b2" / "upper" / "tmp" / "new.txt").exists()
+
+
+def test_restore_under_new_names_twice(
+    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """With the original gone, one checkpoint restores twice under two new names (one in
+    the default bundle place), and both copies run at once, each counting on."""
+    name = name_for(request)
+    c = containers.run(name)
+    wait_count(c, 5)
+    c.checkpoint(tmp_path / "c.tar.zst")
+    before = [int(x) for x in _upper_file(containers, name, "tmp/count.log").split()]
+    first, second = name_for(request, "-a"), name_for(request, "-b")
+    containers.track(first)
+    containers.track(second)
+    a = cedana.restore(tmp_path / "c.tar.zst", name=first, root=containers.root)
+    b = cedana.restore(tmp_path / "c.tar.zst", name=second, root=containers.root,
+                       bundle=tmp_path / "b")  # fmt: skip
+    assert a.bundle == DEFAULT_BUNDLES / first
+    assert {first, second} <= set(containers.runc("list", "-q").stdout.split())
+    assert a.pid != b.pid
+    assert_counts_on(a, before)
+    assert_counts_on(b, before)
+    a.delete()
+    assert not (DEFAULT_BUNDLES / first).exists()
+    assert b.status == "running"
+
+
+def test_tcp_server_keeps_serving(
+    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """An HTTP server listening in the container's own network namespace answers after
+    restore, in the restored namespace, with the state it had (a page it keeps updating)."""
+    script = (
+        "httpd -f -p 8080 -h /www & i=0; "
+        "while true; do i=$((i+1)); echo $i > /www/n.txt; echo $i >> /tmp/count.log; "
+        "sleep 0.05; done"
+    )
+    name = name_for(request)
+    c = containers.run(name, script)
+    wait_count(c, 3)
+    page = c.exec(["wget", "-qO-", "http://127.0.0.1:8080/index.html"])
+    assert page == b"image page\n"
+    c.checkpoint(tmp_path / "tcp.tar.zst")
+
+    r = cedana.restore(tmp_path / "tcp.tar.zst", root=containers.root, bundle=tmp_path / "b2")
+    before = wait_count(r, 1)[-1]
+    reply = subprocess.run(
+        ["nsenter", "-t", str(r.pid), "-n", sys.executable, "-c", _HTTP_GET],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert reply.startswith("HTTP/1.") and " 200 " in reply.splitlines()[0]
+    assert int(reply.rsplit("\n\n", 1)[-1].split()[-1]) >= before
+
+
+_HTTP_GET = """
+import socket
+s = socket.create_connection(("127.0.0.1", 8080), timeout=10)
+s.sendall(b"GET /n.txt HTTP/1.0\\r\\n\\r\\n")
+data = b""
+while chunk := s.recv(4096):
+    data += chunk
+print(data.decode().replace("\\r\\n", "\\n"), end="")
+"""
+
+
+def lines(path: Path) -> list[int]:
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def test_bind_mounted_host_directory(
+    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A host directory bind-mounted into the container is mounted again at restore
+    (CRIU records it as external under runc's key, runc answers with the source):
+    the restored counter appends to the same host file, from where it was."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    mount = {"destination": "/host", "type": "bind", "source": str(shared),
+             "options": ["rbind", "rw"]}  # fmt: skip
+    out = shared / "out.log"
+    name = name_for(request)
+    c = containers.run(name, COUNTER.replace("/tmp/count.log", "/host/out.log"), mounts=[mount])
+    wait_for(lambda: len(lines(out)) >= 5, 20, "the counter in the host file")
+    c.checkpoint(tmp_path / "bind.tar.zst")
+    before = lines(out)
+    cedana.restore(tmp_path / "bind.tar.zst", root=containers.root, bundle=tmp_path / "b2")
+    wait_for(lambda: len(lines(out)) >= len(before) + 5, 20, "more counts in the host file")
+    after = lines(out)
+    assert after[: len(before)] == before
+    assert after == list(range(1, len(after) + 1))
+
+
+def test_tmpfs_mount_content(
+    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A tmpfs mounted in the container keeps its files across checkpoint and restore
+    (CRIU carries tmpfs content in its images)."""
+    mount = {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "size=8m"]}  # fmt: skip
+    name = name_for(request)
+    c = containers.run(name, "echo in tmpfs > /scratch/f; " + COUNTER, mounts=[mount])
+    wait_count(c, 3)
+    c.checkpoint(tmp_path / "t.tar.zst")
+    r = cedana.restore(tmp_path / "t.tar.zst", root=containers.root, bundle=tmp_path / "b2")
+    assert r.exec(["cat", "/scratch/f"]) == b"in tmpfs\n"
+    assert b"tmpfs" in r.exec(["sh", "-c", "grep ' /scratch ' /proc/mounts"])
+
+
+def test_leave_running(
+    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """With leave_running the container keeps running (same pid, counting on), and a copy
+    restored under another name runs beside it from the checkpointed state."""
+    name = name_for(request)
+    c = containers.run(name)
+    wait_count(c, 5)
+    pid = c.pid
+    c.checkpoint(tmp_path / "lr.tar.zst", leave_running=True)
+    assert c.status == "running" and c.pid == pid
+    n = len(count(c))
+    wait_count(c, n + 5)
+    copy = name_for(request, "-copy")
+    containers.track(copy)
+    r = cedana.restore(tmp_path / "lr.tar.zst", name=copy, root=containers.root,
+                       bundle=tmp_path / "b2")  # fmt: skip
+    assert r.status == "running" and c.status == "running"
+    wait_count(r, 3)
+
+
+def test_paused_container(
+    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A paused container can be checkpointed: with leave_running it stays paused, and
+    its restore runs."""
+    name = name_for(request)
+    c = containers.run(name)
+    wait_count(c, 3)
+    containers.runc("pause", name)
+    assert c.status == "paused"
+    c.checkpoint(tmp_path / "p.tar.zst", leave_running=True)
+    assert c.status == "paused"
+    containers.runc("delete", "--force", name)
+    r = cedana.restore(tmp_path / "p.tar.zst", root=containers.root, bundle=tmp_path / "b2")
+    before = count(r)
+    assert r.status == "running"
+    wait_count(r, len(before) + 3)
+
+
+def test_stdio_pipes_are_reattached(
+    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A container whose stdout was a pipe (runc records it in descriptors.json) writes,
+    once restored, to what restore is given: here a file."""
+    read_end, write_end = os.pipe()
+    name = name_for(request)
+    try:
+        c = containers.run(
+            name, "i=0; while true; do i=$((i+1)); echo line $i; sleep 0.05; done", stdout=write_end
+        )
+    finally:
+        os.close(write_end)
+    try:
+        first = os.read(read_end, 64).decode()
+        assert first.startswith("line 1\n")
+        ckpt = c.checkpoint(tmp_path / "s.tar.zst")
+    finally:
+        os.close(read_end)
+    assert ckpt.read_member("descriptors.json").decode().count("pipe:[") >= 1
+    out = tmp_path / "out.log"
+    cedana.restore(ckpt, root=containers.root, bundle=tmp_path / "b2", stdout=out)
+    wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 3, 20, "output")
+    numbers = [int(line.split()[1]) for line in out.read_text().splitlines()]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))) and numbers[0] > 1
+
+
+def test_plain_directory_rootfs(
+    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A rootfs that is a plain directory is not captured (the manifest says so) and the
+    container restores on its own bundle, counting on."""
+    name = name_for(request)
+    c = containers.run(name, overlay=False)
+    wait_count(c, 5)
+    ckpt = c.checkpoint(tmp_path / "plain.tar.zst")
+    rootfs = ckpt.manifest.workload["rootfs"]
+    assert rootfs["captured"] is False and "not an overlay" in rootfs["reason"]
+    assert "container/rootfs-diff.tar" not in [m.name for m in ckpt.manifest.members]
+    before = [int(x) for x in (containers.tmp / name / "rootfs/tmp/count.log").read_text().split()]
+    r = cedana.restore(ckpt, root=containers.root)
+    assert r.bundle == containers.tmp / name
+    assert_counts_on(r, before)
+
+
+# --- the command line -------------------------------------------------------------------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cedana", *args], capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+
+
+def test_cli_checkpoint_inspect_restore(
+    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """cedana checkpoint runc:ID, inspect (container id, runtime, rootfs diff) and restore
+    --name --bundle --root --json (pid, runtime, name) work from the command line."""
+    name = name_for(request)
+    c = containers.run(name, "rm /etc/doomed.txt; " + COUNTER)
+    wait_count(c, 3)
+    art = tmp_path / "cli.tar.zst"
+    done = cli("checkpoint", f"runc:{name}", "-o", str(art), "--root", str(containers.root))
+    assert done.returncode == 0, done.stderr
+    shown = cli("inspect", str(art))
+    assert shown.returncode == 0, shown.stderr
+    assert f"container {name} (runc, running)" in shown.stdout
+    assert "overlay changes:" in shown.stdout and "1 deleted" in shown.stdout
+    data = json.loads(cli("inspect", str(art), "--json").stdout)
+    assert data["container"]["id"] == name and data["container"]["rootfs"]["captured"]
+
+    new = name_for(request, "-new")
+    containers.track(new)
+    done = cli("restore", str(art), "--name", new, "--bundle", str(tmp_path / "b2"),
+               "--root", str(containers.root), "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["runtime"] == "runc" and out["name"] == new
+    assert out["pid"] == cedana.RuncContainer(new, root=containers.root).pid
+
+
+# --- failures leave things as they were ---------------------------------------------------
+
+
+def test_missing_and_stopped_containers(
+    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Checkpointing a container that does not exist is ContainerNotFound, one that has
+    exited is ContainerNotRunning; neither writes anything."""
+    with pytest.raises(cedana.ContainerNotFound):
+        cedana.RuncContainer("no-such-container", root=containers.root).checkpoint(tmp_path / "x")
+    name = name_for(request)
+    c = containers.run(name, "true")
+    wait_for(lambda: c.status == "stopped", 10, "the container to exit")
+    with pytest.raises(cedana.ContainerNotRunning, match="stopped"):
+        c.checkpoint(tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    done = cli("checkpoint", "runc:no-such-container", "-o", str(tmp_path / "y"),
+               "--root", str(containers.root))  # fmt: skip
+    assert done.returncode == 1 and "no runc container" in done.stderr
+
+
+def test_failed_dump_leaves_the_container_running_and_thawed(
+    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """When the checkpoint fails while the container is frozen (here: capturing the
+    rootfs fails), CRIU thaws it: it keeps running, its freezer is THAWED, it counts on,
+    and no artifact is left."""
+    from cedana.rootfs.overlay import OverlaySnapshotter
+
+    def broken(self: object, rootfs: Path, dest: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    name = name_for(request)
+    c = containers.run(name)
+    n = len(wait_count(c, 3))
+    monkeypatch.setattr(OverlaySnapshotter, "capture", broken)
+    with pytest.raises(OSError, match="No space"):
+        c.checkpoint(tmp_path / "fail.tar.zst")
+    assert c.status == "running"
+    assert Path(c.cgroup_paths["freezer"], "freezer.state").read_text().strip() == "THAWED"
+    wait_count(c, n + 5)
+    assert not (tmp_path / "fail.tar.zst").exists()
+
+
+def test_restore_onto_a_taken_name(
+    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Restoring under the name of a container that exists is ContainerExists; the
+    existing container is untouched and no bundle is made."""
+    name = name_for(request)
+    c = containers.run(name)
+    wait_count(c, 3)
+    c.checkpoint(tmp_path / "c.tar.zst", leave_running=True)
+    pid = c.pid
+    with pytest.raises(cedana.ContainerExists, match="exists"):
+        cedana.restore(tmp_path / "c.tar.zst", root=containers.root, bundle=tmp_path / "b2")
+    assert c.status == "running" and c.pid == pid
+    assert not (tmp_path / "b2").exists()
+
+
+def test_corrupted_archive(
+    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A damaged artifact is refused before anything is made: no container, no mount,
+    no bundle, and the name stays free."""
+    name = name_for(request)
+    c = containers.run(name)
+    wait_count(c, 3)
+    art = tmp_path / "c.tar.zst"
+    c.checkpoint(art)
+    data = bytearray(art.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    art.write_bytes(bytes(data))
+    with pytest.raises(cedana.ArtifactCorrupt):
+        cedana.restore(art, root=containers.root, bundle=tmp_path / "b2")
+    assert name not in containers.runc("list", "-q").stdout.split()
+    assert not (tmp_path / "b2").exists()
+
+
+def test_failed_restore_removes_what_it_made(
+    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """When runc restore itself fails (the bind-mounted host directory is gone), the
+    half-made container is deleted, the overlay unmounted and the bundle removed, so the
+    same name restores fine once the directory is back."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    mount = {"destination": "/host", "type": "bind", "source": str(shared), "options": ["rbind"]}
+    name = name_for(request)
+    c = containers.run(name, mounts=[mount])
+    wait_count(c, 3)
+    c.checkpoint(tmp_path / "c.tar.zst")
+    shared.rmdir()
+    with pytest.raises(cedana.RestoreFailed):
+        cedana.restore(tmp_path / "c.tar.zst", root=containers.root, bundle=tmp_path / "b2")
+    assert name not in containers.runc("list", "-q").stdout.split()
+    assert not (containers.root / name).exists()
+    assert not (tmp_path / "b2").exists()
+    assert str(tmp_path / "b2") not in Path("/proc/self/mountinfo").read_text()
+    shared.mkdir()
+    r = cedana.restore(tmp_path / "c.tar.zst", root=containers.root, bundle=tmp_path / "b2")
+    assert r.status == "running"
+
