@@ -50,8 +50,11 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def run(cmd: Sequence[str], **kw: object) -> None:
-    subprocess.run(list(cmd), check=True, stdout=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+def run(cmd: Sequence[str]) -> None:
+    """Run a peer command; its output is shown only when it fails."""
+    done = subprocess.run(list(cmd), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr[-2000:]}")
 
 
 def du(path: Path) -> int:

@@ -67,6 +67,7 @@ class CriuRequest:
         notify: Callback for notify events; ``notify_scripts`` is set when given.
         log_dir: Where CRIU writes its log (``work_dir``); ``images_dir`` when None,
             which puts the log among the images.
+        terminal: Give CRIU our stdin terminal, for a shell job that had one.
     """
 
     images_dir: Path
@@ -75,6 +76,7 @@ class CriuRequest:
     log_file: str = "criu.log"
     notify: Notify | None = None
     log_dir: Path | None = None
+    terminal: bool = False
 
     @property
     def log_path(self) -> Path:
@@ -230,17 +232,18 @@ def build_options(options: Mapping[str, Any]) -> Any:
 class _Session:
     """One ``criu swrk`` child and its socket; closed (child reaped) for sure."""
 
-    def __init__(self, binary: str, pass_fds: Sequence[int]):
+    def __init__(self, binary: str, pass_fds: Sequence[int], *, terminal: bool = False):
         self._parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = subprocess.Popen(
                 [binary, "swrk", str(child.fileno())],
                 pass_fds=(child.fileno(), *pass_fds),
-                stdin=subprocess.DEVNULL,
+                # CRIU attaches a shell job's terminal to its own stdin's; otherwise the
+                # restored tree (CRIU's child) gets a new session, off our terminal.
+                stdin=None if terminal else subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                # A tree CRIU restores is its child: a new session keeps it off our terminal.
-                start_new_session=True,
+                start_new_session=not terminal,
             )
         except OSError as exc:
             self._parent.close()
@@ -309,8 +312,10 @@ class SwrkCriu:
         return found
 
     @contextlib.contextmanager
-    def _session(self, pass_fds: Sequence[int] = ()) -> Iterator[_Session]:
-        session = _Session(self._binary(), pass_fds)
+    def _session(
+        self, pass_fds: Sequence[int] = (), *, terminal: bool = False
+    ) -> Iterator[_Session]:
+        session = _Session(self._binary(), pass_fds, terminal=terminal)
         try:
             yield session
         finally:
@@ -346,7 +351,7 @@ class SwrkCriu:
             req = rpc.criu_req(type=req_type, opts=opts)
             started = time.monotonic()
             logger.debug("criu %s: start (%s)", kind, request.images_dir)
-            with self._session((*fds, *request.pass_fds)) as session:
+            with self._session((*fds, *request.pass_fds), terminal=request.terminal) as session:
                 try:
                     resp = session.call(req, rpc, request.notify)
                 except CriuError as exc:

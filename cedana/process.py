@@ -130,6 +130,7 @@ class DumpPlan:
     criu: Mapping[str, Any]
     external: tuple[Mapping[str, Any], ...]
     shell_job: bool
+    terminal: bool = False
 
 
 def _external_pipes(
@@ -197,6 +198,7 @@ def plan_dump(pid: int, options: CheckpointOptions) -> DumpPlan:
         criu=criu,
         external=tuple(external),
         shell_job=shell_job,
+        terminal=tty,
     )
 
 
@@ -291,6 +293,7 @@ def checkpoint_tree(
         workload={
             "root_pid": plan.pid,
             "shell_job": plan.shell_job,
+            "terminal": plan.terminal,
             "external": [dict(e) for e in plan.external],
             **(workload or {}),
         },
@@ -440,6 +443,13 @@ def restore_tree(
     manifest = checkpoint.manifest
     workload = manifest.workload
     check_pids_free(manifest.tree)
+    terminal = bool(workload.get("terminal", False))
+    if terminal and not os.isatty(0):
+        raise RestoreFailed(
+            "this checkpoint holds processes attached to a terminal; CRIU gives them the "
+            "terminal of the restoring process, and this one's stdin is not a terminal: "
+            "restore from a terminal (e.g. `cedana restore FILE` in a shell)"
+        )
     tcp = options.tcp_established
     if tcp is None:
         tcp = bool(manifest.options.get("tcp_established", False))
@@ -468,6 +478,7 @@ def restore_tree(
                 options=request_opts,
                 pass_fds=tuple(sorted({fd for _, fd in inherit})),
                 log_file="restore.log",
+                terminal=terminal,
             )
             logger.debug("restore %s: start", checkpoint.path)
             try:

@@ -6,15 +6,32 @@ outside it. CRIU must not dump or recreate such a namespace: it is declared
 external on dump, ``net[INODE]:extRootNetNS`` (runc's key convention, which
 ``runc restore`` answers with the namespace's descriptor), and must exist
 again at restore. Other namespaces with a path are joined by runc at restore.
+
+A private network namespace is dumped and restored *empty* (runc's
+``empty_ns`` for the network: runc manages no network devices); its sockets
+are carried, and after restore its loopback is brought up again
+(:func:`loopback_up`), as runc did when it created the container.
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import os
+import socket
+import struct
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["EXTERNAL_KINDS", "external_key", "external_namespaces"]
+__all__ = [
+    "CLONE_NEWNET",
+    "EXTERNAL_KINDS",
+    "external_key",
+    "external_namespaces",
+    "loopback_up",
+    "private_network",
+]
 
 #: OCI namespace type -> CRIU's namespace name, for those CRIU can treat as external.
 EXTERNAL_KINDS = {"network": "net", "pid": "pid"}
@@ -45,3 +62,58 @@ def external_namespaces(
         if criu_name and path:
             out.append(f"{criu_name}[{inode_of(str(path))}]:{external_key(criu_name)}")
     return out
+
+
+CLONE_NEWNET = 0x40000000
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+_IFREQ = "16sH14x"
+
+
+def private_network(namespaces: Sequence[Mapping[str, Any]]) -> bool:
+    """True when the config gives the container a new network namespace of its own."""
+    return any(ns.get("type") == "network" and not ns.get("path") for ns in namespaces)
+
+
+def _loopback_up_in(ns_path: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        # setns moves only this thread, which ends right after.
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {ns_path}: {os.strerror(err)}")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            got = fcntl.ioctl(s, _SIOCGIFFLAGS, struct.pack(_IFREQ, b"lo", 0))
+            flags = struct.unpack(_IFREQ, got)[1]
+            if not flags & _IFF_UP:
+                fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack(_IFREQ, b"lo", flags | _IFF_UP))
+    finally:
+        os.close(fd)
+
+
+def loopback_up(pid: int) -> None:
+    """Bring up ``lo`` in the network namespace of ``pid``, as runc does when it creates one.
+
+    ``runc restore`` restores a private network namespace empty (runc manages no
+    network devices, so its restore passes CRIU ``empty_ns`` for the network):
+    the container's loopback comes back down, and a server listening on it
+    would be unreachable even from inside.
+
+    Raises:
+        OSError: The namespace cannot be entered or ``lo`` cannot be set up.
+    """
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _loopback_up_in(f"/proc/{pid}/ns/net")
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="cedana-netns")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]

@@ -1,15 +1,16 @@
 """A runc container's config -> the CRIU options its dump needs, as runc's checkpoint sets them.
 
-Mirrors runc 1.1's ``Checkpoint`` (libcontainer/container_linux.go): the root
-is the container's rootfs; cgroups are managed (mode ``default``) and frozen
-through the freezer cgroup; a pty whose master lives outside is allowed
-(``orphan_pts_master``); bind mounts, cgroup v1 bind mounts, masked files and
-device nodes are external mounts under runc's keys (see
-:mod:`cedana.container.mounts`); network and pid namespaces given by path are
-external namespaces (see :mod:`cedana.container.namespaces`); the CRIU
-configuration file is runc's (``/etc/criu/runc.conf``, or the
-``org.criu.config`` annotation). Images dumped with these options restore with
-``runc restore``.
+Mirrors runc 1.1's ``Checkpoint`` (libcontainer/container_linux.go) and the
+options its command line always adds: the root is the container's rootfs;
+cgroups are managed (mode ``default``) and frozen through the freezer cgroup;
+the network namespace's devices are left out (``empty_ns``: runc restores it
+empty); a pty whose master lives outside is allowed (``orphan_pts_master``);
+bind mounts, cgroup v1 bind mounts, masked files and device nodes are external
+mounts under runc's keys (see :mod:`cedana.container.mounts`); network and pid
+namespaces given by path are external namespaces (see
+:mod:`cedana.container.namespaces`); the CRIU configuration file is runc's
+(``/etc/criu/runc.conf``, or the ``org.criu.config`` annotation). Images dumped
+with these options restore with ``runc restore``.
 
 :func:`dump_options` is pure (config plus :class:`ContainerFacts`), so it is
 unit-tested without root; :func:`gather_facts` reads the live container.
@@ -86,9 +87,11 @@ def dump_options(
         "manage_cgroups": True,
         "manage_cgroups_mode": "default",
         "orphan_pts_master": True,
-        # runc's checkpoint defaults: no shell job, no external unix sockets.
+        # runc's checkpoint defaults: no shell job, no external unix sockets, and the
+        # network namespace's devices left out (runc restores it empty).
         "shell_job": False,
         "ext_unix_sk": False,
+        "empty_ns": namespaces.CLONE_NEWNET,
         "ext_mnt": mounts.ext_mounts(
             config,
             rootfs=facts.rootfs if resolve_in_rootfs else None,

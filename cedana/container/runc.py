@@ -26,8 +26,10 @@ makes a new bundle (``/var/lib/cedana/bundles/NAME`` unless told otherwise):
 the checkpoint's ``config.json``, a fresh upper directory with the changes
 applied, an overlay of the same lower directories mounted as ``rootfs``. Then
 ``runc restore --detach`` brings the container back and runc manages it from
-then on. Any failure removes what was made: the half-restored container
-(``runc delete --force``), the overlay mount and the bundle.
+then on. runc restores a private network namespace empty, so its loopback is
+brought up again, as runc did when it created the container. Any failure
+removes what was made: the half-restored container (``runc delete --force``),
+the overlay mount and the bundle.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import attrs
 
 from cedana.artifact.manifest import Manifest
 from cedana.checkpoint import Checkpoint
+from cedana.container import namespaces
 from cedana.container.command import RuncCommand, log_errors
 from cedana.container.options import dump_options, gather_facts
 from cedana.container.state import DEFAULT_ROOT, RuncState, check_id, read_state
@@ -443,6 +446,12 @@ class RuncContainer:
                         f"runc restored {name!r} but it is {state.status}",
                         log_tail=_log_tail(work / "criu" / "restore.log"),
                     )
+                config = json.loads(
+                    (images / str(info.get("config") or CONFIG_MEMBER)).read_bytes()
+                )
+                if namespaces.private_network((config.get("linux") or {}).get("namespaces") or []):
+                    # runc restores a private network namespace empty: lo is down again.
+                    namespaces.loopback_up(state.pid)
             except BaseException:
                 logger.debug("restore runc %s: failed, cleaning up", name)
                 if (root_dir / name).exists():

@@ -566,3 +566,53 @@ def test_pid_in_use_names_the_holder(workloads: Workloads, tmp_path: Path) -> No
     with pytest.raises(cedana.PidInUse, match=f"pid {proc.pid}"):
         cedana.restore(tmp_path / "p.tar.zst")
     assert proc.running
+
+
+def _read_until(fd: int, needle: bytes, timeout: float = 10) -> bytes:
+    import select
+
+    data = b""
+    deadline = time.monotonic() + timeout
+    while needle not in data and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
+                data += os.read(fd, 4096)
+            except OSError:
+                break
+    return data
+
+
+def test_terminal_job(workloads: Workloads, tmp_path: Path) -> None:
+    """A process on a terminal is dumped as a shell job; restoring without a terminal is a
+    clear error, and restoring from a terminal continues it on that terminal."""
+    import pty
+
+    script = tmp_path / "tty.py"
+    script.write_text(textwrap.dedent(COUNTER))
+    pid, master = pty.fork()
+    if pid == 0:  # pragma: no cover - the workload
+        os.execv(sys.executable, [sys.executable, str(script)])
+    workloads.track(pid)
+    assert b"count 5" in _read_until(master, b"count 5")
+    ckpt = cedana.Process(pid).checkpoint(tmp_path / "tty.tar.zst")
+    assert ckpt.manifest.workload["terminal"] is True
+    os.close(master)
+    assert_gone(pid)
+    with pytest.raises(cedana.RestoreFailed, match="terminal"):
+        cedana.restore(ckpt.path)
+    assert procfs.holder_of(pid) is None
+    restorer, term = pty.fork()
+    if restorer == 0:  # pragma: no cover - restores from its own terminal
+        code = 0
+        try:
+            cedana.restore(ckpt.path)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    out = _read_until(term, b"\n", timeout=15)
+    out += _read_until(term, b"count", timeout=15)
+    _, status = os.waitpid(restorer, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert procfs.holder_of(pid) is not None
+    assert b"count" in out
+    os.close(term)

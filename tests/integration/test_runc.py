@@ -96,7 +96,9 @@ class Containers:
             for d in ("upper", "work", "rootfs"):
                 (bundle / d).mkdir(parents=True)
             data = f"lowerdir={self.lower},upperdir={bundle}/upper,workdir={bundle}/work"
-            subprocess.run(["mount", "-t", "overlay", "overlay", "-o", data, str(rootfs)], check=True)
+            subprocess.run(
+                ["mount", "-t", "overlay", "overlay", "-o", data, str(rootfs)], check=True
+            )
             self.mounts.append(rootfs)
         else:
             bundle.mkdir(parents=True)
@@ -596,4 +598,3 @@ def test_failed_restore_removes_what_it_made(
     shared.mkdir()
     r = cedana.restore(tmp_path / "c.tar.zst", root=containers.root, bundle=tmp_path / "b2")
     assert r.status == "running"
-

@@ -15,6 +15,7 @@ import subprocess
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -409,7 +410,7 @@ def test_interrupted_write_leaves_nothing(
     def interrupt(fd: int) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(archive.os, "fsync", interrupt)
+    monkeypatch.setattr(os, "fsync", interrupt)
     with pytest.raises(KeyboardInterrupt):
         write(images, tmp_path, manifest, form)
     monkeypatch.undo()
@@ -430,7 +431,7 @@ def test_failed_write_keeps_errno(
             raise OSError(28, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr(archive.os, "write", filling_up)
+    monkeypatch.setattr(os, "write", filling_up)
     with pytest.raises(OSError, match="No space") as caught:
         write(images, tmp_path, manifest, form)
     monkeypatch.undo()
@@ -445,7 +446,7 @@ def test_images_changing_during_write_are_refused(
     """An image that grows after it was listed makes the write fail instead of lying."""
     real_scan = archive._scan_images
 
-    def scan_then_grow(root: Path) -> list[object]:
+    def scan_then_grow(root: Path) -> list[Any]:
         files = real_scan(root)
         with (root / "core-1.img").open("ab") as grow:
             grow.write(b"more")

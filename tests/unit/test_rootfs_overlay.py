@@ -199,7 +199,9 @@ def evil_tar(path: Path, *entries: tarfile.TarInfo) -> Path:
     return path
 
 
-def entry(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "", size: int = 1) -> tarfile.TarInfo:
+def entry(
+    name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "", size: int = 1
+) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.linkname = linkname

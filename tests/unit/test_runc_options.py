@@ -88,6 +88,7 @@ def test_runc_spec_defaults_on_a_hybrid_cgroup_host() -> None:
     assert opts["orphan_pts_master"] is True
     assert opts["shell_job"] is False
     assert opts["ext_unix_sk"] is False
+    assert opts["empty_ns"] == 0x40000000
     assert opts["config_file"] == "/etc/criu/runc.conf"
     assert opts["external"] == []
     cgroup = [(f"/sys/fs/cgroup/{Path(h).name}",) * 2 for h in V1]
