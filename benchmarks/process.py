@@ -4,8 +4,9 @@ Workload: a Python process holding 1 GiB (512 MiB random, 512 MiB of a
 repeating pattern). In the same run, on the same workload and disk, it times:
 
 - checkpoint: ``criu dump`` (images only, uncompressed); ``criu dump`` then
-  ``tar | zstd -T0`` at the same level (what one would script by hand);
-  ``cedana checkpoint`` (dump, zstd tar, fsync, full verification);
+  ``tar | zstd -T0`` at the same level (what one would script by hand), and the
+  same followed by an fsync of the tarball; ``cedana checkpoint`` (dump, zstd
+  tar, fsync, full verification);
 - restore: ``criu restore`` from the images; ``zstd -d | tar -x`` then
   ``criu restore``; ``cedana.restore`` (verify, unpack, restore).
 
@@ -70,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         images.mkdir()
         run(["criu", "dump", "-t", str(pid), "-D", str(images), "-R"])
 
-    def criu_dump_tar(pid: int, images: Path, tarball: Path) -> None:
+    def criu_dump_tar(pid: int, images: Path, tarball: Path, durable: bool = False) -> None:
         criu_dump(pid, images)
         run(["bash", "-c", f"tar -C {images} -cf - . | zstd -q -{level} -T0 -o {tarball}"])
+        if durable:  # what cedana also does before it lets a workload die
+            run(["sync", str(tarball)])
 
     def untar_restore(tarball: Path, out: Path) -> None:
         out.mkdir()
@@ -86,13 +89,22 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 images, tarball = work / f"images{r}", work / f"criu{r}.tar.zst"
                 artifact = work / f"cedana{r}.tar.zst"
+                run(["sync"])  # each method starts with no dirty pages of the others
                 dump["criu dump"].append(timed(partial(criu_dump, pid, images)))
+                run(["sync"])
                 dump["criu dump + tar|zstd"].append(
                     timed(partial(criu_dump_tar, pid, work / f"images-t{r}", tarball))
                 )
+                run(["sync"])
+                durable = partial(
+                    criu_dump_tar, pid, work / f"images-s{r}", work / f"s{r}.tar.zst", True
+                )
+                dump["criu dump + tar|zstd + fsync"].append(timed(durable))
+                run(["sync"])
                 dump["cedana checkpoint"].append(
                     timed(partial(proc.checkpoint, artifact, leave_running=True, level=args.level))
                 )
+                run(["sync"])
                 sizes["criu dump"] = du(images)
                 sizes["criu dump + tar|zstd"] = du(tarball)
                 sizes["cedana checkpoint"] = du(artifact)
