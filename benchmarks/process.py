@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     dump: dict[str, list[float]] = {
         "criu dump": [],
         "criu dump + tar|zstd": [],
+        "criu dump + tar|zstd + fsync": [],
         "cedana checkpoint": [],
     }
     rest: dict[str, list[float]] = {

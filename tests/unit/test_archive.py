@@ -1000,3 +1000,63 @@ def test_directory_manifest_must_be_a_file(
         os.mkfifo(target)
     with pytest.raises(UnsafeArtifact, match="'manifest.json'"):
         open_artifact(dest, verify=False)
+
+
+# --- the fast verification of a just-written artifact --------------------------------------
+
+
+@pytest.fixture
+def big_images(tmp_path: Path) -> Path:
+    root = tmp_path / "big"
+    root.mkdir()
+    (root / "pages-1.img").write_bytes(os.urandom(3 << 20) + bytes(range(256)) * 8192)
+    (root / "pstree.img").write_bytes(b"tree")
+    return root
+
+
+def test_frame_verify_catches_every_flip_in_the_data(
+    big_images: Path, tmp_path: Path, manifest: Manifest
+) -> None:
+    """verify(digests=False) relies on zstd's frame checksums: a flipped bit anywhere in the
+    compressed members is still refused, without rehashing."""
+    dest = tmp_path / "a.tar.zst"
+    write_artifact(big_images, dest, manifest)
+    open_artifact(dest, verify=False).verify(digests=False)
+    data = dest.read_bytes()
+    caught = 0
+    offsets = range(len(data) // 10, len(data), len(data) // 10)
+    for offset in offsets:
+        bad = bytearray(data)
+        bad[offset] ^= 0x10
+        damaged = tmp_path / f"bad{offset}.tar.zst"
+        damaged.write_bytes(bytes(bad))
+        with pytest.raises((ArtifactCorrupt, UnsafeArtifact)):
+            open_artifact(damaged, verify=False).verify(digests=False)
+        caught += 1
+    assert caught == len(offsets)
+
+
+def test_frame_verify_still_hashes_forms_without_checksums(
+    big_images: Path, tmp_path: Path, manifest: Manifest
+) -> None:
+    """A plain tar has no checksums, so digests=False hashes anyway and finds a changed byte."""
+    dest = tmp_path / "a.tar"
+    write_artifact(big_images, dest, manifest, compress="none")
+    data = bytearray(dest.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    dest.write_bytes(bytes(data))
+    with pytest.raises(ArtifactCorrupt, match="sha256"):
+        open_artifact(dest, verify=False).verify(digests=False)
+
+
+def test_threaded_hash_matches_and_catches(
+    big_images: Path, tmp_path: Path, manifest: Manifest
+) -> None:
+    """Members big enough to be hashed on a second thread verify and extract correctly."""
+    assert (big_images / "pages-1.img").stat().st_size >= archive._THREADED_HASH // 2
+    (big_images / "pages-1.img").write_bytes(os.urandom(archive._THREADED_HASH + 12345))
+    dest = tmp_path / "a.tar.zst"
+    write_artifact(big_images, dest, manifest)
+    out = tmp_path / "out"
+    open_artifact(dest).extract(out)
+    assert (out / "pages-1.img").read_bytes() == (big_images / "pages-1.img").read_bytes()
