@@ -463,6 +463,38 @@ def _compress_bound(size: int) -> int:
     return size + (size >> 8) + small + 64
 
 
+#: Members at least this big are hashed on a second thread while the first reads, compresses
+#: or decompresses them (hashlib and zstd release the GIL): sha256 is otherwise the bottleneck.
+_THREADED_HASH = 8 << 20
+
+
+class _BackgroundSha256:
+    """sha256 computed on a helper thread; ``update`` takes immutable chunks (bytes)."""
+
+    def __init__(self) -> None:
+        self._pending: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._hasher = hashlib.sha256()
+        self._thread = threading.Thread(target=self._work, name="cedana-sha256", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (chunk := self._pending.get()) is not None:
+            self._hasher.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._pending.put(chunk)
+
+    def close(self) -> None:
+        """Stop the thread (idempotent); safe on error paths."""
+        if self._thread.is_alive():
+            self._pending.put(None)
+            self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._hasher.hexdigest()
+
+
 def _copy_hashed(
     images_dir: Path, entry: _Entry, write: Callable[[memoryview], object], buffer: memoryview
 ) -> str:
@@ -473,6 +505,7 @@ def _copy_hashed(
     """
     path = images_dir / entry.name
     fd = os.open(path, _O_READ)
+    background = _BackgroundSha256() if entry.size >= _THREADED_HASH else None
     try:
         st = os.fstat(fd)
         digest = hashlib.sha256()
@@ -480,16 +513,25 @@ def _copy_hashed(
         with open(fd, "rb", buffering=0, closefd=False) as source:
             if stat.S_ISREG(st.st_mode) and st.st_size == entry.size:
                 while remaining:
-                    count = source.readinto(buffer[: min(remaining, _CHUNK)])
+                    if background is not None:
+                        data = source.read(min(remaining, _CHUNK))  # fresh bytes for the thread
+                        count = len(data)
+                        if count:
+                            background.update(data)
+                            write(memoryview(data))
+                    else:
+                        count = source.readinto(buffer[: min(remaining, _CHUNK)])
+                        chunk = buffer[:count]
+                        digest.update(chunk)
+                        write(chunk)
                     if not count:
                         break
-                    chunk = buffer[:count]
-                    digest.update(chunk)
-                    write(chunk)
                     remaining -= count
                 if not remaining and not source.read(1):
-                    return digest.hexdigest()
+                    return (background or digest).hexdigest()
     finally:
+        if background is not None:
+            background.close()
         os.close(fd)
     raise ArtifactError(
         f"{path} changed while the checkpoint was being written; images must not change "
@@ -1128,14 +1170,16 @@ class Artifact:
             for _chunk in chunks:  # decoded (and frame-checksummed) but not hashed
                 pass
             return
-        digest = _hash_chunks(chunks, sink) if member.size >= _THREADED_HASH else None
-        if digest is None:
-            hasher = hashlib.sha256()
+        hasher = _BackgroundSha256() if member.size >= _THREADED_HASH else hashlib.sha256()
+        try:
             for chunk in chunks:
-                hasher.update(chunk)
+                hasher.update(bytes(chunk))
                 if sink is not None:
                     sink.write(chunk)
             digest = hasher.hexdigest()
+        finally:
+            if isinstance(hasher, _BackgroundSha256):
+                hasher.close()
         if digest != member.sha256:
             raise _damaged(self.path, f"member {member.name!r} does not match its sha256")
         if sink is not None:
@@ -1213,33 +1257,6 @@ class Artifact:
                 self._consume(member, chunks, sink_for(member))
             finally:
                 os.close(fd)
-
-
-#: Members at least this big are hashed on a second thread while the first decompresses.
-_THREADED_HASH = 8 << 20
-
-
-def _hash_chunks(chunks: Iterator[bytes], sink: _Sink | None) -> str:
-    """sha256 of ``chunks`` computed on a helper thread (hashlib and zstd release the GIL),
-    so decompressing and hashing use two cores; chunks also go to ``sink`` on this thread."""
-    pending: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-    hasher = hashlib.sha256()
-
-    def work() -> None:
-        while (chunk := pending.get()) is not None:
-            hasher.update(chunk)
-
-    worker = threading.Thread(target=work, name="cedana-sha256", daemon=True)
-    worker.start()
-    try:
-        for chunk in chunks:
-            pending.put(bytes(chunk))
-            if sink is not None:
-                sink.write(chunk)
-    finally:
-        pending.put(None)
-        worker.join()
-    return hasher.hexdigest()
 
 
 def open_artifact(path: Path, *, verify: bool = True) -> Artifact:
