@@ -99,7 +99,9 @@ class Checkpoint:
         with tempfile.TemporaryDirectory(prefix=".cedana-inspect-") as tmp:
             images = Path(tmp) / "images"
             self.extract(images, only=_needed_for_inspection)
-            return inspect_images(images)
+            inspection = inspect_images(images)
+        # Page contents were not unpacked; the manifest knows every member's size.
+        return attrs.evolve(inspection, images_bytes=sum(m.size for m in self.manifest.members))
 
     def summary(self) -> dict[str, Any]:
         """The manifest's key facts as a JSON-able dict."""
