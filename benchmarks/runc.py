@@ -9,7 +9,7 @@ filesystem. In the same run, on the same container and disk, it times:
 - checkpoint: ``runc checkpoint`` (CRIU images only: the container's file
   changes are *not* saved); ``runc checkpoint`` then ``tar | zstd -T0`` of the
   images *and* the overlay upper directory at the same level (what one scripts
-  by hand to carry the same data as cedana); ``cedana checkpoint runc:ID``
+  by hand to carry the same data as cedana); ``RuncContainer.checkpoint``
   (dump, the rootfs changes captured while frozen, zstd tar, fsync, full
   verification);
 - restore: ``runc restore`` from the images on the original bundle;
@@ -78,9 +78,12 @@ def make_bundle(bundle: Path, lower: Path, script: str) -> None:
 def detached(cmd: list[str], log: Path) -> None:
     """Run a runc command whose container keeps its stdio: /dev/null, never a pipe we wait on."""
     done = subprocess.run(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         check=False,
-    )  # fmt: skip
+    )
     if done.returncode != 0:
         tail = log.read_text()[-2000:] if log.exists() else ""
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {tail}")
@@ -130,8 +133,18 @@ def main(argv: list[str] | None = None) -> int:
         container = cedana.RuncContainer(NAME, root=state)
 
         def runc_checkpoint(images: Path) -> None:
-            run([*runc, "checkpoint", "--leave-running", "--image-path", str(images),
-                 "--work-path", str(images) + "-log", NAME])  # fmt: skip
+            run(
+                [
+                    *runc,
+                    "checkpoint",
+                    "--leave-running",
+                    "--image-path",
+                    str(images),
+                    "--work-path",
+                    str(images) + "-log",
+                    NAME,
+                ]
+            )
 
         def runc_checkpoint_tar(images: Path, tarball: Path) -> None:
             runc_checkpoint(images)
@@ -147,8 +160,19 @@ def main(argv: list[str] | None = None) -> int:
             mount_overlay(lower, out / "upper", out / "work", out / "rootfs")
             mounts.append(out / "rootfs")
             shutil.copy2(bundle / "config.json", out / "config.json")
-            detached([*runc, "restore", "--detach", "--image-path", str(out / images_name),
-                      "--bundle", str(out), NAME], runc_log)  # fmt: skip
+            detached(
+                [
+                    *runc,
+                    "restore",
+                    "--detach",
+                    "--image-path",
+                    str(out / images_name),
+                    "--bundle",
+                    str(out),
+                    NAME,
+                ],
+                runc_log,
+            )
 
         def delete() -> None:
             run([*runc, "delete", "--force", NAME])
@@ -177,8 +201,16 @@ def main(argv: list[str] | None = None) -> int:
                 sizes["cedana checkpoint"] = du(artifact)
             delete()
             for r in range(args.rounds):
-                restore = [*runc, "restore", "--detach", "--image-path", str(work / f"runc{r}"),
-                           "--bundle", str(bundle), NAME]  # fmt: skip
+                restore = [
+                    *runc,
+                    "restore",
+                    "--detach",
+                    "--image-path",
+                    str(work / f"runc{r}"),
+                    "--bundle",
+                    str(bundle),
+                    NAME,
+                ]
                 rest["runc restore (no rootfs)"].append(timed(partial(detached, restore, runc_log)))
                 delete()
                 untar = partial(

@@ -39,6 +39,7 @@ from cedana.artifact.manifest import HostInfo, Manifest, ProcessEntry
 from cedana.checkpoint import Checkpoint
 from cedana.criu import CriuBackend, CriuRequest, default_backend
 from cedana.errors import (
+    ArtifactExists,
     CedanaError,
     CriuError,
     NotCheckpointable,
@@ -277,8 +278,6 @@ def checkpoint_tree(
     backend.preflight()
     path = Path(path)
     if (path.exists() or path.is_symlink()) and not options.overwrite:
-        from cedana.errors import ArtifactExists
-
         raise ArtifactExists(f"{path} exists; pass overwrite=True or choose another path")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"directory {path.parent} does not exist; create it first")
@@ -299,18 +298,17 @@ def checkpoint_tree(
         },
     )
     written: list[Manifest] = []
-    added: dict[str, Any] = {}
-    members_added: list[bool] = []
+    added: dict[str, Any] | None = None  # what add_members returned, once it has run
 
     def add(images: Path) -> None:
-        if add_members is not None and not members_added:
-            members_added.append(True)
-            added.update(add_members(images) or {})
+        nonlocal added
+        if added is None:
+            added = dict(add_members(images) or {}) if add_members is not None else {}
 
     def finish(images: Path) -> None:
         started = time.monotonic()
         add(images)  # a no-op when the post-dump callback already added them
-        final = attrs.evolve(manifest, workload={**manifest.workload, **added})
+        final = attrs.evolve(manifest, workload={**manifest.workload, **(added or {})})
         written.append(
             write_artifact(
                 images,

@@ -233,10 +233,9 @@ class RuncContainer:
         plan = attrs.evolve(plan, criu=criu, shell_job=bool(criu["shell_job"]))
 
         snapshotter = snapshotter_for(state.rootfs)
+        layers = OverlayLayers.of(state.rootfs)
         rootfs_info: dict[str, Any]
-        if snapshotter is not None:
-            layers = OverlayLayers.of(state.rootfs)
-            assert layers is not None
+        if snapshotter is not None and layers is not None:
             rootfs_info = {
                 "captured": True,
                 "snapshotter": snapshotter.name,
@@ -381,8 +380,15 @@ class RuncContainer:
                 "socket that receives the new pty master, as for runc restore --console-socket)"
             )
         captured = bool(rootfs_info.get("captured"))
+        if captured and rootfs_info.get("snapshotter") != "overlay":
+            raise ContainerError(
+                f"{ckpt.path} holds rootfs changes of a {rootfs_info.get('snapshotter')!r} "
+                "store, which this cedana cannot apply; upgrade"
+            )
         if captured:
-            bundle_dir = Path(bundle) if bundle is not None else DEFAULT_BUNDLES / name
+            bundle_dir = (
+                Path(os.path.abspath(bundle)) if bundle is not None else DEFAULT_BUNDLES / name
+            )
             _check_new_bundle(bundle_dir)
             for layer in rootfs_info.get("lower") or ():
                 if not Path(layer).is_dir():
@@ -391,7 +397,9 @@ class RuncContainer:
                         "rootfs changes apply on top of the same layers"
                     )
         else:
-            bundle_dir = Path(bundle) if bundle is not None else Path(str(info["bundle"]))
+            bundle_dir = Path(
+                os.path.abspath(bundle if bundle is not None else str(info["bundle"]))
+            )
             if not (bundle_dir / "config.json").is_file():
                 raise ContainerError(
                     f"{ckpt.path} did not capture the root filesystem (it was not an overlay), "
@@ -454,7 +462,7 @@ class RuncContainer:
                     namespaces.loopback_up(state.pid)
             except BaseException:
                 logger.debug("restore runc %s: failed, cleaning up", name)
-                if (root_dir / name).exists():
+                if _restored_here(root_dir, name, bundle_dir):
                     with contextlib.suppress(CedanaError, OSError):
                         command.delete(name, force=True)
                 if made is not None:
@@ -546,6 +554,20 @@ def _open_stdio(*targets: StdioTarget) -> Iterator[tuple[Any, ...]]:
     finally:
         for fd in opened:
             os.close(fd)
+
+
+def _restored_here(root: Path, name: str, bundle: Path) -> bool:
+    """True when runc's state for ``name`` is the one this restore made (on ``bundle``).
+
+    The name was free when restore began; a container of that name on another
+    bundle was made by someone else meanwhile and is left alone.
+    """
+    try:
+        return os.path.realpath(read_state(root, name).bundle) == os.path.realpath(bundle)
+    except ContainerNotFound:
+        return False
+    except CedanaError:
+        return (root / name).exists()
 
 
 def _check_new_bundle(bundle: Path) -> None:

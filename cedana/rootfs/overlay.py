@@ -470,9 +470,11 @@ def _apply_one(
     writer.clear(dirfd, base)
     if info.isreg():
         fd = os.open(
-            base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+            base,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
             dir_fd=dirfd,
-        )  # fmt: skip
+        )
         try:
             source = tar.extractfile(info)
             if source is not None:

@@ -11,9 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -191,6 +195,15 @@ def assert_counts_on(container: cedana.RuncContainer, before: list[int], more: i
     assert after == list(range(1, len(after) + 1)), after[len(before) - 3 : len(before) + more]
 
 
+def _upper_file(containers: Containers, name: str, rel: str) -> str:
+    """A file of the original container's overlay upper directory (its frozen state)."""
+    return (containers.tmp / name / "upper" / rel).read_text()
+
+
+def lines(path: Path) -> list[int]:
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
 # --- checkpoint and restore -----------------------------------------------------------
 
 
@@ -221,10 +234,6 @@ def test_counter_continues_under_the_same_id(
     restored.delete()
     assert name not in containers.runc("list", "-q").stdout.split()
     assert not (tmp_path / "b2").exists()
-
-
-def _upper_file(containers: Containers, name: str, rel: str) -> str:
-    return (containers.tmp / name / "upper" / rel).read_text()
 
 
 def test_filesystem_changes_come_back(
@@ -276,8 +285,9 @@ def test_restore_under_new_names_twice(
     containers.track(first)
     containers.track(second)
     a = cedana.restore(tmp_path / "c.tar.zst", name=first, root=containers.root)
-    b = cedana.restore(tmp_path / "c.tar.zst", name=second, root=containers.root,
-                       bundle=tmp_path / "b")  # fmt: skip
+    b = cedana.restore(
+        tmp_path / "c.tar.zst", name=second, root=containers.root, bundle=tmp_path / "b"
+    )
     assert a.bundle == DEFAULT_BUNDLES / first
     assert {first, second} <= set(containers.runc("list", "-q").stdout.split())
     assert a.pid != b.pid
@@ -329,10 +339,6 @@ print(data.decode().replace("\\r\\n", "\\n"), end="")
 """
 
 
-def lines(path: Path) -> list[int]:
-    return [int(x) for x in path.read_text().split()] if path.exists() else []
-
-
 def test_bind_mounted_host_directory(
     containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -341,8 +347,12 @@ def test_bind_mounted_host_directory(
     the restored counter appends to the same host file, from where it was."""
     shared = tmp_path / "shared"
     shared.mkdir()
-    mount = {"destination": "/host", "type": "bind", "source": str(shared),
-             "options": ["rbind", "rw"]}  # fmt: skip
+    mount = {
+        "destination": "/host",
+        "type": "bind",
+        "source": str(shared),
+        "options": ["rbind", "rw"],
+    }
     out = shared / "out.log"
     name = name_for(request)
     c = containers.run(name, COUNTER.replace("/tmp/count.log", "/host/out.log"), mounts=[mount])
@@ -361,8 +371,12 @@ def test_tmpfs_mount_content(
 ) -> None:
     """A tmpfs mounted in the container keeps its files across checkpoint and restore
     (CRIU carries tmpfs content in its images)."""
-    mount = {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "size=8m"]}  # fmt: skip
+    mount = {
+        "destination": "/scratch",
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "size=8m"],
+    }
     name = name_for(request)
     c = containers.run(name, "echo in tmpfs > /scratch/f; " + COUNTER, mounts=[mount])
     wait_count(c, 3)
@@ -387,8 +401,9 @@ def test_leave_running(
     wait_count(c, n + 5)
     copy = name_for(request, "-copy")
     containers.track(copy)
-    r = cedana.restore(tmp_path / "lr.tar.zst", name=copy, root=containers.root,
-                       bundle=tmp_path / "b2")  # fmt: skip
+    r = cedana.restore(
+        tmp_path / "lr.tar.zst", name=copy, root=containers.root, bundle=tmp_path / "b2"
+    )
     assert r.status == "running" and c.status == "running"
     wait_count(r, 3)
 
@@ -439,6 +454,92 @@ def test_stdio_pipes_are_reattached(
     assert numbers == list(range(numbers[0], numbers[0] + len(numbers))) and numbers[0] > 1
 
 
+class ConsoleSocket:
+    """A console socket (what ``runc --console-socket`` sends a pty master to)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(str(path))
+        self._server.listen(1)
+        self._server.settimeout(30)
+        self.master: int | None = None
+        self._thread = threading.Thread(target=self._accept)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = self._server.accept()
+            with conn:
+                _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
+                self.master = fds[0]
+        self._server.close()
+
+    def read(self, at_least: int) -> str:
+        """Wait for the master, then read until ``at_least`` lines came."""
+        self._thread.join(30)
+        assert self.master is not None, "runc sent no pty master"
+        text = ""
+        deadline = time.monotonic() + 30
+        while text.count("\n") < at_least:
+            ready, _, _ = select.select([self.master], [], [], max(0, deadline - time.monotonic()))
+            if not ready:
+                pytest.fail(f"no output on the console after {text!r}")
+            text += os.read(self.master, 4096).decode()
+        return text
+
+    def close(self) -> None:
+        self._server.close()
+        self._thread.join(30)
+        if self.master is not None:
+            os.close(self.master)
+
+
+def test_terminal_container_with_a_console_socket(
+    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A container with a terminal (its pty master held outside, by whoever listened on the
+    console socket) is dumped with the master left outside; restore needs a console socket
+    (refused clearly without one, nothing made) and hands the new master to it, on which
+    the output goes on."""
+    name = name_for(request)
+    bundle = containers.bundle(
+        name, "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done"
+    )
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["terminal"] = True
+    (bundle / "config.json").write_text(json.dumps(config))
+    first = ConsoleSocket(tmp_path / "c1.sock")
+    containers.track(name)
+    try:
+        containers.runc(
+            "run",
+            "-d",
+            "--console-socket",
+            str(first.path),
+            "--bundle",
+            str(bundle),
+            name,
+            stdin=subprocess.DEVNULL,
+        )
+        assert first.read(3).startswith("tick 1\r\n")
+        ckpt = cedana.RuncContainer(name, root=containers.root).checkpoint(tmp_path / "tty.tar.zst")
+    finally:
+        first.close()
+    with pytest.raises(cedana.ContainerError, match="console_socket"):
+        cedana.restore(ckpt, root=containers.root, bundle=tmp_path / "b2")
+    assert not (tmp_path / "b2").exists()
+    second = ConsoleSocket(tmp_path / "c2.sock")
+    try:
+        cedana.restore(
+            ckpt, root=containers.root, bundle=tmp_path / "b2", console_socket=second.path
+        )
+        ticks = [int(x.split()[1]) for x in second.read(3).splitlines() if x.startswith("tick")]
+    finally:
+        second.close()
+    assert ticks[0] > 1 and ticks == list(range(ticks[0], ticks[0] + len(ticks)))
+
+
 def test_plain_directory_rootfs(
     containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -462,9 +563,12 @@ def test_plain_directory_rootfs(
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cedana", *args], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "cedana", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
         check=False,
-    )  # fmt: skip
+    )
 
 
 def test_cli_checkpoint_inspect_restore(
@@ -487,8 +591,17 @@ def test_cli_checkpoint_inspect_restore(
 
     new = name_for(request, "-new")
     containers.track(new)
-    done = cli("restore", str(art), "--name", new, "--bundle", str(tmp_path / "b2"),
-               "--root", str(containers.root), "--json")  # fmt: skip
+    done = cli(
+        "restore",
+        str(art),
+        "--name",
+        new,
+        "--bundle",
+        str(tmp_path / "b2"),
+        "--root",
+        str(containers.root),
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["runtime"] == "runc" and out["name"] == new
@@ -511,15 +624,23 @@ def test_missing_and_stopped_containers(
     with pytest.raises(cedana.ContainerNotRunning, match="stopped"):
         c.checkpoint(tmp_path / "x")
     assert not (tmp_path / "x").exists()
-    done = cli("checkpoint", "runc:no-such-container", "-o", str(tmp_path / "y"),
-               "--root", str(containers.root))  # fmt: skip
+    done = cli(
+        "checkpoint",
+        "runc:no-such-container",
+        "-o",
+        str(tmp_path / "y"),
+        "--root",
+        str(containers.root),
+    )
     assert done.returncode == 1 and "no runc container" in done.stderr
 
 
 def test_failed_dump_leaves_the_container_running_and_thawed(
-    containers: Containers, tmp_path: Path, request: pytest.FixtureRequest,
+    containers: Containers,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     """When the checkpoint fails while the container is frozen (here: capturing the
     rootfs fails), CRIU thaws it: it keeps running, its freezer is THAWED, it counts on,
     and no artifact is left."""

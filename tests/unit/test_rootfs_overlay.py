@@ -52,8 +52,15 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
                 }
             except OSError:
                 xattrs = {}
-            out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                        what, xattrs, st.st_mtime_ns)  # fmt: skip
+            out[rel] = (
+                stat.S_IFMT(st.st_mode),
+                stat.S_IMODE(st.st_mode),
+                st.st_uid,
+                st.st_gid,
+                what,
+                xattrs,
+                st.st_mtime_ns,
+            )
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from cedana.container.runc import (
 )
 from cedana.container.state import check_id, read_state
 from cedana.errors import ContainerError, ContainerNotFound
+from cedana.process import CheckpointOptions, checkpoint_tree, plan_dump
 
 V1 = (
     "/sys/fs/cgroup/cpu",
@@ -318,8 +320,14 @@ def test_container_summary_for_inspect() -> None:
     """inspect's container lines: id, runtime, status, bundle and the rootfs diff counts,
     or why the rootfs was not captured; nothing for a process checkpoint."""
     host = HostInfo(kernel="6.18", arch="x86_64", criu_version="4.2.1", hostname="h")
-    diff = {"snapshotter": "overlay", "members": ["rootfs-diff.tar"], "files": 2, "bytes": 2048,
-            "whiteouts": 1, "directories": 1}  # fmt: skip
+    diff = {
+        "snapshotter": "overlay",
+        "members": ["rootfs-diff.tar"],
+        "files": 2,
+        "bytes": 2048,
+        "whiteouts": 1,
+        "directories": 1,
+    }
     manifest = Manifest(
         host=host,
         kind="container",
@@ -338,12 +346,89 @@ def test_container_summary_for_inspect() -> None:
     lines = dict(container_lines(summary))
     assert lines["container"] == "web (runc, running)"
     assert lines["rootfs"] == "overlay changes: 2 files (2.0 KiB), 1 deleted, 1 dirs"
-    plain = Manifest(host=host, kind="container", runtime="runc", options={}, tree=(),
-                     workload={"container": {"id": "x"}, "rootfs": {"captured": False,
-                                                                 "reason": "plain dir"}})  # fmt: skip
+    plain = Manifest(
+        host=host,
+        kind="container",
+        runtime="runc",
+        options={},
+        tree=(),
+        workload={"container": {"id": "x"}, "rootfs": {"captured": False, "reason": "plain dir"}},
+    )
     assert (
         dict(container_lines(container_summary(plain) or {}))["rootfs"]
         == "not captured (plain dir)"
     )
     process = Manifest(host=host, kind="process", options={}, tree=(), workload={})
     assert container_summary(process) is None
+
+
+# --- the Process hook the container layer relies on -------------------------------------
+
+
+class _FrozenCriu:
+    """A fake CRIU: writes an image, then calls post-dump while the 'tree is frozen'."""
+
+    def __init__(self) -> None:
+        self.frozen = False
+        self.seen_frozen: list[bool] = []
+
+    def preflight(self) -> None:
+        pass
+
+    def dump(self, request: Any) -> None:
+        (request.images_dir / "pstree.img").write_bytes(b"fake")
+        self.frozen = True
+        try:
+            if request.notify is not None:
+                request.notify("post-dump", 1)
+        finally:
+            self.frozen = False
+        if not request.options.get("leave_running"):
+            os.kill(request.options["pid"], 9)  # what CRIU does once post-dump succeeded
+
+    def restore(self, request: Any) -> int:
+        raise NotImplementedError
+
+    def report(self) -> Any:
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("leave_running", [False, True])
+def test_add_members_runs_while_frozen_and_extends_the_manifest(
+    tmp_path: Path, leave_running: bool
+) -> None:
+    """checkpoint_tree calls add_members once, from post-dump (tree frozen) in both modes,
+    so a container's rootfs capture matches its memory; what it returns lands in the
+    manifest's workload and its files become members."""
+    fake = _FrozenCriu()
+    calls: list[Path] = []
+
+    def add_members(images: Path) -> dict[str, Any]:
+        fake.seen_frozen.append(fake.frozen)
+        calls.append(images)
+        (images / "container").mkdir()
+        (images / "container" / "rootfs-diff.tar").write_bytes(b"diff")
+        return {"rootfs": {"captured": True}}
+
+    opts = CheckpointOptions(leave_running=leave_running)
+    sleeper = subprocess.Popen(
+        ["sleep", "60"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        ckpt = checkpoint_tree(
+            plan_dump(sleeper.pid, opts),
+            tmp_path / "a.tar.zst",
+            opts,
+            kind="container",
+            runtime="runc",
+            workload={"rootfs": {"captured": False}},
+            add_members=add_members,
+            backend=fake,
+            popen=sleeper,
+        )
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert fake.seen_frozen == [True]
+    assert ckpt.manifest.workload["rootfs"]["captured"] is True
+    assert ckpt.read_member("container/rootfs-diff.tar") == b"diff"
