@@ -14,6 +14,7 @@ import attrs
 
 from cedana.artifact.archive import Artifact, open_artifact
 from cedana.artifact.manifest import Manifest
+from cedana.units import human_bytes
 
 if TYPE_CHECKING:
     from cedana.artifact.inspect import Inspection
@@ -24,15 +25,6 @@ __all__ = ["Checkpoint"]
 def _needed_for_inspection(name: str) -> bool:
     # Page contents can be gigabytes and say nothing inspect shows.
     return not name.startswith("pages-") and "/" not in name
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 @attrs.define(eq=False)
@@ -131,6 +123,6 @@ class Checkpoint:
             f"<div><b>cedana checkpoint</b> <code>{html.escape(s['path'])}</code><br>"
             f"{html.escape(s['kind'])}{runtime}, created {html.escape(s['created'])} "
             f"on {html.escape(s['host']['kernel'])} / CRIU {html.escape(s['host']['criu'])}, "
-            f"{_human(s['size'])} on disk ({_human(s['images_bytes'])} of images)"
+            f"{human_bytes(s['size'])} on disk ({human_bytes(s['images_bytes'])} of images)"
             f"<table><tr><th>pid</th><th>ppid</th><th>command</th></tr>{rows}</table></div>"
         )

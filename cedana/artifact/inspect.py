@@ -34,6 +34,7 @@ import attrs
 
 from cedana.criu import load_image
 from cedana.errors import ArtifactCorrupt
+from cedana.units import human_bytes
 
 __all__ = ["FileInfo", "Inspection", "ProcessInfo", "SocketInfo", "inspect_images"]
 
@@ -167,8 +168,8 @@ class Inspection:
         n = len(self.processes)
         return (
             f"{n} process{'es' if n != 1 else ''}, {self.threads} thread"
-            f"{'s' if self.threads != 1 else ''}, {_human_bytes(self.memory_bytes)} of memory "
-            f"({self.memory_pages:,} pages), images {_human_bytes(self.images_bytes)}"
+            f"{'s' if self.threads != 1 else ''}, {human_bytes(self.memory_bytes)} of memory "
+            f"({self.memory_pages:,} pages), images {human_bytes(self.images_bytes)}"
         )
 
     def format_text(self) -> str:
@@ -183,7 +184,7 @@ class Inspection:
                 str(p.pid),
                 str(p.ppid),
                 str(p.threads),
-                _human_bytes(p.memory_bytes),
+                human_bytes(p.memory_bytes),
                 str(p.vmas),
                 p.state,
                 "    " * (depth - 1) + "  \\_ " + p.command if depth else p.command,
@@ -223,7 +224,7 @@ class Inspection:
         parts.append("<h4>Processes</h4>")
         rows = []
         for p, depth in _tree_order(self.processes):
-            cells = [str(p.pid), str(p.ppid), str(p.threads), _human_bytes(p.memory_bytes)]
+            cells = [str(p.pid), str(p.ppid), str(p.threads), human_bytes(p.memory_bytes)]
             cells += [str(p.vmas), p.state]
             tds = "".join(f'<td style="text-align:right">{esc(c)}</td>' for c in cells[:5])
             tds += f"<td>{esc(cells[5])}</td>"
@@ -269,17 +270,6 @@ def _socket_row(s: SocketInfo) -> list[str]:
     remote = s.remote or (f"inode {s.peer_inode}" if s.peer_inode else "-")
     local = s.local or ("(unnamed)" if s.family == "unix" else "-")
     return [str(s.inode), s.family, s.type, s.protocol or "-", s.state, local, remote]
-
-
-def _human_bytes(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            break
-    return f"{value:.1f} {unit}"
 
 
 def _tree_order(processes: Sequence[ProcessInfo]) -> list[tuple[ProcessInfo, int]]:

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import attrs
 
+from cedana.units import human_bytes
+
 __all__ = ["RootfsDiff", "Snapshotter", "snapshotter_for"]
 
 
@@ -70,7 +72,7 @@ class RootfsDiff:
 
     def describe(self) -> str:
         """One line for people: ``3 files (1.2 KiB), 1 deleted, 2 dirs, ...``."""
-        parts = [f"{self.files} files ({_human(self.bytes)})"]
+        parts = [f"{self.files} files ({human_bytes(self.bytes)})"]
         for count, what in (
             (self.whiteouts, "deleted"),
             (self.directories, "dirs"),
@@ -83,15 +85,6 @@ class RootfsDiff:
             if count:
                 parts.append(f"{count} {what}")
         return ", ".join(parts)
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 class Snapshotter(Protocol):
