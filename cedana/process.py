@@ -88,6 +88,26 @@ class CheckpointOptions:
     work_dir: Path | None = None
     criu: Mapping[str, Any] = attrs.field(factory=dict)
 
+    @classmethod
+    def merged(
+        cls,
+        options: CheckpointOptions | None,
+        *,
+        leave_running: bool = False,
+        tcp_established: bool = False,
+        file_locks: bool = False,
+        **more: Any,
+    ) -> CheckpointOptions:
+        """``options`` (or the defaults) with a ``checkpoint()`` call's keywords applied."""
+        opts = options or cls()
+        return attrs.evolve(
+            opts,
+            leave_running=leave_running or opts.leave_running,
+            tcp_established=tcp_established or opts.tcp_established,
+            file_locks=file_locks or opts.file_locks,
+            **more,
+        )
+
     def to_manifest(self) -> dict[str, Any]:
         """The options as recorded in the manifest."""
         return {
@@ -528,12 +548,11 @@ class Process:
             ArtifactExists: ``path`` exists and ``overwrite`` was not set.
             OSError: Writing the artifact failed (e.g. ENOSPC); the tree keeps running.
         """
-        opts = options or CheckpointOptions()
-        opts = attrs.evolve(
-            opts,
-            leave_running=leave_running or opts.leave_running,
-            tcp_established=tcp_established or opts.tcp_established,
-            file_locks=file_locks or opts.file_locks,
+        opts = CheckpointOptions.merged(
+            options,
+            leave_running=leave_running,
+            tcp_established=tcp_established,
+            file_locks=file_locks,
             **more,
         )
         backend = self._backend or default_backend()

@@ -211,12 +211,11 @@ class RuncContainer:
             ArtifactExists: ``path`` exists and ``overwrite`` was not set.
             OSError: Writing the artifact failed; the container keeps running.
         """
-        opts = options or CheckpointOptions()
-        opts = attrs.evolve(
-            opts,
-            leave_running=leave_running or opts.leave_running,
-            tcp_established=tcp_established or opts.tcp_established,
-            file_locks=file_locks or opts.file_locks,
+        opts = CheckpointOptions.merged(
+            options,
+            leave_running=leave_running,
+            tcp_established=tcp_established,
+            file_locks=file_locks,
             **more,
         )
         backend = self._backend or default_backend()
