@@ -305,7 +305,8 @@ def test_tcp_server_keeps_serving(
     restore, in the restored namespace, with the state it had (a page it keeps updating)."""
     script = (
         "httpd -f -p 8080 -h /www & i=0; "
-        "while true; do i=$((i+1)); echo $i > /www/n.txt; echo $i >> /tmp/count.log; "
+        "while true; do i=$((i+1)); echo $i > /www/n.tmp; mv /www/n.tmp /www/n.txt; "
+        "echo $i >> /tmp/count.log; "
         "sleep 0.05; done"
     )
     name = name_for(request)
