@@ -77,5 +77,5 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """cedana vs raw CRIU (and tar | zstd), same workload, same run; prints ratios."""
     provision(session)
-    install(session)
+    install(session, "containerd")
     session.run("python", "-m", "benchmarks", *session.posargs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["process", "runc"]
+BENCHMARKS = ["process", "runc", "containerd"]
 
 
 def main(argv: list[str]) -> int:

@@ -5,7 +5,8 @@ Layout, one concern per layer (each holds the one below)::
     api.py        check / open / restore: the top-level verbs
     process.py    Process, spawn: a live process tree (uses procfs.py)
     container/    RuncContainer: a runc container (runc state, cgroups, namespaces, mounts)
-    rootfs/       snapshotters: a container's root filesystem changes (overlay)
+    rootfs/       snapshotters: a container's root filesystem changes (overlay, containerd)
+    runtimes/     ContainerdContainer: runc + a snapshotter + the runtime's own API
     checkpoint.py Checkpoint: an opened artifact (manifest, verify, inspect)
     artifact/     manifest, zstd tar archive, verification, image inspection
     criu.py       the CRIU boundary (the only importer of pycriu)
@@ -31,6 +32,7 @@ from cedana.errors import (
     CriuError,
     CriuNotFound,
     DumpFailed,
+    ImageNotFound,
     NotCheckpointable,
     NotPermitted,
     PidInUse,
@@ -42,6 +44,7 @@ from cedana.errors import (
     UnsupportedFormat,
 )
 from cedana.process import CheckpointOptions, Process, RestoreOptions, spawn
+from cedana.runtimes import ContainerdContainer
 
 __version__ = "0.1.0"
 
@@ -58,10 +61,12 @@ __all__ = [
     "ContainerExists",
     "ContainerNotFound",
     "ContainerNotRunning",
+    "ContainerdContainer",
     "CriuError",
     "CriuNotFound",
     "CriuReport",
     "DumpFailed",
+    "ImageNotFound",
     "NotCheckpointable",
     "NotPermitted",
     "PidInUse",

@@ -10,6 +10,7 @@ from cedana.container import RuncContainer
 from cedana.criu import CriuReport, default_backend
 from cedana.errors import CedanaError
 from cedana.process import Process
+from cedana.runtimes.containerd import restore_checkpoint as restore_containerd
 
 __all__ = ["check", "open", "restore"]
 
@@ -51,6 +52,12 @@ def restore(
     :meth:`~cedana.RuncContainer.restore` (``name``, ``bundle``, ``root``,
     ``stdin``, ``stdout``, ``stderr``, ``tcp_established``, ...).
 
+    A containerd checkpoint comes back as a :class:`~cedana.ContainerdContainer`
+    (``into="containerd"``, the default; options of
+    :meth:`~cedana.ContainerdContainer.restore`: ``name``, ``namespace``,
+    ``address``, ``log``...) or, with ``into="runc"``, as a plain
+    :class:`~cedana.RuncContainer`.
+
     Raises:
         CedanaError: the artifact is unusable, a pid is taken, or CRIU failed;
             nothing of the workload is left running then.
@@ -62,20 +69,29 @@ def restore(
             raise CedanaError(
                 f"{ckpt.path} holds a plain process tree; it cannot be restored into {into!r}"
             )
-        unusable = sorted(k for k in ("name", "bundle", "root") if options.get(k) is not None)
+        unusable = sorted(
+            k for k in ("name", "bundle", "root", "address") if options.get(k) is not None
+        )
         if unusable:
             raise CedanaError(
                 f"{ckpt.path} holds a plain process tree; {', '.join(unusable)} apply to "
                 "container checkpoints only"
             )
-        options = {k: v for k, v in options.items() if k not in ("name", "bundle", "root")}
+        options = {
+            k: v for k, v in options.items() if k not in ("name", "bundle", "root", "address")
+        }
         return Process.restore(ckpt, **options)
     if kind == "container" and ckpt.manifest.runtime == "runc":
         if into not in (None, "runc"):
             raise CedanaError(
                 f"{ckpt.path} holds a runc container; it cannot be restored into {into!r}"
             )
+        if options.get("address") is not None:
+            raise CedanaError(f"{ckpt.path} holds a runc container; address applies to containerd")
+        options.pop("address", None)
         return RuncContainer.restore(ckpt, **options)
+    if kind == "container" and ckpt.manifest.runtime == "containerd":
+        return restore_containerd(ckpt, into=into, **options)
     raise CedanaError(
         f"{ckpt.path} holds a {kind!r} checkpoint, which this cedana cannot restore; upgrade"
     )

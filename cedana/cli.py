@@ -33,7 +33,10 @@ def _parse_target(target: str) -> tuple[str, str]:
     elif kind == "runc":
         if not ident:
             raise CedanaError(f"bad target {target!r}: expected runc:ID")
-    elif kind in ("containerd", "podman", "docker", "crio"):
+    elif kind == "containerd":
+        if not ident.rpartition("/")[2]:
+            raise CedanaError(f"bad target {target!r}: expected containerd:[NAMESPACE/]ID")
+    elif kind in ("podman", "docker", "crio"):
         raise CedanaError(f"{kind} containers are not supported by this cedana yet")
     else:
         raise CedanaError(
@@ -62,9 +65,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     kind, ident = _parse_target(args.target)
-    target: cedana.Process | cedana.RuncContainer
+    target: cedana.Process | cedana.RuncContainer | cedana.ContainerdContainer
     if kind == "runc":
         target = cedana.RuncContainer(ident, **({"root": args.root} if args.root else {}))
+    elif kind == "containerd":
+        namespace, _, cid = ident.rpartition("/")
+        target = cedana.ContainerdContainer(
+            cid,
+            namespace=namespace or "default",
+            **({"address": args.address} if args.address else {}),
+            runc_root=args.root,
+        )
     else:
         target = cedana.Process(int(ident))
     ckpt = target.checkpoint(
@@ -77,26 +88,39 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     summary = ckpt.summary()
-    what = f"runc container {ident}" if kind == "runc" else f"pid {ident}"
+    what = f"{kind} container {ident}" if kind != "process" else f"pid {ident}"
     text = f"checkpointed {what} to {ckpt.path} ({summary['size']} bytes)"
     _emit(summary, args.json, text)
     return 0
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    name, more = args.name, {}
+    if args.address:
+        more["address"] = args.address
+    if name and "/" in name:  # containerd: NAMESPACE/NAME
+        more["namespace"], _, name = name.rpartition("/")
     restored = cedana.restore(
         args.file,
         into=args.into,
         tcp_established=args.tcp_established,
-        name=args.name,
+        name=name,
         bundle=args.bundle,
         root=args.root,
+        **more,
     )
     data: dict[str, Any] = {"pid": restored.pid}
     text = f"restored {args.file}: pid {restored.pid}"
     if isinstance(restored, cedana.RuncContainer):
         data.update(runtime="runc", name=restored.id)
         text = f"restored {args.file}: runc container {restored.id}, pid {restored.pid}"
+    elif isinstance(restored, cedana.ContainerdContainer):
+        data.update(runtime="containerd", name=restored.id, namespace=restored.namespace)
+        text = (
+            f"restored {args.file}: containerd container {restored.namespace}/{restored.id}, "
+            f"pid {restored.pid}"
+        )
+        restored.close()
     _emit(data, args.json, text)
     return 0
 
@@ -136,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_check)
 
     c = sub.add_parser("checkpoint", help="checkpoint a workload to a file")
-    c.add_argument("target", help="PID | process:PID | runc:ID")
+    c.add_argument("target", help="PID | process:PID | runc:ID | containerd:[NAMESPACE/]ID")
     c.add_argument("-o", "--output", required=True, help="artifact path")
     c.add_argument("--leave-running", action="store_true")
     c.add_argument("--tcp-established", action="store_true")
@@ -144,15 +168,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--compress", choices=["zstd", "none"], default="zstd")
     c.add_argument("--level", type=int, default=3, help="zstd level (default 3)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
-    c.add_argument("--root", help="runc state root (containers)")
-    c.add_argument("--address", help="runtime API socket (containers)")
+    c.add_argument("--root", help="runc state root (containers; containerd: the shim's)")
+    c.add_argument("--address", help="runtime API socket (containerd)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_checkpoint)
 
     c = sub.add_parser("restore", help="restore a checkpoint")
     c.add_argument("file")
     c.add_argument("--into", help="runtime to restore into")
-    c.add_argument("--name", help="new container name")
+    c.add_argument("--name", help="new container name (containerd: [NAMESPACE/]NAME)")
     c.add_argument("--bundle", help="runc bundle directory")
     c.add_argument("--root", help="runc state root")
     c.add_argument("--address", help="runtime API socket")

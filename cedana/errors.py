@@ -22,6 +22,7 @@ builtin that fits, so ``except ProcessLookupError`` keeps working::
     └── ContainerError                  container runtimes
         ├── RuntimeUnavailable          the runtime or its API cannot be reached
         ├── ContainerNotFound           (LookupError)
+        ├── ImageNotFound               (LookupError) a restore's image is not there
         ├── ContainerNotRunning
         └── ContainerExists             (FileExistsError) the name is taken
 """
@@ -40,6 +41,7 @@ __all__ = [
     "CriuError",
     "CriuNotFound",
     "DumpFailed",
+    "ImageNotFound",
     "NotCheckpointable",
     "NotPermitted",
     "PidInUse",
@@ -142,6 +144,10 @@ class RuntimeUnavailable(ContainerError):
 
 class ContainerNotFound(ContainerError, LookupError):
     """No container has the given id or name."""
+
+
+class ImageNotFound(ContainerError, LookupError):
+    """The image a container checkpoint builds on is not in the target runtime."""
 
 
 class ContainerNotRunning(ContainerError):

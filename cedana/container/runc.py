@@ -44,6 +44,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -64,12 +65,18 @@ from cedana.errors import (
     ContainerNotRunning,
     RestoreFailed,
 )
-from cedana.process import CheckpointOptions, checkpoint_tree, plan_dump
-from cedana.rootfs import RootfsDiff, snapshotter_for
+from cedana.process import CheckpointOptions, DumpPlan, checkpoint_tree, plan_dump
+from cedana.rootfs import RootfsDiff, Snapshotter, snapshotter_for
 from cedana.rootfs.mounts import MountEntry, is_mountpoint, mountinfo, umount
 from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter
 
-__all__ = ["DEFAULT_BUNDLES", "RuncContainer", "container_lines", "container_summary"]
+__all__ = [
+    "DEFAULT_BUNDLES",
+    "ContainerDump",
+    "RuncContainer",
+    "container_lines",
+    "container_summary",
+]
 
 logger = logging.getLogger("cedana.runc")
 
@@ -85,6 +92,47 @@ CONFIG_MEMBER = f"{CONTAINER_DIR}/config.json"
 BUNDLE_MARKER = "cedana-bundle.json"
 
 StdioTarget = int | str | os.PathLike[str] | IO[Any] | None
+
+
+@attrs.frozen(kw_only=True)
+class ContainerDump:
+    """What checkpointing a runc-based container needs, before CRIU runs.
+
+    Attributes:
+        state: runc's state of the container.
+        config_bytes: Its ``config.json``, as the bundle has it.
+        plan: CRIU's plan, with runc's options for the container.
+        workload: The manifest's ``container`` facts.
+    """
+
+    state: RuncState
+    config_bytes: bytes
+    plan: DumpPlan
+    workload: Mapping[str, Any]
+
+    def add_members(
+        self,
+        images: Path,
+        *,
+        snapshotter: Snapshotter | None,
+        rootfs: Mapping[str, Any],
+        extra: Mapping[str, bytes] | None = None,
+    ) -> Mapping[str, Any] | None:
+        """Write runc's ``descriptors.json``, the config, ``extra`` members and the rootfs
+        changes into ``images``; called while the container is frozen, so they match the
+        memory images. Returns the manifest's ``rootfs`` entry with the diff's summary."""
+        _write_private(
+            images / DESCRIPTORS, json.dumps(list(self.state.external_descriptors)).encode()
+        )
+        own = images / CONTAINER_DIR
+        own.mkdir(mode=0o700, exist_ok=True)
+        _write_private(images / CONFIG_MEMBER, self.config_bytes)
+        for name, data in (extra or {}).items():
+            _write_private(images / name, data)
+        if snapshotter is None:
+            return None
+        diff = snapshotter.capture(self.state.rootfs, own)
+        return {"rootfs": {**rootfs, "diff": diff.to_json()}}
 
 
 @attrs.define(eq=False)
@@ -185,6 +233,46 @@ class RuncContainer:
 
     # --- checkpoint -------------------------------------------------------------
 
+    def prepare_dump(
+        self,
+        options: CheckpointOptions,
+        state: RuncState,
+        *,
+        runtime: str = "runc",
+        status: str | None = None,
+    ) -> ContainerDump:
+        """CRIU's plan and the manifest's container facts for checkpointing ``state``.
+
+        The part of a checkpoint every runc-based runtime shares; the runtime
+        adds its own facts, its snapshotter and what follows the dump.
+        """
+        config_bytes = (state.bundle / "config.json").read_bytes()
+        config = json.loads(config_bytes)
+        facts = gather_facts(state, config)
+        plan = plan_dump(state.pid, options)
+        criu = {**plan.criu, **dump_options(config, facts)}
+        if options.shell_job is not None:
+            criu["shell_job"] = options.shell_job
+        criu.update(options.criu)
+        plan = attrs.evolve(plan, criu=criu, shell_job=bool(criu["shell_job"]))
+        process = config.get("process") or {}
+        container = {
+            "id": self.id,
+            "runtime": runtime,
+            "root": str(state.root),
+            "bundle": str(state.bundle),
+            "rootfs": str(state.rootfs),
+            "status": status or state.status,
+            "config": CONFIG_MEMBER,
+            "descriptors": list(state.external_descriptors),
+            "terminal": bool(process.get("terminal")),
+            "cgroup_paths": dict(state.cgroup_paths),
+            "ext_unix_sk": bool(criu.get("ext_unix_sk")),
+        }
+        return ContainerDump(
+            state=state, config_bytes=config_bytes, plan=plan, workload={"container": container}
+        )
+
     def checkpoint(
         self,
         path: str | os.PathLike[str],
@@ -220,17 +308,8 @@ class RuncContainer:
         )
         backend = self._backend or default_backend()
         backend.preflight()
-        state = self._live_state()
-        config_bytes = (state.bundle / "config.json").read_bytes()
-        config = json.loads(config_bytes)
-        facts = gather_facts(state, config)
-        plan = plan_dump(state.pid, opts)
-        criu = {**plan.criu, **dump_options(config, facts)}
-        if opts.shell_job is not None:
-            criu["shell_job"] = opts.shell_job
-        criu.update(opts.criu)
-        plan = attrs.evolve(plan, criu=criu, shell_job=bool(criu["shell_job"]))
-
+        dump = self.prepare_dump(opts, self._live_state())
+        state = dump.state
         snapshotter = snapshotter_for(state.rootfs)
         layers = OverlayLayers.of(state.rootfs)
         rootfs_info: dict[str, Any]
@@ -249,36 +328,9 @@ class RuncContainer:
                 "reason": "the root filesystem is not an overlay with an upper directory; "
                 "restore runs on the same bundle and sees its files as they are then",
             }
-        process = config.get("process") or {}
-        workload = {
-            "container": {
-                "id": self.id,
-                "runtime": "runc",
-                "root": str(self.root),
-                "bundle": str(state.bundle),
-                "rootfs": str(state.rootfs),
-                "status": state.status,
-                "config": CONFIG_MEMBER,
-                "descriptors": list(state.external_descriptors),
-                "terminal": bool(process.get("terminal")),
-                "cgroup_paths": dict(state.cgroup_paths),
-                "ext_unix_sk": bool(criu.get("ext_unix_sk")),
-            },
-            "rootfs": rootfs_info,
-        }
-
-        def add_members(images: Path) -> Mapping[str, Any] | None:
-            # Called while the container is frozen: the files match the memory images.
-            _write_private(
-                images / DESCRIPTORS, json.dumps(list(state.external_descriptors)).encode()
-            )
-            own = images / CONTAINER_DIR
-            own.mkdir(mode=0o700, exist_ok=True)
-            _write_private(images / CONFIG_MEMBER, config_bytes)
-            if snapshotter is None:
-                return None
-            diff = snapshotter.capture(state.rootfs, own)
-            return {"rootfs": {**rootfs_info, "diff": diff.to_json()}}
+        plan = dump.plan
+        workload = {**dump.workload, "rootfs": rootfs_info}
+        add_members = partial(dump.add_members, snapshotter=snapshotter, rootfs=rootfs_info)
 
         started = time.monotonic()
         logger.debug("checkpoint runc %s (pid %d) -> %s: start", self.id, state.pid, path)

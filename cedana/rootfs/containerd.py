@@ -1,0 +1,198 @@
+"""The containerd snapshotter: a container's writable snapshot, captured and filled in.
+
+containerd keeps a container's root filesystem as a chain of snapshots in one
+of its snapshotters: the image's layers, committed, and on top of them the
+container's own *active* snapshot, named by the container's snapshot key.
+With the ``overlayfs`` snapshotter, containerd answers ``Mounts(snapshotter,
+key)`` with an overlay mount whose ``upperdir`` is that active snapshot: what
+the container changed. This module asks containerd for those mounts (never
+reading containerd's private databases) and reuses the overlay snapshotter's
+capture and apply (:mod:`cedana.rootfs.overlay`), so the member written is the
+same ``rootfs-diff.tar``.
+
+To restore, :meth:`ContainerdSnapshotter.prepare` makes a new active snapshot
+on the image's top layer (its *chain id*), and :meth:`apply` fills its upper
+directory before anything mounts it.
+
+containerd itself is reached through a :class:`SnapshotStore`: the runtime
+layer passes its API client, unit tests a fake.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import attrs
+
+from cedana.errors import NotCheckpointable
+from cedana.rootfs import RootfsDiff
+from cedana.rootfs.overlay import DIFF_NAME, OverlayLayers, apply_upper, capture_upper
+
+__all__ = ["ContainerdSnapshotter", "Mount", "SnapshotStore", "overlay_layers"]
+
+logger = logging.getLogger("cedana.rootfs")
+
+
+@attrs.frozen(kw_only=True)
+class Mount:
+    """One mount as containerd describes it (``containerd.types.Mount``).
+
+    Attributes:
+        type: The filesystem type (``overlay``, ``bind``...).
+        source: The mount source.
+        options: The mount options, ``upperdir=...`` and the like for overlay.
+    """
+
+    type: str
+    source: str
+    options: tuple[str, ...] = ()
+
+
+class SnapshotStore(Protocol):
+    """The part of containerd's Snapshots service a snapshotter needs."""
+
+    def snapshot_mounts(self, snapshotter: str, key: str) -> list[Mount]:
+        """``Snapshots.Mounts``: how to mount the active snapshot ``key``."""
+        ...
+
+    def prepare_snapshot(
+        self, snapshotter: str, key: str, parent: str, labels: Mapping[str, str] | None = None
+    ) -> list[Mount]:
+        """``Snapshots.Prepare``: a new active snapshot ``key`` on ``parent``; its mounts."""
+        ...
+
+    def remove_snapshot(self, snapshotter: str, key: str) -> None:
+        """``Snapshots.Remove``."""
+        ...
+
+
+def overlay_layers(mounts: Sequence[Mount]) -> OverlayLayers | None:
+    """The overlay layers of a snapshot's mounts; None unless it is one writable overlay.
+
+    containerd's overlayfs snapshotter answers a snapshot with no parent with a
+    bind mount of its directory; a container's snapshot always has the image
+    below it, so only an overlay with an upper directory is accepted.
+    """
+    if len(mounts) != 1 or mounts[0].type != "overlay":
+        return None
+    layers = OverlayLayers.from_options(list(mounts[0].options))
+    if layers.upper is None:
+        return None
+    return layers
+
+
+@attrs.define(eq=False)
+class ContainerdSnapshotter:
+    """A containerd active snapshot: captures its changes, or receives them.
+
+    Implements :class:`cedana.rootfs.Snapshotter` for one snapshot.
+
+    Args:
+        store: containerd's Snapshots service (the runtime's API client).
+        snapshotter: containerd's snapshotter name (``overlayfs``).
+        key: The active snapshot's key (the container's ``snapshot_key``).
+    """
+
+    store: SnapshotStore = attrs.field(repr=False)
+    snapshotter: str
+    key: str
+    name: str = attrs.field(default="containerd", init=False)
+    _layers: OverlayLayers | None = attrs.field(default=None, init=False, repr=False)
+
+    def layers(self) -> OverlayLayers:
+        """The snapshot's overlay layers, as containerd mounts them (asked once).
+
+        Raises:
+            NotCheckpointable: The snapshot is not a writable overlay (another
+                snapshotter than ``overlayfs``, or a view).
+        """
+        if self._layers is None:
+            mounts = self.store.snapshot_mounts(self.snapshotter, self.key)
+            layers = overlay_layers(mounts)
+            if layers is None:
+                kinds = ", ".join(m.type for m in mounts) or "no mounts"
+                raise NotCheckpointable(
+                    f"containerd snapshot {self.key!r} of snapshotter {self.snapshotter!r} "
+                    f"mounts as {kinds}, not as an overlay with an upper directory; cedana "
+                    "captures the changes of overlay snapshots (the overlayfs snapshotter)"
+                )
+            self._layers = layers
+        return self._layers
+
+    def upper(self) -> Path:
+        """The snapshot's upper directory: the container's writable layer."""
+        upper = self.layers().upper
+        assert upper is not None  # layers() accepts only writable overlays
+        return Path(upper)
+
+    def capture(self, rootfs: Path, dest: Path) -> RootfsDiff:
+        """Write the snapshot's changes as ``dest/rootfs-diff.tar``.
+
+        Args:
+            rootfs: The container's mounted root filesystem, read for files
+                whose upper copy holds only metadata.
+            dest: The directory to write into (made if missing).
+        """
+        started = time.monotonic()
+        upper = self.upper()
+        dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(dest / DIFF_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as out:
+            diff = capture_upper(upper, out, merged=rootfs)
+        diff = attrs.evolve(diff, snapshotter=self.name)
+        logger.debug(
+            "containerd capture %s/%s (%s): %s in %.3fs",
+            self.snapshotter,
+            self.key,
+            upper,
+            diff.describe(),
+            time.monotonic() - started,
+        )
+        return diff
+
+    def prepare(self, parent: str, labels: Mapping[str, str] | None = None) -> list[Mount]:
+        """Make the active snapshot ``key`` on ``parent`` (an image's chain id); its mounts.
+
+        Raises:
+            NotCheckpointable: containerd made something other than a writable overlay
+                (the new snapshot is removed again).
+        """
+        mounts = self.store.prepare_snapshot(self.snapshotter, self.key, parent, labels)
+        layers = overlay_layers(mounts)
+        if layers is None:
+            self.remove()
+            raise NotCheckpointable(
+                f"containerd snapshotter {self.snapshotter!r} made snapshot {self.key!r} as "
+                f"{', '.join(m.type for m in mounts) or 'no mounts'}, not a writable overlay"
+            )
+        self._layers = layers
+        return mounts
+
+    def apply(self, diff: Path, target: Path | None = None) -> RootfsDiff:
+        """Apply ``diff/rootfs-diff.tar`` to ``target``, the snapshot's upper directory by default.
+
+        The snapshot must be fresh (just prepared) and not yet mounted.
+        """
+        started = time.monotonic()
+        layers = self.layers()
+        where = target if target is not None else self.upper()
+        result = apply_upper(diff / DIFF_NAME, where, userxattr=layers.userxattr)
+        result = attrs.evolve(result, snapshotter=self.name)
+        logger.debug(
+            "containerd apply %s/%s: %s in %.3fs",
+            self.snapshotter,
+            self.key,
+            result.describe(),
+            time.monotonic() - started,
+        )
+        return result
+
+    def remove(self) -> None:
+        """Remove the snapshot from containerd."""
+        self.store.remove_snapshot(self.snapshotter, self.key)
+        self._layers = None

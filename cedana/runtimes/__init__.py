@@ -1,0 +1,17 @@
+"""Container runtimes above runc: a RuncContainer, a snapshotter and the runtime's own API.
+
+Layout::
+
+    containerd.py        ContainerdContainer: lookup through containerd's API, checkpoint
+                         (runc dump + the containerd snapshot), restore as a containerd
+                         container (or into plain runc)
+    _containerd_api.py   containerd's gRPC API: the only importer of grpc and containerd's
+                         stubs (optional: ``pip install 'cedana[containerd]'``)
+
+Nothing here imports grpc until a containerd container is used.
+"""
+
+from cedana.runtimes._containerd_api import ContainerRecord, ImageRecord, TaskRecord
+from cedana.runtimes.containerd import ContainerdContainer
+
+__all__ = ["ContainerRecord", "ContainerdContainer", "ImageRecord", "TaskRecord"]

@@ -1,0 +1,720 @@
+"""containerd's gRPC API: the one place that imports ``grpc`` and containerd's stubs.
+
+The stubs are PyPI's ``containerd`` package (containerd's API v1, generated
+for protobuf < 4) and ``grpcio``; both are optional (``pip install
+cedana[containerd]``) and imported on first use, so ``import cedana`` works
+without them. Every call goes through :meth:`ContainerdClient._call`, which
+sends the namespace (and the lease, inside :meth:`ContainerdClient.lease`) as
+containerd's gRPC metadata and maps gRPC errors to cedana's
+(:data:`STATUS_ERRORS`). Results come back as small attrs records, so nothing
+above this module sees a protobuf message.
+
+The runc shim's own options (``containerd.runc.v1.Options``) are not among
+the stubs; :func:`runc_options` reads and writes them through a message type
+built at run time from their field numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import attrs
+
+from cedana.errors import (
+    CedanaError,
+    ContainerError,
+    ContainerExists,
+    ContainerNotFound,
+    NotPermitted,
+    RuntimeUnavailable,
+)
+from cedana.rootfs.containerd import Mount
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "RUNC_OPTIONS_TYPE",
+    "STATUS_ERRORS",
+    "ContainerRecord",
+    "ContainerdClient",
+    "ImageRecord",
+    "TaskRecord",
+    "chain_id",
+    "decode_runc_options",
+    "encode_runc_options",
+    "grpc_error",
+    "load_api",
+]
+
+logger = logging.getLogger("cedana.containerd")
+
+#: containerd's default API socket.
+DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
+#: The type URL of the runc shims' options (containerd.runc.v1.Options).
+RUNC_OPTIONS_TYPE = "containerd.runc.v1.Options"
+SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+
+#: gRPC status code name -> the error raised for it (every code has one).
+STATUS_ERRORS: Mapping[str, type[CedanaError]] = {
+    "OK": ContainerError,
+    "CANCELLED": ContainerError,
+    "UNKNOWN": ContainerError,
+    "INVALID_ARGUMENT": ContainerError,
+    "DEADLINE_EXCEEDED": ContainerError,
+    "NOT_FOUND": ContainerNotFound,
+    "ALREADY_EXISTS": ContainerExists,
+    "PERMISSION_DENIED": NotPermitted,
+    "RESOURCE_EXHAUSTED": ContainerError,
+    "FAILED_PRECONDITION": ContainerError,
+    "ABORTED": ContainerError,
+    "OUT_OF_RANGE": ContainerError,
+    "UNIMPLEMENTED": ContainerError,
+    "INTERNAL": ContainerError,
+    "UNAVAILABLE": RuntimeUnavailable,
+    "DATA_LOSS": ContainerError,
+    "UNAUTHENTICATED": NotPermitted,
+}
+
+#: How long one API call may take (seconds); a restore's Start runs runc restore.
+CALL_TIMEOUT = 60.0
+START_TIMEOUT = 900.0
+
+_TASK_STATUS = {0: "unknown", 1: "created", 2: "running", 3: "stopped", 4: "paused", 5: "pausing"}
+_MANIFEST_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+_INDEX_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le"}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@attrs.frozen
+class _Api:
+    """The imported modules."""
+
+    grpc: Any
+    containers: Any
+    containers_grpc: Any
+    tasks: Any
+    tasks_grpc: Any
+    images: Any
+    images_grpc: Any
+    content: Any
+    content_grpc: Any
+    snapshots: Any
+    snapshots_grpc: Any
+    leases: Any
+    leases_grpc: Any
+    mount: Any
+    any_pb2: Any
+
+
+_loaded: list[_Api] = []
+
+
+def load_api() -> _Api:
+    """Import grpc and containerd's stubs (once).
+
+    Raises:
+        RuntimeUnavailable: They are not installed.
+    """
+    if _loaded:
+        return _loaded[0]
+    try:
+        import grpc
+        from containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
+        from containerd.services.content.v1 import content_pb2, content_pb2_grpc
+        from containerd.services.images.v1 import images_pb2, images_pb2_grpc
+        from containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
+        from containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
+        from containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+        from containerd.types import mount_pb2
+        from google.protobuf import any_pb2
+    except ImportError as exc:
+        raise RuntimeUnavailable(
+            f"containerd support needs the grpcio and containerd packages ({exc.msg}); "
+            "install them with: pip install 'cedana[containerd]'"
+        ) from exc
+    api = _Api(
+        grpc=grpc,
+        containers=containers_pb2,
+        containers_grpc=containers_pb2_grpc,
+        tasks=tasks_pb2,
+        tasks_grpc=tasks_pb2_grpc,
+        images=images_pb2,
+        images_grpc=images_pb2_grpc,
+        content=content_pb2,
+        content_grpc=content_pb2_grpc,
+        snapshots=snapshots_pb2,
+        snapshots_grpc=snapshots_pb2_grpc,
+        leases=leases_pb2,
+        leases_grpc=leases_pb2_grpc,
+        mount=mount_pb2,
+        any_pb2=any_pb2,
+    )
+    _loaded.append(api)
+    return api
+
+
+# --------------------------------------------------------------------------- runc options
+
+# containerd.runc.v1.Options (runtime/v2/runc/options/oci.proto): name -> (number, kind).
+_RUNC_OPTION_FIELDS = {
+    "no_pivot_root": (1, "bool"),
+    "no_new_keyring": (2, "bool"),
+    "shim_cgroup": (3, "string"),
+    "io_uid": (4, "uint32"),
+    "io_gid": (5, "uint32"),
+    "binary_name": (6, "string"),
+    "root": (7, "string"),
+    "criu_path": (8, "string"),
+    "systemd_cgroup": (9, "bool"),
+    "criu_image_path": (10, "string"),
+    "criu_work_path": (11, "string"),
+}
+_runc_options_class: list[Any] = []
+
+
+def _runc_options_message() -> Any:
+    """The Options message class, built from a descriptor (it is not among the stubs)."""
+    if _runc_options_class:
+        return _runc_options_class[0]
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    kinds = {
+        "bool": descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
+        "string": descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+        "uint32": descriptor_pb2.FieldDescriptorProto.TYPE_UINT32,
+    }
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="cedana/containerd_runc_options.proto", package="containerd.runc.v1", syntax="proto3"
+    )
+    message = proto.message_type.add(name="Options")
+    for name, (number, kind) in _RUNC_OPTION_FIELDS.items():
+        message.field.add(
+            name=name,
+            number=number,
+            type=kinds[kind],
+            label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+        )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    descriptor = pool.FindMessageTypeByName("containerd.runc.v1.Options")
+    factory = message_factory.MessageFactory(pool)
+    get_class = getattr(factory, "GetPrototype", None) or message_factory.GetMessageClass
+    cls = get_class(descriptor)
+    _runc_options_class.append(cls)
+    return cls
+
+
+def decode_runc_options(value: bytes) -> dict[str, Any]:
+    """The fields set in serialized ``containerd.runc.v1.Options``."""
+    message = _runc_options_message()()
+    message.ParseFromString(value)
+    return {f.name: v for f, v in message.ListFields()}
+
+
+def encode_runc_options(fields: Mapping[str, Any]) -> bytes:
+    """Serialize ``containerd.runc.v1.Options`` with ``fields`` set.
+
+    Raises:
+        ValueError: A field the message does not have.
+    """
+    unknown = sorted(set(fields) - set(_RUNC_OPTION_FIELDS))
+    if unknown:
+        raise ValueError(f"containerd.runc.v1.Options has no field {', '.join(unknown)}")
+    message = _runc_options_message()(**fields)
+    data: bytes = message.SerializeToString()
+    return data
+
+
+# --------------------------------------------------------------------------- records
+
+
+@attrs.frozen(kw_only=True)
+class ContainerRecord:
+    """A container as containerd's Containers service describes it.
+
+    Attributes:
+        id: The container id.
+        image: The image reference it was made from.
+        snapshotter: The snapshotter holding its root filesystem.
+        snapshot_key: Its active snapshot's key.
+        runtime: The runtime (``io.containerd.runc.v2``).
+        runtime_options_type: The type URL of the runtime's options.
+        runtime_options: The runtime's options, serialized.
+        spec_type: The type URL of the spec.
+        spec: The OCI runtime spec, as JSON bytes.
+        labels: Its labels.
+    """
+
+    id: str
+    image: str
+    snapshotter: str
+    snapshot_key: str
+    runtime: str
+    runtime_options_type: str = ""
+    runtime_options: bytes = b""
+    spec_type: str = SPEC_TYPE
+    spec: bytes = b"{}"
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """As the manifest records it (the spec travels as its own member)."""
+        return {
+            "id": self.id,
+            "image": self.image,
+            "snapshotter": self.snapshotter,
+            "snapshot_key": self.snapshot_key,
+            "runtime": {
+                "name": self.runtime,
+                "options_type": self.runtime_options_type,
+                "options": base64.b64encode(self.runtime_options).decode(),
+            },
+            "spec_type": self.spec_type,
+            "labels": dict(self.labels),
+        }
+
+
+@attrs.frozen(kw_only=True)
+class TaskRecord:
+    """A container's task (its init process) as the Tasks service describes it.
+
+    Attributes:
+        id: The container id.
+        pid: The init's host pid (0 before it starts).
+        status: ``created``, ``running``, ``paused``, ``pausing``, ``stopped`` or ``unknown``.
+        exit_status: The exit status once stopped.
+    """
+
+    id: str
+    pid: int
+    status: str
+    exit_status: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class ImageRecord:
+    """An image: its name, the descriptor it points at and its layers.
+
+    Attributes:
+        name: The reference.
+        digest: The digest of the descriptor the name points at (manifest or index).
+        media_type: That descriptor's media type.
+        manifest_digest: The platform manifest used (the same as ``digest`` for a manifest).
+        diff_ids: The uncompressed layer digests, bottom first (from the config).
+    """
+
+    name: str
+    digest: str
+    media_type: str
+    manifest_digest: str
+    diff_ids: tuple[str, ...]
+
+    @property
+    def chain_id(self) -> str:
+        """The chain id of the top layer: the snapshot a container's snapshot sits on."""
+        return chain_id(self.diff_ids)
+
+
+def chain_id(diff_ids: Sequence[str]) -> str:
+    """The OCI chain id of layers ``diff_ids`` (bottom first).
+
+    ``ChainID(L0) = DiffID(L0)``; ``ChainID(L0..n) = sha256(ChainID(L0..n-1) + " " + DiffID(Ln))``.
+
+    Raises:
+        ValueError: No layers.
+    """
+    if not diff_ids:
+        raise ValueError("an image without layers has no chain id")
+    chain = diff_ids[0]
+    for diff in diff_ids[1:]:
+        chain = "sha256:" + hashlib.sha256(f"{chain} {diff}".encode()).hexdigest()
+    return chain
+
+
+def _select_manifest(index: Mapping[str, Any]) -> str:
+    """The digest of the index's manifest for this machine (linux, its architecture)."""
+    arch = _ARCH.get(platform.machine(), platform.machine())
+    candidates = index.get("manifests") or []
+    for entry in candidates:
+        plat = entry.get("platform") or {}
+        if plat.get("os", "linux") == "linux" and plat.get("architecture", arch) == arch:
+            return str(entry["digest"])
+    raise ContainerError(f"the image index has no manifest for linux/{arch}")
+
+
+# --------------------------------------------------------------------------- the client
+
+
+def grpc_error(exc: Any, *, what: str, address: str, namespace: str) -> CedanaError:
+    """The cedana error for a gRPC error ``exc`` (``code()``, ``details()``) raised by ``what``."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else None
+    name = getattr(code, "name", "UNKNOWN")
+    details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+    cls = STATUS_ERRORS.get(name, ContainerError)
+    if cls is RuntimeUnavailable:
+        return cls(f"containerd at {address} is unavailable ({what}): {details}")
+    return cls(f"containerd {what} (namespace {namespace!r}): {details}")
+
+
+def _socket_path(address: str) -> str:
+    return address[len("unix://") :] if address.startswith("unix://") else address
+
+
+@attrs.define(eq=False)
+class ContainerdClient:
+    """A connection to containerd's API for one namespace.
+
+    Args:
+        address: containerd's socket (``/run/containerd/containerd.sock``).
+        namespace: The containerd namespace every call works in.
+
+    Closes its channel on :meth:`close` (or leaving a ``with`` block).
+
+    Raises:
+        RuntimeUnavailable: grpcio / containerd are not installed, or there is
+            no socket at ``address``.
+    """
+
+    address: str
+    namespace: str
+    _api: _Api = attrs.field(init=False, repr=False)
+    _channel: Any = attrs.field(default=None, init=False, repr=False)
+    _lease: str | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._api = load_api()
+        path = _socket_path(self.address)
+        if not os.path.exists(path):
+            raise RuntimeUnavailable(
+                f"containerd is not listening at {path} (no such socket); start containerd "
+                "or pass its socket as address= (--address)"
+            )
+        self._channel = self._api.grpc.insecure_channel(f"unix://{os.path.abspath(path)}")
+
+    def close(self) -> None:
+        """Close the channel (idempotent)."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def __enter__(self) -> ContainerdClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing ------------------------------------------------------------
+
+    def _stub(self, module: Any, name: str) -> Any:
+        if self._channel is None:
+            raise ContainerError("the containerd client is closed")
+        return getattr(module, name)(self._channel)
+
+    def _call(
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        *,
+        what: str,
+        timeout: float = CALL_TIMEOUT,
+    ) -> Any:
+        """Call ``method`` in this namespace (and lease); gRPC errors become cedana's."""
+        metadata = [("containerd-namespace", self.namespace)]
+        if self._lease is not None:
+            metadata.append(("containerd-lease", self._lease))
+        started = time.monotonic()
+        try:
+            result = method(request, metadata=metadata, timeout=timeout)
+        except self._api.grpc.RpcError as exc:
+            logger.debug("containerd %s: failed in %.3fs", what, time.monotonic() - started)
+            raise self.error(exc, what) from exc
+        logger.debug("containerd %s: done in %.3fs", what, time.monotonic() - started)
+        return result
+
+    def error(self, exc: Any, what: str) -> CedanaError:
+        """The cedana error for gRPC error ``exc`` raised by ``what``."""
+        return grpc_error(exc, what=what, address=self.address, namespace=self.namespace)
+
+    @contextlib.contextmanager
+    def lease(self, expire: timedelta = timedelta(hours=1)) -> Iterator[str]:
+        """A lease held for the block: what is made meanwhile is safe from containerd's GC.
+
+        The lease is deleted on leaving; what it protected must be referenced
+        by then (a container references its snapshot) or removed.
+        """
+        leases = self._stub(self._api.leases_grpc, "LeasesStub")
+        until = (datetime.now(UTC) + expire).strftime("%Y-%m-%dT%H:%M:%SZ")
+        lease_id = f"cedana-{uuid.uuid4().hex}"
+        request = self._api.leases.CreateRequest(
+            id=lease_id, labels={"containerd.io/gc.expire": until}
+        )
+        self._call(leases.Create, request, what=f"lease create {lease_id}")
+        self._lease = lease_id
+        try:
+            yield lease_id
+        finally:
+            self._lease = None
+            try:
+                self._call(
+                    leases.Delete,
+                    self._api.leases.DeleteRequest(id=lease_id),
+                    what=f"lease delete {lease_id}",
+                )
+            except CedanaError as exc:
+                logger.warning("containerd lease %s was not deleted: %s", lease_id, exc)
+
+    # --- containers ----------------------------------------------------------
+
+    def container(self, container_id: str) -> ContainerRecord:
+        """``Containers.Get``.
+
+        Raises:
+            ContainerNotFound: No such container in the namespace.
+        """
+        stub = self._stub(self._api.containers_grpc, "ContainersStub")
+        request = self._api.containers.GetContainerRequest(id=container_id)
+        try:
+            c = self._call(stub.Get, request, what=f"container {container_id}").container
+        except ContainerNotFound:
+            raise ContainerNotFound(
+                f"no containerd container {container_id!r} in namespace {self.namespace!r} at "
+                f"{self.address} (ctr -n {self.namespace} containers ls shows the ones there)"
+            ) from None
+        return ContainerRecord(
+            id=c.id,
+            image=c.image,
+            snapshotter=c.snapshotter,
+            snapshot_key=c.snapshot_key,
+            runtime=c.runtime.name,
+            runtime_options_type=c.runtime.options.type_url,
+            runtime_options=bytes(c.runtime.options.value),
+            spec_type=c.spec.type_url,
+            spec=bytes(c.spec.value),
+            labels=dict(c.labels),
+        )
+
+    def create_container(self, record: ContainerRecord) -> None:
+        """``Containers.Create``.
+
+        Raises:
+            ContainerExists: The id is taken.
+        """
+        api = self._api
+        container = api.containers.Container(
+            id=record.id,
+            image=record.image,
+            snapshotter=record.snapshotter,
+            snapshot_key=record.snapshot_key,
+            labels=dict(record.labels),
+            runtime=api.containers.Container.Runtime(
+                name=record.runtime,
+                options=(
+                    api.any_pb2.Any(
+                        type_url=record.runtime_options_type, value=record.runtime_options
+                    )
+                    if record.runtime_options_type
+                    else None
+                ),
+            ),
+            spec=api.any_pb2.Any(type_url=record.spec_type, value=record.spec),
+        )
+        stub = self._stub(api.containers_grpc, "ContainersStub")
+        self._call(
+            stub.Create,
+            api.containers.CreateContainerRequest(container=container),
+            what=f"container create {record.id}",
+        )
+
+    def delete_container(self, container_id: str) -> None:
+        """``Containers.Delete`` (the snapshot stays)."""
+        stub = self._stub(self._api.containers_grpc, "ContainersStub")
+        request = self._api.containers.DeleteContainerRequest(id=container_id)
+        self._call(stub.Delete, request, what=f"container delete {container_id}")
+
+    # --- tasks ---------------------------------------------------------------
+
+    def task(self, container_id: str) -> TaskRecord | None:
+        """``Tasks.Get``; None when the container has no task."""
+        stub = self._stub(self._api.tasks_grpc, "TasksStub")
+        request = self._api.tasks.GetRequest(container_id=container_id)
+        try:
+            p = self._call(stub.Get, request, what=f"task {container_id}").process
+        except ContainerNotFound:
+            return None
+        return TaskRecord(
+            id=container_id,
+            pid=int(p.pid),
+            status=_TASK_STATUS.get(int(p.status), "unknown"),
+            exit_status=int(p.exit_status),
+        )
+
+    def create_task(
+        self,
+        container_id: str,
+        rootfs: Sequence[Mount],
+        *,
+        options: Mapping[str, Any] | None = None,
+        stdout: str = "",
+        stderr: str = "",
+    ) -> int:
+        """``Tasks.Create``: the task on ``rootfs``, with the runc shim's ``options``; its pid."""
+        api = self._api
+        mounts = [
+            api.mount.Mount(type=m.type, source=m.source, options=list(m.options)) for m in rootfs
+        ]
+        request = api.tasks.CreateTaskRequest(
+            container_id=container_id,
+            rootfs=mounts,
+            stdout=stdout,
+            stderr=stderr,
+            options=(
+                api.any_pb2.Any(type_url=RUNC_OPTIONS_TYPE, value=encode_runc_options(options))
+                if options is not None
+                else None
+            ),
+        )
+        stub = self._stub(api.tasks_grpc, "TasksStub")
+        reply = self._call(
+            stub.Create, request, what=f"task create {container_id}", timeout=START_TIMEOUT
+        )
+        return int(reply.pid)
+
+    def start_task(self, container_id: str) -> int:
+        """``Tasks.Start``; the init's pid."""
+        stub = self._stub(self._api.tasks_grpc, "TasksStub")
+        request = self._api.tasks.StartRequest(container_id=container_id)
+        reply = self._call(
+            stub.Start, request, what=f"task start {container_id}", timeout=START_TIMEOUT
+        )
+        return int(reply.pid)
+
+    def kill_task(self, container_id: str, signal: int, *, all_processes: bool = False) -> None:
+        """``Tasks.Kill``."""
+        stub = self._stub(self._api.tasks_grpc, "TasksStub")
+        request = self._api.tasks.KillRequest(
+            container_id=container_id, signal=signal, all=all_processes
+        )
+        self._call(stub.Kill, request, what=f"task kill {container_id}")
+
+    def wait_task(self, container_id: str, timeout: float) -> int:
+        """``Tasks.Wait``: until the task's init exits; its exit status."""
+        stub = self._stub(self._api.tasks_grpc, "TasksStub")
+        request = self._api.tasks.WaitRequest(container_id=container_id)
+        reply = self._call(stub.Wait, request, what=f"task wait {container_id}", timeout=timeout)
+        return int(reply.exit_status)
+
+    def delete_task(self, container_id: str) -> None:
+        """``Tasks.Delete`` (the task must have stopped, or never started)."""
+        stub = self._stub(self._api.tasks_grpc, "TasksStub")
+        request = self._api.tasks.DeleteTaskRequest(container_id=container_id)
+        self._call(stub.Delete, request, what=f"task delete {container_id}")
+
+    # --- images and content --------------------------------------------------
+
+    def read_content(self, digest: str) -> bytes:
+        """``Content.Read``: a blob's bytes."""
+        stub = self._stub(self._api.content_grpc, "ContentStub")
+        request = self._api.content.ReadContentRequest(digest=digest)
+        what = f"content read {digest}"
+        chunks = self._call(stub.Read, request, what=what)
+        try:
+            return b"".join(bytes(chunk.data) for chunk in chunks)
+        except self._api.grpc.RpcError as exc:
+            raise self.error(exc, what) from exc
+
+    def _json(self, digest: str) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.read_content(digest))
+        except ValueError as exc:
+            raise ContainerError(f"containerd content {digest} is not JSON: {exc}") from exc
+        return data
+
+    def image(self, name: str) -> ImageRecord:
+        """``Images.Get``, then its manifest and config from the content store.
+
+        Raises:
+            ContainerNotFound: No image of that name in the namespace.
+        """
+        stub = self._stub(self._api.images_grpc, "ImagesStub")
+        request = self._api.images.GetImageRequest(name=name)
+        target = self._call(stub.Get, request, what=f"image {name}").image.target
+        digest, media_type = str(target.digest), str(target.media_type)
+        manifest_digest = digest
+        document = self._json(digest)
+        if media_type in _INDEX_TYPES or "manifests" in document:
+            manifest_digest = _select_manifest(document)
+            document = self._json(manifest_digest)
+        config = self._json(str(document["config"]["digest"]))
+        diff_ids = tuple(str(d) for d in (config.get("rootfs") or {}).get("diff_ids") or ())
+        return ImageRecord(
+            name=name,
+            digest=digest,
+            media_type=media_type,
+            manifest_digest=manifest_digest,
+            diff_ids=diff_ids,
+        )
+
+    # --- snapshots (the cedana.rootfs.containerd.SnapshotStore protocol) -----
+
+    def _mounts(self, reply_mounts: Any) -> list[Mount]:
+        return [
+            Mount(type=str(m.type), source=str(m.source), options=tuple(str(o) for o in m.options))
+            for m in reply_mounts
+        ]
+
+    def snapshot_mounts(self, snapshotter: str, key: str) -> list[Mount]:
+        """``Snapshots.Mounts``."""
+        stub = self._stub(self._api.snapshots_grpc, "SnapshotsStub")
+        request = self._api.snapshots.MountsRequest(snapshotter=snapshotter, key=key)
+        reply = self._call(stub.Mounts, request, what=f"snapshot mounts {snapshotter}/{key}")
+        return self._mounts(reply.mounts)
+
+    def snapshot_parent(self, snapshotter: str, key: str) -> str:
+        """``Snapshots.Stat``: the snapshot's parent ("" for none)."""
+        stub = self._stub(self._api.snapshots_grpc, "SnapshotsStub")
+        request = self._api.snapshots.StatSnapshotRequest(snapshotter=snapshotter, key=key)
+        reply = self._call(stub.Stat, request, what=f"snapshot stat {snapshotter}/{key}")
+        return str(reply.info.parent)
+
+    def snapshot_exists(self, snapshotter: str, key: str) -> bool:
+        """True when the snapshotter has a snapshot ``key``."""
+        try:
+            self.snapshot_parent(snapshotter, key)
+        except ContainerNotFound:
+            return False
+        return True
+
+    def prepare_snapshot(
+        self, snapshotter: str, key: str, parent: str, labels: Mapping[str, str] | None = None
+    ) -> list[Mount]:
+        """``Snapshots.Prepare`` (within the current lease, if any)."""
+        stub = self._stub(self._api.snapshots_grpc, "SnapshotsStub")
+        request = self._api.snapshots.PrepareSnapshotRequest(
+            snapshotter=snapshotter, key=key, parent=parent, labels=dict(labels or {})
+        )
+        reply = self._call(stub.Prepare, request, what=f"snapshot prepare {snapshotter}/{key}")
+        return self._mounts(reply.mounts)
+
+    def remove_snapshot(self, snapshotter: str, key: str) -> None:
+        """``Snapshots.Remove``."""
+        stub = self._stub(self._api.snapshots_grpc, "SnapshotsStub")
+        request = self._api.snapshots.RemoveSnapshotRequest(snapshotter=snapshotter, key=key)
+        self._call(stub.Remove, request, what=f"snapshot remove {snapshotter}/{key}")

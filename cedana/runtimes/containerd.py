@@ -1,0 +1,798 @@
+"""ContainerdContainer: a containerd container (runc shim, overlayfs snapshot), checkpointed
+and restored as a containerd container.
+
+containerd runs each task through a runc shim, so a containerd container is a
+runc container plus what containerd keeps about it. :class:`ContainerdContainer`
+holds the runc side privately (a :class:`~cedana.RuncContainer` under the
+shim's runc root) and adds containerd's:
+
+- lookup through containerd's gRPC API (never its databases, never ``ctr``):
+  the container's image, snapshotter, snapshot key, runtime and spec, its
+  task's pid and status;
+- the root filesystem through containerd's Snapshots service
+  (:class:`~cedana.rootfs.containerd.ContainerdSnapshotter`): the writable
+  snapshot's upper directory, captured while the container is frozen;
+- restore as a new containerd container from the same image: the image's
+  layers (``Images.Get``, its manifest and config from the content store, the
+  chain id of its ``diff_ids``) get a new snapshot (``Snapshots.Prepare``
+  under a lease) whose upper directory receives the changes; the container is
+  created with the checkpoint's spec and runtime; its task is created with the
+  runc shim's ``criu_image_path`` option pointing at the unpacked CRIU images,
+  so that ``Tasks.Start`` makes the shim run ``runc restore`` (containerd 1.6's
+  tasks service and ``pkg/process``'s ``createdCheckpointState``), and
+  containerd manages the restored task like any other (``ctr task ls`` /
+  ``kill`` / ``delete``).
+
+Checkpoint follows the Process layer's rule: without ``leave_running`` the
+container is killed only once the artifact is written and verified; its task
+is then deleted from containerd (the container and its snapshot stay, as
+after ``ctr task checkpoint --exit``). If the dump fails, the container keeps
+running. A restore that fails removes what it made: the task, the container,
+the snapshot and the lease.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal as signal_mod
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from cedana.checkpoint import Checkpoint
+from cedana.container import RuncContainer, namespaces
+from cedana.container.runc import CONTAINER_DIR
+from cedana.container.state import DEFAULT_ROOT as RUNC_DEFAULT_ROOT
+from cedana.container.state import RuncState
+from cedana.criu import CriuBackend, default_backend
+from cedana.errors import (
+    CedanaError,
+    ContainerError,
+    ContainerExists,
+    ContainerNotFound,
+    ContainerNotRunning,
+    ImageNotFound,
+    NotCheckpointable,
+    RestoreFailed,
+)
+from cedana.process import CheckpointOptions, checkpoint_tree
+from cedana.rootfs.containerd import ContainerdSnapshotter
+from cedana.rootfs.overlay import OverlayLayers
+from cedana.runtimes._containerd_api import (
+    DEFAULT_ADDRESS,
+    RUNC_OPTIONS_TYPE,
+    ContainerdClient,
+    ContainerRecord,
+    ImageRecord,
+    TaskRecord,
+    decode_runc_options,
+)
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "DEFAULT_RUNC_ROOT",
+    "ContainerdContainer",
+    "as_runc_checkpoint",
+    "restore_checkpoint",
+]
+
+logger = logging.getLogger("cedana.containerd")
+
+#: The runc shims' default runc root; each namespace has its own directory below it.
+DEFAULT_RUNC_ROOT = Path("/run/containerd/runc")
+#: The member holding containerd's spec of the container.
+SPEC_MEMBER = f"{CONTAINER_DIR}/spec.json"
+#: The label a restored container carries: ``NAMESPACE/ID`` of the checkpointed one.
+RESTORED_FROM_LABEL = "io.cedana.restored-from"
+
+_RUNC_RUNTIMES = ("io.containerd.runc.v1", "io.containerd.runc.v2")
+_LIVE = ("running", "paused")
+
+
+def runc_root_for(record: ContainerRecord, namespace: str) -> Path:
+    """Where the runc shim keeps runc's state for ``record``: its ``root`` option (or
+    /run/containerd/runc), then the namespace, as the shim's ``NewRunc`` does."""
+    root = ""
+    if record.runtime_options_type == RUNC_OPTIONS_TYPE and record.runtime_options:
+        root = str(decode_runc_options(record.runtime_options).get("root") or "")
+    return Path(root or DEFAULT_RUNC_ROOT) / namespace
+
+
+def rename_cgroups_path(path: str, old: tuple[str, str], new: tuple[str, str]) -> str:
+    """Point a spec's ``cgroupsPath`` at the new container.
+
+    containerd's default is ``/NAMESPACE/ID``; a path ending in the old id
+    (``/any/ID``, or systemd's ``slice:prefix:ID``) gets the new id; others are
+    kept, so two restores of one checkpoint may then share a cgroup.
+
+    Args:
+        path: The checkpointed spec's ``linux.cgroupsPath``.
+        old: (namespace, id) of the checkpointed container.
+        new: (namespace, id) of the restored one.
+    """
+    if not path or old == new:
+        return path
+    (old_ns, old_id), (new_ns, new_id) = old, new
+    if path == f"/{old_ns}/{old_id}":
+        return f"/{new_ns}/{new_id}"
+    if ":" in path:
+        parts = path.split(":")
+        if parts[-1] == old_id:
+            parts[-1] = new_id
+        return ":".join(parts)
+    head, sep, tail = path.rpartition("/")
+    return f"{head}{sep}{new_id}" if tail == old_id else path
+
+
+def new_spec(raw: bytes, *, old: tuple[str, str], new: tuple[str, str]) -> bytes:
+    """The checkpointed spec for the restored container: its cgroup renamed."""
+    spec: dict[str, Any] = json.loads(raw)
+    linux = spec.get("linux")
+    if isinstance(linux, dict) and linux.get("cgroupsPath"):
+        linux["cgroupsPath"] = rename_cgroups_path(str(linux["cgroupsPath"]), old, new)
+    return json.dumps(spec).encode()
+
+
+def _plain(value: Any) -> Any:
+    """A manifest value (read-only mappings, tuples) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def as_runc_checkpoint(
+    checkpoint: Checkpoint, *, root: str | os.PathLike[str] | None = None
+) -> Checkpoint:
+    """A containerd checkpoint seen as the runc checkpoint it also is.
+
+    The CRIU images were dumped the way runc dumps, the changes are an overlay
+    upper directory's tar, and the manifest carries every field
+    :meth:`cedana.RuncContainer.restore` reads; this view names the runtime
+    ``runc``, the rootfs format ``overlay`` and the state root runc's own
+    (``/run/runc``, not the shim's), so restoring it makes a plain runc
+    container that containerd does not know about.
+    """
+    manifest = checkpoint.manifest
+    workload = _plain(manifest.workload)
+    workload["container"] = {
+        **workload["container"],
+        "runtime": "runc",
+        "root": os.fspath(root if root is not None else RUNC_DEFAULT_ROOT),
+    }
+    rootfs = workload.get("rootfs") or {}
+    if rootfs.get("captured"):
+        rootfs["snapshotter"] = "overlay"
+        if isinstance(rootfs.get("diff"), dict):
+            rootfs["diff"]["snapshotter"] = "overlay"
+    view = attrs.evolve(manifest, runtime="runc", workload=workload)
+    return Checkpoint.open(checkpoint.path, verify=False, manifest=view)
+
+
+@contextlib.contextmanager
+def _scratch(parent: str | os.PathLike[str] | None) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=".cedana-restore-", dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _kept_log(path: Path) -> tuple[str, str | None]:
+    """The tail of CRIU's log at ``path`` and a copy of it that outlives the scratch dir."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "", None
+    tail = "\n".join([ln for ln in lines if "RLIMIT_NOFILE" not in ln][-12:])
+    fd, kept = tempfile.mkstemp(prefix="cedana-criu-", suffix=".log")
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        shutil.copyfile(path, kept)
+    return tail, kept
+
+
+def _remove_task(client: ContainerdClient, container_id: str, timeout: float = 10) -> None:
+    """Kill (if it runs) and delete a container's task."""
+    task = client.task(container_id)
+    if task is None:
+        return
+    if task.status in ("running", "paused", "pausing"):
+        with contextlib.suppress(CedanaError):
+            client.kill_task(container_id, signal_mod.SIGKILL, all_processes=True)
+        with contextlib.suppress(CedanaError):
+            client.wait_task(container_id, timeout)
+    client.delete_task(container_id)
+
+
+@attrs.define(eq=False)
+class ContainerdContainer:
+    """A containerd container, found through containerd's API.
+
+    Args:
+        id: The container id.
+        namespace: The containerd namespace.
+        address: containerd's API socket.
+        runc_root: The runc state root of the container's shim; found from the
+            container's runtime options (``/run/containerd/runc/NAMESPACE`` by
+            default) when None.
+        backend: The CRIU backend; the real one by default.
+
+    It holds a connection to containerd: :meth:`close` it (or use it in a
+    ``with`` block). Every property asks containerd afresh.
+
+    Raises:
+        RuntimeUnavailable: grpcio / containerd's stubs are not installed
+            (``pip install 'cedana[containerd]'``), or containerd is not
+            listening at ``address`` (raised on first use).
+    """
+
+    id: str
+    namespace: str = "default"
+    address: str = DEFAULT_ADDRESS
+    runc_root: Path | None = attrs.field(
+        default=None, converter=attrs.converters.optional(Path), kw_only=True
+    )
+    _backend: CriuBackend | None = attrs.field(
+        default=None, alias="backend", repr=False, kw_only=True
+    )
+    _client: ContainerdClient | None = attrs.field(default=None, init=False, repr=False)
+
+    # --- the connection ---------------------------------------------------------
+
+    def _api(self) -> ContainerdClient:
+        if self._client is None:
+            self._client = ContainerdClient(self.address, self.namespace)
+        return self._client
+
+    def close(self) -> None:
+        """Close the connection to containerd (idempotent)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> ContainerdContainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- what containerd knows --------------------------------------------------
+
+    def info(self) -> ContainerRecord:
+        """containerd's record of the container (image, snapshot, runtime, spec, labels).
+
+        Raises:
+            ContainerNotFound: No such container in the namespace.
+        """
+        return self._api().container(self.id)
+
+    def task(self) -> TaskRecord | None:
+        """The container's task (pid, status); None when it has none."""
+        return self._api().task(self.id)
+
+    @property
+    def pid(self) -> int:
+        """The task's init process (host pid).
+
+        Raises:
+            ContainerNotRunning: The container has no task.
+        """
+        task = self.task()
+        if task is None:
+            raise ContainerNotRunning(f"containerd container {self.id!r} has no task")
+        return task.pid
+
+    @property
+    def status(self) -> str | None:
+        """The task's status (``running``, ``paused``, ``created``, ``stopped``...);
+        None when the container has no task."""
+        task = self.task()
+        return None if task is None else task.status
+
+    @property
+    def running(self) -> bool:
+        """True while the container has a running or paused task."""
+        try:
+            return self.status in _LIVE
+        except ContainerNotFound:
+            return False
+
+    @property
+    def image(self) -> str:
+        """The image reference the container was made from."""
+        return self.info().image
+
+    @property
+    def snapshotter(self) -> str:
+        """The snapshotter holding its root filesystem."""
+        return self.info().snapshotter
+
+    @property
+    def snapshot_key(self) -> str:
+        """Its writable snapshot's key."""
+        return self.info().snapshot_key
+
+    @property
+    def runtime(self) -> str:
+        """Its runtime (``io.containerd.runc.v2``)."""
+        return self.info().runtime
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """Its OCI runtime spec."""
+        spec: dict[str, Any] = json.loads(self.info().spec)
+        return spec
+
+    @property
+    def runc(self) -> RuncContainer:
+        """The runc container under the shim (its state root found from the runtime options)."""
+        return self._runc_for(self.info())
+
+    def _runc_for(self, record: ContainerRecord) -> RuncContainer:
+        root = self.runc_root or runc_root_for(record, self.namespace)
+        return RuncContainer(self.id, root=root, backend=self._backend)
+
+    # --- checkpoint -------------------------------------------------------------
+
+    def _live(self, client: ContainerdClient) -> tuple[ContainerRecord, TaskRecord, RuncState]:
+        """The container, its running task and runc's state of it, checked to agree."""
+        record = client.container(self.id)
+        task = client.task(self.id)
+        if task is None or task.status not in _LIVE:
+            what = "has no task" if task is None else f"has a {task.status} task"
+            hint = (
+                "start it first (ctr task start)"
+                if task is None or task.status == "created"
+                else "it has exited"
+            )
+            raise ContainerNotRunning(
+                f"containerd container {self.id!r} (namespace {self.namespace!r}) {what}, so "
+                f"there is nothing to checkpoint ({hint})"
+            )
+        if record.runtime not in _RUNC_RUNTIMES:
+            raise NotCheckpointable(
+                f"containerd container {self.id!r} runs under {record.runtime!r}; cedana "
+                f"checkpoints containers of the runc shims ({', '.join(_RUNC_RUNTIMES)})"
+            )
+        runc = self._runc_for(record)
+        try:
+            state = runc.state()
+        except ContainerNotFound:
+            state = None
+        if state is None or state.pid != task.pid:
+            raise ContainerError(
+                f"containerd's task {self.id!r} has pid {task.pid}, but runc's state under "
+                f"{runc.root} does not show it; pass the shim's runc root as runc_root= "
+                "(--root)"
+            )
+        return record, task, state
+
+    def checkpoint(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        leave_running: bool = False,
+        tcp_established: bool = False,
+        file_locks: bool = False,
+        options: CheckpointOptions | None = None,
+        **more: Any,
+    ) -> Checkpoint:
+        """Checkpoint the container, its writable snapshot included, to ``path``.
+
+        Keyword arguments beyond the three named ones set any other
+        :class:`~cedana.CheckpointOptions` field (``compress``, ``level``, ``criu``...).
+
+        The manifest records the image (reference, digest, chain id), the
+        snapshotter and key, the runtime and its options and (as a member)
+        the spec. Without ``leave_running`` the container is killed once the
+        artifact is written and verified and its task is deleted; the
+        container and its snapshot stay in containerd.
+
+        Raises:
+            ContainerNotFound: No such container in the namespace.
+            ContainerNotRunning: It has no task, or its task is not running.
+            NotCheckpointable: Not a runc-shim container, not an overlayfs
+                snapshot, or established TCP without ``tcp_established``.
+            DumpFailed: CRIU failed; the container keeps running, unfrozen.
+            ArtifactExists: ``path`` exists and ``overwrite`` was not set.
+            OSError: Writing the artifact failed; the container keeps running.
+        """
+        opts = CheckpointOptions.merged(
+            options,
+            leave_running=leave_running,
+            tcp_established=tcp_established,
+            file_locks=file_locks,
+            **more,
+        )
+        backend = self._backend or default_backend()
+        backend.preflight()
+        client = self._api()
+        record, task, state = self._live(client)
+
+        snapshot = ContainerdSnapshotter(client, record.snapshotter, record.snapshot_key)
+        layers = snapshot.layers()
+        live = OverlayLayers.of(state.rootfs)
+        if live is None or os.path.realpath(str(live.upper)) != os.path.realpath(str(layers.upper)):
+            raise NotCheckpointable(
+                f"the root filesystem of {self.id!r} ({state.rootfs}) is not containerd "
+                f"snapshot {record.snapshot_key!r} of {record.snapshotter!r}"
+            )
+        parent = client.snapshot_parent(record.snapshotter, record.snapshot_key)
+        image: ImageRecord | None = None
+        try:
+            image = client.image(record.image)
+        except ContainerNotFound:
+            logger.warning("image %s of %s is gone; recording its name only", record.image, self.id)
+
+        dump = self._runc_for(record).prepare_dump(
+            opts, state, runtime="containerd", status=task.status
+        )
+        plan = dump.plan
+        rootfs_info: dict[str, Any] = {
+            "captured": True,
+            "snapshotter": snapshot.name,
+            "store": record.snapshotter,
+            "dir": CONTAINER_DIR,
+            "lower": list(layers.lower),
+            "userxattr": layers.userxattr,
+        }
+        workload = {
+            **dump.workload,
+            "containerd": {
+                **record.to_json(),
+                "address": self.address,
+                "namespace": self.namespace,
+                "image": {
+                    "name": record.image,
+                    "digest": image.digest if image else None,
+                    "media_type": image.media_type if image else None,
+                    "manifest_digest": image.manifest_digest if image else None,
+                    "chain_id": parent,
+                },
+                "spec": SPEC_MEMBER,
+            },
+            "rootfs": rootfs_info,
+        }
+        add_members = partial(
+            dump.add_members,
+            snapshotter=snapshot,
+            rootfs=rootfs_info,
+            extra={SPEC_MEMBER: record.spec},
+        )
+
+        started = time.monotonic()
+        logger.debug(
+            "checkpoint containerd %s/%s (pid %d): start", self.namespace, self.id, task.pid
+        )
+        ckpt = checkpoint_tree(
+            plan,
+            Path(path),
+            opts,
+            kind="container",
+            runtime="containerd",
+            workload=workload,
+            add_members=add_members,
+            backend=backend,
+        )
+        if not opts.leave_running:
+            self._forget_task(client)
+        logger.debug(
+            "checkpoint containerd %s/%s: complete in %.3fs",
+            self.namespace,
+            self.id,
+            time.monotonic() - started,
+        )
+        return ckpt
+
+    def _forget_task(self, client: ContainerdClient) -> None:
+        """After the dump killed it: wait until containerd saw the exit, delete the task."""
+        try:
+            client.wait_task(self.id, timeout=30)
+            client.delete_task(self.id)
+        except CedanaError as exc:
+            logger.warning(
+                "checkpoint of %s written, but its task was not deleted from containerd: %s",
+                self.id,
+                exc,
+            )
+
+    # --- restore ----------------------------------------------------------------
+
+    @classmethod
+    def restore(
+        cls,
+        checkpoint: Checkpoint | str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        namespace: str | None = None,
+        address: str | None = None,
+        log: str | os.PathLike[str] | None = None,
+        tcp_established: bool | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        backend: CriuBackend | None = None,
+    ) -> ContainerdContainer:
+        """Restore a containerd checkpoint as a new containerd container.
+
+        Args:
+            checkpoint: The artifact (or an opened :class:`~cedana.Checkpoint`).
+            name: The new container's id; the checkpointed one by default.
+            namespace: The containerd namespace; the checkpointed one by default.
+            address: containerd's socket; the checkpointed one by default.
+            log: A file the restored task's stdout and stderr are appended to
+                (containerd's ``file://`` log URI); /dev/null when None.
+            tcp_established: Must not be True: the runc shim restores without
+                TCP repair.
+            work_dir: Where the images are unpacked (the shim reads them from
+                there); the system temp dir by default.
+            backend: The CRIU backend (for the preflight check).
+
+        Raises:
+            ContainerExists: ``name`` (or its snapshot key) is taken.
+            ContainerError: The checkpoint is not a containerd one, or its image
+                is missing or now different, or it needs what the shim cannot
+                restore (a terminal, TCP connections, file locks).
+            ArtifactCorrupt, UnsafeArtifact: The artifact is unusable.
+            RestoreFailed: containerd (runc, CRIU) failed; nothing is left behind.
+        """
+        ckpt = (
+            checkpoint
+            if isinstance(checkpoint, Checkpoint)
+            else Checkpoint.open(Path(checkpoint), verify=False)
+        )
+        manifest = ckpt.manifest
+        if manifest.kind != "container" or manifest.runtime != "containerd":
+            raise ContainerError(
+                f"{ckpt.path} holds a {manifest.runtime or manifest.kind} checkpoint, "
+                "not a containerd one"
+            )
+        info = manifest.workload["container"]
+        ctd = manifest.workload["containerd"]
+        rootfs_info = manifest.workload.get("rootfs") or {}
+        old = (str(ctd["namespace"]), str(info["id"]))
+        name = name or old[1]
+        namespace = namespace or old[0]
+        address = address or str(ctd.get("address") or DEFAULT_ADDRESS)
+        _check_restorable(ckpt, info, manifest.options, tcp_established)
+        (backend or default_backend()).preflight()
+
+        started = time.monotonic()
+        logger.debug("restore containerd %s/%s from %s: start", namespace, name, ckpt.path)
+        with ContainerdClient(address, namespace) as client:
+            _check_name_free(client, name, str(ctd["snapshotter"]))
+            image = _image_for(client, ctd, namespace)
+            snapshotter = str(ctd["snapshotter"])
+            if not client.snapshot_exists(snapshotter, image.chain_id):
+                raise ContainerError(
+                    f"image {image.name!r} is not unpacked for snapshotter {snapshotter!r} in "
+                    f"namespace {namespace!r} (its layers, chain id {image.chain_id}, are "
+                    f"missing); unpack it there first (ctr -n {namespace} images unpack "
+                    f"--snapshotter {snapshotter} {image.name})"
+                )
+            runtime = ctd["runtime"]
+            record = ContainerRecord(
+                id=name,
+                image=image.name,
+                snapshotter=snapshotter,
+                snapshot_key=name,
+                runtime=str(runtime["name"]),
+                runtime_options_type=str(runtime.get("options_type") or ""),
+                runtime_options=base64.b64decode(str(runtime.get("options") or "")),
+                spec_type=str(ctd["spec_type"]),
+                labels={**dict(ctd.get("labels") or {}), RESTORED_FROM_LABEL: "/".join(old)},
+            )
+            task_options: dict[str, Any] = {}
+            if record.runtime_options_type == RUNC_OPTIONS_TYPE and record.runtime_options:
+                task_options = decode_runc_options(record.runtime_options)
+            uri = f"file://{os.path.abspath(log)}" if log is not None else ""
+
+            with _scratch(work_dir) as work, client.lease():
+                undo: list[Callable[[], None]] = []
+                try:
+                    images = work / "images"
+                    ckpt.extract(images)
+                    snapshot = ContainerdSnapshotter(client, snapshotter, name)
+                    mounts = snapshot.prepare(image.chain_id)
+                    undo.append(snapshot.remove)
+                    applied = snapshot.apply(images / str(rootfs_info.get("dir") or CONTAINER_DIR))
+                    logger.debug("snapshot %s: changes applied: %s", name, applied.describe())
+                    spec = new_spec(
+                        (images / str(ctd.get("spec") or SPEC_MEMBER)).read_bytes(),
+                        old=old,
+                        new=(namespace, name),
+                    )
+                    client.create_container(attrs.evolve(record, spec=spec))
+                    undo.append(lambda: client.delete_container(name))
+                    criu_work = work / "criu"
+                    criu_work.mkdir(mode=0o700)
+                    undo.append(lambda: _remove_task(client, name))
+                    try:
+                        client.create_task(
+                            name,
+                            mounts,
+                            options={
+                                **task_options,
+                                "criu_image_path": os.fspath(images),
+                                "criu_work_path": os.fspath(criu_work),
+                            },
+                            stdout=uri,
+                            stderr=uri,
+                        )
+                    except CedanaError as exc:
+                        raise RestoreFailed(
+                            f"containerd could not create the task of {name!r}: {exc}"
+                        ) from exc
+                    pid = _start(client, name, criu_work / "restore.log")
+                    config = json.loads(spec)
+                    linux = config.get("linux") or {}
+                    if namespaces.private_network(linux.get("namespaces") or []):
+                        # The shim's runc restore leaves a private network namespace empty.
+                        namespaces.loopback_up(pid)
+                except BaseException:
+                    logger.debug("restore containerd %s/%s: failed, cleaning up", namespace, name)
+                    for step in reversed(undo):
+                        try:
+                            step()
+                        except (CedanaError, OSError) as exc:
+                            logger.warning("cleanup after a failed restore of %s: %s", name, exc)
+                    raise
+        logger.debug(
+            "restore containerd %s/%s: pid %d in %.3fs",
+            namespace,
+            name,
+            pid,
+            time.monotonic() - started,
+        )
+        return cls(name, namespace=namespace, address=address, backend=backend)
+
+    # --- managing it ------------------------------------------------------------
+
+    def kill(self, sig: int = signal_mod.SIGKILL, *, all_processes: bool = False) -> None:
+        """Send ``sig`` to the task's init (every process with ``all_processes``)."""
+        self._api().kill_task(self.id, int(sig), all_processes=all_processes)
+
+    def delete(self) -> None:
+        """Remove the container from containerd: its task (killed), itself and its snapshot.
+
+        What is already gone is skipped, so this also cleans up after a checkpoint.
+        """
+        client = self._api()
+        try:
+            record = client.container(self.id)
+        except ContainerNotFound:
+            return
+        _remove_task(client, self.id)
+        client.delete_container(self.id)
+        if client.snapshot_exists(record.snapshotter, record.snapshot_key):
+            client.remove_snapshot(record.snapshotter, record.snapshot_key)
+
+
+# --- restore helpers ----------------------------------------------------------------
+
+
+def _check_restorable(
+    ckpt: Checkpoint,
+    info: Mapping[str, Any],
+    options: Mapping[str, Any],
+    tcp_established: bool | None,
+) -> None:
+    """Refuse what the runc shim's restore cannot do (it passes runc no CRIU flags)."""
+    needs = []
+    if info.get("terminal"):
+        needs.append("a terminal (the container was started with a tty)")
+    if tcp_established or (tcp_established is None and options.get("tcp_established")):
+        needs.append("TCP repair (tcp_established)")
+    if options.get("file_locks"):
+        needs.append("file locks")
+    if info.get("ext_unix_sk"):
+        needs.append("external unix sockets")
+    if needs:
+        raise ContainerError(
+            f"{ckpt.path} needs {' and '.join(needs)} at restore, which containerd's runc shim "
+            "does not pass to runc restore; restore it into runc instead (into='runc')"
+        )
+
+
+def _check_name_free(client: ContainerdClient, name: str, snapshotter: str) -> None:
+    try:
+        client.container(name)
+    except ContainerNotFound:
+        pass
+    else:
+        raise ContainerExists(
+            f"a containerd container named {name!r} exists in namespace {client.namespace!r}; "
+            "choose another name (name=...) or delete it first"
+        )
+    if client.snapshot_exists(snapshotter, name):
+        raise ContainerExists(
+            f"snapshot {name!r} of {snapshotter!r} exists in namespace {client.namespace!r} "
+            f"(left by a removed container?); remove it (ctr -n {client.namespace} snapshots "
+            f"--snapshotter {snapshotter} rm {name}) or choose another name"
+        )
+
+
+def _image_for(client: ContainerdClient, ctd: Mapping[str, Any], namespace: str) -> ImageRecord:
+    """The checkpoint's image in the target containerd, checked to have the same layers."""
+    recorded = ctd.get("image") or {}
+    ref = str(recorded.get("name") or ctd.get("image") or "")
+    try:
+        image = client.image(ref)
+    except ContainerNotFound:
+        raise ImageNotFound(
+            f"image {ref!r} is not in containerd namespace {namespace!r} at {client.address}; "
+            "the checkpoint's root filesystem changes apply on top of it: import or pull it "
+            f"there first (ctr -n {namespace} images import / pull)"
+        ) from None
+    chain = recorded.get("chain_id")
+    if chain and image.chain_id != chain:
+        raise ContainerError(
+            f"image {ref!r} in namespace {namespace!r} now has other layers (chain id "
+            f"{image.chain_id}) than the checkpointed container's ({chain}); the root "
+            "filesystem changes apply only on the same layers: import the image it was "
+            f"checkpointed with (digest {recorded.get('digest')})"
+        )
+    return image
+
+
+def _start(client: ContainerdClient, name: str, criu_log: Path) -> int:
+    """``Tasks.Start`` (the shim runs ``runc restore``); the restored init's pid."""
+    try:
+        client.start_task(name)
+    except CedanaError as exc:
+        tail, kept = _kept_log(criu_log)
+        raise RestoreFailed(
+            f"containerd could not restore task {name!r}: {exc}", log_tail=tail, log_path=kept
+        ) from exc
+    task = client.task(name)
+    if task is None or task.status not in _LIVE:
+        tail, kept = _kept_log(criu_log)
+        raise RestoreFailed(
+            f"containerd restored task {name!r} but it is {task.status if task else 'gone'}",
+            log_tail=tail,
+            log_path=kept,
+        )
+    return task.pid
+
+
+def restore_checkpoint(checkpoint: Checkpoint, *, into: str | None = None, **options: Any) -> Any:
+    """Restore a containerd checkpoint into containerd (the default) or into plain runc.
+
+    ``into="containerd"`` takes :meth:`ContainerdContainer.restore`'s options;
+    ``into="runc"`` takes :meth:`cedana.RuncContainer.restore`'s.
+
+    Raises:
+        CedanaError: ``into`` names another runtime, or an option does not apply.
+    """
+    if into in (None, "containerd"):
+        unusable = sorted(k for k in ("bundle", "root") if options.get(k) is not None)
+        if unusable:
+            raise ContainerError(
+                f"{', '.join(unusable)} apply to restores into runc, not into containerd"
+            )
+        options = {k: v for k, v in options.items() if k not in ("bundle", "root")}
+        return ContainerdContainer.restore(checkpoint, **options)
+    if into == "runc":
+        unusable = sorted(k for k in ("namespace", "address", "log") if options.get(k) is not None)
+        if unusable:
+            raise ContainerError(
+                f"{', '.join(unusable)} apply to restores into containerd, not into runc"
+            )
+        options = {k: v for k, v in options.items() if k not in ("namespace", "address", "log")}
+        return RuncContainer.restore(
+            as_runc_checkpoint(checkpoint, root=options.get("root")), **options
+        )
+    raise ContainerError(
+        f"{checkpoint.path} holds a containerd container; it restores into containerd or runc, "
+        f"not into {into!r}"
+    )
