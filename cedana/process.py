@@ -230,14 +230,15 @@ def _work_dir(parent: Path | None, prefix: str) -> Iterator[Path]:
     try:
         yield path
     except CriuError as exc:
-        _keep_log(exc)
+        if exc.log_path and Path(exc.log_path).is_relative_to(path):
+            _keep_log(exc)
         raise
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
 
 def _keep_log(exc: CriuError) -> None:
-    """Move CRIU's log out of the scratch directory so the error can point at it."""
+    """Copy CRIU's log out of the scratch directory so the error can point at it."""
     if not exc.log_path or not os.path.exists(exc.log_path):
         return
     fd, kept = tempfile.mkstemp(prefix="cedana-criu-", suffix=".log")
@@ -356,14 +357,18 @@ def checkpoint_tree(
     started = time.monotonic()
     logger.debug("checkpoint pid %d -> %s: start", plan.pid, path)
     try:
-        with _work_dir(options.work_dir, ".cedana-dump-") as work:
+        # The log lives apart from the images: when their disk fills up, it still says why.
+        with (
+            _work_dir(options.work_dir, ".cedana-dump-") as work,
+            _work_dir(None, ".cedana-log-") as logs,
+        ):
             images = work / "images"
             images.mkdir(mode=0o700)
             request = CriuRequest(
                 images_dir=images,
                 options=plan.criu,
                 log_file="dump.log",
-                log_dir=work,
+                log_dir=logs,
                 notify=on_notify,
             )
             backend.dump(request)
