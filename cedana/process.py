@@ -26,7 +26,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -41,12 +41,12 @@ from cedana.criu import CriuBackend, CriuRequest, default_backend
 from cedana.errors import (
     ArtifactExists,
     CedanaError,
-    CriuError,
     NotCheckpointable,
     PidInUse,
     ProcessNotFound,
     RestoreFailed,
 )
+from cedana.staging import scratch_dir
 
 __all__ = ["CheckpointOptions", "Process", "RestoreOptions", "spawn"]
 
@@ -223,31 +223,6 @@ def plan_dump(pid: int, options: CheckpointOptions) -> DumpPlan:
     )
 
 
-@contextlib.contextmanager
-def _work_dir(parent: Path | None, prefix: str) -> Iterator[Path]:
-    """A private scratch directory, removed on every path; CRIU's log survives a failure."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    try:
-        yield path
-    except CriuError as exc:
-        if exc.log_path and Path(exc.log_path).is_relative_to(path):
-            _keep_log(exc)
-        raise
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _keep_log(exc: CriuError) -> None:
-    """Copy CRIU's log out of the scratch directory so the error can point at it."""
-    if not exc.log_path or not os.path.exists(exc.log_path):
-        return
-    fd, kept = tempfile.mkstemp(prefix="cedana-criu-", suffix=".log")
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        shutil.copyfile(exc.log_path, kept)
-        exc.log_path = kept
-
-
 def _reap_if_ours(pids: Sequence[int], popen: subprocess.Popen[bytes] | None) -> None:
     """Wait for killed processes to go, reaping those that are (or became) our children.
 
@@ -358,9 +333,10 @@ def checkpoint_tree(
     logger.debug("checkpoint pid %d -> %s: start", plan.pid, path)
     try:
         # The log lives apart from the images: when their disk fills up, it still says why.
+        estimate = sum(procfs.resident_bytes(p.pid) for p in plan.tree)
         with (
-            _work_dir(options.work_dir, ".cedana-dump-") as work,
-            _work_dir(None, ".cedana-log-") as logs,
+            scratch_dir(".cedana-dump-", estimate=estimate, parent=options.work_dir) as work,
+            scratch_dir(".cedana-log-", parent=tempfile.gettempdir()) as logs,
         ):
             images = work / "images"
             images.mkdir(mode=0o700)
@@ -480,7 +456,8 @@ def restore_tree(
     started = time.monotonic()
     stdio = _Stdio(options)
     try:
-        with _work_dir(options.work_dir, ".cedana-restore-") as work:
+        estimate = sum(m.size for m in manifest.members)
+        with scratch_dir(".cedana-restore-", estimate=estimate, parent=options.work_dir) as work:
             images = work / "images"
             checkpoint.extract(images)
             inherit = []

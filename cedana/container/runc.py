@@ -41,7 +41,6 @@ import os
 import shutil
 import signal as signal_mod
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
@@ -69,6 +68,7 @@ from cedana.process import CheckpointOptions, DumpPlan, checkpoint_tree, plan_du
 from cedana.rootfs import RootfsDiff, Snapshotter, snapshotter_for
 from cedana.rootfs.mounts import MountEntry, is_mountpoint, mountinfo, umount
 from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter
+from cedana.staging import scratch_dir
 
 __all__ = [
     "DEFAULT_BUNDLES",
@@ -464,7 +464,8 @@ class RuncContainer:
         started = time.monotonic()
         logger.debug("restore runc %s from %s: start", name, ckpt.path)
         made: _MadeBundle | None = None
-        with _work_dir(work_dir) as work:
+        estimate = sum(m.size for m in ckpt.manifest.members)
+        with scratch_dir(".cedana-restore-", estimate=estimate, parent=work_dir) as work:
             images = work / "images"
             try:
                 ckpt.extract(images)
@@ -574,15 +575,6 @@ def _log_tail(path: Path, lines: int = 12) -> str:
     except OSError:
         return ""
     return "\n".join([ln for ln in text if "RLIMIT_NOFILE" not in ln][-lines:])
-
-
-@contextlib.contextmanager
-def _work_dir(parent: str | os.PathLike[str] | None) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=".cedana-restore-", dir=parent))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ import shutil
 import signal as signal_mod
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,7 @@ from cedana.runtimes._containerd_api import (
     TaskRecord,
     decode_runc_options,
 )
+from cedana.staging import scratch_dir
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -178,15 +179,6 @@ def as_runc_checkpoint(
             rootfs["diff"]["snapshotter"] = "overlay"
     view = attrs.evolve(manifest, runtime="runc", workload=workload)
     return Checkpoint.open(checkpoint.path, verify=False, manifest=view)
-
-
-@contextlib.contextmanager
-def _scratch(parent: str | os.PathLike[str] | None) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=".cedana-restore-", dir=parent))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _kept_log(path: Path) -> tuple[str, str | None]:
@@ -597,7 +589,11 @@ class ContainerdContainer:
                 task_options = decode_runc_options(record.runtime_options)
             uri = f"file://{os.path.abspath(log)}" if log is not None else ""
 
-            with _scratch(work_dir) as work, client.lease():
+            estimate = sum(m.size for m in manifest.members)
+            with (
+                scratch_dir(".cedana-restore-", estimate=estimate, parent=work_dir) as work,
+                client.lease(),
+            ):
                 undo: list[Callable[[], None]] = []
                 try:
                     images = work / "images"

@@ -1,0 +1,57 @@
+"""Where images are staged: memory when it comfortably fits, disk otherwise, the caller's
+choice always; scratch directories never outlive their use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cedana import staging
+from cedana.errors import CriuError
+
+
+def test_explicit_directory_always_wins(tmp_path: Path) -> None:
+    """work_dir= is used whatever the size."""
+    assert staging.staging_parent(1 << 50, tmp_path) == tmp_path
+
+
+def test_too_big_for_memory_goes_to_disk() -> None:
+    """Images bigger than memory allows are staged in the temp dir (None)."""
+    assert staging.staging_parent(1 << 50) is None
+
+
+def test_small_images_go_to_memory_when_there_is_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a writable tmpfs and headroom, small images are staged in /dev/shm."""
+    if not staging.SHM.is_dir():
+        pytest.skip("no /dev/shm here")
+    monkeypatch.setattr(staging, "memory_headroom", lambda: 64 << 30)
+    assert staging.staging_parent(1 << 20) == staging.SHM
+
+
+def test_cgroup_or_machine_headroom_is_respected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Little memory headroom (e.g. a tight cgroup limit) keeps images on disk."""
+    monkeypatch.setattr(staging, "memory_headroom", lambda: 100 << 20)
+    assert staging.staging_parent(64 << 20) is None
+
+
+def test_scratch_dir_is_private_and_removed(tmp_path: Path) -> None:
+    """The scratch dir is 0700 and gone afterwards, on success and on error."""
+    with staging.scratch_dir(".t-", parent=tmp_path) as work:
+        assert work.stat().st_mode & 0o777 == 0o700
+        (work / "f").write_text("x")
+    assert not work.exists()
+    with pytest.raises(RuntimeError), staging.scratch_dir(".t-", parent=tmp_path) as work2:
+        raise RuntimeError("boom")
+    assert not work2.exists()
+
+
+def test_scratch_dir_keeps_the_criu_log_an_error_names(tmp_path: Path) -> None:
+    """A CRIU error pointing at a log inside the scratch dir gets a copy that survives."""
+    with pytest.raises(CriuError) as info, staging.scratch_dir(".t-", parent=tmp_path) as work:
+        (work / "dump.log").write_text("Error (criu/x.c:1): it broke\n")
+        raise CriuError("dump failed", log_path=str(work / "dump.log"))
+    kept = Path(info.value.log_path or "")
+    assert not kept.is_relative_to(tmp_path)
+    assert "it broke" in kept.read_text()
+    kept.unlink()
