@@ -10,7 +10,11 @@ repeating pattern). In the same run, on the same workload and disk, it times:
 - restore: ``criu restore`` from the images; ``zstd -d | tar -x`` then
   ``criu restore``; ``cedana.restore`` (verify, unpack, restore).
 
-All dumps use leave-running so the one workload serves every round. Prints
+All dumps use leave-running so the one workload serves every round. The
+peers write their images to ``--dir``; cedana stages its images where it
+would by default (``/dev/shm`` when memory comfortably allows, else the temp
+dir) and writes only the artifact to ``--dir``. A ``sync`` before each
+method keeps one method's dirty pages from slowing the next. Prints
 medians, sizes and ratios; run with ``python -m benchmarks.process [--rounds N]
 [--mib N] [--level N] [--dir DIR]``.
 """
