@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 blobs = daemon.checkpoint_blobs(ref)  # refuses a checkpoint without the task
                 dump["ctr container checkpoint --rw --task"].append(took)
                 export = ["images", "export", "--skip-manifest-json", str(exported), ref]
-                took += timed(partial(run, daemon.ctr(*export)))
+                took += timed(partial(run, daemon.ctr(*export)), settled=False)
                 dump["ctr checkpoint + ctr images export (a file)"].append(took)
                 sizes["ctr checkpoint + ctr images export (a file)"] = du(exported)
                 exported.unlink()

@@ -13,8 +13,9 @@ repeating pattern). In the same run, on the same workload and disk, it times:
 All dumps use leave-running so the one workload serves every round. The
 peers write their images to ``--dir``; cedana stages its images where it
 would by default (``/dev/shm`` when memory comfortably allows, else the temp
-dir) and writes only the artifact to ``--dir``. A ``sync`` before each
-method keeps one method's dirty pages from slowing the next. Prints
+dir) and writes only the artifact to ``--dir``. Before each method
+the page cache is synced and dropped (``timed`` does it), so no method pays
+for another's writeback or cached memory. Prints
 medians, sizes and ratios; run with ``python -m benchmarks.process [--rounds N]
 [--mib N] [--level N] [--dir DIR]``.
 """
@@ -22,13 +23,22 @@ medians, sizes and ratios; run with ``python -m benchmarks.process [--rounds N]
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from functools import partial
 from pathlib import Path
 
 import cedana
-from benchmarks.common import become_subreaper, du, kill_and_wait, run, scratch, table, timed
+from benchmarks.common import (
+    become_subreaper,
+    du,
+    kill_and_wait,
+    run,
+    scratch,
+    table,
+    timed,
+)
 
 WORKLOAD = """
 import os, time
@@ -94,25 +104,22 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 images, tarball = work / f"images{r}", work / f"criu{r}.tar.zst"
                 artifact = work / f"cedana{r}.tar.zst"
-                run(["sync"])  # each method starts with no dirty pages of the others
                 dump["criu dump"].append(timed(partial(criu_dump, pid, images)))
-                run(["sync"])
                 dump["criu dump + tar|zstd"].append(
                     timed(partial(criu_dump_tar, pid, work / f"images-t{r}", tarball))
                 )
-                run(["sync"])
                 durable = partial(
                     criu_dump_tar, pid, work / f"images-s{r}", work / f"s{r}.tar.zst", True
                 )
                 dump["criu dump + tar|zstd + fsync"].append(timed(durable))
-                run(["sync"])
                 dump["cedana checkpoint"].append(
                     timed(partial(proc.checkpoint, artifact, leave_running=True, level=args.level))
                 )
-                run(["sync"])
                 sizes["criu dump"] = du(images)
                 sizes["criu dump + tar|zstd"] = du(tarball)
                 sizes["cedana checkpoint"] = du(artifact)
+                for scratch_images in work.glob(f"images-[ts]{r}"):  # only the peers' staging
+                    shutil.rmtree(scratch_images)
         finally:
             proc.kill()
             kill_and_wait(pid)
@@ -123,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             untar = partial(untar_restore, work / f"criu{r}.tar.zst", work / f"untar{r}")
             rest["zstd -d|tar -x + criu restore"].append(timed(untar))
             kill_and_wait(pid)
+            shutil.rmtree(work / f"untar{r}")
             rest["cedana restore"].append(
                 timed(partial(cedana.restore, work / f"cedana{r}.tar.zst"))
             )
