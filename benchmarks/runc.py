@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     dump: dict[str, list[float]] = {
         "runc checkpoint (no rootfs)": [],
         "runc checkpoint + tar|zstd (images+upper)": [],
+        "runc checkpoint + tar|zstd + fsync": [],
         "cedana checkpoint": [],
     }
     rest: dict[str, list[float]] = {
@@ -146,13 +147,15 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             )
 
-        def runc_checkpoint_tar(images: Path, tarball: Path) -> None:
+        def runc_checkpoint_tar(images: Path, tarball: Path, durable: bool = False) -> None:
             runc_checkpoint(images)
             tar = (
                 f"tar -cf - -C {images.parent} {images.name} -C {bundle} upper "
                 f"| zstd -q -{level} -T0 -o {tarball}"
             )
             run(["bash", "-c", tar])
+            if durable:  # what cedana also does before it lets a container die
+                run(["sync", str(tarball)])
 
         def untar_restore(tarball: Path, out: Path, images_name: str) -> None:
             out.mkdir()
@@ -189,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
                 dump["runc checkpoint + tar|zstd (images+upper)"].append(
                     timed(partial(runc_checkpoint_tar, timages, tarball))
                 )
+                durable = partial(
+                    runc_checkpoint_tar, work / f"runc-s{r}", work / f"s{r}.tar.zst", True
+                )
+                dump["runc checkpoint + tar|zstd + fsync"].append(timed(durable))
                 dump["cedana checkpoint"].append(
                     timed(
                         partial(
