@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import os
 import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
+
+
+def arguments(name: str, doc: str | None, *, mib: int) -> argparse.ArgumentParser:
+    """The options every benchmark takes; a benchmark adds its own."""
+    p = argparse.ArgumentParser(prog=f"benchmarks.{name}", description=doc)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--mib", type=int, default=mib, help="workload memory in MiB")
+    p.add_argument("--level", type=int, default=3, help="zstd level (cedana, and zstd peers)")
+    p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where to write")
+    return p
 
 
 def become_subreaper() -> None:

@@ -29,7 +29,6 @@ busybox-static and ``cedana[containerd]`` installed).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import io
@@ -40,13 +39,12 @@ import signal
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
 
 import cedana
-from benchmarks.common import become_subreaper, du, reap, run, scratch, table, timed
+from benchmarks.common import arguments, become_subreaper, du, reap, run, scratch, table, timed
 
 NAMESPACE = "cedana-bench"
 NAME = "bench"
@@ -243,12 +241,8 @@ class Daemon:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="benchmarks.containerd", description=__doc__)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--mib", type=int, default=256, help="container memory in MiB")
+    p = arguments("containerd", __doc__, mib=256)
     p.add_argument("--fs-mib", type=int, default=64, help="MiB of files the container writes")
-    p.add_argument("--level", type=int, default=3, help="zstd level for cedana")
-    p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     args = p.parse_args(argv)
     become_subreaper()
     dump: dict[str, list[float]] = {

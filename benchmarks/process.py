@@ -22,15 +22,14 @@ medians, sizes and ratios; run with ``python -m benchmarks.process [--rounds N]
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
-import tempfile
 from functools import partial
 from pathlib import Path
 
 import cedana
 from benchmarks.common import (
+    arguments,
     become_subreaper,
     du,
     kill_and_wait,
@@ -61,11 +60,7 @@ def start_workload(mib: int, log: Path) -> cedana.Process:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="benchmarks.process", description=__doc__)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--mib", type=int, default=1024, help="workload memory in MiB")
-    p.add_argument("--level", type=int, default=3, help="zstd level for both cedana and zstd")
-    p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    p = arguments("process", __doc__, mib=1024)
     args = p.parse_args(argv)
     become_subreaper()
     level = str(args.level)

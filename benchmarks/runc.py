@@ -26,18 +26,16 @@ busybox-static installed).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
 
 import cedana
-from benchmarks.common import become_subreaper, du, reap, run, scratch, table, timed
+from benchmarks.common import arguments, become_subreaper, du, reap, run, scratch, table, timed
 
 NAME = "cedana-bench"
 
@@ -100,12 +98,8 @@ def workload(mib: int, fs_mib: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="benchmarks.runc", description=__doc__)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--mib", type=int, default=256, help="container memory in MiB")
+    p = arguments("runc", __doc__, mib=256)
     p.add_argument("--fs-mib", type=int, default=64, help="MiB of files the container writes")
-    p.add_argument("--level", type=int, default=3, help="zstd level for both cedana and zstd")
-    p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     args = p.parse_args(argv)
     become_subreaper()
     level = str(args.level)
