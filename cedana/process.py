@@ -5,7 +5,8 @@ The checkpoint path, and why it is safe:
 1. Look at the tree in /proc while nothing is frozen: refuse what cannot be
    dumped (kernel threads, ourselves, established TCP without
    ``tcp_established``), detect shell-job and descriptors leading outside.
-2. CRIU dumps into a private work directory. With ``leave_running=False`` the
+2. CRIU dumps into a private scratch directory (in memory when it fits, see
+   :mod:`cedana.staging`). With ``leave_running=False`` the
    artifact is written, fsynced and verified from CRIU's ``post-dump`` callback,
    while the tree is still frozen: only when that succeeds does CRIU kill it.
    If anything fails, CRIU thaws the tree and it keeps running.
@@ -72,7 +73,8 @@ class CheckpointOptions:
         threads: zstd threads; 0 uses every core.
         directory: Write the directory form instead of one file.
         overwrite: Replace an existing artifact at the path.
-        work_dir: Where CRIU's images are staged; the system temp dir by default.
+        work_dir: Where CRIU's images are staged; by default /dev/shm when memory
+            comfortably allows, else the system temp dir (see :mod:`cedana.staging`).
         criu: Any other ``criu_opts`` field (CRIU's RPC names), the escape hatch.
     """
 
@@ -130,7 +132,8 @@ class RestoreOptions:
             /dev/null when None.
         stdout: Likewise for stdout (a path is opened for appending).
         stderr: Likewise for stderr.
-        work_dir: Where the images are unpacked; the system temp dir by default.
+        work_dir: Where the images are unpacked; by default as for checkpoints
+            (memory when it comfortably fits, else the system temp dir).
         criu: Any other ``criu_opts`` field, the escape hatch.
     """
 

@@ -391,7 +391,8 @@ class RuncContainer:
                 the checkpoint.
             console_socket: For a container with a terminal: the socket that
                 receives the new pty master (``runc restore --console-socket``).
-            work_dir: Where the images are unpacked; the system temp dir by default.
+            work_dir: Where the images are unpacked; memory when it comfortably fits,
+                else the system temp dir, by default.
             backend: The CRIU backend (for the preflight check).
             runc: The runc binary.
 

@@ -527,7 +527,7 @@ class ContainerdContainer:
             tcp_established: Must not be True: the runc shim restores without
                 TCP repair.
             work_dir: Where the images are unpacked (the shim reads them from
-                there); the system temp dir by default.
+                there); memory when it comfortably fits, else the temp dir, by default.
             backend: The CRIU backend (for the preflight check).
 
         Raises:
