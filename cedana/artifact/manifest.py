@@ -34,6 +34,7 @@ __all__ = [
     "Manifest",
     "Member",
     "ProcessEntry",
+    "thaw",
 ]
 
 FORMAT_VERSION = 1
@@ -83,12 +84,13 @@ def _freeze_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return frozen
 
 
-def _thaw(value: Any) -> Any:
-    """Turn frozen JSON back into what :func:`json.dumps` takes."""
+def thaw(value: Any) -> Any:
+    """Turn a manifest's frozen JSON (read-only mappings, tuples) back into plain dicts and
+    lists, as :func:`json.dumps` takes them."""
     if isinstance(value, Mapping):
-        return {key: _thaw(item) for key, item in value.items()}
+        return {key: thaw(item) for key, item in value.items()}
     if isinstance(value, tuple):
-        return [_thaw(item) for item in value]
+        return [thaw(item) for item in value]
     return value
 
 
@@ -239,7 +241,7 @@ class Manifest:
 
     def to_json(self) -> bytes:
         """Serialize to ``manifest.json`` bytes: sorted keys, 2-space indent, trailing newline."""
-        document = _thaw(attrs.asdict(self, recurse=True))
+        document = thaw(attrs.asdict(self, recurse=True))
         # ensure_ascii keeps a command line that is not valid UTF-8 (decoded with
         # surrogateescape) writable; the escapes read back to the same string.
         text = json.dumps(document, sort_keys=True, indent=2, ensure_ascii=True, allow_nan=False)

@@ -49,7 +49,7 @@ from typing import IO, Any
 
 import attrs
 
-from cedana.artifact.manifest import Manifest
+from cedana.artifact.manifest import Manifest, thaw
 from cedana.checkpoint import Checkpoint
 from cedana.container import namespaces
 from cedana.container.command import RuncCommand, log_errors
@@ -79,6 +79,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger("cedana.runc")
+
+#: Runtimes whose checkpoints are runc's: images dumped as runc dumps them.
+RUNC_BASED = ("runc", "containerd")
+#: Snapshotters whose rootfs diff is an overlay upper directory's tar.
+OVERLAY_DIFFS = ("overlay", "containerd")
 
 #: Where restore makes bundles unless given ``bundle=``.
 DEFAULT_BUNDLES = Path("/var/lib/cedana/bundles")
@@ -409,15 +414,17 @@ class RuncContainer:
             else Checkpoint.open(Path(checkpoint), verify=False)
         )
         manifest = ckpt.manifest
-        if manifest.kind != "container" or manifest.runtime != "runc":
+        if manifest.kind != "container" or manifest.runtime not in RUNC_BASED:
             raise ContainerError(
                 f"{ckpt.path} holds a {manifest.runtime or manifest.kind} checkpoint, "
-                "not a runc one"
+                f"not one of a runc-based runtime ({', '.join(RUNC_BASED)})"
             )
         info = manifest.workload["container"]
         rootfs_info = manifest.workload.get("rootfs") or {}
         name = check_id(name or str(info["id"]))
-        root_dir = Path(root) if root is not None else Path(str(info["root"]))
+        if root is None:  # another runtime's runc root (a shim's) is not runc's own
+            root = str(info["root"]) if manifest.runtime == "runc" else DEFAULT_ROOT
+        root_dir = Path(root)
         (backend or default_backend()).preflight()
         command = RuncCommand(root_dir, runc)
         if (root_dir / name).exists():
@@ -432,7 +439,7 @@ class RuncContainer:
                 "socket that receives the new pty master, as for runc restore --console-socket)"
             )
         captured = bool(rootfs_info.get("captured"))
-        if captured and rootfs_info.get("snapshotter") != "overlay":
+        if captured and rootfs_info.get("snapshotter") not in OVERLAY_DIFFS:
             raise ContainerError(
                 f"{ckpt.path} holds rootfs changes of a {rootfs_info.get('snapshotter')!r} "
                 "store, which this cedana cannot apply; upgrade"
@@ -714,15 +721,6 @@ def _make_overlay_bundle(
     return made
 
 
-def _plain(value: Any) -> Any:
-    """A manifest value (read-only mappings, tuples) as plain JSON-able dicts and lists."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 def container_summary(manifest: Manifest) -> dict[str, Any] | None:
     """What a container checkpoint's manifest says about the container (None for a process).
 
@@ -734,7 +732,7 @@ def container_summary(manifest: Manifest) -> dict[str, Any] | None:
     if manifest.kind != "container":
         return None
     info = manifest.workload.get("container") or {}
-    rootfs = _plain(manifest.workload.get("rootfs") or {})
+    rootfs = thaw(manifest.workload.get("rootfs") or {})
     return {
         "id": info.get("id"),
         "runtime": manifest.runtime,

@@ -52,7 +52,6 @@ import attrs
 from cedana.checkpoint import Checkpoint
 from cedana.container import RuncContainer, namespaces
 from cedana.container.runc import CONTAINER_DIR
-from cedana.container.state import DEFAULT_ROOT as RUNC_DEFAULT_ROOT
 from cedana.container.state import RuncState
 from cedana.criu import CriuBackend, default_backend
 from cedana.errors import (
@@ -83,7 +82,6 @@ __all__ = [
     "DEFAULT_ADDRESS",
     "DEFAULT_RUNC_ROOT",
     "ContainerdContainer",
-    "as_runc_checkpoint",
     "restore_checkpoint",
 ]
 
@@ -142,43 +140,6 @@ def new_spec(raw: bytes, *, old: tuple[str, str], new: tuple[str, str]) -> bytes
     if isinstance(linux, dict) and linux.get("cgroupsPath"):
         linux["cgroupsPath"] = rename_cgroups_path(str(linux["cgroupsPath"]), old, new)
     return json.dumps(spec).encode()
-
-
-def _plain(value: Any) -> Any:
-    """A manifest value (read-only mappings, tuples) as plain dicts and lists."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def as_runc_checkpoint(
-    checkpoint: Checkpoint, *, root: str | os.PathLike[str] | None = None
-) -> Checkpoint:
-    """A containerd checkpoint seen as the runc checkpoint it also is.
-
-    The CRIU images were dumped the way runc dumps, the changes are an overlay
-    upper directory's tar, and the manifest carries every field
-    :meth:`cedana.RuncContainer.restore` reads; this view names the runtime
-    ``runc``, the rootfs format ``overlay`` and the state root runc's own
-    (``/run/runc``, not the shim's), so restoring it makes a plain runc
-    container that containerd does not know about.
-    """
-    manifest = checkpoint.manifest
-    workload = _plain(manifest.workload)
-    workload["container"] = {
-        **workload["container"],
-        "runtime": "runc",
-        "root": os.fspath(root if root is not None else RUNC_DEFAULT_ROOT),
-    }
-    rootfs = workload.get("rootfs") or {}
-    if rootfs.get("captured"):
-        rootfs["snapshotter"] = "overlay"
-        if isinstance(rootfs.get("diff"), dict):
-            rootfs["diff"]["snapshotter"] = "overlay"
-    view = attrs.evolve(manifest, runtime="runc", workload=workload)
-    return Checkpoint.open(checkpoint.path, verify=False, manifest=view)
 
 
 def _kept_log(path: Path) -> tuple[str, str | None]:
@@ -785,9 +746,7 @@ def restore_checkpoint(checkpoint: Checkpoint, *, into: str | None = None, **opt
                 f"{', '.join(unusable)} apply to restores into containerd, not into runc"
             )
         options = {k: v for k, v in options.items() if k not in ("namespace", "address", "log")}
-        return RuncContainer.restore(
-            as_runc_checkpoint(checkpoint, root=options.get("root")), **options
-        )
+        return RuncContainer.restore(checkpoint, **options)
     raise ContainerError(
         f"{checkpoint.path} holds a containerd container; it restores into containerd or runc, "
         f"not into {into!r}"

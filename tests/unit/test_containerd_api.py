@@ -219,22 +219,6 @@ def _checkpoint(tmp_path: Path, *, options: dict[str, Any] | None = None, **cont
     return cedana.open(tmp_path / "c.tar.zst")
 
 
-def test_runc_view_of_a_containerd_checkpoint(tmp_path: Path) -> None:
-    """Seen as a runc checkpoint, a containerd one names runtime runc, runc's own state
-    root (not the shim's) and the overlay format of its rootfs changes; the rest stays."""
-    ckpt = _checkpoint(tmp_path)
-    view = ctd.as_runc_checkpoint(ckpt)
-    assert view.runtime == "runc"
-    assert view.manifest.workload["container"]["root"] == "/run/runc"
-    assert view.manifest.workload["container"]["bundle"].endswith("/default/web")
-    assert view.manifest.workload["rootfs"]["snapshotter"] == "overlay"
-    assert view.manifest.workload["rootfs"]["diff"]["snapshotter"] == "overlay"
-    assert view.manifest.members == ckpt.manifest.members
-    assert ckpt.manifest.workload["rootfs"]["snapshotter"] == "containerd"  # untouched
-    mine = ctd.as_runc_checkpoint(ckpt, root=tmp_path / "runc")
-    assert mine.manifest.workload["container"]["root"] == str(tmp_path / "runc")
-
-
 @pytest.mark.parametrize(
     ("options", "container", "why"),
     [
