@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -127,7 +128,9 @@ def scratch_dir(
         parent: The caller's choice of directory (``work_dir=``), used as is.
     """
     where = staging_parent(estimate, Path(parent) if parent is not None else None)
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=where))
+    _sweep(Path(where) if where is not None else Path(tempfile.gettempdir()))
+    # The owner's pid in the name lets a later call sweep what a killed process left.
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=where))
     try:
         yield path
     except CriuError as exc:
@@ -136,6 +139,37 @@ def scratch_dir(
         raise
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+_OWNED = re.compile(r"^\.cedana-[a-z]+-(\d+)-")
+
+
+def _sweep(parent: Path) -> None:
+    """Remove scratch directories whose owner died without cleaning up (SIGKILL, power
+    loss of a container): in /dev/shm they would hold memory until reboot."""
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        match = _OWNED.match(entry.name)
+        if match is None or not entry.is_dir(follow_symlinks=False):
+            continue
+        owner = int(match.group(1))
+        if owner == os.getpid() or _alive(owner):
+            continue
+        logger.debug("removing %s, left by pid %d", entry.path, owner)
+        shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _keep_log(exc: CriuError) -> None:

@@ -55,3 +55,23 @@ def test_scratch_dir_keeps_the_criu_log_an_error_names(tmp_path: Path) -> None:
     assert not kept.is_relative_to(tmp_path)
     assert "it broke" in kept.read_text()
     kept.unlink()
+
+
+def test_scratch_left_by_a_dead_process_is_swept(tmp_path: Path) -> None:
+    """A scratch dir whose owner is gone (killed mid-checkpoint) is removed by the next one;
+    a live owner's and unrelated directories are left alone."""
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".cedana-dump-{dead.pid}-abc123"
+    (stale / "images").mkdir(parents=True)
+    live = tmp_path / ".cedana-dump-1-keep"
+    live.mkdir()
+    other = tmp_path / ".cedana-notes"
+    other.mkdir()
+    with staging.scratch_dir(".cedana-dump-", parent=tmp_path) as work:
+        assert work.name.startswith(".cedana-dump-")
+    assert not stale.exists()
+    assert live.exists()
+    assert other.exists()
