@@ -631,7 +631,8 @@ class ContainerdContainer:
             return
         _remove_task(client, self.id)
         client.delete_container(self.id)
-        if client.snapshot_exists(record.snapshotter, record.snapshot_key):
+        # containerd's garbage collector may remove the snapshot first, at any moment.
+        with contextlib.suppress(ContainerNotFound):
             client.remove_snapshot(record.snapshotter, record.snapshot_key)
 
 
