@@ -74,8 +74,8 @@ def restore(
         )
         if unusable:
             raise CedanaError(
-                f"{ckpt.path} holds a plain process tree; {', '.join(unusable)} apply to "
-                "container checkpoints only"
+                f"{ckpt.path} holds a plain process tree, which keeps its pids and has no "
+                f"container name: drop {', '.join(f'{k}= (--{k})' for k in unusable)}"
             )
         options = {
             k: v for k, v in options.items() if k not in ("name", "bundle", "root", "address")
