@@ -12,8 +12,7 @@ repeating pattern). In the same run, on the same workload and disk, it times:
 
 All dumps use leave-running so the one workload serves every round. The
 peers write their images to ``--dir``; cedana stages its images where it
-would by default (``/dev/shm`` when memory comfortably allows, else the temp
-dir) and writes only the artifact to ``--dir``. Before each method
+does by default (the temp dir) and writes the artifact to ``--dir``. Before each method
 the page cache is synced and dropped (``timed`` does it), so no method pays
 for another's writeback or cached memory. Prints
 medians, sizes and ratios; run with ``python -m benchmarks.process [--rounds N]

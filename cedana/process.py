@@ -5,10 +5,10 @@ The checkpoint path, and why it is safe:
 1. Look at the tree in /proc while nothing is frozen: refuse what cannot be
    dumped (kernel threads, ourselves, established TCP without
    ``tcp_established``), detect shell-job and descriptors leading outside.
-2. CRIU dumps into a private scratch directory (in memory when it fits, see
-   :mod:`cedana.staging`). With ``leave_running=False`` the
-   artifact is written, fsynced and verified from CRIU's ``post-dump`` callback,
-   while the tree is still frozen: only when that succeeds does CRIU kill it.
+2. CRIU dumps into a private scratch directory (:mod:`cedana.staging`). With
+   ``leave_running=False`` the artifact is written, fsynced and verified from
+   CRIU's ``post-dump`` callback, while the tree is still frozen: only when
+   that succeeds does CRIU kill it.
    If anything fails, CRIU thaws the tree and it keeps running.
 3. With ``leave_running=True`` CRIU thaws the tree right after the dump and the
    artifact is written afterwards.
@@ -73,8 +73,7 @@ class CheckpointOptions:
         threads: zstd threads; 0 uses every core.
         directory: Write the directory form instead of one file.
         overwrite: Replace an existing artifact at the path.
-        work_dir: Where CRIU's images are staged; by default /dev/shm when memory
-            comfortably allows, else the system temp dir (see :mod:`cedana.staging`).
+        work_dir: Where CRIU's images are staged; the system temp dir by default.
         criu: Any other ``criu_opts`` field (CRIU's RPC names), the escape hatch.
     """
 
@@ -132,8 +131,7 @@ class RestoreOptions:
             /dev/null when None.
         stdout: Likewise for stdout (a path is opened for appending).
         stderr: Likewise for stderr.
-        work_dir: Where the images are unpacked; by default as for checkpoints
-            (memory when it comfortably fits, else the system temp dir).
+        work_dir: Where the images are unpacked; the system temp dir by default.
         criu: Any other ``criu_opts`` field, the escape hatch.
     """
 
@@ -336,9 +334,8 @@ def checkpoint_tree(
     logger.debug("checkpoint pid %d -> %s: start", plan.pid, path)
     try:
         # The log lives apart from the images: when their disk fills up, it still says why.
-        estimate = sum(procfs.resident_bytes(p.pid) for p in plan.tree)
         with (
-            scratch_dir(".cedana-dump-", estimate=estimate, parent=options.work_dir) as work,
+            scratch_dir(".cedana-dump-", parent=options.work_dir) as work,
             scratch_dir(".cedana-log-", parent=tempfile.gettempdir()) as logs,
         ):
             images = work / "images"
@@ -459,8 +456,7 @@ def restore_tree(
     started = time.monotonic()
     stdio = _Stdio(options)
     try:
-        estimate = sum(m.size for m in manifest.members)
-        with scratch_dir(".cedana-restore-", estimate=estimate, parent=options.work_dir) as work:
+        with scratch_dir(".cedana-restore-", parent=options.work_dir) as work:
             images = work / "images"
             checkpoint.extract(images)
             inherit = []

@@ -24,7 +24,6 @@ __all__ = [
     "established_tcp",
     "holder_of",
     "proc_info",
-    "resident_bytes",
     "tree",
 ]
 
@@ -126,18 +125,6 @@ def tree(pid: int) -> list[ProcInfo]:
                 continue
             queue.append(child)
     return out
-
-
-def resident_bytes(pid: int) -> int:
-    """Memory of ``pid`` a dump would hold: resident plus swapped (0 if it is gone)."""
-    total = 0
-    try:
-        for line in (PROC / str(pid) / "status").read_text().splitlines():
-            if line.startswith(("VmRSS:", "VmSwap:")):
-                total += int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError):
-        return 0
-    return total
 
 
 def descriptors(pid: int) -> list[Descriptor]:

@@ -396,8 +396,7 @@ class RuncContainer:
                 the checkpoint.
             console_socket: For a container with a terminal: the socket that
                 receives the new pty master (``runc restore --console-socket``).
-            work_dir: Where the images are unpacked; memory when it comfortably fits,
-                else the system temp dir, by default.
+            work_dir: Where the images are unpacked; the system temp dir by default.
             backend: The CRIU backend (for the preflight check).
             runc: The runc binary.
 
@@ -472,8 +471,7 @@ class RuncContainer:
         started = time.monotonic()
         logger.debug("restore runc %s from %s: start", name, ckpt.path)
         made: _MadeBundle | None = None
-        estimate = sum(m.size for m in ckpt.manifest.members)
-        with scratch_dir(".cedana-restore-", estimate=estimate, parent=work_dir) as work:
+        with scratch_dir(".cedana-restore-", parent=work_dir) as work:
             images = work / "images"
             try:
                 ckpt.extract(images)

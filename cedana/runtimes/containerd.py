@@ -488,7 +488,7 @@ class ContainerdContainer:
             tcp_established: Must not be True: the runc shim restores without
                 TCP repair.
             work_dir: Where the images are unpacked (the shim reads them from
-                there); memory when it comfortably fits, else the temp dir, by default.
+                there); the system temp dir by default.
             backend: The CRIU backend (for the preflight check).
 
         Raises:
@@ -550,9 +550,8 @@ class ContainerdContainer:
                 task_options = decode_runc_options(record.runtime_options)
             uri = f"file://{os.path.abspath(log)}" if log is not None else ""
 
-            estimate = sum(m.size for m in manifest.members)
             with (
-                scratch_dir(".cedana-restore-", estimate=estimate, parent=work_dir) as work,
+                scratch_dir(".cedana-restore-", parent=work_dir) as work,
                 client.lease(),
             ):
                 undo: list[Callable[[], None]] = []

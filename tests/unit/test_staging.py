@@ -1,5 +1,4 @@
-"""Where images are staged: memory when it comfortably fits, disk otherwise, the caller's
-choice always; scratch directories never outlive their use."""
+"""Scratch directories for images never outlive their use, nor their owner."""
 
 from __future__ import annotations
 
@@ -9,30 +8,6 @@ import pytest
 
 from cedana import staging
 from cedana.errors import CriuError
-
-
-def test_explicit_directory_always_wins(tmp_path: Path) -> None:
-    """work_dir= is used whatever the size."""
-    assert staging.staging_parent(1 << 50, tmp_path) == tmp_path
-
-
-def test_too_big_for_memory_goes_to_disk() -> None:
-    """Images bigger than memory allows are staged in the temp dir (None)."""
-    assert staging.staging_parent(1 << 50) is None
-
-
-def test_small_images_go_to_memory_when_there_is_room(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a writable tmpfs and headroom, small images are staged in /dev/shm."""
-    if not staging.SHM.is_dir():
-        pytest.skip("no /dev/shm here")
-    monkeypatch.setattr(staging, "memory_headroom", lambda: 64 << 30)
-    assert staging.staging_parent(1 << 20) == staging.SHM
-
-
-def test_cgroup_or_machine_headroom_is_respected(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Little memory headroom (e.g. a tight cgroup limit) keeps images on disk."""
-    monkeypatch.setattr(staging, "memory_headroom", lambda: 100 << 20)
-    assert staging.staging_parent(64 << 20) is None
 
 
 def test_scratch_dir_is_private_and_removed(tmp_path: Path) -> None:
