@@ -1,4 +1,5 @@
-"""``python -m benchmarks [NAME ...]``: run the named benchmarks (all by default).
+"""``python -m benchmarks [NAME ...] [OPTIONS]``: run the named benchmarks (all by default),
+each with the same options (``--rounds 5``...).
 
 Each benchmark also runs on its own: ``python -m benchmarks.process --help``.
 """
@@ -12,8 +13,9 @@ BENCHMARKS = ["process", "runc", "containerd"]
 
 
 def main(argv: list[str]) -> int:
-    names = [a for a in argv if not a.startswith("-")] or BENCHMARKS
-    flags = [a for a in argv if a.startswith("-")]
+    # Names come first; everything from the first option on goes to each benchmark.
+    first_option = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    names, flags = argv[:first_option] or BENCHMARKS, argv[first_option:]
     status = 0
     for name in names:
         try:
