@@ -616,3 +616,45 @@ def test_terminal_job(workloads: Workloads, tmp_path: Path) -> None:
     assert procfs.holder_of(pid) is not None
     assert b"count" in out
     os.close(term)
+
+
+def test_inspect_needs_no_root(workloads: Workloads, tmp_path: Path) -> None:
+    """The owner of an artifact inspects it without root: an unprivileged user reads the
+    process tree, memory and files from a checkpoint it owns."""
+    import shutil
+    import tempfile
+
+    proc, log = workloads.python(COUNTER)
+    wait_count(log, 3)
+    ckpt = proc.checkpoint(tmp_path / "c.tar.zst", leave_running=True)
+    shared = Path(tempfile.mkdtemp(prefix="cedana-inspect-test-"))
+    try:
+        shared.chmod(0o755)
+        mine = shared / "c.tar.zst"
+        shutil.copyfile(ckpt.path, mine)
+        os.chown(mine, 65534, 65534)
+        mine.chmod(0o600)
+        reader, writer = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs unprivileged in the child
+            os.close(reader)
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                info = cedana.open(mine).inspect()
+                os.write(writer, f"{info.processes[0].pid} {info.memory_bytes}".encode())
+                code = 0
+            except BaseException as exc:
+                os.write(writer, repr(exc).encode())
+            os._exit(code)
+        os.close(writer)
+        out = os.read(reader, 4096).decode()
+        os.close(reader)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, out
+        pid, memory = out.split()
+        assert int(pid) == proc.pid
+        assert int(memory) > 1 << 20
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
