@@ -258,11 +258,17 @@ class _Session:
         back), its final answer is awaited, and the callback's error is raised.
         """
         failure: BaseException | None = None
-        self._parent.sendall(req.SerializeToString())
+        self._send(req)
         while True:
-            data = self._parent.recv(_RECV_LIMIT)
+            try:
+                data = self._parent.recv(_RECV_LIMIT)
+            except OSError as exc:
+                data = b""
+                logger.debug("criu swrk: receive failed: %s", exc)
             if not data:
                 status = self._proc.wait()
+                if failure is not None:
+                    raise failure
                 raise CriuError(f"criu swrk exited before answering (status {status})")
             resp = rpc.criu_resp()
             resp.ParseFromString(data)
@@ -277,8 +283,13 @@ class _Session:
                     notify(resp.notify.script, resp.notify.pid)
                 except BaseException as exc:
                     failure, ok = exc, False
-            ack = rpc.criu_req(type=rpc.NOTIFY, notify_success=ok)
-            self._parent.sendall(ack.SerializeToString())
+            self._send(rpc.criu_req(type=rpc.NOTIFY, notify_success=ok))
+
+    def _send(self, message: Any) -> None:
+        try:
+            self._parent.sendall(message.SerializeToString())
+        except OSError as exc:  # swrk died; the next receive reports how
+            logger.debug("criu swrk: send failed: %s", exc)
 
     def close(self) -> None:
         self._parent.close()

@@ -71,6 +71,9 @@ elif mode == "notify":
     send(success=ack.notify_success)
 elif mode == "die":
     os._exit(3)
+elif mode == "die-in-notify":
+    sk.send(rpc.criu_resp(type=rpc.NOTIFY, success=True, notify=rpc.criu_notify(script="post-dump", pid=1)).SerializeToString())
+    os._exit(4)
 """
 
 
@@ -191,3 +194,12 @@ def test_error_tree_leaves_subclass_builtins() -> None:
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), errors.CedanaError)
         assert name in (errors.__doc__ or ""), f"{name} missing from the tree in the docstring"
+
+
+def test_swrk_dying_during_a_callback_is_a_criu_error(tmp_path: Path) -> None:
+    """swrk vanishing while a notify is answered is a CriuError (not a broken pipe), and
+    the child is reaped."""
+    before = children()
+    with pytest.raises(CriuError, match="exited before answering"):
+        fake_backend(tmp_path, "die-in-notify").dump(request(tmp_path, notify=lambda e, p: None))
+    assert children() == before
