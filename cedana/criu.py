@@ -36,6 +36,7 @@ __all__ = [
     "SwrkCriu",
     "default_backend",
     "load_image",
+    "log_tail",
 ]
 
 logger = logging.getLogger("cedana.criu")
@@ -165,7 +166,9 @@ def _first_error(tail: str) -> str:
     return ""
 
 
-def _log_tail(path: Path) -> str:
+def log_tail(path: Path) -> str:
+    """The last lines of the CRIU log at ``path`` (its first error kept; RLIMIT noise
+    dropped), for an error message; '' when it cannot be read."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -366,7 +369,8 @@ class SwrkCriu:
                 try:
                     resp = session.call(req, rpc, request.notify)
                 except CriuError as exc:
-                    exc.log_tail = _log_tail(request.log_path)
+                    exc.log_tail = log_tail(request.log_path)
+                    exc.log_path = str(request.log_path)
                     raise
         finally:
             for fd in fds:
@@ -374,7 +378,7 @@ class SwrkCriu:
         elapsed = time.monotonic() - started
         if not resp.success:
             err = resp.cr_errno
-            tail = _log_tail(request.log_path)
+            tail = log_tail(request.log_path)
             # cr_errmsg is CRIU's first error, often the harmless RLIMIT_NOFILE warning.
             message = resp.cr_errmsg if "RLIMIT_NOFILE" not in resp.cr_errmsg else ""
             what = _first_error(tail) or message or (os.strerror(err) if err else "see the log")

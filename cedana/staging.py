@@ -82,8 +82,10 @@ def _alive(pid: int) -> bool:
 
 
 def _keep_log(exc: CriuError) -> None:
-    """Copy CRIU's log out of a scratch directory so the error can point at it."""
+    """Copy CRIU's log out of a scratch directory so the error can point at it; an error
+    never points at a log that is about to vanish (or never was, when CRIU did not run)."""
     if not exc.log_path or not os.path.exists(exc.log_path):
+        exc.log_path = None
         return
     fd, kept = tempfile.mkstemp(prefix="cedana-criu-", suffix=".log")
     os.close(fd)

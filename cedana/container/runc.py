@@ -55,7 +55,7 @@ from cedana.container import namespaces
 from cedana.container.command import RuncCommand, log_errors
 from cedana.container.options import dump_options, gather_facts
 from cedana.container.state import DEFAULT_ROOT, RuncState, check_id, read_state
-from cedana.criu import CriuBackend, default_backend
+from cedana.criu import CriuBackend, default_backend, log_tail
 from cedana.errors import (
     CedanaError,
     ContainerError,
@@ -500,17 +500,20 @@ class RuncContainer:
                     done = command.run(
                         *args, log=work / "runc.log", stdin=fd0, stdout=fd1, stderr=fd2
                     )
+                criu_log = work / "criu" / "restore.log"  # scratch_dir keeps it on failure
                 if done.returncode != 0:
                     raise RestoreFailed(
                         f"runc restore of {name!r} failed: "
                         f"{log_errors(work / 'runc.log') or 'see the CRIU log'}",
-                        log_tail=_log_tail(work / "criu" / "restore.log"),
+                        log_tail=log_tail(criu_log),
+                        log_path=str(criu_log),
                     )
                 state = read_state(root_dir, name)
                 if state.status not in ("running", "paused"):
                     raise RestoreFailed(
                         f"runc restored {name!r} but it is {state.status}",
-                        log_tail=_log_tail(work / "criu" / "restore.log"),
+                        log_tail=log_tail(criu_log),
+                        log_path=str(criu_log),
                     )
                 config = json.loads(
                     (images / str(info.get("config") or CONFIG_MEMBER)).read_bytes()
@@ -573,14 +576,6 @@ def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with open(fd, "wb") as f:
         f.write(data)
-
-
-def _log_tail(path: Path, lines: int = 12) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join([ln for ln in text if "RLIMIT_NOFILE" not in ln][-lines:])
 
 
 @contextlib.contextmanager

@@ -38,9 +38,7 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal as signal_mod
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -53,7 +51,7 @@ from cedana.checkpoint import Checkpoint
 from cedana.container import RuncContainer, namespaces
 from cedana.container.runc import CONTAINER_DIR
 from cedana.container.state import RuncState
-from cedana.criu import CriuBackend, default_backend
+from cedana.criu import CriuBackend, default_backend, log_tail
 from cedana.errors import (
     CedanaError,
     ContainerError,
@@ -140,20 +138,6 @@ def new_spec(raw: bytes, *, old: tuple[str, str], new: tuple[str, str]) -> bytes
     if isinstance(linux, dict) and linux.get("cgroupsPath"):
         linux["cgroupsPath"] = rename_cgroups_path(str(linux["cgroupsPath"]), old, new)
     return json.dumps(spec).encode()
-
-
-def _kept_log(path: Path) -> tuple[str, str | None]:
-    """The tail of CRIU's log at ``path`` and a copy of it that outlives the scratch dir."""
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "", None
-    tail = "\n".join([ln for ln in lines if "RLIMIT_NOFILE" not in ln][-12:])
-    fd, kept = tempfile.mkstemp(prefix="cedana-criu-", suffix=".log")
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        shutil.copyfile(path, kept)
-    return tail, kept
 
 
 def _remove_task(client: ContainerdClient, container_id: str, timeout: float = 10) -> None:
@@ -703,21 +687,25 @@ def _image_for(client: ContainerdClient, ctd: Mapping[str, Any], namespace: str)
 
 
 def _start(client: ContainerdClient, name: str, criu_log: Path) -> int:
-    """``Tasks.Start`` (the shim runs ``runc restore``); the restored init's pid."""
+    """``Tasks.Start`` (the shim runs ``runc restore``); the restored init's pid.
+
+    ``criu_log`` lies in the restore's scratch directory, which keeps a copy of it
+    when a :class:`~cedana.errors.CriuError` naming it passes through.
+    """
     try:
         client.start_task(name)
     except CedanaError as exc:
-        tail, kept = _kept_log(criu_log)
         raise RestoreFailed(
-            f"containerd could not restore task {name!r}: {exc}", log_tail=tail, log_path=kept
+            f"containerd could not restore task {name!r}: {exc}",
+            log_tail=log_tail(criu_log),
+            log_path=str(criu_log),
         ) from exc
     task = client.task(name)
     if task is None or task.status not in _LIVE:
-        tail, kept = _kept_log(criu_log)
         raise RestoreFailed(
             f"containerd restored task {name!r} but it is {task.status if task else 'gone'}",
-            log_tail=tail,
-            log_path=kept,
+            log_tail=log_tail(criu_log),
+            log_path=str(criu_log),
         )
     return task.pid
 

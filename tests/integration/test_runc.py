@@ -700,9 +700,10 @@ def test_corrupted_archive(
 def test_failed_restore_removes_what_it_made(
     containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """When runc restore itself fails (the bind-mounted host directory is gone), the
-    half-made container is deleted, the overlay unmounted and the bundle removed, so the
-    same name restores fine once the directory is back."""
+    """When runc restore itself fails (the bind-mounted host directory is gone), the error
+    gives runc's reason and points at no vanished log, the half-made container is deleted,
+    the overlay unmounted and the bundle removed, so the same name restores fine once the
+    directory is back."""
     shared = tmp_path / "shared"
     shared.mkdir()
     mount = {"destination": "/host", "type": "bind", "source": str(shared), "options": ["rbind"]}
@@ -711,8 +712,10 @@ def test_failed_restore_removes_what_it_made(
     wait_count(c, 3)
     c.checkpoint(tmp_path / "c.tar.zst")
     shared.rmdir()
-    with pytest.raises(cedana.RestoreFailed):
+    with pytest.raises(cedana.RestoreFailed) as failure:
         cedana.restore(tmp_path / "c.tar.zst", root=containers.root, bundle=tmp_path / "b2")
+    assert str(shared) in str(failure.value)  # runc's own reason, before CRIU ran
+    assert failure.value.log_path is None, "no CRIU log ran, so none is pointed at"
     assert name not in containers.runc("list", "-q").stdout.split()
     assert not (containers.root / name).exists()
     assert not (tmp_path / "b2").exists()

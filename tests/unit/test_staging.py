@@ -50,3 +50,10 @@ def test_scratch_left_by_a_dead_process_is_swept(tmp_path: Path) -> None:
     assert not stale.exists()
     assert live.exists()
     assert other.exists()
+
+
+def test_scratch_dir_never_points_at_a_missing_log(tmp_path: Path) -> None:
+    """An error naming a CRIU log that was never written (CRIU did not run) points at none."""
+    with pytest.raises(CriuError) as info, staging.scratch_dir(".t-", parent=tmp_path) as work:
+        raise CriuError("runc failed first", log_path=str(work / "restore.log"))
+    assert info.value.log_path is None
