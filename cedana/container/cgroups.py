@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cedana.rootfs.mounts import MountEntry, mountinfo
 
-__all__ = ["freezer_path", "unified_mode", "v1_hierarchies"]
+__all__ = ["freezer_path", "rename_path", "unified_mode", "v1_hierarchies"]
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -62,3 +62,17 @@ def own_cgroups(pid: int | str = "self") -> dict[str, str]:
         for ctrl in controllers.split(",") if controllers else [""]:
             out[ctrl] = path
     return out
+
+
+def rename_path(path: str, old: str, new: str) -> str:
+    """Point a config's ``cgroupsPath`` at container ``new`` when it ends with ``old``
+    (``/any/old``, or systemd's ``slice:prefix:old``); others are kept."""
+    if old == new:
+        return path
+    if ":" in path:  # systemd: slice:prefix:name
+        parts = path.split(":")
+        if parts[-1] == old:
+            parts[-1] = new
+        return ":".join(parts)
+    head, sep, tail = path.rpartition("/")
+    return f"{head}{sep}{new}" if tail == old else path

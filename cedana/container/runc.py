@@ -51,7 +51,7 @@ import attrs
 
 from cedana.artifact.manifest import Manifest, thaw
 from cedana.checkpoint import Checkpoint
-from cedana.container import namespaces
+from cedana.container import cgroups, namespaces
 from cedana.container.command import RuncCommand, log_errors
 from cedana.container.options import dump_options, gather_facts
 from cedana.container.state import DEFAULT_ROOT, RuncState, check_id, read_state
@@ -644,19 +644,6 @@ class _MadeBundle:
                     child.unlink(missing_ok=True)
 
 
-def _rename_cgroups_path(path: str, old: str, new: str) -> str:
-    """Point a config's ``cgroupsPath`` at the new name when it ends with the old one."""
-    if old == new:
-        return path
-    if ":" in path:  # systemd: slice:prefix:name
-        parts = path.split(":")
-        if parts[-1] == old:
-            parts[-1] = new
-        return ":".join(parts)
-    head, sep, tail = path.rpartition("/")
-    return f"{head}{sep}{new}" if tail == old else path
-
-
 def _new_config(raw: bytes, *, original_bundle: str, old_id: str, name: str) -> dict[str, Any]:
     """The checkpoint's config.json for a new bundle: rootfs ``rootfs``, absolute bind sources."""
     config: dict[str, Any] = json.loads(raw)
@@ -669,7 +656,7 @@ def _new_config(raw: bytes, *, original_bundle: str, old_id: str, name: str) -> 
             m["source"] = os.path.join(original_bundle, source)
     linux = config.get("linux") or {}
     if linux.get("cgroupsPath"):
-        linux["cgroupsPath"] = _rename_cgroups_path(str(linux["cgroupsPath"]), old_id, name)
+        linux["cgroupsPath"] = cgroups.rename_path(str(linux["cgroupsPath"]), old_id, name)
     return config
 
 

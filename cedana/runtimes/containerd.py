@@ -48,7 +48,7 @@ from typing import Any
 import attrs
 
 from cedana.checkpoint import Checkpoint
-from cedana.container import RuncContainer, namespaces
+from cedana.container import RuncContainer, cgroups, namespaces
 from cedana.container.runc import CONTAINER_DIR
 from cedana.container.state import RuncState
 from cedana.criu import CriuBackend, default_backend, log_tail
@@ -117,18 +117,10 @@ def rename_cgroups_path(path: str, old: tuple[str, str], new: tuple[str, str]) -
         old: (namespace, id) of the checkpointed container.
         new: (namespace, id) of the restored one.
     """
-    if not path or old == new:
-        return path
     (old_ns, old_id), (new_ns, new_id) = old, new
-    if path == f"/{old_ns}/{old_id}":
+    if path and path == f"/{old_ns}/{old_id}":
         return f"/{new_ns}/{new_id}"
-    if ":" in path:
-        parts = path.split(":")
-        if parts[-1] == old_id:
-            parts[-1] = new_id
-        return ":".join(parts)
-    head, sep, tail = path.rpartition("/")
-    return f"{head}{sep}{new_id}" if tail == old_id else path
+    return cgroups.rename_path(path, old_id, new_id)
 
 
 def new_spec(raw: bytes, *, old: tuple[str, str], new: tuple[str, str]) -> bytes:

@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 
 from cedana.artifact.manifest import HostInfo, Manifest
-from cedana.container import mounts, namespaces
+from cedana.container import cgroups, mounts, namespaces
 from cedana.container.options import ContainerFacts, dump_options
 from cedana.container.runc import (
     _new_config,
-    _rename_cgroups_path,
     container_lines,
     container_summary,
 )
@@ -312,8 +311,8 @@ def test_new_bundle_config_points_at_the_new_rootfs() -> None:
     assert sources["/data"] == "/old/bundle/data"
     assert sources["/abs"] == "/srv/abs"
     assert new["linux"]["cgroupsPath"] == "/cedana/c2"
-    assert _rename_cgroups_path("system.slice:runc:c1", "c1", "c2") == "system.slice:runc:c2"
-    assert _rename_cgroups_path("/shared/group", "c1", "c2") == "/shared/group"
+    assert cgroups.rename_path("system.slice:runc:c1", "c1", "c2") == "system.slice:runc:c2"
+    assert cgroups.rename_path("/shared/group", "c1", "c2") == "/shared/group"
 
 
 def test_container_summary_for_inspect() -> None:
