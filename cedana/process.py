@@ -27,7 +27,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -49,13 +49,11 @@ from cedana.errors import (
 )
 from cedana.staging import scratch_dir
 
-__all__ = ["CheckpointOptions", "Process", "RestoreOptions", "spawn"]
+__all__ = ["CheckpointOptions", "Process", "RestoreOptions", "open_stdio", "spawn"]
 
 logger = logging.getLogger("cedana.process")
 
 StdioTarget = int | str | os.PathLike[str] | IO[Any] | None
-
-_STDIO = ("stdin", "stdout", "stderr")
 
 
 @attrs.frozen(kw_only=True)
@@ -379,43 +377,41 @@ def _criu_version(backend: CriuBackend) -> str:
         return "unknown"
 
 
-class _Stdio:
-    """Opens what the caller gave for stdin/stdout/stderr as descriptors; closes what it opened."""
+@contextlib.contextmanager
+def open_stdio(
+    stdin: StdioTarget = None, stdout: StdioTarget = None, stderr: StdioTarget = None
+) -> Iterator[tuple[int, int, int]]:
+    """Descriptors for what a caller gave as a restored workload's stdio: a descriptor or
+    file object as is, a path opened (stdout and stderr for appending), None as /dev/null.
+    Closes what it opened."""
+    opened: list[int] = []
 
-    def __init__(self, options: RestoreOptions):
-        self.fds: dict[str, int] = {}
-        self._opened: list[int] = []
-        for name in _STDIO:
-            target = getattr(options, name)
-            self.fds[name] = self._fd(target, writing=name != "stdin")
-
-    def _fd(self, target: StdioTarget, *, writing: bool) -> int:
+    def one(target: StdioTarget, writing: bool) -> int:
         if isinstance(target, int):
             return target
-        if target is None:
-            fd = os.open(os.devnull, os.O_RDWR)
-        elif hasattr(target, "fileno"):
+        if target is not None and hasattr(target, "fileno"):
             return int(target.fileno())
+        if target is None:
+            fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         else:
             flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND if writing else os.O_RDONLY
             fd = os.open(os.fspath(target), flags | os.O_CLOEXEC, 0o600)
-        self._opened.append(fd)
+        opened.append(fd)
         return fd
 
-    def for_fd(self, fd: int, writable: bool) -> int:
-        if fd == 0:
-            return self.fds["stdin"]
-        if fd == 2:
-            return self.fds["stderr"]
-        if fd == 1 or writable:
-            return self.fds["stdout"]
-        return self.fds["stdin"]
-
-    def close(self) -> None:
-        for fd in self._opened:
+    try:
+        yield one(stdin, False), one(stdout, True), one(stderr, True)
+    finally:
+        for fd in opened:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        self._opened.clear()
+
+
+def _outside_fd(fd: int, writable: bool, stdio: tuple[int, int, int]) -> int:
+    """Which of the given stdio an outside descriptor of the tree is reattached to."""
+    if fd in (0, 2):
+        return stdio[fd]
+    return stdio[1] if fd == 1 or writable else stdio[0]
 
 
 def check_pids_free(entries: Sequence[ProcessEntry]) -> None:
@@ -454,41 +450,40 @@ def restore_tree(
     if tcp is None:
         tcp = bool(manifest.options.get("tcp_established", False))
     started = time.monotonic()
-    stdio = _Stdio(options)
-    try:
-        with scratch_dir(".cedana-restore-", parent=options.work_dir) as work:
-            images = work / "images"
-            checkpoint.extract(images)
-            inherit = []
-            for ext in workload.get("external", []):
-                fd = stdio.for_fd(int(ext["fd"]), bool(ext.get("writable")))
-                inherit.append((str(ext["key"]), fd))
-            request_opts: dict[str, Any] = {
-                "shell_job": bool(workload.get("shell_job", False)),
-                "tcp_established": tcp,
-                "file_locks": bool(manifest.options.get("file_locks", False)),
-                "ext_unix_sk": True,
-                "inherit_fd": inherit,
-                "log_level": 4,
-            }
-            request_opts.update(criu or {})
-            request_opts.update(options.criu)
-            request = CriuRequest(
-                images_dir=images,
-                options=request_opts,
-                pass_fds=tuple(sorted({fd for _, fd in inherit})),
-                log_file="restore.log",
-                terminal=terminal,
-            )
-            logger.debug("restore %s: start", checkpoint.path)
-            try:
-                pid = backend.restore(request)
-            except RestoreFailed as exc:
-                if exc.errno == 17:
-                    check_pids_free(manifest.tree)  # name the holder if we can
-                raise
-    finally:
-        stdio.close()
+    with (
+        open_stdio(options.stdin, options.stdout, options.stderr) as stdio,
+        scratch_dir(".cedana-restore-", parent=options.work_dir) as work,
+    ):
+        images = work / "images"
+        checkpoint.extract(images)
+        inherit = []
+        for ext in workload.get("external", []):
+            fd = _outside_fd(int(ext["fd"]), bool(ext.get("writable")), stdio)
+            inherit.append((str(ext["key"]), fd))
+        request_opts: dict[str, Any] = {
+            "shell_job": bool(workload.get("shell_job", False)),
+            "tcp_established": tcp,
+            "file_locks": bool(manifest.options.get("file_locks", False)),
+            "ext_unix_sk": True,
+            "inherit_fd": inherit,
+            "log_level": 4,
+        }
+        request_opts.update(criu or {})
+        request_opts.update(options.criu)
+        request = CriuRequest(
+            images_dir=images,
+            options=request_opts,
+            pass_fds=tuple(sorted({fd for _, fd in inherit})),
+            log_file="restore.log",
+            terminal=terminal,
+        )
+        logger.debug("restore %s: start", checkpoint.path)
+        try:
+            pid = backend.restore(request)
+        except RestoreFailed as exc:
+            if exc.errno == 17:
+                check_pids_free(manifest.tree)  # name the holder if we can
+            raise
     logger.debug("restore %s: pid %d in %.3fs", checkpoint.path, pid, time.monotonic() - started)
     return pid
 

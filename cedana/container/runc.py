@@ -40,12 +40,11 @@ import logging
 import os
 import shutil
 import signal as signal_mod
-import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import attrs
 
@@ -64,7 +63,14 @@ from cedana.errors import (
     ContainerNotRunning,
     RestoreFailed,
 )
-from cedana.process import CheckpointOptions, DumpPlan, checkpoint_tree, plan_dump
+from cedana.process import (
+    CheckpointOptions,
+    DumpPlan,
+    StdioTarget,
+    checkpoint_tree,
+    open_stdio,
+    plan_dump,
+)
 from cedana.rootfs import RootfsDiff, Snapshotter, snapshotter_for
 from cedana.rootfs.mounts import MountEntry, is_mountpoint, mountinfo, umount
 from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter
@@ -95,8 +101,6 @@ CONTAINER_DIR = "container"
 CONFIG_MEMBER = f"{CONTAINER_DIR}/config.json"
 #: Marks a bundle restore made, so :meth:`RuncContainer.delete` may remove it.
 BUNDLE_MARKER = "cedana-bundle.json"
-
-StdioTarget = int | str | os.PathLike[str] | IO[Any] | None
 
 
 @attrs.frozen(kw_only=True)
@@ -496,7 +500,7 @@ class RuncContainer:
                 if console_socket is not None:
                     args += ["--console-socket", os.fspath(console_socket)]
                 args.append(name)
-                with _open_stdio(stdin, stdout, stderr) as (fd0, fd1, fd2):
+                with open_stdio(stdin, stdout, stderr) as (fd0, fd1, fd2):
                     done = command.run(
                         *args, log=work / "runc.log", stdin=fd0, stdout=fd1, stderr=fd2
                     )
@@ -576,28 +580,6 @@ def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with open(fd, "wb") as f:
         f.write(data)
-
-
-@contextlib.contextmanager
-def _open_stdio(*targets: StdioTarget) -> Iterator[tuple[Any, ...]]:
-    """What to hand subprocess for each target; closes what it opened."""
-    opened: list[int] = []
-
-    def one(target: StdioTarget, writing: bool) -> Any:
-        if target is None:
-            return subprocess.DEVNULL
-        if isinstance(target, int) or hasattr(target, "fileno"):
-            return target
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND if writing else os.O_RDONLY
-        fd = os.open(os.fspath(target), flags | os.O_CLOEXEC, 0o600)
-        opened.append(fd)
-        return fd
-
-    try:
-        yield tuple(one(t, i > 0) for i, t in enumerate(targets))
-    finally:
-        for fd in opened:
-            os.close(fd)
 
 
 def _restored_here(root: Path, name: str, bundle: Path) -> bool:
