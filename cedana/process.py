@@ -175,8 +175,15 @@ def _external_pipes(
     return external, tty
 
 
-def plan_dump(pid: int, options: CheckpointOptions) -> DumpPlan:
+def plan_dump(
+    pid: int, options: CheckpointOptions, *, layer: Mapping[str, Any] | None = None
+) -> DumpPlan:
     """Look at the live tree and decide CRIU's options; nothing is frozen.
+
+    CRIU's options come, each overriding the one before, from what the tree shows,
+    from ``layer`` (what a layer above knows better: a container's runc options),
+    from ``options.shell_job`` when set, and from ``options.criu`` (the caller's
+    escape hatch).
 
     Raises:
         ProcessNotFound: No such pid.
@@ -198,12 +205,9 @@ def plan_dump(pid: int, options: CheckpointOptions) -> DumpPlan:
                 f"(fd {first.fd}: {first.local} -> {first.remote}); pass tcp_established=True "
                 "(--tcp-established) to dump them with TCP repair"
             )
-    shell_job = options.shell_job
-    if shell_job is None:
-        shell_job = root.sid != root.pid or tty
     criu: dict[str, Any] = {
         "pid": pid,
-        "shell_job": shell_job,
+        "shell_job": root.sid != root.pid or tty,
         "tcp_established": options.tcp_established,
         "file_locks": options.file_locks,
         "leave_running": options.leave_running,
@@ -211,13 +215,16 @@ def plan_dump(pid: int, options: CheckpointOptions) -> DumpPlan:
         "ext_unix_sk": True,
         "log_level": 4,
     }
+    criu.update(layer or {})
+    if options.shell_job is not None:
+        criu["shell_job"] = options.shell_job
     criu.update(options.criu)
     return DumpPlan(
         pid=pid,
         tree=tuple(tree),
         criu=criu,
         external=tuple(external),
-        shell_job=shell_job,
+        shell_job=bool(criu["shell_job"]),
         terminal=tty,
     )
 

@@ -257,13 +257,9 @@ class RuncContainer:
         """
         config_bytes = (state.bundle / "config.json").read_bytes()
         config = json.loads(config_bytes)
-        facts = gather_facts(state, config)
-        plan = plan_dump(state.pid, options)
-        criu = {**plan.criu, **dump_options(config, facts)}
-        if options.shell_job is not None:
-            criu["shell_job"] = options.shell_job
-        criu.update(options.criu)
-        plan = attrs.evolve(plan, criu=criu, shell_job=bool(criu["shell_job"]))
+        plan = plan_dump(
+            state.pid, options, layer=dump_options(config, gather_facts(state, config))
+        )
         process = config.get("process") or {}
         container = {
             "id": self.id,
@@ -276,7 +272,7 @@ class RuncContainer:
             "descriptors": list(state.external_descriptors),
             "terminal": bool(process.get("terminal")),
             "cgroup_paths": dict(state.cgroup_paths),
-            "ext_unix_sk": bool(criu.get("ext_unix_sk")),
+            "ext_unix_sk": bool(plan.criu.get("ext_unix_sk")),
         }
         return ContainerDump(
             state=state, config_bytes=config_bytes, plan=plan, workload={"container": container}

@@ -186,3 +186,19 @@ def test_existing_output_refused_before_dumping(sleeper, tmp_path: Path) -> None
         checkpoint_tree(plan, dest, CheckpointOptions(), kind="process", backend=fake)
     assert fake.calls == []
     assert dest.read_text() == "keep me"
+
+
+def test_layer_options_sit_between_detection_and_the_caller(sleeper) -> None:
+    """A layer's options override what /proc suggests; shell_job= and criu= override the
+    layer; the plan's shell_job always says what CRIU will be told."""
+    layer = {"shell_job": True, "root": "/rootfs"}
+    plan = plan_dump(sleeper.pid, CheckpointOptions(), layer=layer)
+    assert plan.criu["shell_job"] is True
+    assert plan.shell_job is True
+    assert plan.criu["root"] == "/rootfs"
+    plan = plan_dump(sleeper.pid, CheckpointOptions(shell_job=False), layer=layer)
+    assert plan.shell_job is False
+    plan = plan_dump(sleeper.pid, CheckpointOptions(criu={"root": "/mine"}), layer=layer)
+    assert plan.criu["root"] == "/mine"
+    plan = plan_dump(sleeper.pid, CheckpointOptions(criu={"shell_job": True}))
+    assert plan.shell_job is True
