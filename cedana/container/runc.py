@@ -119,13 +119,65 @@ class ContainerDump:
     plan: DumpPlan
     workload: Mapping[str, Any]
 
-    def add_members(
+    def checkpoint(
+        self,
+        path: str | os.PathLike[str],
+        options: CheckpointOptions,
+        *,
+        backend: CriuBackend,
+        snapshotter: Snapshotter | None,
+        layers: OverlayLayers | None,
+        workload: Mapping[str, Any] | None = None,
+        rootfs: Mapping[str, Any] | None = None,
+        members: Mapping[str, bytes] | None = None,
+    ) -> Checkpoint:
+        """Checkpoint the container through the Process layer.
+
+        Args:
+            snapshotter: Captures the rootfs changes; None records them as not captured.
+            layers: The overlay the snapshotter captures from (lower layers recorded).
+            workload: The runtime's own manifest facts, beside ``container``.
+            rootfs: More facts for the manifest's ``rootfs`` entry.
+            members: More files for the artifact (name -> content), written while frozen.
+        """
+        if snapshotter is not None and layers is not None:
+            entry: dict[str, Any] = {
+                "captured": True,
+                "snapshotter": snapshotter.name,
+                "dir": CONTAINER_DIR,
+                "lower": list(layers.lower),
+                "userxattr": layers.userxattr,
+                **(rootfs or {}),
+            }
+        else:
+            snapshotter = None
+            entry = {
+                "captured": False,
+                "path": str(self.state.rootfs),
+                "reason": "the root filesystem is not an overlay with an upper directory; "
+                "restore runs on the same bundle and sees its files as they are then",
+            }
+        container = self.workload["container"]
+        return checkpoint_tree(
+            self.plan,
+            Path(path),
+            options,
+            kind="container",
+            runtime=str(container["runtime"]),
+            workload={**self.workload, **(workload or {}), "rootfs": entry},
+            add_members=partial(
+                self._add_members, snapshotter=snapshotter, rootfs=entry, extra=members
+            ),
+            backend=backend,
+        )
+
+    def _add_members(
         self,
         images: Path,
         *,
         snapshotter: Snapshotter | None,
         rootfs: Mapping[str, Any],
-        extra: Mapping[str, bytes] | None = None,
+        extra: Mapping[str, bytes] | None,
     ) -> Mapping[str, Any] | None:
         """Write runc's ``descriptors.json``, the config, ``extra`` members and the rootfs
         changes into ``images``; called while the container is frozen, so they match the
@@ -314,40 +366,15 @@ class RuncContainer:
         backend = self._backend or default_backend()
         backend.preflight()
         dump = self.prepare_dump(opts, self._live_state())
-        state = dump.state
-        snapshotter = snapshotter_for(state.rootfs)
-        layers = OverlayLayers.of(state.rootfs)
-        rootfs_info: dict[str, Any]
-        if snapshotter is not None and layers is not None:
-            rootfs_info = {
-                "captured": True,
-                "snapshotter": snapshotter.name,
-                "dir": CONTAINER_DIR,
-                "lower": list(layers.lower),
-                "userxattr": layers.userxattr,
-            }
-        else:
-            rootfs_info = {
-                "captured": False,
-                "path": str(state.rootfs),
-                "reason": "the root filesystem is not an overlay with an upper directory; "
-                "restore runs on the same bundle and sees its files as they are then",
-            }
-        plan = dump.plan
-        workload = {**dump.workload, "rootfs": rootfs_info}
-        add_members = partial(dump.add_members, snapshotter=snapshotter, rootfs=rootfs_info)
-
+        layers = OverlayLayers.of(dump.state.rootfs)
         started = time.monotonic()
-        logger.debug("checkpoint runc %s (pid %d) -> %s: start", self.id, state.pid, path)
-        ckpt = checkpoint_tree(
-            plan,
-            Path(path),
+        logger.debug("checkpoint runc %s (pid %d) -> %s: start", self.id, dump.state.pid, path)
+        ckpt = dump.checkpoint(
+            path,
             opts,
-            kind="container",
-            runtime="runc",
-            workload=workload,
-            add_members=add_members,
             backend=backend,
+            snapshotter=snapshotter_for(dump.state.rootfs),
+            layers=layers,
         )
         if not opts.leave_running:
             # As runc checkpoint does: the dumped container is gone, free its id.

@@ -41,7 +41,6 @@ import os
 import signal as signal_mod
 import time
 from collections.abc import Callable, Mapping
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,7 @@ from cedana.errors import (
     NotCheckpointable,
     RestoreFailed,
 )
-from cedana.process import CheckpointOptions, checkpoint_tree
+from cedana.process import CheckpointOptions
 from cedana.rootfs.containerd import ContainerdSnapshotter
 from cedana.rootfs.overlay import OverlayLayers
 from cedana.runtimes._containerd_api import (
@@ -368,52 +367,32 @@ class ContainerdContainer:
         dump = self._runc_for(record).prepare_dump(
             opts, state, runtime="containerd", status=task.status
         )
-        plan = dump.plan
-        rootfs_info: dict[str, Any] = {
-            "captured": True,
-            "snapshotter": snapshot.name,
-            "store": record.snapshotter,
-            "dir": CONTAINER_DIR,
-            "lower": list(layers.lower),
-            "userxattr": layers.userxattr,
-        }
-        workload = {
-            **dump.workload,
-            "containerd": {
-                **record.to_json(),
-                "address": self.address,
-                "namespace": self.namespace,
-                "image": {
-                    "name": record.image,
-                    "digest": image.digest if image else None,
-                    "media_type": image.media_type if image else None,
-                    "manifest_digest": image.manifest_digest if image else None,
-                    "chain_id": parent,
-                },
-                "spec": SPEC_MEMBER,
+        containerd = {
+            **record.to_json(),
+            "address": self.address,
+            "namespace": self.namespace,
+            "image": {
+                "name": record.image,
+                "digest": image.digest if image else None,
+                "media_type": image.media_type if image else None,
+                "manifest_digest": image.manifest_digest if image else None,
+                "chain_id": parent,
             },
-            "rootfs": rootfs_info,
+            "spec": SPEC_MEMBER,
         }
-        add_members = partial(
-            dump.add_members,
-            snapshotter=snapshot,
-            rootfs=rootfs_info,
-            extra={SPEC_MEMBER: record.spec},
-        )
-
         started = time.monotonic()
         logger.debug(
             "checkpoint containerd %s/%s (pid %d): start", self.namespace, self.id, task.pid
         )
-        ckpt = checkpoint_tree(
-            plan,
-            Path(path),
+        ckpt = dump.checkpoint(
+            path,
             opts,
-            kind="container",
-            runtime="containerd",
-            workload=workload,
-            add_members=add_members,
             backend=backend,
+            snapshotter=snapshot,
+            layers=layers,
+            workload={"containerd": containerd},
+            rootfs={"store": record.snapshotter},
+            members={SPEC_MEMBER: record.spec},
         )
         if not opts.leave_running:
             self._forget_task(client)
