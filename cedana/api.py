@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Callable
 from typing import Any
+
+import attrs
 
 from cedana.checkpoint import Checkpoint
 from cedana.container import RuncContainer
 from cedana.criu import CriuReport, default_backend
-from cedana.errors import CedanaError
-from cedana.process import Process
-from cedana.runtimes.containerd import restore_checkpoint as restore_containerd
+from cedana.errors import CedanaError, ContainerError
+from cedana.process import Process, RestoreOptions
+from cedana.runtimes.containerd import ContainerdContainer
 
 __all__ = ["check", "open", "restore"]
 
 
 def check() -> CriuReport:
     """Report the CRIU version and the kernel features that matter here."""
-    backend = default_backend()
-    report = getattr(backend, "report", None)
-    if report is None:
-        raise CedanaError("the configured CRIU backend cannot report")
-    result: CriuReport = report()
-    return result
+    return default_backend().report()
 
 
 def open(path: str | os.PathLike[str], *, verify: bool = True) -> Checkpoint:
@@ -58,40 +57,51 @@ def restore(
     ``address``, ``log``...) or, with ``into="runc"``, as a plain
     :class:`~cedana.RuncContainer`.
 
+    Options left None mean "the default", so a caller (the command line) may pass
+    every option it knows; one that the chosen restore does not take is a clear error.
+
     Raises:
-        CedanaError: the artifact is unusable, a pid is taken, or CRIU failed;
-            nothing of the workload is left running then.
+        CedanaError: the artifact is unusable, ``into`` or an option does not fit it,
+            a pid is taken, or CRIU failed; nothing of the workload is left running then.
     """
     ckpt = path if isinstance(path, Checkpoint) else Checkpoint.open(path, verify=False)
-    kind = ckpt.manifest.kind
-    if kind == "process":
-        if into not in (None, "process"):
-            raise CedanaError(
-                f"{ckpt.path} holds a plain process tree; it cannot be restored into {into!r}"
-            )
-        unusable = sorted(
-            k for k in ("name", "bundle", "root", "address") if options.get(k) is not None
+    manifest = ckpt.manifest
+    source = "process" if manifest.kind == "process" else manifest.runtime or manifest.kind
+    refused = ContainerError if manifest.kind == "container" else CedanaError
+    targets = _RESTORERS.get(source)
+    if targets is None:
+        raise CedanaError(
+            f"{ckpt.path} holds a {source!r} checkpoint, which this cedana cannot restore; upgrade"
         )
-        if unusable:
-            raise CedanaError(
-                f"{ckpt.path} holds a plain process tree, which keeps its pids and has no "
-                f"container name: drop {', '.join(f'{k}= (--{k})' for k in unusable)}"
-            )
-        options = {
-            k: v for k, v in options.items() if k not in ("name", "bundle", "root", "address")
-        }
-        return Process.restore(ckpt, **options)
-    if kind == "container" and ckpt.manifest.runtime == "runc":
-        if into not in (None, "runc"):
-            raise CedanaError(
-                f"{ckpt.path} holds a runc container; it cannot be restored into {into!r}"
-            )
-        if options.get("address") is not None:
-            raise CedanaError(f"{ckpt.path} holds a runc container; address applies to containerd")
-        options.pop("address", None)
-        return RuncContainer.restore(ckpt, **options)
-    if kind == "container" and ckpt.manifest.runtime == "containerd":
-        return restore_containerd(ckpt, into=into, **options)
-    raise CedanaError(
-        f"{ckpt.path} holds a {kind!r} checkpoint, which this cedana cannot restore; upgrade"
-    )
+    target = into or next(iter(targets))
+    if target not in targets:
+        raise refused(
+            f"{ckpt.path} holds a {source} checkpoint; it restores into "
+            f"{' or '.join(targets)}, not into {target!r}"
+        )
+    restorer = targets[target]
+    given = {k: v for k, v in options.items() if v is not None}  # None: the default
+    unusable = sorted(given.keys() - _keywords(restorer))
+    if unusable:
+        raise refused(
+            f"{ckpt.path} holds a {source} checkpoint; restoring it into {target} does not "
+            f"take {', '.join(f'{k}= (--{k})' for k in unusable)}"
+        )
+    return restorer(ckpt, **given)
+
+
+#: What each kind of checkpoint restores into: the first target is the default.
+_RESTORERS: dict[str, dict[str, Callable[..., Any]]] = {
+    "process": {"process": Process.restore},
+    "runc": {"runc": RuncContainer.restore},
+    "containerd": {"containerd": ContainerdContainer.restore, "runc": RuncContainer.restore},
+}
+
+
+def _keywords(restorer: Callable[..., Any]) -> set[str]:
+    """The keyword options ``restorer`` takes (``**more`` of Process.restore: RestoreOptions)."""
+    params = inspect.signature(restorer).parameters.values()
+    names = {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        names |= {f.name for f in attrs.fields(RestoreOptions)}
+    return names

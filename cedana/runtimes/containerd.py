@@ -79,7 +79,6 @@ __all__ = [
     "DEFAULT_ADDRESS",
     "DEFAULT_RUNC_ROOT",
     "ContainerdContainer",
-    "restore_checkpoint",
 ]
 
 logger = logging.getLogger("cedana.containerd")
@@ -679,34 +678,3 @@ def _start(client: ContainerdClient, name: str, criu_log: Path) -> int:
             log_path=str(criu_log),
         )
     return task.pid
-
-
-def restore_checkpoint(checkpoint: Checkpoint, *, into: str | None = None, **options: Any) -> Any:
-    """Restore a containerd checkpoint into containerd (the default) or into plain runc.
-
-    ``into="containerd"`` takes :meth:`ContainerdContainer.restore`'s options;
-    ``into="runc"`` takes :meth:`cedana.RuncContainer.restore`'s.
-
-    Raises:
-        CedanaError: ``into`` names another runtime, or an option does not apply.
-    """
-    if into in (None, "containerd"):
-        unusable = sorted(k for k in ("bundle", "root") if options.get(k) is not None)
-        if unusable:
-            raise ContainerError(
-                f"{', '.join(unusable)} apply to restores into runc, not into containerd"
-            )
-        options = {k: v for k, v in options.items() if k not in ("bundle", "root")}
-        return ContainerdContainer.restore(checkpoint, **options)
-    if into == "runc":
-        unusable = sorted(k for k in ("namespace", "address", "log") if options.get(k) is not None)
-        if unusable:
-            raise ContainerError(
-                f"{', '.join(unusable)} apply to restores into containerd, not into runc"
-            )
-        options = {k: v for k, v in options.items() if k not in ("namespace", "address", "log")}
-        return RuncContainer.restore(checkpoint, **options)
-    raise ContainerError(
-        f"{checkpoint.path} holds a containerd container; it restores into containerd or runc, "
-        f"not into {into!r}"
-    )
