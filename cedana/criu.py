@@ -127,6 +127,9 @@ class CriuBackend(Protocol):
     def restore(self, request: CriuRequest) -> int:
         """Restore from ``request.images_dir``; return the root pid; raise RestoreFailed."""
 
+    def version(self) -> tuple[tuple[int, ...], str]:
+        """CRIU's version, as numbers and as text."""
+
     def report(self) -> CriuReport:
         """Describe the CRIU binary and what this kernel supports."""
 
@@ -312,6 +315,7 @@ class SwrkCriu:
     """
 
     binary: str | None = None
+    _version: tuple[tuple[int, ...], str] | None = attrs.field(default=None, init=False)
 
     def _binary(self) -> str:
         if self.binary:
@@ -408,13 +412,16 @@ class SwrkCriu:
             return session.call(req, rpc, None)
 
     def version(self) -> tuple[tuple[int, ...], str]:
-        """Return CRIU's version as a tuple and as text."""
+        """Return CRIU's version as a tuple and as text (asked once per backend)."""
+        if self._version is not None:
+            return self._version
         rpc, _ = _import_pycriu()
         resp = self._simple(rpc.criu_req(type=rpc.VERSION))
         v = resp.version
         numbers = (v.major_number, v.minor_number, v.sublevel if v.HasField("sublevel") else 0)
         text = ".".join(map(str, numbers)) + (f" ({v.gitid})" if v.gitid else "")
-        return numbers, text
+        self._version = (numbers, text)
+        return self._version
 
     def report(self) -> CriuReport:
         """Run CRIU's version, check and feature-check requests."""

@@ -375,11 +375,8 @@ def _remove_artifact(path: Path) -> None:
 
 
 def _criu_version(backend: CriuBackend) -> str:
-    version = getattr(backend, "version", None)
-    if version is None:
-        return "unknown"
     try:
-        return str(version()[1])
+        return backend.version()[1]
     except CedanaError:
         return "unknown"
 
@@ -438,7 +435,6 @@ def restore_tree(
     options: RestoreOptions,
     *,
     backend: CriuBackend | None = None,
-    criu: Mapping[str, Any] | None = None,
 ) -> int:
     """Unpack ``checkpoint`` (verifying it) and restore its tree; return the root pid."""
     backend = backend or default_backend()
@@ -475,7 +471,6 @@ def restore_tree(
             "inherit_fd": inherit,
             "log_level": 4,
         }
-        request_opts.update(criu or {})
         request_opts.update(options.criu)
         request = CriuRequest(
             images_dir=images,

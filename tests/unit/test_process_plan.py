@@ -9,12 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import attrs
 import pytest
 
 import cedana
-from cedana.criu import CriuReport, CriuRequest
 from cedana.process import CheckpointOptions, checkpoint_tree, plan_dump
+from tests.fakes import FakeCriu
 
 
 @pytest.fixture
@@ -116,35 +115,11 @@ def test_escape_hatch_passes_criu_options(sleeper) -> None:
     assert plan.criu["shell_job"] is True
 
 
-@attrs.define
-class FakeCriu:
-    """Writes two image files, then behaves as CRIU does around post-dump."""
-
-    calls: list[str] = attrs.field(factory=list)
-
-    def preflight(self) -> None:
-        pass
-
-    def dump(self, request: CriuRequest) -> None:
-        (request.images_dir / "pstree.img").write_bytes(b"fake")
-        (request.images_dir / "pages-1.img").write_bytes(os.urandom(4096))
-        self.calls.append("dumped")
-        if request.notify is not None:
-            request.notify("post-dump", 1)  # an exception here is CRIU thawing the tree
-        self.calls.append("killed" if not request.options.get("leave_running") else "thawed")
-
-    def restore(self, request: CriuRequest) -> int:
-        raise NotImplementedError
-
-    def report(self) -> CriuReport:
-        raise NotImplementedError
-
-
 def test_artifact_complete_before_the_kill(sleeper, tmp_path: Path) -> None:
     """Without leave_running, the artifact exists and verifies before CRIU is let kill."""
-    fake = FakeCriu()
-    plan = plan_dump(sleeper.pid, CheckpointOptions())
     dest = tmp_path / "a.tar.zst"
+    fake = FakeCriu(artifact=dest)
+    plan = plan_dump(sleeper.pid, CheckpointOptions())
     seen = []
 
     def add(images: Path) -> None:
@@ -155,6 +130,7 @@ def test_artifact_complete_before_the_kill(sleeper, tmp_path: Path) -> None:
     )
     assert seen == [["dumped"]]
     assert fake.calls == ["dumped", "killed"]
+    assert fake.verified_before_kill
     assert {m.name for m in ckpt.manifest.members} == {"pstree.img", "pages-1.img"}
     cedana.open(dest).verify()
 

@@ -25,6 +25,7 @@ from cedana.container.runc import (
 from cedana.container.state import check_id, read_state
 from cedana.errors import ContainerError, ContainerNotFound
 from cedana.process import CheckpointOptions, checkpoint_tree, plan_dump
+from tests.fakes import FakeCriu
 
 V1 = (
     "/sys/fs/cgroup/cpu",
@@ -364,34 +365,6 @@ def test_container_summary_for_inspect() -> None:
 # --- the Process hook the container layer relies on -------------------------------------
 
 
-class _FrozenCriu:
-    """A fake CRIU: writes an image, then calls post-dump while the 'tree is frozen'."""
-
-    def __init__(self) -> None:
-        self.frozen = False
-        self.seen_frozen: list[bool] = []
-
-    def preflight(self) -> None:
-        pass
-
-    def dump(self, request: Any) -> None:
-        (request.images_dir / "pstree.img").write_bytes(b"fake")
-        self.frozen = True
-        try:
-            if request.notify is not None:
-                request.notify("post-dump", 1)
-        finally:
-            self.frozen = False
-        if not request.options.get("leave_running"):
-            os.kill(request.options["pid"], 9)  # what CRIU does once post-dump succeeded
-
-    def restore(self, request: Any) -> int:
-        raise NotImplementedError
-
-    def report(self) -> Any:
-        raise NotImplementedError
-
-
 @pytest.mark.parametrize("leave_running", [False, True])
 def test_add_members_runs_while_frozen_and_extends_the_manifest(
     tmp_path: Path, leave_running: bool
@@ -399,11 +372,12 @@ def test_add_members_runs_while_frozen_and_extends_the_manifest(
     """checkpoint_tree calls add_members once, from post-dump (tree frozen) in both modes,
     so a container's rootfs capture matches its memory; what it returns lands in the
     manifest's workload and its files become members."""
-    fake = _FrozenCriu()
+    fake = FakeCriu(kill=True)
+    seen_frozen: list[bool] = []
     calls: list[Path] = []
 
     def add_members(images: Path) -> dict[str, Any]:
-        fake.seen_frozen.append(fake.frozen)
+        seen_frozen.append(fake.frozen)
         calls.append(images)
         (images / "container").mkdir()
         (images / "container" / "rootfs-diff.tar").write_bytes(b"diff")
@@ -428,6 +402,6 @@ def test_add_members_runs_while_frozen_and_extends_the_manifest(
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert fake.seen_frozen == [True]
+    assert seen_frozen == [True]
     assert ckpt.manifest.workload["rootfs"]["captured"] is True
     assert ckpt.read_member("container/rootfs-diff.tar") == b"diff"
