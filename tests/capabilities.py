@@ -15,8 +15,18 @@ import pytest
 STRICT = os.environ.get("CI", "").lower() == "true"
 
 
+def criu_binary() -> str | None:
+    """The ``criu`` the tests run (PATH first, then the sbin dirs provision installs to)."""
+    return shutil.which("criu") or shutil.which("criu", path="/usr/local/sbin:/usr/sbin:/sbin")
+
+
+def busybox_binary() -> str | None:
+    """busybox-static, which the container tests build their root filesystems from."""
+    return shutil.which("busybox", path="/bin:/usr/bin")
+
+
 def criu_version() -> tuple[int, ...] | None:
-    criu = shutil.which("criu") or shutil.which("criu", path="/usr/local/sbin:/usr/sbin")
+    criu = criu_binary()
     if not criu:
         return None
     out = subprocess.run([criu, "--version"], capture_output=True, text=True, check=False).stdout
@@ -56,6 +66,11 @@ def requires_criu(minimum: tuple[int, ...] = (4, 2)) -> pytest.MarkDecorator:
 
 def requires_runtime(name: str) -> pytest.MarkDecorator:
     return _need(runtime_version(name) is not None, f"needs {name}; run scripts/provision")
+
+
+requires_busybox = _need(
+    busybox_binary() is not None, "needs busybox-static; run scripts/provision"
+)
 
 
 integration = [pytest.mark.integration, requires_root, requires_criu()]

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from cedana.artifact import HostInfo, Manifest, ProcessEntry, open_artifact, write_artifact
+from tests.capabilities import requires_root
 
-pytestmark = [pytest.mark.integration]
+# Mounting a tmpfs needs root; CRIU does not take part.
+pytestmark = [pytest.mark.integration, requires_root]
 
 FORMS = {
     "zstd": {},
@@ -25,19 +27,9 @@ FORMS = {
 }
 
 
-def require_root(why: str) -> None:
-    """Skip unless root; under CI (``CI=true``) fail instead, so nothing goes silently untested."""
-    if os.geteuid() == 0:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{why}, and under CI=true a missing capability is a failure")
-    pytest.skip(why)
-
-
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs, unmounted afterwards whatever happened."""
-    require_root("mounting a tmpfs needs root")
     mountpoint = tmp_path / "small"
     mountpoint.mkdir()
     subprocess.run(

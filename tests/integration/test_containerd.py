@@ -32,10 +32,16 @@ import pytest
 import cedana
 from cedana.container import DEFAULT_BUNDLES
 from cedana.rootfs.mounts import is_mountpoint, mountinfo, umount
-from tests.capabilities import integration, requires_runtime
+from tests.capabilities import busybox_binary, integration, requires_busybox, requires_runtime
 from tests.conftest import reap_zombie_children, wait_for
 
-pytestmark = [*integration, requires_runtime("containerd")]
+pytestmark = [
+    *integration,
+    requires_runtime("containerd"),
+    requires_runtime("ctr"),
+    requires_runtime("runc"),
+    requires_busybox,
+]
 
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i >> /tmp/count.log; sleep 0.05; done"
 CONFIG = """\
@@ -75,9 +81,8 @@ def _add(
 
 def busybox_layer() -> bytes:
     """One uncompressed layer: busybox, its applets as symlinks, a few /etc files."""
-    busybox = shutil.which("busybox", path="/bin:/usr/bin")
-    if busybox is None:
-        pytest.skip("needs busybox-static; run scripts/provision")
+    busybox = busybox_binary()
+    assert busybox is not None  # requires_busybox
     applets = subprocess.run(
         [busybox, "--list"], capture_output=True, text=True, check=True
     ).stdout.split()

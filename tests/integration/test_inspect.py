@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,8 +19,9 @@ import pytest
 
 from cedana.artifact.inspect import FileInfo, Inspection, inspect_images
 from cedana.errors import ArtifactCorrupt
+from tests.capabilities import criu_binary, integration
 
-pytestmark = [pytest.mark.integration]
+pytestmark = integration
 
 MiB = 1 << 20
 
@@ -38,26 +38,6 @@ def ready(**info):
     while True:
         time.sleep(3600)
 """
-
-
-def _criu() -> str:
-    found = shutil.which("criu") or shutil.which("criu", path="/usr/local/sbin:/usr/sbin:/sbin")
-    return found or ""
-
-
-def _missing(reason: str) -> None:
-    """Skip locally; under CI a missing capability is a failure, not a silent skip."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"required capability missing under CI: {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(autouse=True)
-def _requires_root_and_criu() -> None:
-    if os.geteuid() != 0:
-        _missing("needs root to run criu dump")
-    if not _criu():
-        _missing("criu is not installed")
 
 
 Workload = Callable[[str], tuple[int, dict[str, Any]]]
@@ -107,7 +87,7 @@ def dump(tmp_path: Path) -> Callable[..., Path]:
     def run(pid: int, *extra: str) -> Path:
         images = tmp_path / f"images-{next(counter)}"
         images.mkdir()
-        cmd = [_criu(), "dump", "-t", str(pid), "-D", str(images), "--leave-running"]
+        cmd = [criu_binary(), "dump", "-t", str(pid), "-D", str(images), "--leave-running"]
         cmd += ["-o", "dump.log", "-v4", *extra]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
         if result.returncode != 0:

@@ -27,10 +27,10 @@ import pytest
 import cedana
 from cedana.container import DEFAULT_BUNDLES
 from cedana.rootfs.mounts import is_mountpoint, umount
-from tests.capabilities import integration, requires_runtime
+from tests.capabilities import busybox_binary, integration, requires_busybox, requires_runtime
 from tests.conftest import reap_zombie_children, wait_for
 
-pytestmark = [*integration, requires_runtime("runc")]
+pytestmark = [*integration, requires_runtime("runc"), requires_busybox]
 
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i >> /tmp/count.log; sleep 0.05; done"
 
@@ -41,9 +41,8 @@ COUNTER = "i=0; while true; do i=$((i+1)); echo $i >> /tmp/count.log; sleep 0.05
 @pytest.fixture(scope="session")
 def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A busybox root filesystem: the static binary, its applets as symlinks, /etc files."""
-    busybox = shutil.which("busybox", path="/bin:/usr/bin")
-    if busybox is None:
-        pytest.skip("needs busybox-static; run scripts/provision")
+    busybox = busybox_binary()
+    assert busybox is not None  # requires_busybox
     root = tmp_path_factory.mktemp("image") / "rootfs"
     (root / "bin").mkdir(parents=True)
     shutil.copy2(busybox, root / "bin" / "busybox")

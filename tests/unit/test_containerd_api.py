@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 import cedana
@@ -49,7 +50,6 @@ class FakeRpcError(Exception):
 
 def test_every_grpc_status_code_is_mapped() -> None:
     """Every gRPC status code grpcio defines maps to a cedana error, and nothing else does."""
-    grpc = pytest.importorskip("grpc")
     names = {code.name for code in grpc.StatusCode}
     assert set(api.STATUS_ERRORS) == names
     assert all(issubclass(cls, CedanaError) for cls in api.STATUS_ERRORS.values())
@@ -87,7 +87,6 @@ def test_grpc_errors_become_cedana_errors(code: str, expected: type[CedanaError]
 def test_runc_options_round_trip_and_wire_format() -> None:
     """The shim's options encode with containerd's field numbers (root = 7,
     criu_image_path = 10) and decode back to the fields that were set."""
-    pytest.importorskip("google.protobuf")
     data = api.encode_runc_options(
         {"root": "/r", "criu_image_path": "/img", "systemd_cgroup": True}
     )
@@ -107,7 +106,6 @@ def test_runc_options_round_trip_and_wire_format() -> None:
 def test_runc_root_follows_the_runtime_options() -> None:
     """The shim's runc root is its ``root`` option (or /run/containerd/runc), then the
     namespace; options of another type are not read."""
-    pytest.importorskip("google.protobuf")
 
     def record(**kw: Any) -> api.ContainerRecord:
         return api.ContainerRecord(
@@ -275,6 +273,5 @@ def test_missing_packages_say_how_to_install(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_no_socket(tmp_path: Path) -> None:
     """With nothing listening at the address, the error says so and names the socket."""
-    pytest.importorskip("grpc")
     with pytest.raises(RuntimeUnavailable, match="not listening at .*nope.sock"):
         cedana.ContainerdContainer("web", address=str(tmp_path / "nope.sock")).info()

@@ -13,8 +13,6 @@ import pytest
 from cedana import criu
 from cedana.errors import CriuError, DumpFailed, PidInUse, RestoreFailed
 
-pytest.importorskip("pycriu")
-
 
 def test_build_options_maps_scalars_and_repeated_fields() -> None:
     """Plain fields, repeated strings and inherit_fd pairs land in criu_opts."""

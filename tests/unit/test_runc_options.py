@@ -23,6 +23,7 @@ from cedana.container.runc import (
     container_summary,
 )
 from cedana.container.state import check_id, read_state
+from cedana.criu import build_options
 from cedana.errors import ContainerError, ContainerNotFound
 from cedana.process import CheckpointOptions, checkpoint_tree, plan_dump
 from tests.fakes import FakeCriu
@@ -208,10 +209,8 @@ def test_criu_config_annotation() -> None:
 
 def test_options_are_valid_criu_rpc_options() -> None:
     """The derived options build a real criu_opts message, ext_mnt pairs included."""
-    criu = pytest.importorskip("cedana.criu")
-    pytest.importorskip("pycriu")
     config = spec(namespaces=[{"type": "network", "path": "/proc/1/ns/net"}])
-    opts = criu.build_options({"pid": 42, **options(config)})
+    opts = build_options({"pid": 42, **options(config)})
     assert [(m.key, m.val) for m in opts.ext_mnt][-len(DEVICES) :] == DEVICES
     assert list(opts.external) == ["net[4026531840]:extRootNetNS"]
     assert opts.freeze_cgroup == "/sys/fs/cgroup/freezer/c1"
