@@ -93,3 +93,5 @@ def test_restore_of_a_bad_artifact(tmp_path: Path) -> None:
     out = cedana("restore", str(bad))
     assert out.returncode == 1
     assert "checkpoint" in out.stderr
+    assert out.stderr.startswith("cedana: error: "), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -78,6 +78,7 @@ def test_grpc_errors_become_cedana_errors(code: str, expected: type[CedanaError]
     )
     assert type(err) is expected
     assert "the details" in str(err)
+    assert "task t1" in str(err)
     assert ("/x.sock" if expected is RuntimeUnavailable else "'ns'") in str(err)
 
 

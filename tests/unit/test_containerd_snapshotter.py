@@ -63,6 +63,8 @@ def test_it_is_a_snapshotter(tmp_path: Path) -> None:
     """ContainerdSnapshotter implements the rootfs Snapshotter protocol, named containerd."""
     snap: Snapshotter = ContainerdSnapshotter(FakeSnapshots(tmp_path), "overlayfs", "c1")
     assert snap.name == "containerd"
+    for method in ("capture", "apply"):  # what the Protocol asks for, callable at run time
+        assert callable(getattr(snap, method))
 
 
 def test_capture_then_apply_to_a_new_snapshot(tmp_path: Path) -> None:

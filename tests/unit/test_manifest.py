@@ -139,7 +139,7 @@ def test_freezing_keeps_the_callers_dict_apart() -> None:
 )
 def test_rejects_values_json_cannot_carry(options: dict[object, object]) -> None:
     """A value JSON cannot carry is refused when the manifest is built, not when written."""
-    with pytest.raises((TypeError, ValueError)):
+    with pytest.raises((TypeError, ValueError), match="JSON"):
         make(options=options)
 
 
@@ -156,24 +156,27 @@ def test_rejects_values_json_cannot_carry(options: dict[object, object]) -> None
     ],
 )
 def test_rejects_invalid_fields(changes: dict[str, object]) -> None:
-    """Wrong kinds, non-UTC or unparsable times, and foreign objects in tuples are refused."""
-    with pytest.raises((TypeError, ValueError)):
+    """Wrong kinds, non-UTC or unparsable times, and foreign objects in tuples are refused,
+    the error naming the field."""
+    (field,) = changes
+    with pytest.raises((TypeError, ValueError), match=field):
         make(**changes)
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "field"),
     [
-        {"name": "a", "size": -1, "sha256": SHA},
-        {"name": "a", "size": True, "sha256": SHA},
-        {"name": "a", "size": 1, "sha256": SHA.upper()},
-        {"name": "a", "size": 1, "sha256": "abc"},
-        {"name": 3, "size": 1, "sha256": SHA},
+        ({"name": "a", "size": -1, "sha256": SHA}, "size"),
+        ({"name": "a", "size": True, "sha256": SHA}, "size"),
+        ({"name": "a", "size": 1, "sha256": SHA.upper()}, "sha256"),
+        ({"name": "a", "size": 1, "sha256": "abc"}, "sha256"),
+        ({"name": 3, "size": 1, "sha256": SHA}, "name"),
     ],
 )
-def test_member_validation(kwargs: dict[str, object]) -> None:
-    """A member needs a string name, a non-negative int size and 64 lowercase hex digits."""
-    with pytest.raises((TypeError, ValueError)):
+def test_member_validation(kwargs: dict[str, object], field: str) -> None:
+    """A member needs a string name, a non-negative int size and 64 lowercase hex digits;
+    the error names the field."""
+    with pytest.raises((TypeError, ValueError), match=field):
         Member(**kwargs)  # type: ignore[arg-type]
 
 
@@ -181,9 +184,12 @@ def test_created_defaults_to_now_in_utc() -> None:
     """Without ``created`` the manifest records the current UTC time in the documented form."""
     fields = attrs.asdict(make(), recurse=False)
     del fields["created"]
+    before = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     created = Manifest(**fields).created
     assert len(created) == 20
     assert created.endswith("Z")
+    when = datetime.datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ")
+    assert before <= when.replace(tzinfo=datetime.UTC) <= datetime.datetime.now(datetime.UTC)
 
 
 def test_host_info_current() -> None:

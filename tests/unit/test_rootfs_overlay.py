@@ -253,6 +253,8 @@ def test_apply_refuses_escapes(tmp_path: Path, entries: list[tarfile.TarInfo], w
         apply_upper(diff, target)
     assert not outside.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+    # '../x' from the target lands beside it, in box/: nothing may appear there either.
+    assert list((tmp_path / "box").iterdir()) == [target]
 
 
 def test_absolute_and_inward_symlinks_are_kept(tmp_path: Path) -> None:
