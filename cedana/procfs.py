@@ -20,6 +20,7 @@ __all__ = [
     "Descriptor",
     "ProcInfo",
     "TcpConnection",
+    "children",
     "descriptors",
     "established_tcp",
     "holder_of",
@@ -44,6 +45,7 @@ class ProcInfo:
     comm: str
     cmdline: tuple[str, ...]
     kernel_thread: bool
+    start_time: int = 0  # clock ticks after boot: tells a pid's reuse apart
 
     @property
     def command(self) -> str:
@@ -99,10 +101,12 @@ def proc_info(pid: int) -> ProcInfo:
         comm=comm,
         cmdline=cmdline,
         kernel_thread=bool(int(fields[6]) & _PF_KTHREAD),
+        start_time=int(fields[19]),
     )
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (any of its threads), adopted orphans included."""
     kids: list[int] = []
     try:
         for task in (PROC / str(pid) / "task").iterdir():
@@ -118,7 +122,7 @@ def tree(pid: int) -> list[ProcInfo]:
     out = [proc_info(pid)]
     queue = [pid]
     while queue:
-        for child in _children(queue.pop(0)):
+        for child in children(queue.pop(0)):
             try:
                 out.append(proc_info(child))
             except ProcessNotFound:

@@ -45,18 +45,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 def reap_zombie_children() -> None:
     """Reap every zombie whose parent is this process (adopted orphans included)."""
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] == "Z" and int(fields[1]) == me:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(int(entry), os.WNOHANG)
+    from cedana import procfs
+    from cedana.errors import ProcessNotFound
+
+    for pid in procfs.children(os.getpid()):
+        with contextlib.suppress(ProcessNotFound, ChildProcessError):
+            if procfs.proc_info(pid).state == "Z":
+                os.waitpid(pid, os.WNOHANG)
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,8 @@ from typing import Any
 
 import attrs
 
-from cedana.errors import ContainerError, ContainerNotFound
+from cedana import procfs
+from cedana.errors import ContainerError, ContainerNotFound, ProcessNotFound
 
 __all__ = ["DEFAULT_ROOT", "RuncState", "check_id", "read_state"]
 
@@ -77,15 +78,12 @@ class RuncState:
 
 
 def _start_time(pid: int) -> int | None:
-    """Field 22 of ``/proc/PID/stat`` (start time in ticks); None if gone or a zombie."""
+    """The start time of live process ``pid``; None if it is gone or a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        info = procfs.proc_info(pid)
+    except ProcessNotFound:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
+    return None if info.state in ("Z", "X") else info.start_time
 
 
 def _frozen(cgroup_paths: Mapping[str, str]) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cedana import criu
+from cedana import criu, procfs
 from cedana.errors import CriuError, DumpFailed, PidInUse, RestoreFailed
 
 
@@ -100,17 +100,7 @@ def request(tmp_path: Path, **kw: object) -> criu.CriuRequest:
 
 
 def children() -> set[int]:
-    me = os.getpid()
-    out = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                text = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(text[text.rindex(")") + 2 :].split()[1]) == me:
-                out.add(int(entry))
-    return out
+    return set(procfs.children(os.getpid()))
 
 
 def test_success_and_child_reaped(tmp_path: Path) -> None:

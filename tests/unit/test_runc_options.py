@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from cedana import procfs
 from cedana.artifact.manifest import HostInfo, Manifest
 from cedana.container import cgroups, mounts, namespaces
 from cedana.container.options import ContainerFacts, dump_options
@@ -220,18 +221,13 @@ def test_options_are_valid_criu_rpc_options() -> None:
 # --- runc's state.json ----------------------------------------------------------------
 
 
-def _start_time(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2 :].split()[19])
-
-
 def write_state(root: Path, cid: str, **extra: Any) -> Path:
     d = root / cid
     d.mkdir(parents=True)
     state = {
         "id": cid,
         "init_process_pid": os.getpid(),
-        "init_process_start": _start_time(os.getpid()),
+        "init_process_start": procfs.proc_info(os.getpid()).start_time,
         "created": "2026-11-29T00:00:00Z",
         "config": {"rootfs": "/b/rootfs", "labels": ["bundle=/b"]},
         "cgroup_paths": {"freezer": str(root / "nofreezer")},
