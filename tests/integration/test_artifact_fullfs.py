@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from cedana.artifact import HostInfo, Manifest, ProcessEntry, open_artifact, write_artifact
 from tests.capabilities import requires_root
+from tests.helpers import tmpfs
 
 # Mounting a tmpfs needs root; CRIU does not take part.
 pytestmark = [pytest.mark.integration, requires_root]
@@ -30,16 +30,8 @@ FORMS = {
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs, unmounted afterwards whatever happened."""
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", mountpoint], check=True
-    )
-    try:
+    with tmpfs(tmp_path / "small", "4m") as mountpoint:
         yield mountpoint
-    finally:
-        if subprocess.run(["umount", mountpoint], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", mountpoint], check=False)
 
 
 @pytest.fixture

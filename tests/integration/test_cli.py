@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.capabilities import integration
 from tests.conftest import Workloads, reap_zombie_children, wait_for
+from tests.helpers import run_cedana
 
 pytestmark = integration
 
@@ -22,19 +21,13 @@ COUNTER = """
 """
 
 
-def cedana(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cedana", *args], capture_output=True, text=True, check=False
-    )
-
-
 def count(log: Path) -> int:
     return len(log.read_text().split())
 
 
 def test_check_json() -> None:
     """`cedana check --json` is one JSON object saying CRIU is usable here."""
-    out = cedana("check", "--json")
+    out = run_cedana("check", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["usable"] is True
@@ -48,20 +41,20 @@ def test_checkpoint_inspect_restore(workloads: Workloads, tmp_path: Path) -> Non
     proc, log = workloads.python(COUNTER)
     wait_for(lambda: count(log) > 5, what="counter")
     artifact = tmp_path / "c.tar.zst"
-    out = cedana("checkpoint", str(proc.pid), "-o", str(artifact), "--json")
+    out = run_cedana("checkpoint", str(proc.pid), "-o", str(artifact), "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["kind"] == "process"
     reap_zombie_children()  # the workload was our child; its zombie would hold the pid
     seen = count(log)
 
-    out = cedana("inspect", str(artifact), "--json")
+    out = run_cedana("inspect", str(artifact), "--json")
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["images"]["processes"][0]["pid"] == proc.pid
-    text = cedana("inspect", str(artifact))
+    text = run_cedana("inspect", str(artifact))
     assert str(proc.pid) in text.stdout
 
-    out = cedana("restore", str(artifact), "--json")
+    out = run_cedana("restore", str(artifact), "--json")
     assert out.returncode == 0, out.stderr
     pid = json.loads(out.stdout)["pid"]
     workloads.track(pid)
@@ -79,7 +72,7 @@ def test_errors_are_one_line_and_nonzero(tmp_path: Path) -> None:
         ["restore", str(tmp_path / "missing.tar.zst")],
         ["inspect", str(tmp_path / "missing.tar.zst")],
     ):
-        out = cedana(*args)
+        out = run_cedana(*args)
         assert out.returncode == 1, args
         assert out.stderr.startswith("cedana: error: "), out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
@@ -90,7 +83,7 @@ def test_restore_of_a_bad_artifact(tmp_path: Path) -> None:
     """A file that is not a checkpoint is refused with a clear line."""
     bad = tmp_path / "bad.tar.zst"
     bad.write_bytes(b"not a checkpoint at all")
-    out = cedana("restore", str(bad))
+    out = run_cedana("restore", str(bad))
     assert out.returncode == 1
     assert "checkpoint" in out.stderr
     assert out.stderr.startswith("cedana: error: "), out.stderr

@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -31,10 +30,20 @@ from typing import Any
 import pytest
 
 import cedana
-from cedana.container import DEFAULT_BUNDLES
-from cedana.rootfs.mounts import is_mountpoint, mountinfo, umount
-from tests.capabilities import busybox_binary, integration, requires_busybox, requires_runtime
+from cedana.rootfs.mounts import mountinfo, umount
+from tests.capabilities import integration, requires_busybox, requires_runtime
 from tests.conftest import reap_zombie_children, wait_for
+from tests.helpers import (
+    COUNTER,
+    assert_counts_on,
+    busybox_tree,
+    count,
+    name_for,
+    remove_runc_container,
+    run_cedana,
+    tmpfs,
+    wait_count,
+)
 
 pytestmark = [
     *integration,
@@ -44,7 +53,6 @@ pytestmark = [
     requires_busybox,
 ]
 
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i >> /tmp/count.log; sleep 0.05; done"
 CONFIG = """\
 version = 2
 disabled_plugins = [
@@ -82,25 +90,14 @@ def _add(
 
 def busybox_layer() -> bytes:
     """One uncompressed layer: busybox, its applets as symlinks, a few /etc files."""
-    busybox = busybox_binary()
-    assert busybox is not None  # requires_busybox
-    applets = subprocess.run(
-        [busybox, "--list"], capture_output=True, text=True, check=True
-    ).stdout.split()
+    kinds = {"dir": tarfile.DIRTYPE, "file": tarfile.REGTYPE, "link": tarfile.SYMTYPE}
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for d in ("bin", "etc", "proc", "sys", "dev", "root", "www", "data"):
-            _add(tar, d, tarfile.DIRTYPE, mode=0o755)
-        _add(tar, "tmp", tarfile.DIRTYPE, mode=0o1777)
-        _add(tar, "bin/busybox", data=Path(busybox).read_bytes(), mode=0o755)
-        for applet in applets:
-            if applet != "busybox":
-                _add(tar, f"bin/{applet}", tarfile.SYMTYPE, link="busybox")
-        _add(tar, "etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\n")
-        _add(tar, "etc/group", data=b"root:x:0:\n")
-        _add(tar, "etc/image.txt", data=b"from the image\n")
-        _add(tar, "etc/doomed.txt", data=b"deleted by the container\n")
-        _add(tar, "www/index.html", data=b"image page\n")
+        for kind, rel, content, mode in busybox_tree():
+            if kind == "link":
+                _add(tar, rel, kinds[kind], link=content)
+            else:
+                _add(tar, rel, kinds[kind], data=content or b"", mode=mode)
     return out.getvalue()
 
 
@@ -327,14 +324,7 @@ class Containers:
             self.daemon.ctr("task", "rm", "-f", name, check=False)
             self.daemon.ctr("containers", "rm", name, check=False)
         for name, root in self.runc_names:
-            with contextlib.suppress(cedana.CedanaError):
-                cedana.RuncContainer(name, root=root).delete()
-            leftover = DEFAULT_BUNDLES / name
-            if leftover.exists():
-                with contextlib.suppress(OSError):
-                    while is_mountpoint(leftover / "rootfs"):
-                        umount(leftover / "rootfs", detach=True)
-                shutil.rmtree(leftover, ignore_errors=True)
+            remove_runc_container(name, root)
         for handle in self.handles:
             handle.close()
         self.names, self.handles, self.runc_names = [], [], []
@@ -350,27 +340,7 @@ def containers(containerd: Containerd, image: str) -> Iterator[Containers]:
         c.cleanup()
 
 
-def name_for(request: pytest.FixtureRequest, suffix: str = "") -> str:
-    """A container id unique to this test."""
-    base = request.node.name.replace("test_", "").replace("_", "-")[:40]
-    return f"{base}{suffix}"
-
-
 # --- observing the counter ----------------------------------------------------------------
-
-
-def count(container: cedana.ContainerdContainer) -> list[int]:
-    """The counter's lines, read through the task's root."""
-    try:
-        text = Path(f"/proc/{container.pid}/root/tmp/count.log").read_text()
-    except (OSError, cedana.CedanaError):
-        return []
-    return [int(x) for x in text.split()]
-
-
-def wait_count(container: cedana.ContainerdContainer, at_least: int) -> list[int]:
-    wait_for(lambda: len(count(container)) >= at_least, 20, f"{at_least} counts in {container.id}")
-    return count(container)
 
 
 def checkpointed_file(ckpt: cedana.Checkpoint, name: str) -> bytes | None:
@@ -386,15 +356,6 @@ def checkpointed_file(ckpt: cedana.Checkpoint, name: str) -> bytes | None:
 
 def checkpointed_counts(ckpt: cedana.Checkpoint) -> list[int]:
     return [int(x) for x in (checkpointed_file(ckpt, "tmp/count.log") or b"").split()]
-
-
-def assert_counts_on(container: cedana.ContainerdContainer, before: list[int]) -> None:
-    """The counter goes on from where it was frozen: 1, 2, ... with no gap and no restart
-    (the log file came back with the snapshot, ``i`` with the memory)."""
-    assert before, "the checkpoint holds no counts"
-    after = wait_count(container, len(before) + 5)
-    assert after[: len(before)] == before
-    assert after == list(range(1, len(after) + 1)), after[len(before) - 3 : len(before) + 5]
 
 
 def snapshot_keys(daemon: Containerd) -> set[str]:
@@ -620,24 +581,16 @@ def test_artifact_lists_and_inspects(
     spec = json.loads(cedana.open(artifact).read_member("container/spec.json"))
     assert spec["process"]["args"] == ["sh", "-c", COUNTER]
 
-    out = subprocess.run(
-        [sys.executable, "-m", "cedana", "inspect", str(artifact), "--json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    out = run_cedana("inspect", str(artifact), "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["checkpoint"]["runtime"] == "containerd"
     assert data["container"]["id"] == name
     commands = [p["command"] for p in data["checkpoint"]["processes"]]
     assert any("sh" in cmd for cmd in commands)
-    text = subprocess.run(
-        [sys.executable, "-m", "cedana", "inspect", str(artifact)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    shown = run_cedana("inspect", str(artifact))
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
     assert "containerd" in text and name in text
 
 
@@ -652,16 +605,11 @@ def test_cli_checkpoint_and_restore(
     wait_count(c, 5)
     artifact = tmp_path / "c.tar.zst"
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "cedana", *args], capture_output=True, text=True, check=False
-        )
-
     target = f"containerd:{containerd.namespace}/{name}"
-    out = cli("checkpoint", target, "-o", str(artifact), "--address", containerd.address)
+    out = run_cedana("checkpoint", target, "-o", str(artifact), "--address", containerd.address)
     assert out.returncode == 0, out.stderr
     assert f"containerd container {containerd.namespace}/{name}" in out.stdout
-    out = cli(
+    out = run_cedana(
         "restore", str(artifact), "--into", "containerd", "--name", new,
         "--address", containerd.address, "--json",
     )  # fmt: skip
@@ -676,11 +624,13 @@ def test_cli_checkpoint_and_restore(
     }
     assert containerd.tasks()[new] == "RUNNING"
 
-    out = cli("restore", str(artifact), "--into", "containerd", "--name", new,
+    out = run_cedana("restore", str(artifact), "--into", "containerd", "--name", new,
               "--address", containerd.address)  # fmt: skip
     assert out.returncode == 1
     assert out.stderr.startswith("cedana: error: ") and "exists" in out.stderr
-    out = cli("checkpoint", "containerd:x", "-o", str(tmp_path / "x"), "--address", "/nonexistent")
+    out = run_cedana(
+        "checkpoint", "containerd:x", "-o", str(tmp_path / "x"), "--address", "/nonexistent"
+    )
     assert out.returncode == 1 and "not listening" in out.stderr
 
 
@@ -709,7 +659,7 @@ def test_restore_into_runc(
 
     wait_for(lambda: len(counts()) >= len(before) + 5, 20, "the runc copy to count on")
     assert counts()[: len(before)] == before
-    assert_counts_on(r, before)  # type: ignore[arg-type]  # any container with a pid
+    assert_counts_on(r, before)
     assert f"{name}-runc" not in containerd.tasks()
     with pytest.raises(cedana.ContainerError, match="address"):
         cedana.restore(ckpt, into="runc", address=containerd.address)
@@ -724,16 +674,11 @@ def test_failed_dump_keeps_the_container_running(
     script = "head -c 3000000 /dev/urandom > /tmp/blob; " + COUNTER
     c = containers.run(name, script)
     wait_count(c, 3)
-    full = tmp_path / "full"
-    full.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], check=True)
-    try:
+    with tmpfs(tmp_path / "full", "256k") as full:
         with pytest.raises(OSError) as failure:
             c.checkpoint(full / "c.tar.zst")
         assert failure.value.errno == errno.ENOSPC
         assert not (full / "c.tar.zst").exists()
-    finally:
-        umount(full)
     assert containerd.tasks()[name] == "RUNNING"
     seen = len(count(c))
     wait_count(c, seen + 5)

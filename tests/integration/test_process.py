@@ -14,6 +14,7 @@ import sys
 import tarfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import cedana
 from cedana import procfs
 from tests.capabilities import integration
 from tests.conftest import Workloads, reap_zombie_children, wait_for
+from tests.helpers import tmpfs
 
 pytestmark = integration
 
@@ -502,14 +504,9 @@ def test_path_traversal_member_restores_nothing(good_checkpoint, tmp_path: Path)
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path: Path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
-    try:
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "small", "8m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 BIG_RANDOM = """

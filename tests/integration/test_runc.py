@@ -27,13 +27,20 @@ import pytest
 import cedana
 from cedana.container import DEFAULT_BUNDLES
 from cedana.rootfs.mounts import is_mountpoint, umount
-from tests.capabilities import busybox_binary, integration, requires_busybox, requires_runtime
+from tests.capabilities import integration, requires_busybox, requires_runtime
 from tests.conftest import reap_zombie_children, wait_for
+from tests.helpers import (
+    COUNTER,
+    assert_counts_on,
+    busybox_tree,
+    count,
+    name_for,
+    remove_runc_container,
+    run_cedana,
+    wait_count,
+)
 
 pytestmark = [*integration, requires_runtime("runc"), requires_busybox]
-
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i >> /tmp/count.log; sleep 0.05; done"
-
 
 # --- fixtures -------------------------------------------------------------------------
 
@@ -41,26 +48,18 @@ COUNTER = "i=0; while true; do i=$((i+1)); echo $i >> /tmp/count.log; sleep 0.05
 @pytest.fixture(scope="session")
 def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A busybox root filesystem: the static binary, its applets as symlinks, /etc files."""
-    busybox = busybox_binary()
-    assert busybox is not None  # requires_busybox
     root = tmp_path_factory.mktemp("image") / "rootfs"
-    (root / "bin").mkdir(parents=True)
-    shutil.copy2(busybox, root / "bin" / "busybox")
-    applets = subprocess.run(
-        [busybox, "--list"], capture_output=True, text=True, check=True
-    ).stdout.split()
-    for applet in applets:
-        if applet != "busybox":
-            (root / "bin" / applet).symlink_to("busybox")
-    for d in ("etc", "proc", "sys", "dev", "root", "www", "data", "host"):
-        (root / d).mkdir()
-    (root / "tmp").mkdir(mode=0o1777)
-    os.chmod(root / "tmp", 0o1777)
-    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    (root / "etc" / "group").write_text("root:x:0:\n")
-    (root / "etc" / "image.txt").write_text("from the image\n")
-    (root / "etc" / "doomed.txt").write_text("deleted by the container\n")
-    (root / "www" / "index.html").write_text("image page\n")
+    root.mkdir()
+    for kind, rel, content, mode in busybox_tree():
+        path = root / rel
+        if kind == "dir":
+            path.mkdir()
+            path.chmod(mode)
+        elif kind == "link":
+            path.symlink_to(content)
+        else:
+            path.write_bytes(content)
+            path.chmod(mode)
     return root
 
 
@@ -137,14 +136,7 @@ class Containers:
 
     def cleanup(self) -> None:
         for name in reversed(self.names):
-            with contextlib.suppress(cedana.CedanaError):
-                cedana.RuncContainer(name, root=self.root).delete()
-            leftover = DEFAULT_BUNDLES / name
-            if leftover.exists():
-                with contextlib.suppress(OSError):
-                    while is_mountpoint(leftover / "rootfs"):
-                        umount(leftover / "rootfs", detach=True)
-                shutil.rmtree(leftover, ignore_errors=True)
+            remove_runc_container(name, self.root)
         for path in reversed(self.mounts):
             with contextlib.suppress(OSError):
                 while is_mountpoint(path):
@@ -164,34 +156,6 @@ def containers(tmp_path: Path, busybox_rootfs: Path, runc_root: Path) -> Iterato
         yield c
     finally:
         c.cleanup()
-
-
-def name_for(request: pytest.FixtureRequest, suffix: str = "") -> str:
-    """A container id unique to this test (and this run, for the shared default bundles)."""
-    base = request.node.name.replace("test_", "").replace("_", "-")[:30]
-    return f"cedana-{os.getpid()}-{base}{suffix}"
-
-
-def count(container: cedana.RuncContainer) -> list[int]:
-    """The counter's lines, read through the container's root."""
-    try:
-        text = Path(f"/proc/{container.pid}/root/tmp/count.log").read_text()
-    except OSError:
-        return []
-    return [int(x) for x in text.split()]
-
-
-def wait_count(container: cedana.RuncContainer, at_least: int) -> list[int]:
-    wait_for(lambda: len(count(container)) >= at_least, 20, f"{at_least} counts in {container.id}")
-    return count(container)
-
-
-def assert_counts_on(container: cedana.RuncContainer, before: list[int], more: int = 5) -> None:
-    """After restore the counter goes on from where it was frozen: 1, 2, ... with no gap
-    and no restart (the log file came back with the rootfs, ``i`` with the memory)."""
-    after = wait_count(container, len(before) + more)
-    assert after[: len(before)] == before
-    assert after == list(range(1, len(after) + 1)), after[len(before) - 3 : len(before) + more]
 
 
 def _upper_file(containers: Containers, name: str, rel: str) -> str:
@@ -563,16 +527,6 @@ def test_plain_directory_rootfs(
 # --- the command line -------------------------------------------------------------------
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cedana", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_cli_checkpoint_inspect_restore(
     containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -582,18 +536,18 @@ def test_cli_checkpoint_inspect_restore(
     c = containers.run(name, "rm /etc/doomed.txt; " + COUNTER)
     wait_count(c, 3)
     art = tmp_path / "cli.tar.zst"
-    done = cli("checkpoint", f"runc:{name}", "-o", str(art), "--root", str(containers.root))
+    done = run_cedana("checkpoint", f"runc:{name}", "-o", str(art), "--root", str(containers.root))
     assert done.returncode == 0, done.stderr
-    shown = cli("inspect", str(art))
+    shown = run_cedana("inspect", str(art))
     assert shown.returncode == 0, shown.stderr
     assert f"container {name} (runc, running)" in shown.stdout
     assert "overlay changes:" in shown.stdout and "1 deleted" in shown.stdout
-    data = json.loads(cli("inspect", str(art), "--json").stdout)
+    data = json.loads(run_cedana("inspect", str(art), "--json").stdout)
     assert data["container"]["id"] == name and data["container"]["rootfs"]["captured"]
 
     new = name_for(request, "-new")
     containers.track(new)
-    done = cli(
+    done = run_cedana(
         "restore",
         str(art),
         "--name",
@@ -626,7 +580,7 @@ def test_missing_and_stopped_containers(
     with pytest.raises(cedana.ContainerNotRunning, match="stopped"):
         c.checkpoint(tmp_path / "x")
     assert not (tmp_path / "x").exists()
-    done = cli(
+    done = run_cedana(
         "checkpoint",
         "runc:no-such-container",
         "-o",
