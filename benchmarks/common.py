@@ -26,6 +26,18 @@ def arguments(name: str, doc: str | None, *, mib: int) -> argparse.ArgumentParse
     return p
 
 
+def container_workload(mib: int, fs_mib: int) -> str:
+    """A container shell holding ``mib`` MiB (half random as base64, half a pattern) after
+    writing ``fs_mib`` MiB of random files; it says ``ready`` in /tmp/ready."""
+    half = (mib << 20) // 2
+    return (
+        f"dd if=/dev/urandom of=/data/blob bs=1M count={fs_mib} 2>/dev/null; "
+        f"a=$(head -c {half * 3 // 4} /dev/urandom | base64 -w0); "
+        f"b=$(yes abcdefghijklmno | head -c {half}); "
+        "echo ready > /tmp/ready; while true; do sleep 1; done"
+    )
+
+
 def become_subreaper() -> None:
     """Adopt orphans (restored trees) so they can be reaped and their pids freed."""
     with contextlib.suppress(OSError, AttributeError):

@@ -44,7 +44,17 @@ from functools import partial
 from pathlib import Path
 
 import cedana
-from benchmarks.common import arguments, become_subreaper, du, reap, run, scratch, table, timed
+from benchmarks.common import (
+    arguments,
+    become_subreaper,
+    container_workload,
+    du,
+    reap,
+    run,
+    scratch,
+    table,
+    timed,
+)
 
 NAMESPACE = "cedana-bench"
 NAME = "bench"
@@ -116,16 +126,6 @@ def oci_archive(path: Path) -> None:
         _add(tar, "index.json", tarfile.REGTYPE, index)
         for data in (layer, config, manifest):
             _add(tar, f"blobs/sha256/{digest(data)[7:]}", tarfile.REGTYPE, data)
-
-
-def workload(mib: int, fs_mib: int) -> str:
-    half = (mib << 20) // 2
-    return (
-        f"dd if=/dev/urandom of=/data/blob bs=1M count={fs_mib} 2>/dev/null; "
-        f"a=$(head -c {half * 3 // 4} /dev/urandom | base64 -w0); "
-        f"b=$(yes abcdefghijklmno | head -c {half}); "
-        "echo ready > /tmp/ready; while true; do sleep 1; done"
-    )
 
 
 class Daemon:
@@ -263,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             daemon.start()
             oci_archive(work / "image.tar")
             run(daemon.ctr("images", "import", str(work / "image.tar")))
-            run(daemon.ctr("run", "-d", "--null-io", IMAGE, NAME, "sh", "-c",
-                           workload(args.mib, args.fs_mib)))  # fmt: skip
+            script = container_workload(args.mib, args.fs_mib)
+            run(daemon.ctr("run", "-d", "--null-io", IMAGE, NAME, "sh", "-c", script))
             container = cedana.ContainerdContainer(
                 NAME, namespace=NAMESPACE, address=daemon.address
             )

@@ -35,7 +35,17 @@ from functools import partial
 from pathlib import Path
 
 import cedana
-from benchmarks.common import arguments, become_subreaper, du, reap, run, scratch, table, timed
+from benchmarks.common import (
+    arguments,
+    become_subreaper,
+    container_workload,
+    du,
+    reap,
+    run,
+    scratch,
+    table,
+    timed,
+)
 
 NAME = "cedana-bench"
 
@@ -87,16 +97,6 @@ def detached(cmd: list[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {tail}")
 
 
-def workload(mib: int, fs_mib: int) -> str:
-    half = (mib << 20) // 2
-    return (
-        f"dd if=/dev/urandom of=/data/blob bs=1M count={fs_mib} 2>/dev/null; "
-        f"a=$(head -c {half * 3 // 4} /dev/urandom | base64 -w0); "
-        f"b=$(yes abcdefghijklmno | head -c {half}); "
-        "echo ready > /tmp/ready; while true; do sleep 1; done"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     p = arguments("runc", __doc__, mib=256)
     p.add_argument("--fs-mib", type=int, default=64, help="MiB of files the container writes")
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         lower = work / "image"
         build_rootfs(lower)
         bundle = work / "bundle"
-        make_bundle(bundle, lower, workload(args.mib, args.fs_mib))
+        make_bundle(bundle, lower, container_workload(args.mib, args.fs_mib))
         mounts = [bundle / "rootfs"]
         container = cedana.RuncContainer(NAME, root=state)
 
