@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 from cedana.rootfs.mounts import MountEntry, mountinfo
 
@@ -52,16 +51,6 @@ def freezer_path(cgroup_paths: Mapping[str, str], *, unified: bool) -> str | Non
     if path and os.path.isdir(path):
         return path
     return None
-
-
-def own_cgroups(pid: int | str = "self") -> dict[str, str]:
-    """``/proc/PID/cgroup`` as controller -> path (``""`` for the unified hierarchy)."""
-    out: dict[str, str] = {}
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        for ctrl in controllers.split(",") if controllers else [""]:
-            out[ctrl] = path
-    return out
 
 
 def rename_path(path: str, old: str, new: str) -> str:

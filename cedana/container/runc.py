@@ -73,7 +73,7 @@ from cedana.process import (
 )
 from cedana.rootfs import RootfsDiff, Snapshotter, snapshotter_for
 from cedana.rootfs.mounts import MountEntry, is_mountpoint, mountinfo, umount
-from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter
+from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter, layers_json
 from cedana.staging import scratch_dir
 
 __all__ = [
@@ -145,8 +145,7 @@ class ContainerDump:
                 "captured": True,
                 "snapshotter": snapshotter.name,
                 "dir": CONTAINER_DIR,
-                "lower": list(layers.lower),
-                "userxattr": layers.userxattr,
+                **layers_json(layers),
                 **(rootfs or {}),
             }
         else:
