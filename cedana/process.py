@@ -276,8 +276,7 @@ def checkpoint_tree(
     modes, to add e.g. the rootfs changes; what it returns is merged into the
     manifest's ``workload``).
     """
-    backend = backend or default_backend()
-    backend.preflight()
+    backend = backend or default_backend()  # callers ran preflight() before planning
     path = Path(path)
     if (path.exists() or path.is_symlink()) and not options.overwrite:
         raise ArtifactExists(f"{path} exists; pass overwrite=True or choose another path")
