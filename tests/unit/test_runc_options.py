@@ -256,6 +256,10 @@ def test_state_json_is_read_and_status_worked_out(tmp_path: Path) -> None:
     assert read_state(tmp_path, "c1").status == "created"
     write_state(tmp_path, "c2", init_process_start=1)
     assert read_state(tmp_path, "c2").status == "stopped"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    write_state(tmp_path, "c3", init_process_pid=gone.pid)
+    assert read_state(tmp_path, "c3").status == "stopped"
 
 
 def test_paused_when_the_freezer_is_frozen(tmp_path: Path) -> None:
