@@ -187,12 +187,20 @@ def plan_dump(
 
     Raises:
         ProcessNotFound: No such pid.
-        NotCheckpointable: A kernel thread, ourselves, or established TCP
-            connections without ``tcp_established``.
+        NotCheckpointable: A kernel thread, ourselves, a session led from outside
+            the pid namespace, or established TCP connections without
+            ``tcp_established``.
     """
     root = procfs.proc_info(pid)
     procfs.check_dumpable(root)
     tree = procfs.tree(pid)
+    outside = [info for info in tree if info.sid == 0]
+    if outside:
+        raise NotCheckpointable(
+            f"pid {outside[0].pid} belongs to a session whose leader is outside this pid "
+            "namespace, which CRIU cannot dump; start the workload in its own session "
+            "(setsid, subprocess start_new_session=True, or cedana.spawn)"
+        )
     external, tty = _external_pipes(tree)
     if not options.tcp_established:
         conns = []

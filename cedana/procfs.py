@@ -215,7 +215,7 @@ def holder_of(pid: int) -> str | None:
 
 def check_dumpable(info: ProcInfo) -> None:
     """Refuse targets CRIU cannot dump, before anything is frozen."""
-    if info.kernel_thread or info.pid == 2 or info.ppid == 2:
+    if info.kernel_thread:
         raise NotCheckpointable(
             f"pid {info.pid} ({info.comm}) is a kernel thread; only user processes can be "
             "checkpointed"

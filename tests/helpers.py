@@ -1,5 +1,5 @@
-"""Helpers shared by the integration tests: the command line, a small tmpfs, busybox, and
-the counter that container tests run and read back."""
+"""Helpers shared by the tests: the command line, a child outside its own session, a small
+tmpfs, busybox, and the counter that container tests run and read back."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import pytest
 
 import cedana
+from cedana import procfs
 from cedana.container.runc import DEFAULT_BUNDLES
 from cedana.rootfs.mounts import is_mountpoint, umount
 from tests.capabilities import busybox_binary
@@ -33,6 +34,23 @@ def run_cedana(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[
         timeout=timeout,
         check=False,
     )
+
+
+#: Starts its own session, then runs argv as a child sharing its stdio, and waits for it.
+_SESSION_LEADER = "import os,subprocess,sys; os.setsid(); sys.exit(subprocess.call(sys.argv[1:]))"
+
+
+def popen_in_session(argv: list[str], **popen: Any) -> tuple[subprocess.Popen[bytes], int]:
+    """Run ``argv`` as the child of a session leader started with ``popen`` (stdio pipes...).
+
+    Returns the leader and the child's pid: a process that is not its session's leader,
+    whatever session the tests themselves run in (it may be led from outside the pid
+    namespace, which CRIU cannot dump).
+    """
+    leader = subprocess.Popen([sys.executable, "-c", _SESSION_LEADER, *argv], **popen)
+    kids = wait_for(lambda: procfs.children(leader.pid), what="the session's child")
+    assert isinstance(kids, list)
+    return leader, kids[0]
 
 
 @contextlib.contextmanager

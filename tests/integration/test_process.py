@@ -25,7 +25,7 @@ import cedana
 from cedana import procfs
 from tests.capabilities import integration
 from tests.conftest import Workloads, reap_zombie_children, wait_for
-from tests.helpers import tmpfs
+from tests.helpers import popen_in_session, tmpfs
 
 pytestmark = integration
 
@@ -370,7 +370,7 @@ def test_started_with_pipes_from_subprocess(workloads: Workloads, tmp_path: Path
     going to the file given at restore."""
     script = tmp_path / "piped.py"
     script.write_text(textwrap.dedent(COUNTER))
-    popen = subprocess.Popen(
+    popen, pid = popen_in_session(
         [sys.executable, str(script)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -380,7 +380,7 @@ def test_started_with_pipes_from_subprocess(workloads: Workloads, tmp_path: Path
     assert popen.stdout is not None
     first = [popen.stdout.readline() for _ in range(3)]
     assert first[-1].startswith(b"count")
-    ckpt = cedana.Process(popen.pid).checkpoint(tmp_path / "piped.tar.zst")
+    ckpt = cedana.Process(pid).checkpoint(tmp_path / "piped.tar.zst")
     popen.wait(10)
     assert ckpt.manifest.workload["shell_job"] is True
     assert {e["fd"] for e in ckpt.manifest.workload["external"]} == {0, 1, 2}
@@ -410,24 +410,76 @@ def test_kernel_thread_is_refused(tmp_path: Path) -> None:
         cedana.Process(2).checkpoint(tmp_path / "k.tar.zst")
 
 
+def test_session_led_from_outside_the_pid_namespace_is_refused(tmp_path: Path) -> None:
+    """A process whose session leader is outside its pid namespace (sid 0, as under an init
+    that never starts sessions) is refused before anything is frozen, naming the fix."""
+    code = textwrap.dedent(
+        """
+        import subprocess, sys, cedana
+        child = subprocess.Popen(["sleep", "60"])
+        try:
+            cedana.Process(child.pid).checkpoint(sys.argv[1])
+        except cedana.NotCheckpointable as exc:
+            print(exc)
+            sys.exit(3 if child.poll() is None else 4)
+        finally:
+            child.kill()
+        """
+    )
+    out = tmp_path / "x.tar.zst"
+    result = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "outside this pid namespace" in result.stdout
+    assert "start_new_session=True" in result.stdout
+    assert not out.exists()
+
+
+#: Imports as root what the code run as nobody needs (nobody cannot read this interpreter's
+#: tree), then drops to nobody and runs it.
+_AS_NOBODY = """
+import os, sys
+import cedana, cedana.artifact.inspect, pycriu.images, pycriu.rpc_pb2
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+exec(sys.argv.pop(1))
+"""
+
+
+def as_nobody(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run python ``code`` as the unprivileged user nobody, in a fresh interpreter (forking
+    this threaded one could deadlock the child on a lock another thread held)."""
+    return subprocess.run(
+        [sys.executable, "-c", _AS_NOBODY, code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_not_root_is_refused(workloads: Workloads, tmp_path: Path) -> None:
     """An unprivileged caller gets NotPermitted; the workload is untouched."""
     proc, log = workloads.python(COUNTER)
     wait_count(log, 3)
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        code = 1
+    code = textwrap.dedent(
+        """
+        import sys, cedana
         try:
-            os.setgid(65534)
-            os.setuid(65534)
-            cedana.Process(proc.pid).checkpoint(tmp_path / "nr.tar.zst")
-        except cedana.NotPermitted:
-            code = 42
-        except BaseException:
-            code = 2
-        os._exit(code)
-    _, status = os.waitpid(child, 0)
-    assert os.waitstatus_to_exitcode(status) == 42
+            cedana.Process(int(sys.argv[1])).checkpoint(sys.argv[2])
+        except cedana.NotPermitted as exc:
+            print(exc)
+            sys.exit(42)
+        """
+    )
+    result = as_nobody(code, str(proc.pid), str(tmp_path / "nr.tar.zst"))
+    assert result.returncode == 42, result.stdout + result.stderr
     assert proc.running
     assert not (tmp_path / "nr.tar.zst").exists()
 
@@ -646,29 +698,17 @@ def test_inspect_needs_no_root(workloads: Workloads, tmp_path: Path) -> None:
         shutil.copyfile(ckpt.path, mine)
         os.chown(mine, 65534, 65534)
         mine.chmod(0o600)
-        reader, writer = os.pipe()
-        child = os.fork()
-        if child == 0:  # pragma: no cover - runs unprivileged in the child
-            os.close(reader)
-            code = 1
-            try:
-                os.setgid(65534)
-                os.setuid(65534)
-                info = cedana.open(mine).inspect()
-                fds = sorted(f.fd for f in info.files if f.pid == info.processes[0].pid)
-                os.write(
-                    writer,
-                    f"{info.processes[0].pid} {info.memory_bytes} {fds[:3]}".encode(),
-                )
-                code = 0
-            except BaseException as exc:
-                os.write(writer, repr(exc).encode())
-            os._exit(code)
-        os.close(writer)
-        out = os.read(reader, 4096).decode()
-        os.close(reader)
-        _, status = os.waitpid(child, 0)
-        assert os.waitstatus_to_exitcode(status) == 0, out
+        code = textwrap.dedent(
+            """
+            import sys, cedana
+            info = cedana.open(sys.argv[1]).inspect()
+            fds = sorted(f.fd for f in info.files if f.pid == info.processes[0].pid)
+            print(info.processes[0].pid, info.memory_bytes, fds[:3])
+            """
+        )
+        result = as_nobody(code, str(mine))
+        assert result.returncode == 0, result.stdout + result.stderr
+        out = result.stdout.strip()
         pid, memory, files = out.split(maxsplit=2)
         assert files == "[0, 1, 2]", "stdin, stdout and stderr are among its open files"
         assert int(pid) == proc.pid

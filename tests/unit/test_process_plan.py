@@ -4,6 +4,7 @@ checkpoint orchestration against a fake CRIU backend."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 import cedana
 from cedana.process import CheckpointOptions, checkpoint_tree, plan_dump
 from tests.fakes import FakeCriu
+from tests.helpers import popen_in_session
 
 
 @pytest.fixture
@@ -37,11 +39,11 @@ def test_session_leader_needs_no_shell_job(sleeper) -> None:
 
 def test_piped_child_is_shell_job_with_external_stdio() -> None:
     """A child of ours with pipes as stdio is a shell job whose three pipes lead outside."""
-    p = subprocess.Popen(
+    p, pid = popen_in_session(
         ["sleep", "60"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
-        plan = plan_dump(p.pid, CheckpointOptions())
+        plan = plan_dump(pid, CheckpointOptions())
         assert plan.shell_job is True
         assert sorted(e["fd"] for e in plan.external) == [0, 1, 2]
         assert all(e["key"].startswith("pipe:[") for e in plan.external)
@@ -51,7 +53,7 @@ def test_piped_child_is_shell_job_with_external_stdio() -> None:
             True,
         ]
     finally:
-        p.kill()
+        os.kill(pid, signal.SIGKILL)
         p.wait()
 
 
