@@ -31,6 +31,7 @@ __all__ = [
     "external_namespaces",
     "loopback_up",
     "private_network",
+    "restore_loopback",
 ]
 
 #: OCI namespace type -> CRIU's namespace name, for those CRIU can treat as external.
@@ -117,3 +118,10 @@ def loopback_up(pid: int) -> None:
     thread.join()
     if failure:
         raise failure[0]
+
+
+def restore_loopback(config: Mapping[str, Any], pid: int) -> None:
+    """After ``runc restore``: bring ``lo`` up again if ``config`` gives the container a
+    network namespace of its own (runc restores it empty; see :func:`loopback_up`)."""
+    if private_network((config.get("linux") or {}).get("namespaces") or []):
+        loopback_up(pid)

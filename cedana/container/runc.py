@@ -52,8 +52,9 @@ from cedana.artifact.manifest import Manifest, thaw
 from cedana.checkpoint import Checkpoint
 from cedana.container import cgroups, namespaces
 from cedana.container.command import RuncCommand, log_errors
+from cedana.container.mounts import is_bind
 from cedana.container.options import dump_options, gather_facts
-from cedana.container.state import DEFAULT_ROOT, RuncState, check_id, read_state
+from cedana.container.state import DEFAULT_ROOT, LIVE, RuncState, check_id, read_state
 from cedana.criu import CriuBackend, default_backend, log_tail
 from cedana.errors import (
     CedanaError,
@@ -72,7 +73,7 @@ from cedana.process import (
     plan_dump,
 )
 from cedana.rootfs import RootfsDiff, Snapshotter, snapshotter_for
-from cedana.rootfs.mounts import MountEntry, is_mountpoint, mountinfo, umount
+from cedana.rootfs.mounts import is_mountpoint, umount
 from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter, layers_json
 from cedana.staging import scratch_dir
 
@@ -247,7 +248,7 @@ class RuncContainer:
     def running(self) -> bool:
         """True while the container exists and is running or paused."""
         try:
-            return self.state().status in ("running", "paused")
+            return self.state().status in LIVE
         except ContainerNotFound:
             return False
 
@@ -262,28 +263,13 @@ class RuncContainer:
         return self.state().rootfs
 
     @property
-    def config(self) -> dict[str, Any]:
-        """The bundle's ``config.json``."""
-        return _load_config(self.state().bundle)
-
-    @property
-    def namespaces(self) -> Mapping[str, str]:
-        """runc's namespace names (``NEWNET``...) -> ``/proc/PID/ns/...``."""
-        return self.state().namespace_paths
-
-    @property
     def cgroup_paths(self) -> Mapping[str, str]:
         """Controller (``""`` for the unified hierarchy) -> cgroup directory."""
         return self.state().cgroup_paths
 
-    @property
-    def mounts(self) -> list[MountEntry]:
-        """The container's mount table (its init's ``mountinfo``)."""
-        return mountinfo(self.state().pid)
-
     def _live_state(self) -> RuncState:
         state = self.state()
-        if state.status not in ("running", "paused"):
+        if state.status not in LIVE:
             hint = "start it with runc start" if state.status == "created" else "it has exited"
             raise ContainerNotRunning(
                 f"runc container {self.id!r} is {state.status}, so there is nothing to "
@@ -306,8 +292,7 @@ class RuncContainer:
         The part of a checkpoint every runc-based runtime shares; the runtime
         adds its own facts, its snapshotter and what follows the dump.
         """
-        config_bytes = (state.bundle / "config.json").read_bytes()
-        config = json.loads(config_bytes)
+        config_bytes, config = _load_config(state.bundle)
         plan = plan_dump(
             state.pid, options, layer=dump_options(config, gather_facts(state, config))
         )
@@ -535,7 +520,7 @@ class RuncContainer:
                         log_path=str(criu_log),
                     )
                 state = read_state(root_dir, name)
-                if state.status not in ("running", "paused"):
+                if state.status not in LIVE:
                     raise RestoreFailed(
                         f"runc restored {name!r} but it is {state.status}",
                         log_tail=log_tail(criu_log),
@@ -544,9 +529,7 @@ class RuncContainer:
                 config = json.loads(
                     (images / str(info.get("config") or CONFIG_MEMBER)).read_bytes()
                 )
-                if namespaces.private_network((config.get("linux") or {}).get("namespaces") or []):
-                    # runc restores a private network namespace empty: lo is down again.
-                    namespaces.loopback_up(state.pid)
+                namespaces.restore_loopback(config, state.pid)
             except BaseException:
                 logger.debug("restore runc %s: failed, cleaning up", name)
                 if _restored_here(root_dir, name, bundle_dir):
@@ -590,12 +573,14 @@ class RuncContainer:
 # --- helpers ---------------------------------------------------------------------
 
 
-def _load_config(bundle: Path) -> dict[str, Any]:
+def _load_config(bundle: Path) -> tuple[bytes, dict[str, Any]]:
+    """The bundle's ``config.json``, as bytes and parsed."""
     try:
-        config: dict[str, Any] = json.loads((bundle / "config.json").read_text())
+        raw = (bundle / "config.json").read_bytes()
+        config: dict[str, Any] = json.loads(raw)
     except (OSError, ValueError) as exc:
         raise ContainerError(f"cannot read {bundle}/config.json: {exc}") from exc
-    return config
+    return raw, config
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -654,9 +639,7 @@ def _new_config(raw: bytes, *, original_bundle: str, old_id: str, name: str) -> 
     config.setdefault("root", {})["path"] = "rootfs"
     for m in config.get("mounts") or []:
         source = m.get("source")
-        options = m.get("options") or []
-        is_bind = m.get("type") == "bind" or "bind" in options or "rbind" in options
-        if is_bind and source and not os.path.isabs(source):
+        if is_bind(m) and source and not os.path.isabs(source):
             m["source"] = os.path.join(original_bundle, source)
     linux = config.get("linux") or {}
     if linux.get("cgroupsPath"):

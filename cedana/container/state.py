@@ -23,10 +23,13 @@ import attrs
 from cedana import procfs
 from cedana.errors import ContainerError, ContainerNotFound, ProcessNotFound
 
-__all__ = ["DEFAULT_ROOT", "RuncState", "check_id", "read_state"]
+__all__ = ["DEFAULT_ROOT", "LIVE", "RuncState", "check_id", "read_state"]
 
 #: runc's default state root.
 DEFAULT_ROOT = Path("/run/runc")
+
+#: The states of a container with a process tree to checkpoint.
+LIVE = ("running", "paused")
 
 _ID = re.compile(r"^[\w+\-.]+$")
 

@@ -49,7 +49,7 @@ import attrs
 from cedana.checkpoint import Checkpoint
 from cedana.container import RuncContainer, cgroups, namespaces
 from cedana.container.runc import CONTAINER_DIR
-from cedana.container.state import RuncState
+from cedana.container.state import LIVE, RuncState
 from cedana.criu import CriuBackend, default_backend, log_tail
 from cedana.errors import (
     CedanaError,
@@ -91,7 +91,6 @@ SPEC_MEMBER = f"{CONTAINER_DIR}/spec.json"
 RESTORED_FROM_LABEL = "io.cedana.restored-from"
 
 _RUNC_RUNTIMES = ("io.containerd.runc.v1", "io.containerd.runc.v2")
-_LIVE = ("running", "paused")
 
 
 def runc_root_for(record: ContainerRecord, namespace: str) -> Path:
@@ -231,30 +230,12 @@ class ContainerdContainer:
     @property
     def running(self) -> bool:
         """True while the container has a running or paused task."""
-        try:
-            return self.status in _LIVE
-        except ContainerNotFound:
-            return False
+        return self.status in LIVE
 
     @property
     def image(self) -> str:
         """The image reference the container was made from."""
         return self.info().image
-
-    @property
-    def snapshotter(self) -> str:
-        """The snapshotter holding its root filesystem."""
-        return self.info().snapshotter
-
-    @property
-    def snapshot_key(self) -> str:
-        """Its writable snapshot's key."""
-        return self.info().snapshot_key
-
-    @property
-    def runtime(self) -> str:
-        """Its runtime (``io.containerd.runc.v2``)."""
-        return self.info().runtime
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -277,7 +258,7 @@ class ContainerdContainer:
         """The container, its running task and runc's state of it, checked to agree."""
         record = client.container(self.id)
         task = client.task(self.id)
-        if task is None or task.status not in _LIVE:
+        if task is None or task.status not in LIVE:
             what = "has no task" if task is None else f"has a {task.status} task"
             hint = (
                 "start it first (ctr task start)"
@@ -394,7 +375,14 @@ class ContainerdContainer:
             members={SPEC_MEMBER: record.spec},
         )
         if not opts.leave_running:
-            self._forget_task(client)
+            try:  # the dump killed it; containerd keeps the task until it is deleted
+                _remove_task(client, self.id, timeout=30)
+            except CedanaError as exc:
+                logger.warning(
+                    "checkpoint of %s written, but its task was not deleted from containerd: %s",
+                    self.id,
+                    exc,
+                )
         logger.debug(
             "checkpoint containerd %s/%s: complete in %.3fs",
             self.namespace,
@@ -402,18 +390,6 @@ class ContainerdContainer:
             time.monotonic() - started,
         )
         return ckpt
-
-    def _forget_task(self, client: ContainerdClient) -> None:
-        """After the dump killed it: wait until containerd saw the exit, delete the task."""
-        try:
-            client.wait_task(self.id, timeout=30)
-            client.delete_task(self.id)
-        except CedanaError as exc:
-            logger.warning(
-                "checkpoint of %s written, but its task was not deleted from containerd: %s",
-                self.id,
-                exc,
-            )
 
     # --- restore ----------------------------------------------------------------
 
@@ -477,9 +453,9 @@ class ContainerdContainer:
         started = time.monotonic()
         logger.debug("restore containerd %s/%s from %s: start", namespace, name, ckpt.path)
         with ContainerdClient(address, namespace) as client:
-            _check_name_free(client, name, str(ctd["snapshotter"]))
-            image = _image_for(client, ctd, namespace)
             snapshotter = str(ctd["snapshotter"])
+            _check_name_free(client, name, snapshotter)
+            image = _image_for(client, ctd, namespace)
             if not client.snapshot_exists(snapshotter, image.chain_id):
                 raise ContainerError(
                     f"image {image.name!r} is not unpacked for snapshotter {snapshotter!r} in "
@@ -544,11 +520,7 @@ class ContainerdContainer:
                             f"containerd could not create the task of {name!r}: {exc}"
                         ) from exc
                     pid = _start(client, name, criu_work / "restore.log")
-                    config = json.loads(spec)
-                    linux = config.get("linux") or {}
-                    if namespaces.private_network(linux.get("namespaces") or []):
-                        # The shim's runc restore leaves a private network namespace empty.
-                        namespaces.loopback_up(pid)
+                    namespaces.restore_loopback(json.loads(spec), pid)
                 except BaseException:
                     logger.debug("restore containerd %s/%s: failed, cleaning up", namespace, name)
                     for step in reversed(undo):
@@ -671,7 +643,7 @@ def _start(client: ContainerdClient, name: str, criu_log: Path) -> int:
             log_path=str(criu_log),
         ) from exc
     task = client.task(name)
-    if task is None or task.status not in _LIVE:
+    if task is None or task.status not in LIVE:
         raise RestoreFailed(
             f"containerd restored task {name!r} but it is {task.status if task else 'gone'}",
             log_tail=log_tail(criu_log),
