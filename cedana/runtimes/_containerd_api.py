@@ -291,6 +291,30 @@ class ContainerRecord:
             "labels": dict(self.labels),
         }
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], **changes: Any) -> ContainerRecord:
+        """The record :meth:`to_json` wrote, with ``changes`` (fields) applied."""
+        runtime, image = data["runtime"], data["image"]
+        record = cls(
+            id=str(data["id"]),
+            # A checkpoint's manifest widens the image to a mapping that has its name.
+            image=str(image["name"] if isinstance(image, Mapping) else image),
+            snapshotter=str(data["snapshotter"]),
+            snapshot_key=str(data["snapshot_key"]),
+            runtime=str(runtime["name"]),
+            runtime_options_type=str(runtime.get("options_type") or ""),
+            runtime_options=base64.b64decode(str(runtime.get("options") or "")),
+            spec_type=str(data["spec_type"]),
+            labels=dict(data.get("labels") or {}),
+        )
+        return attrs.evolve(record, **changes)
+
+    def runc_options(self) -> dict[str, Any]:
+        """The runc shim's options (``root``, ``systemd_cgroup``...); empty for others."""
+        if self.runtime_options_type == RUNC_OPTIONS_TYPE and self.runtime_options:
+            return decode_runc_options(self.runtime_options)
+        return {}
+
 
 @attrs.frozen(kw_only=True)
 class TaskRecord:

@@ -33,7 +33,6 @@ the snapshot and the lease.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
@@ -66,12 +65,10 @@ from cedana.rootfs.containerd import ContainerdSnapshotter
 from cedana.rootfs.overlay import OverlayLayers
 from cedana.runtimes._containerd_api import (
     DEFAULT_ADDRESS,
-    RUNC_OPTIONS_TYPE,
     ContainerdClient,
     ContainerRecord,
     ImageRecord,
     TaskRecord,
-    decode_runc_options,
 )
 from cedana.staging import scratch_dir
 
@@ -96,10 +93,7 @@ _RUNC_RUNTIMES = ("io.containerd.runc.v1", "io.containerd.runc.v2")
 def runc_root_for(record: ContainerRecord, namespace: str) -> Path:
     """Where the runc shim keeps runc's state for ``record``: its ``root`` option (or
     /run/containerd/runc), then the namespace, as the shim's ``NewRunc`` does."""
-    root = ""
-    if record.runtime_options_type == RUNC_OPTIONS_TYPE and record.runtime_options:
-        root = str(decode_runc_options(record.runtime_options).get("root") or "")
-    return Path(root or DEFAULT_RUNC_ROOT) / namespace
+    return Path(record.runc_options().get("root") or DEFAULT_RUNC_ROOT) / namespace
 
 
 def rename_cgroups_path(path: str, old: tuple[str, str], new: tuple[str, str]) -> str:
@@ -463,21 +457,14 @@ class ContainerdContainer:
                     f"missing); unpack it there first (ctr -n {namespace} images unpack "
                     f"--snapshotter {snapshotter} {image.name})"
                 )
-            runtime = ctd["runtime"]
-            record = ContainerRecord(
+            record = ContainerRecord.from_json(
+                ctd,
                 id=name,
                 image=image.name,
-                snapshotter=snapshotter,
                 snapshot_key=name,
-                runtime=str(runtime["name"]),
-                runtime_options_type=str(runtime.get("options_type") or ""),
-                runtime_options=base64.b64decode(str(runtime.get("options") or "")),
-                spec_type=str(ctd["spec_type"]),
                 labels={**dict(ctd.get("labels") or {}), RESTORED_FROM_LABEL: "/".join(old)},
             )
-            task_options: dict[str, Any] = {}
-            if record.runtime_options_type == RUNC_OPTIONS_TYPE and record.runtime_options:
-                task_options = decode_runc_options(record.runtime_options)
+            task_options = record.runc_options()
             uri = f"file://{os.path.abspath(log)}" if log is not None else ""
 
             with (

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import grpc
 import pytest
 
@@ -121,6 +122,23 @@ def test_runc_root_follows_the_runtime_options() -> None:
     other = record(runtime_options_type="other.Options", runtime_options=opts)
     assert ctd.runc_root_for(other, "ns") == Path("/run/containerd/runc/ns")
     assert custom.to_json()["runtime"]["options"] == base64.b64encode(opts).decode()
+    assert custom.runc_options() == {"root": "/srv/runc"} and other.runc_options() == {}
+
+
+def test_record_comes_back_from_its_json() -> None:
+    """from_json reads what to_json wrote (runtime options included), also with the image
+    widened to a mapping as a checkpoint's manifest has it, and applies changes."""
+    record = api.ContainerRecord(
+        id="c", image="docker.io/library/busybox:latest", snapshotter="overlayfs",
+        snapshot_key="c", runtime="io.containerd.runc.v2",
+        runtime_options_type=api.RUNC_OPTIONS_TYPE,
+        runtime_options=api.encode_runc_options({"root": "/srv/runc"}), labels={"a": "b"},
+    )  # fmt: skip
+    data = record.to_json()
+    assert api.ContainerRecord.from_json(data) == attrs.evolve(record, spec=b"{}")
+    data["image"] = {"name": record.image, "digest": "sha256:00"}
+    moved = api.ContainerRecord.from_json(data, id="d", snapshot_key="d")
+    assert moved == attrs.evolve(record, id="d", snapshot_key="d")
 
 
 # --- images ------------------------------------------------------------------------------
