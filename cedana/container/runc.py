@@ -74,7 +74,7 @@ from cedana.process import (
 )
 from cedana.rootfs import RootfsDiff, Snapshotter, snapshotter_for
 from cedana.rootfs.mounts import is_mountpoint, umount
-from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter, layers_json
+from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter
 from cedana.staging import scratch_dir
 
 __all__ = [
@@ -127,7 +127,6 @@ class ContainerDump:
         *,
         backend: CriuBackend,
         snapshotter: Snapshotter | None,
-        layers: OverlayLayers | None,
         workload: Mapping[str, Any] | None = None,
         rootfs: Mapping[str, Any] | None = None,
         members: Mapping[str, bytes] | None = None,
@@ -136,21 +135,19 @@ class ContainerDump:
 
         Args:
             snapshotter: Captures the rootfs changes; None records them as not captured.
-            layers: The overlay the snapshotter captures from (lower layers recorded).
             workload: The runtime's own manifest facts, beside ``container``.
             rootfs: More facts for the manifest's ``rootfs`` entry.
             members: More files for the artifact (name -> content), written while frozen.
         """
-        if snapshotter is not None and layers is not None:
+        if snapshotter is not None:
             entry: dict[str, Any] = {
                 "captured": True,
                 "snapshotter": snapshotter.name,
                 "dir": CONTAINER_DIR,
-                **layers_json(layers),
+                **snapshotter.layers_json(),
                 **(rootfs or {}),
             }
         else:
-            snapshotter = None
             entry = {
                 "captured": False,
                 "path": str(self.state.rootfs),
@@ -350,7 +347,6 @@ class RuncContainer:
         backend = self._backend or default_backend()
         backend.preflight()
         dump = self.prepare_dump(opts, self._live_state())
-        layers = OverlayLayers.of(dump.state.rootfs)
         started = time.monotonic()
         logger.debug("checkpoint runc %s (pid %d) -> %s: start", self.id, dump.state.pid, path)
         ckpt = dump.checkpoint(
@@ -358,7 +354,6 @@ class RuncContainer:
             opts,
             backend=backend,
             snapshotter=snapshotter_for(dump.state.rootfs),
-            layers=layers,
         )
         if not opts.leave_running:
             # As runc checkpoint does: the dumped container is gone, free its id.

@@ -96,6 +96,11 @@ class Snapshotter(Protocol):
 
     name: str
 
+    def layers_json(self) -> dict[str, Any]:
+        """The layers below the writable one, as the manifest's ``rootfs`` entry records
+        them for restore to find again (overlay: ``lower`` and ``userxattr``)."""
+        ...
+
     def capture(self, rootfs: Path, dest: Path) -> RootfsDiff:
         """Write the changes of the root filesystem mounted at ``rootfs`` into directory ``dest``.
 
@@ -125,4 +130,4 @@ def snapshotter_for(rootfs: str | os.PathLike[str]) -> Snapshotter | None:
     layers = OverlayLayers.of(Path(rootfs))
     if layers is None or layers.upper is None:
         return None
-    return OverlaySnapshotter()
+    return OverlaySnapshotter(layers)

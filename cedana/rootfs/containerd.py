@@ -20,22 +20,17 @@ layer passes its API client, unit tests a fake.
 
 from __future__ import annotations
 
-import logging
-import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
 from cedana.errors import NotCheckpointable
 from cedana.rootfs import RootfsDiff
-from cedana.rootfs.overlay import DIFF_NAME, OverlayLayers, apply_upper, capture_upper
+from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter, layers_json
 
 __all__ = ["ContainerdSnapshotter", "Mount", "SnapshotStore", "overlay_layers"]
-
-logger = logging.getLogger("cedana.rootfs")
 
 
 @attrs.frozen(kw_only=True)
@@ -130,6 +125,9 @@ class ContainerdSnapshotter:
         assert upper is not None  # layers() accepts only writable overlays
         return Path(upper)
 
+    def layers_json(self) -> dict[str, Any]:
+        return layers_json(self.layers())
+
     def capture(self, rootfs: Path, dest: Path) -> RootfsDiff:
         """Write the snapshot's changes as ``dest/rootfs-diff.tar``.
 
@@ -138,22 +136,8 @@ class ContainerdSnapshotter:
                 whose upper copy holds only metadata.
             dest: The directory to write into (made if missing).
         """
-        started = time.monotonic()
-        upper = self.upper()
-        dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(dest / DIFF_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with open(fd, "wb") as out:
-            diff = capture_upper(upper, out, merged=rootfs)
-        diff = attrs.evolve(diff, snapshotter=self.name)
-        logger.debug(
-            "containerd capture %s/%s (%s): %s in %.3fs",
-            self.snapshotter,
-            self.key,
-            upper,
-            diff.describe(),
-            time.monotonic() - started,
-        )
-        return diff
+        diff = OverlaySnapshotter(self.layers()).capture(rootfs, dest)
+        return attrs.evolve(diff, snapshotter=self.name)
 
     def prepare(self, parent: str, labels: Mapping[str, str] | None = None) -> list[Mount]:
         """Make the active snapshot ``key`` on ``parent`` (an image's chain id); its mounts.
@@ -178,19 +162,9 @@ class ContainerdSnapshotter:
 
         The snapshot must be fresh (just prepared) and not yet mounted.
         """
-        started = time.monotonic()
-        layers = self.layers()
         where = target if target is not None else self.upper()
-        result = apply_upper(diff / DIFF_NAME, where, userxattr=layers.userxattr)
-        result = attrs.evolve(result, snapshotter=self.name)
-        logger.debug(
-            "containerd apply %s/%s: %s in %.3fs",
-            self.snapshotter,
-            self.key,
-            result.describe(),
-            time.monotonic() - started,
-        )
-        return result
+        result = OverlaySnapshotter().apply(diff, where, userxattr=self.layers().userxattr)
+        return attrs.evolve(result, snapshotter=self.name)
 
     def remove(self) -> None:
         """Remove the snapshot from containerd."""

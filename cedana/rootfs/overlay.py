@@ -528,13 +528,21 @@ def _apply_one(
 
 @attrs.define
 class OverlaySnapshotter:
-    """Captures an overlay mount's upper directory; applies it to a fresh one."""
+    """Captures an overlay mount's upper directory; applies it to a fresh one.
 
+    Args:
+        layers: The overlay captured from, when known; else read from the mount.
+    """
+
+    layers: OverlayLayers | None = None
     name: str = "overlay"
+
+    def layers_json(self) -> dict[str, Any]:
+        return layers_json(self.layers) if self.layers is not None else {}
 
     def capture(self, rootfs: Path, dest: Path) -> RootfsDiff:
         """Write the changes of the overlay mounted at ``rootfs`` as ``dest/rootfs-diff.tar``."""
-        layers = OverlayLayers.of(rootfs)
+        layers = self.layers or OverlayLayers.of(rootfs)
         if layers is None or layers.upper is None:
             raise ValueError(f"{rootfs} is not an overlay mount with an upper directory")
         started = time.monotonic()

@@ -363,7 +363,6 @@ class ContainerdContainer:
             opts,
             backend=backend,
             snapshotter=snapshot,
-            layers=layers,
             workload={"containerd": containerd},
             rootfs={"store": record.snapshotter},
             members={SPEC_MEMBER: record.spec},
