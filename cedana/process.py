@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -35,12 +34,11 @@ from typing import IO, Any, Literal
 import attrs
 
 from cedana import procfs
-from cedana.artifact.archive import open_artifact, write_artifact
+from cedana.artifact.archive import check_destination, remove_path, write_artifact
 from cedana.artifact.manifest import HostInfo, Manifest, ProcessEntry
 from cedana.checkpoint import Checkpoint
 from cedana.criu import CriuBackend, CriuRequest, default_backend
 from cedana.errors import (
-    ArtifactExists,
     CedanaError,
     NotCheckpointable,
     PidInUse,
@@ -286,10 +284,7 @@ def checkpoint_tree(
     """
     backend = backend or default_backend()  # callers ran preflight() before planning
     path = Path(path)
-    if (path.exists() or path.is_symlink()) and not options.overwrite:
-        raise ArtifactExists(f"{path} exists; pass overwrite=True or choose another path")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"directory {path.parent} does not exist; create it first")
+    check_destination(path, overwrite=options.overwrite)
 
     manifest = Manifest(
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -330,8 +325,6 @@ def checkpoint_tree(
                 overwrite=options.overwrite,
             )
         )
-        # Just written here: zstd's frame checksums prove the bytes the digests came from.
-        open_artifact(path, verify=False).verify(digests=False)
         logger.debug("artifact %s: written and verified in %.3fs", path, time.monotonic() - started)
 
     def on_notify(event: str, _pid: int) -> None:
@@ -364,21 +357,13 @@ def checkpoint_tree(
                 finish(images)
     except BaseException:
         logger.debug("checkpoint pid %d: failed", plan.pid)
-        if written:
-            _remove_artifact(path)
+        if written:  # CRIU failed after the artifact was written: the tree runs on
+            remove_path(path)
         raise
     if not options.leave_running:
         _reap_if_ours([p.pid for p in plan.tree], popen)
     logger.debug("checkpoint pid %d: complete in %.3fs", plan.pid, time.monotonic() - started)
     return Checkpoint.open(path, verify=False, manifest=written[0])
-
-
-def _remove_artifact(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 def _criu_version(backend: CriuBackend) -> str:

@@ -41,6 +41,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import IO, BinaryIO, Literal, Protocol, cast
 
@@ -50,7 +51,15 @@ import zstandard
 from cedana.artifact.manifest import MANIFEST_NAME, Manifest, Member
 from cedana.errors import ArtifactCorrupt, ArtifactError, ArtifactExists, UnsafeArtifact
 
-__all__ = ["Artifact", "Compression", "Form", "open_artifact", "write_artifact"]
+__all__ = [
+    "Artifact",
+    "Compression",
+    "Form",
+    "check_destination",
+    "open_artifact",
+    "remove_path",
+    "write_artifact",
+]
 
 _log = logging.getLogger("cedana.artifact")
 
@@ -230,6 +239,10 @@ class _Sink(Protocol):
     def write(self, data: bytes | memoryview) -> None: ...
 
     def finish(self) -> None: ...
+
+
+#: Checks one member's bytes against the manifest on their way to a sink (or to none).
+_Consume = Callable[[Member, Iterator[bytes], _Sink | None], None]
 
 
 class _FileSink:
@@ -431,7 +444,7 @@ def _quietly(remove: Callable[[Path], None], path: Path) -> None:
         _log.warning("could not remove %s while cleaning up: %s", path, exc)
 
 
-def _remove_any(path: Path) -> None:
+def remove_path(path: Path) -> None:
     """Remove a file or a whole directory tree, whichever ``path`` is, if it exists."""
     try:
         st = os.lstat(path)
@@ -585,7 +598,8 @@ def write_artifact(
     Every regular file under ``images_dir`` becomes a member; the manifest is returned, and
     written first, with ``members`` filled in (sorted by name, with size and sha256). The
     artifact is built in a temporary file (or directory) beside ``dest`` and renamed over it
-    only when complete and fsynced, so ``dest`` never holds half an artifact: on any error,
+    only when complete, fsynced and verified (for zstd, by its frame checksums), so ``dest``
+    never holds half an artifact and is left as it was on any error,
     including ``ENOSPC`` and ``KeyboardInterrupt``, the temporary is removed and the error
     propagates unchanged.
 
@@ -602,7 +616,9 @@ def write_artifact(
             is a cedana checkpoint itself.
 
     Raises:
-        ArtifactExists: ``dest`` exists and ``overwrite`` is false (checked before any work).
+        ArtifactExists: ``dest`` exists and ``overwrite`` is false, or is a directory other
+            than a checkpoint (checked before any work).
+        FileNotFoundError: ``dest``'s directory does not exist.
         ArtifactError: ``images_dir`` holds something other than regular files and
             directories, a file named ``manifest.json`` at its top, or a name that cannot be
             stored, or a file changed while being written.
@@ -612,17 +628,12 @@ def write_artifact(
     images_dir = Path(images_dir)
     dest = Path(dest)
     _check_write_arguments(compress, level, threads)
-    if os.path.lexists(dest):
-        if not overwrite:
-            raise ArtifactExists(
-                f"{dest} already exists; pass overwrite=True to replace it, or choose another path"
-            )
-        _check_replaceable(dest)
+    check_destination(dest, overwrite=overwrite)
     if dest.resolve().is_relative_to(images_dir.resolve()):
         raise ValueError(f"the artifact {dest} cannot be written inside the images {images_dir}")
 
     started = time.perf_counter()
-    form = "directory" if directory else ("zstd" if compress == "zstd" else "tar")
+    form: Form = "directory" if directory else ("zstd" if compress == "zstd" else "tar")
     _log.debug("writing %s artifact %s from %s", form, dest, images_dir)
     files = _scan_images(images_dir)
     placeholder = attrs.evolve(
@@ -640,11 +651,13 @@ def write_artifact(
             final = _write_tar(
                 images_dir, files, tmp, placeholder, compress=compress, level=level, threads=threads
             )
+        # Just written here: zstd's frame checksums prove the bytes the digests came from.
+        Artifact(path=tmp, form=form, manifest=final).verify(digests=False)
         _replace(tmp, dest)
         renamed = True
         _fsync_path(dest.parent)
     except BaseException as exc:
-        _remove_any(dest if renamed else tmp)
+        remove_path(dest if renamed else tmp)
         _log.debug("writing %s failed after %.3f s: %r", dest, time.perf_counter() - started, exc)
         raise
     total = sum(member.size for member in final.members)
@@ -660,8 +673,26 @@ def write_artifact(
     return final
 
 
-def _check_replaceable(dest: Path) -> None:
-    st = os.lstat(dest)
+def check_destination(dest: Path, *, overwrite: bool) -> None:
+    """Refuse ``dest`` as where an artifact goes, before any work is done.
+
+    Raises:
+        ArtifactExists: ``dest`` exists and ``overwrite`` is false, or it is a directory
+            that is not a cedana checkpoint (never replaced).
+        FileNotFoundError: The directory ``dest`` would be written in does not exist.
+    """
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        if not dest.parent.is_dir():
+            raise FileNotFoundError(
+                errno.ENOENT, "directory does not exist; create it first", os.fspath(dest.parent)
+            ) from None
+        return
+    if not overwrite:
+        raise ArtifactExists(
+            f"{dest} already exists; pass overwrite=True to replace it, or choose another path"
+        )
     if stat.S_ISDIR(st.st_mode) and not os.path.isfile(dest / MANIFEST_NAME):
         raise ArtifactExists(
             f"{dest} is a directory that is not a cedana checkpoint, so overwrite=True "
@@ -709,7 +740,7 @@ def _replace(tmp: Path, dest: Path) -> None:
     except BaseException:
         os.rename(aside, dest)
         raise
-    _remove_any(aside)
+    remove_path(aside)
 
 
 def _write_tar(
@@ -1110,7 +1141,6 @@ class Artifact:
     path: Path
     form: Form
     manifest: Manifest
-    _digests: bool = attrs.field(default=True, init=False, repr=False)
 
     def verify(self, *, digests: bool = True) -> None:
         """Read the whole artifact and check every member against the manifest.
@@ -1128,11 +1158,7 @@ class Artifact:
             UnsafeArtifact: An entry is not a regular file, or its name is not safe.
         """
         started = time.perf_counter()
-        self._digests = digests or self.form != "zstd"
-        try:
-            self._pass(lambda _member: None)
-        finally:
-            self._digests = True
+        self._pass(lambda _member: None, digests=digests or self.form != "zstd")
         _log.debug("verified %s in %.3f s", self.path, time.perf_counter() - started)
 
     def extract(self, dest: Path, *, only: Callable[[str], bool] | None = None) -> None:
@@ -1180,12 +1206,20 @@ class Artifact:
         self._pass(lambda m: sink if m.name == name else None, stop_at=name)
         return sink.value()
 
-    def _pass(self, sink_for: Callable[[Member], _Sink | None], stop_at: str | None = None) -> None:
-        """Read the artifact once, hashing each member and handing it to ``sink_for``'s sink."""
+    def _pass(
+        self,
+        sink_for: Callable[[Member], _Sink | None],
+        stop_at: str | None = None,
+        *,
+        digests: bool = True,
+    ) -> None:
+        """Read the artifact once, hashing each member (unless not ``digests`` and it goes to
+        no sink) and handing it to ``sink_for``'s sink."""
+        consume = partial(self._consume, digests=digests)
         if self.form == "directory":
-            self._pass_directory(sink_for, stop_at)
+            self._pass_directory(sink_for, stop_at, consume)
         else:
-            self._pass_tar(sink_for, stop_at)
+            self._pass_tar(sink_for, stop_at, consume)
 
     def _check_same_manifest(self, raw: bytes) -> None:
         try:
@@ -1195,8 +1229,10 @@ class Artifact:
         if not same:
             raise _damaged(self.path, "its manifest changed since it was opened")
 
-    def _consume(self, member: Member, chunks: Iterator[bytes], sink: _Sink | None) -> None:
-        if not self._digests and sink is None:
+    def _consume(
+        self, member: Member, chunks: Iterator[bytes], sink: _Sink | None, *, digests: bool
+    ) -> None:
+        if not digests and sink is None:
             for _chunk in chunks:  # decoded (and frame-checksummed) but not hashed
                 pass
             return
@@ -1215,7 +1251,12 @@ class Artifact:
         if sink is not None:
             sink.finish()
 
-    def _pass_tar(self, sink_for: Callable[[Member], _Sink | None], stop_at: str | None) -> None:
+    def _pass_tar(
+        self,
+        sink_for: Callable[[Member], _Sink | None],
+        stop_at: str | None,
+        consume: _Consume,
+    ) -> None:
         expected = {member.name: member for member in self.manifest.members}
         seen: set[str] = set()
         with open(self.path, "rb", buffering=_CHUNK) as source:
@@ -1238,7 +1279,7 @@ class Artifact:
                         f"member {name!r} holds {size} bytes, the manifest says {member.size}",
                     )
                 seen.add(name)
-                self._consume(member, tar.chunks(size), sink_for(member))
+                consume(member, tar.chunks(size), sink_for(member))
                 tar.skip_padding(size)
                 if name == stop_at:
                     return
@@ -1250,7 +1291,10 @@ class Artifact:
             tar.finish()
 
     def _pass_directory(
-        self, sink_for: Callable[[Member], _Sink | None], stop_at: str | None
+        self,
+        sink_for: Callable[[Member], _Sink | None],
+        stop_at: str | None,
+        consume: _Consume,
     ) -> None:
         files, others = _scan_tree(self.path)
         if others:
@@ -1284,7 +1328,7 @@ class Artifact:
                         f"the manifest says {member.size}",
                     )
                 chunks = _file_chunks(fd, member.size, self.path, member.name)
-                self._consume(member, chunks, sink_for(member))
+                consume(member, chunks, sink_for(member))
             finally:
                 os.close(fd)
 

@@ -339,6 +339,34 @@ def test_overwrite_spares_a_directory_that_is_not_an_artifact(
     assert (dest / "notes.txt").read_text() == "keep me"
 
 
+def test_refuses_a_missing_directory_before_any_work(tmp_path: Path, manifest: Manifest) -> None:
+    """A destination in a directory that does not exist is refused by name, up front."""
+    with pytest.raises(FileNotFoundError, match="create it first") as caught:
+        write_artifact(tmp_path / "no-such-images", tmp_path / "nope" / "c.tar.zst", manifest)
+    assert caught.value.filename == str(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("form", ["zstd", "tar"])
+def test_failed_check_keeps_the_artifact_it_would_replace(
+    form: str, images: Path, tmp_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new artifact is checked before it is renamed over the old one: when the check
+    fails, the old artifact is still there, whole, and no temporary is left."""
+    dest = tmp_path / "ckpt"
+    write_artifact(images, dest, manifest, **FORMS[form])  # type: ignore[arg-type]
+    before = dest.read_bytes()
+    (images / "core-1.img").write_bytes(b"newer")
+
+    def damaged(self: Artifact, *, digests: bool = True) -> None:
+        raise ArtifactCorrupt(f"checkpoint {self.path} is damaged (a disk fault)")
+
+    monkeypatch.setattr(Artifact, "verify", damaged)
+    with pytest.raises(ArtifactCorrupt, match="a disk fault"):
+        write_artifact(images, dest, manifest, overwrite=True, **FORMS[form])  # type: ignore[arg-type]
+    assert dest.read_bytes() == before
+    assert leftovers(tmp_path) == ["ckpt"]
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

@@ -166,6 +166,19 @@ def test_existing_output_refused_before_dumping(sleeper, tmp_path: Path) -> None
     assert dest.read_text() == "keep me"
 
 
+def test_directory_that_is_not_a_checkpoint_refused_before_dumping(sleeper, tmp_path: Path) -> None:
+    """overwrite=True onto a directory that is not a checkpoint is refused before CRIU is
+    asked for anything (the tree is never frozen for a write that cannot happen)."""
+    fake = FakeCriu()
+    dest = tmp_path / "home"
+    dest.mkdir()
+    plan = plan_dump(sleeper.pid, CheckpointOptions())
+    with pytest.raises(cedana.ArtifactExists, match="not a cedana checkpoint"):
+        checkpoint_tree(plan, dest, CheckpointOptions(overwrite=True), kind="process", backend=fake)
+    assert fake.calls == []
+    assert dest.is_dir()
+
+
 def test_layer_options_sit_between_detection_and_the_caller(sleeper) -> None:
     """A layer's options override what /proc suggests; shell_job= and criu= override the
     layer; the plan's shell_job always says what CRIU will be told."""
