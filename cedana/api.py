@@ -64,7 +64,7 @@ def restore(
         CedanaError: the artifact is unusable, ``into`` or an option does not fit it,
             a pid is taken, or CRIU failed; nothing of the workload is left running then.
     """
-    ckpt = path if isinstance(path, Checkpoint) else Checkpoint.open(path, verify=False)
+    ckpt = Checkpoint.of(path)
     manifest = ckpt.manifest
     source = "process" if manifest.kind == "process" else manifest.runtime or manifest.kind
     refused = ContainerError if manifest.kind == "container" else CedanaError

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import html
-import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from cedana.artifact.archive import Artifact, open_artifact
-from cedana.artifact.manifest import Manifest
+from cedana.artifact.manifest import Manifest, thaw
+from cedana.staging import scratch_dir
 from cedana.units import human_bytes
 
 if TYPE_CHECKING:
@@ -34,26 +33,38 @@ class Checkpoint:
     Get one from :func:`cedana.open` or from a ``checkpoint()`` call.
     """
 
-    path: Path
-    manifest: Manifest
-    _artifact: Artifact = attrs.field(alias="artifact", repr=False)
+    _artifact: Artifact = attrs.field(alias="artifact")
 
     @classmethod
-    def open(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        verify: bool = True,
-        manifest: Manifest | None = None,
-    ) -> Checkpoint:
+    def open(cls, path: str | os.PathLike[str], *, verify: bool = True) -> Checkpoint:
         """Open (and by default fully verify) the artifact at ``path``.
 
         Raises:
             FileNotFoundError: Nothing at ``path``.
             ArtifactCorrupt, UnsafeArtifact, UnsupportedFormat: Not usable.
         """
-        artifact = open_artifact(Path(path), verify=verify)
-        return cls(Path(path), manifest or artifact.manifest, artifact=artifact)
+        return cls(artifact=open_artifact(Path(path), verify=verify))
+
+    @classmethod
+    def of(cls, checkpoint: Checkpoint | str | os.PathLike[str]) -> Checkpoint:
+        """``checkpoint`` itself, or the one at that path opened unverified (what restores
+        take: extracting it checks every member anyway)."""
+        if isinstance(checkpoint, Checkpoint):
+            return checkpoint
+        return cls.open(checkpoint, verify=False)
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({str(self.path)!r}, kind={self.kind!r})"
+
+    @property
+    def path(self) -> Path:
+        """The artifact's file or directory."""
+        return self._artifact.path
+
+    @property
+    def manifest(self) -> Manifest:
+        """The artifact's manifest."""
+        return self._artifact.manifest
 
     @property
     def kind(self) -> str:
@@ -88,8 +99,8 @@ class Checkpoint:
         """Decode the CRIU images: processes, memory, files, sockets. Needs no root."""
         from cedana.artifact.inspect import inspect_images
 
-        with tempfile.TemporaryDirectory(prefix=".cedana-inspect-") as tmp:
-            images = Path(tmp) / "images"
+        with scratch_dir(".cedana-inspect-") as tmp:
+            images = tmp / "images"
             self.extract(images, only=_needed_for_inspection)
             inspection = inspect_images(images)
         # Page contents were not unpacked; the manifest knows every member's size.
@@ -105,7 +116,7 @@ class Checkpoint:
             "created": m.created,
             "host": {"kernel": m.host.kernel, "arch": m.host.arch, "criu": m.host.criu_version},
             "processes": [{"pid": p.pid, "ppid": p.ppid, "command": p.command} for p in m.tree],
-            "options": json.loads(m.to_json())["options"],
+            "options": thaw(m.options),
             "members": len(m.members),
             "images_bytes": sum(x.size for x in m.members),
             "size": self.size,

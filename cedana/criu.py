@@ -37,6 +37,7 @@ __all__ = [
     "default_backend",
     "load_image",
     "log_tail",
+    "restore_failed",
 ]
 
 logger = logging.getLogger("cedana.criu")
@@ -187,6 +188,12 @@ def log_tail(path: Path) -> str:
     if errors and errors[0] not in tail:
         tail = [errors[0], "...", *tail]
     return "\n".join(tail)
+
+
+def restore_failed(message: str, log: Path) -> RestoreFailed:
+    """A :class:`~cedana.errors.RestoreFailed` for a restore CRIU ran under a runtime (runc,
+    a shim), carrying the tail of CRIU's log at ``log`` and its path."""
+    return RestoreFailed(message, log_tail=log_tail(log), log_path=str(log))
 
 
 def _set_options(opts: Any, rpc: Any, options: Mapping[str, Any]) -> None:

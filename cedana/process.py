@@ -363,7 +363,7 @@ def checkpoint_tree(
     if not options.leave_running:
         _reap_if_ours([p.pid for p in plan.tree], popen)
     logger.debug("checkpoint pid %d: complete in %.3fs", plan.pid, time.monotonic() - started)
-    return Checkpoint.open(path, verify=False, manifest=written[0])
+    return Checkpoint.open(path, verify=False)
 
 
 def _criu_version(backend: CriuBackend) -> str:
@@ -422,6 +422,14 @@ def check_pids_free(entries: Sequence[ProcessEntry]) -> None:
             )
 
 
+def restores_tcp(tcp_established: bool | None, manifest: Manifest) -> bool:
+    """Whether a restore repairs established TCP connections: as asked, or when None (the
+    default) as the checkpoint was taken."""
+    if tcp_established is None:
+        return bool(manifest.options.get("tcp_established", False))
+    return tcp_established
+
+
 def restore_tree(
     checkpoint: Checkpoint,
     options: RestoreOptions,
@@ -441,9 +449,7 @@ def restore_tree(
             "terminal of the restoring process, and this one's stdin is not a terminal: "
             "restore from a terminal (e.g. `cedana restore FILE` in a shell)"
         )
-    tcp = options.tcp_established
-    if tcp is None:
-        tcp = bool(manifest.options.get("tcp_established", False))
+    tcp = restores_tcp(options.tcp_established, manifest)
     started = time.monotonic()
     with (
         open_stdio(options.stdin, options.stdout, options.stderr) as stdio,
@@ -542,10 +548,8 @@ class Process:
         **more: Any,
     ) -> Process:
         """Restore a process checkpoint; the tree runs again, detached from the caller."""
-        if not isinstance(checkpoint, Checkpoint):
-            checkpoint = Checkpoint.open(Path(checkpoint), verify=False)
         opts = attrs.evolve(options or RestoreOptions(), **more)
-        pid = restore_tree(checkpoint, opts, backend=backend)
+        pid = restore_tree(Checkpoint.of(checkpoint), opts, backend=backend)
         return cls(pid, backend=backend)
 
     # --- observing and ending the tree ---------------------------------------

@@ -55,14 +55,13 @@ from cedana.container.command import RuncCommand, log_errors
 from cedana.container.mounts import is_bind
 from cedana.container.options import dump_options, gather_facts
 from cedana.container.state import DEFAULT_ROOT, LIVE, RuncState, check_id, read_state
-from cedana.criu import CriuBackend, default_backend, log_tail
+from cedana.criu import CriuBackend, default_backend, restore_failed
 from cedana.errors import (
     CedanaError,
     ContainerError,
     ContainerExists,
     ContainerNotFound,
     ContainerNotRunning,
-    RestoreFailed,
 )
 from cedana.process import (
     CheckpointOptions,
@@ -71,6 +70,7 @@ from cedana.process import (
     checkpoint_tree,
     open_stdio,
     plan_dump,
+    restores_tcp,
 )
 from cedana.rootfs import RootfsDiff, Snapshotter, snapshotter_for
 from cedana.rootfs.mounts import is_mountpoint, umount
@@ -413,11 +413,7 @@ class RuncContainer:
             ArtifactCorrupt, UnsafeArtifact: The artifact is unusable.
             RestoreFailed: runc (or CRIU) failed; nothing is left behind.
         """
-        ckpt = (
-            checkpoint
-            if isinstance(checkpoint, Checkpoint)
-            else Checkpoint.open(Path(checkpoint), verify=False)
-        )
+        ckpt = Checkpoint.of(checkpoint)
         manifest = ckpt.manifest
         if manifest.kind != "container" or manifest.runtime not in RUNC_BASED:
             raise ContainerError(
@@ -470,9 +466,7 @@ class RuncContainer:
                     f"so it restores on its bundle, but {bundle_dir}/config.json is gone"
                 )
         opts = manifest.options
-        tcp = (
-            bool(opts.get("tcp_established", False)) if tcp_established is None else tcp_established
-        )
+        tcp = restores_tcp(tcp_established, manifest)
 
         started = time.monotonic()
         logger.debug("restore runc %s from %s: start", name, ckpt.path)
@@ -508,18 +502,15 @@ class RuncContainer:
                     )
                 criu_log = work / "criu" / "restore.log"  # scratch_dir keeps it on failure
                 if done.returncode != 0:
-                    raise RestoreFailed(
+                    raise restore_failed(
                         f"runc restore of {name!r} failed: "
                         f"{log_errors(work / 'runc.log') or 'see the CRIU log'}",
-                        log_tail=log_tail(criu_log),
-                        log_path=str(criu_log),
+                        criu_log,
                     )
                 state = read_state(root_dir, name)
                 if state.status not in LIVE:
-                    raise RestoreFailed(
-                        f"runc restored {name!r} but it is {state.status}",
-                        log_tail=log_tail(criu_log),
-                        log_path=str(criu_log),
+                    raise restore_failed(
+                        f"runc restored {name!r} but it is {state.status}", criu_log
                     )
                 config = json.loads(
                     (images / str(info.get("config") or CONFIG_MEMBER)).read_bytes()

@@ -49,7 +49,7 @@ from cedana.checkpoint import Checkpoint
 from cedana.container import RuncContainer, cgroups, namespaces
 from cedana.container.runc import CONTAINER_DIR
 from cedana.container.state import LIVE, RuncState
-from cedana.criu import CriuBackend, default_backend, log_tail
+from cedana.criu import CriuBackend, default_backend, restore_failed
 from cedana.errors import (
     CedanaError,
     ContainerError,
@@ -60,7 +60,7 @@ from cedana.errors import (
     NotCheckpointable,
     RestoreFailed,
 )
-from cedana.process import CheckpointOptions
+from cedana.process import CheckpointOptions, restores_tcp
 from cedana.rootfs.containerd import ContainerdSnapshotter
 from cedana.rootfs.overlay import OverlayLayers
 from cedana.runtimes._containerd_api import (
@@ -422,11 +422,7 @@ class ContainerdContainer:
             ArtifactCorrupt, UnsafeArtifact: The artifact is unusable.
             RestoreFailed: containerd (runc, CRIU) failed; nothing is left behind.
         """
-        ckpt = (
-            checkpoint
-            if isinstance(checkpoint, Checkpoint)
-            else Checkpoint.open(Path(checkpoint), verify=False)
-        )
+        ckpt = Checkpoint.of(checkpoint)
         manifest = ckpt.manifest
         if manifest.kind != "container" or manifest.runtime != "containerd":
             raise ContainerError(
@@ -440,7 +436,7 @@ class ContainerdContainer:
         name = name or old[1]
         namespace = namespace or old[0]
         address = address or str(ctd.get("address") or DEFAULT_ADDRESS)
-        _check_restorable(ckpt, info, manifest.options, tcp_established)
+        _check_restorable(ckpt, info, tcp_established)
         (backend or default_backend()).preflight()
 
         started = time.monotonic()
@@ -551,18 +547,15 @@ class ContainerdContainer:
 
 
 def _check_restorable(
-    ckpt: Checkpoint,
-    info: Mapping[str, Any],
-    options: Mapping[str, Any],
-    tcp_established: bool | None,
+    ckpt: Checkpoint, info: Mapping[str, Any], tcp_established: bool | None
 ) -> None:
     """Refuse what the runc shim's restore cannot do (it passes runc no CRIU flags)."""
     needs = []
     if info.get("terminal"):
         needs.append("a terminal (the container was started with a tty)")
-    if tcp_established or (tcp_established is None and options.get("tcp_established")):
+    if restores_tcp(tcp_established, ckpt.manifest):
         needs.append("TCP repair (tcp_established)")
-    if options.get("file_locks"):
+    if ckpt.manifest.options.get("file_locks"):
         needs.append("file locks")
     if info.get("ext_unix_sk"):
         needs.append("external unix sockets")
@@ -623,16 +616,13 @@ def _start(client: ContainerdClient, name: str, criu_log: Path) -> int:
     try:
         client.start_task(name)
     except CedanaError as exc:
-        raise RestoreFailed(
-            f"containerd could not restore task {name!r}: {exc}",
-            log_tail=log_tail(criu_log),
-            log_path=str(criu_log),
+        raise restore_failed(
+            f"containerd could not restore task {name!r}: {exc}", criu_log
         ) from exc
     task = client.task(name)
     if task is None or task.status not in LIVE:
-        raise RestoreFailed(
+        raise restore_failed(
             f"containerd restored task {name!r} but it is {task.status if task else 'gone'}",
-            log_tail=log_tail(criu_log),
-            log_path=str(criu_log),
+            criu_log,
         )
     return task.pid
