@@ -7,13 +7,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import attrs
-
 from cedana.checkpoint import Checkpoint
 from cedana.container import RuncContainer
 from cedana.criu import CriuReport, default_backend
 from cedana.errors import CedanaError, ContainerError
-from cedana.process import Process, RestoreOptions
+from cedana.process import Process
 from cedana.runtimes.containerd import ContainerdContainer
 
 __all__ = ["check", "open", "restore"]
@@ -99,9 +97,6 @@ _RESTORERS: dict[str, dict[str, Callable[..., Any]]] = {
 
 
 def _keywords(restorer: Callable[..., Any]) -> set[str]:
-    """The keyword options ``restorer`` takes (``**more`` of Process.restore: RestoreOptions)."""
+    """The keyword options ``restorer`` takes."""
     params = inspect.signature(restorer).parameters.values()
-    names = {p.name for p in params if p.kind is p.KEYWORD_ONLY}
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        names |= {f.name for f in attrs.fields(RestoreOptions)}
-    return names
+    return {p.name for p in params if p.kind is p.KEYWORD_ONLY}

@@ -27,7 +27,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -147,19 +146,24 @@ class DumpPlan:
     tree: tuple[procfs.ProcInfo, ...]
     criu: Mapping[str, Any]
     external: tuple[Mapping[str, Any], ...]
-    shell_job: bool
     terminal: bool = False
+
+    @property
+    def shell_job(self) -> bool:
+        """Whether CRIU is told the tree is a shell job."""
+        return bool(self.criu.get("shell_job"))
 
 
 def _external_pipes(
-    tree: Sequence[procfs.ProcInfo],
+    fds: Mapping[int, Sequence[procfs.Descriptor]],
 ) -> tuple[list[dict[str, Any]], bool]:
-    """Pipe ends whose other end lives outside the tree, and whether a tty is used."""
+    """Pipe ends whose other end lives outside the tree (``fds``: each process's open
+    descriptors), and whether a tty is used."""
     ends: dict[str, set[bool]] = {}
     holders: list[procfs.Descriptor] = []
     tty = False
-    for info in tree:
-        for d in procfs.descriptors(info.pid):
+    for descriptors in fds.values():
+        for d in descriptors:
             if d.target.startswith("pipe:["):
                 ends.setdefault(d.target, set()).add(d.writable)
                 holders.append(d)
@@ -199,11 +203,12 @@ def plan_dump(
             "namespace, which CRIU cannot dump; start the workload in its own session "
             "(setsid, subprocess start_new_session=True, or cedana.spawn)"
         )
-    external, tty = _external_pipes(tree)
+    fds = {info.pid: procfs.descriptors(info.pid) for info in tree}
+    external, tty = _external_pipes(fds)
     if not options.tcp_established:
         conns = []
         for info in tree:
-            conns += procfs.established_tcp(info.pid, procfs.descriptors(info.pid))
+            conns += procfs.established_tcp(info.pid, fds[info.pid])
         if conns:
             first = conns[0]
             raise NotCheckpointable(
@@ -219,7 +224,6 @@ def plan_dump(
         "leave_running": options.leave_running,
         # Pipes leading outside are reattached at restore via inherit_fd.
         "ext_unix_sk": True,
-        "log_level": 4,
     }
     criu.update(layer or {})
     if options.shell_job is not None:
@@ -230,7 +234,6 @@ def plan_dump(
         tree=tuple(tree),
         criu=criu,
         external=tuple(external),
-        shell_job=bool(criu["shell_job"]),
         terminal=tty,
     )
 
@@ -287,7 +290,6 @@ def checkpoint_tree(
     check_destination(path, overwrite=options.overwrite)
 
     manifest = Manifest(
-        created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         host=HostInfo.current(criu_version=_criu_version(backend)),
         kind=kind,
         runtime=runtime,
@@ -467,7 +469,6 @@ def restore_tree(
             "file_locks": bool(manifest.options.get("file_locks", False)),
             "ext_unix_sk": True,
             "inherit_fd": inherit,
-            "log_level": 4,
         }
         request_opts.update(options.criu)
         request = CriuRequest(
@@ -543,12 +544,31 @@ class Process:
         cls,
         checkpoint: Checkpoint | str | os.PathLike[str],
         *,
+        tcp_established: bool | None = None,
+        stdin: StdioTarget = None,
+        stdout: StdioTarget = None,
+        stderr: StdioTarget = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        criu: Mapping[str, Any] | None = None,
         options: RestoreOptions | None = None,
         backend: CriuBackend | None = None,
-        **more: Any,
     ) -> Process:
-        """Restore a process checkpoint; the tree runs again, detached from the caller."""
-        opts = attrs.evolve(options or RestoreOptions(), **more)
+        """Restore a process checkpoint; the tree runs again, detached from the caller.
+
+        The keywords set the :class:`RestoreOptions` field of the same name, over
+        ``options``; None leaves the field as it is.
+        """
+        given: dict[str, Any] = {
+            "tcp_established": tcp_established,
+            "stdin": stdin,
+            "stdout": stdout,
+            "stderr": stderr,
+            "work_dir": Path(work_dir) if work_dir is not None else None,
+            "criu": criu,
+        }
+        opts = attrs.evolve(
+            options or RestoreOptions(), **{k: v for k, v in given.items() if v is not None}
+        )
         pid = restore_tree(Checkpoint.of(checkpoint), opts, backend=backend)
         return cls(pid, backend=backend)
 
