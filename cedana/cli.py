@@ -67,14 +67,11 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     kind, ident = _parse_target(args.target)
     target: cedana.Process | cedana.RuncContainer | cedana.ContainerdContainer
     if kind == "runc":
-        target = cedana.RuncContainer(ident, **({"root": args.root} if args.root else {}))
+        target = cedana.RuncContainer(ident, root=args.root)
     elif kind == "containerd":
         namespace, _, cid = ident.rpartition("/")
         target = cedana.ContainerdContainer(
-            cid,
-            namespace=namespace or "default",
-            **({"address": args.address} if args.address else {}),
-            runc_root=args.root,
+            cid, namespace=namespace or None, address=args.address, runc_root=args.root
         )
     else:
         target = cedana.Process(int(ident))
@@ -95,19 +92,16 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    name, more = args.name, {}
-    if args.address:
-        more["address"] = args.address
-    if name and "/" in name:  # containerd: NAMESPACE/NAME
-        more["namespace"], _, name = name.rpartition("/")
+    namespace, _, name = (args.name or "").rpartition("/")  # containerd: [NAMESPACE/]NAME
     restored = cedana.restore(
         args.file,
         into=args.into,
         tcp_established=args.tcp_established,
-        name=name,
+        name=name or None,
+        namespace=namespace or None,
+        address=args.address,
         bundle=args.bundle,
         root=args.root,
-        **more,
     )
     data: dict[str, Any] = {"pid": restored.pid}
     text = f"restored {args.file}: pid {restored.pid}"
@@ -128,8 +122,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     ckpt = cedana.open(args.file)
     inspection = ckpt.inspect()
-    data = {"checkpoint": ckpt.summary(), "images": inspection.to_dict()}
     s = ckpt.summary()
+    data = {"checkpoint": s, "images": inspection.to_dict()}
     head = (
         f"{s['path']}: {s['kind']}{' (' + s['runtime'] + ')' if s['runtime'] else ''}, "
         f"created {s['created']}, kernel {s['host']['kernel']}, CRIU {s['host']['criu']}"

@@ -193,6 +193,11 @@ class ContainerDump:
         return {"rootfs": {**rootfs, "diff": diff.to_json()}}
 
 
+def _root_or_default(root: str | os.PathLike[str] | None) -> Path:
+    """runc's state root; None (an option left unset) means runc's default."""
+    return DEFAULT_ROOT if root is None else Path(root)
+
+
 @attrs.define(eq=False)
 class RuncContainer:
     """A runc container, found through runc's own state.
@@ -210,7 +215,7 @@ class RuncContainer:
     """
 
     id: str
-    root: Path = attrs.field(default=DEFAULT_ROOT, converter=Path)
+    root: Path = attrs.field(default=DEFAULT_ROOT, converter=_root_or_default)
     _backend: CriuBackend | None = attrs.field(default=None, alias="backend", repr=False)
     _runc: str | None = attrs.field(default=None, alias="runc", repr=False)
 

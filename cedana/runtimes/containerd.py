@@ -136,6 +136,16 @@ def _remove_task(client: ContainerdClient, container_id: str, timeout: float = 1
     client.delete_task(container_id)
 
 
+def _namespace_or_default(namespace: str | None) -> str:
+    """containerd's namespace; None (an option left unset) means ``default``."""
+    return "default" if namespace is None else namespace
+
+
+def _address_or_default(address: str | None) -> str:
+    """containerd's socket; None (an option left unset) means the default one."""
+    return DEFAULT_ADDRESS if address is None else address
+
+
 @attrs.define(eq=False)
 class ContainerdContainer:
     """A containerd container, found through containerd's API.
@@ -159,8 +169,8 @@ class ContainerdContainer:
     """
 
     id: str
-    namespace: str = "default"
-    address: str = DEFAULT_ADDRESS
+    namespace: str = attrs.field(default="default", converter=_namespace_or_default)
+    address: str = attrs.field(default=DEFAULT_ADDRESS, converter=_address_or_default)
     runc_root: Path | None = attrs.field(
         default=None, converter=attrs.converters.optional(Path), kw_only=True
     )
