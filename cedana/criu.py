@@ -147,8 +147,8 @@ def _import_pycriu() -> tuple[Any, Any]:
     return rpc, pycriu.images
 
 
-def load_image(path: Path, *, payload: bool = False) -> dict[str, Any]:
-    """Decode one CRIU image file to a dict (pycriu's JSON form).
+def load_image(path: Path) -> dict[str, Any]:
+    """Decode one CRIU image file to a dict (pycriu's JSON form), page contents left out.
 
     Raises:
         ValueError: The file is not a CRIU image pycriu can decode.
@@ -156,7 +156,7 @@ def load_image(path: Path, *, payload: bool = False) -> dict[str, Any]:
     _, images = _import_pycriu()
     with open(path, "rb") as f:
         try:
-            image: dict[str, Any] = images.load(f, pretty=False, no_payload=not payload)
+            image: dict[str, Any] = images.load(f, pretty=False, no_payload=True)
         except Exception as exc:  # pycriu raises bare Exceptions and MagicException
             raise ValueError(f"{path.name}: not a CRIU image pycriu can decode ({exc})") from exc
     return image

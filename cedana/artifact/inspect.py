@@ -181,30 +181,16 @@ class Inspection:
         out = [self._summary(), "", "Processes"]
         rows = [
             [
-                str(p.pid),
-                str(p.ppid),
-                str(p.threads),
-                human_bytes(p.memory_bytes),
-                str(p.vmas),
-                p.state,
+                *_process_cells(p),
                 "    " * (depth - 1) + "  \\_ " + p.command if depth else p.command,
                 p.exe or "-",
             ]
             for p, depth in _tree_order(self.processes)
         ]
-        out += _text_table(
-            ["PID", "PPID", "THREADS", "MEMORY", "VMAS", "STATE", "COMMAND", "EXECUTABLE"],
-            rows,
-            right={0, 1, 2, 3, 4},
-        )
+        out += _text_table([h.upper() for h in _PROCESS_HEADERS], rows, right={0, 1, 2, 3, 4})
         out += ["", "Open files"]
         if self.files:
-            commands = {p.pid: p.command for p in self.processes}
-            rows = [
-                [str(f.pid), commands.get(f.pid, "?"), str(f.fd), f.kind, f.description]
-                for f in self.files
-            ]
-            out += _text_table(["PID", "COMMAND", "FD", "KIND", "DESCRIPTION"], rows, right={0, 2})
+            out += _text_table([h.upper() for h in _FILE_HEADERS], self._file_rows(), right={0, 2})
         else:
             out.append("(none)")
         out += ["", "Sockets"]
@@ -217,6 +203,13 @@ class Inspection:
             out += [f"  {reason}" for reason in self.skipped]
         return "\n".join(out) + "\n"
 
+    def _file_rows(self) -> list[list[str]]:
+        commands = {p.pid: p.command for p in self.processes}
+        return [
+            [str(f.pid), commands.get(f.pid, "?"), str(f.fd), f.kind, f.description]
+            for f in self.files
+        ]
+
     def _repr_html_(self) -> str:
         """Render readable HTML tables for a notebook; all text is escaped."""
         esc = html.escape
@@ -224,27 +217,17 @@ class Inspection:
         parts.append("<h4>Processes</h4>")
         rows = []
         for p, depth in _tree_order(self.processes):
-            cells = [str(p.pid), str(p.ppid), str(p.threads), human_bytes(p.memory_bytes)]
-            cells += [str(p.vmas), p.state]
+            cells = _process_cells(p)
             tds = "".join(f'<td style="text-align:right">{esc(c)}</td>' for c in cells[:5])
             tds += f"<td>{esc(cells[5])}</td>"
             tds += f'<td style="padding-left:{0.5 + 1.5 * depth:g}em">{esc(p.command)}</td>'
             tds += f"<td>{esc(p.exe)}</td>"
             rows.append(f"<tr>{tds}</tr>")
-        parts.append(
-            _html_table(
-                ["PID", "PPID", "Threads", "Memory", "VMAs", "State", "Command", "Executable"],
-                rows,
-            )
-        )
+        parts.append(_html_table(_PROCESS_HEADERS, rows))
         parts.append("<h4>Open files</h4>")
         if self.files:
-            commands = {p.pid: p.command for p in self.processes}
-            rows = [
-                _html_row([str(f.pid), commands.get(f.pid, "?"), str(f.fd), f.kind, f.description])
-                for f in self.files
-            ]
-            parts.append(_html_table(["PID", "Command", "FD", "Kind", "Description"], rows))
+            rows = [_html_row(cells) for cells in self._file_rows()]
+            parts.append(_html_table(_FILE_HEADERS, rows))
         else:
             parts.append("<p>(none)</p>")
         parts.append("<h4>Sockets</h4>")
@@ -263,7 +246,21 @@ class Inspection:
 
 # --- rendering helpers -------------------------------------------------------------------
 
+_PROCESS_HEADERS = ["PID", "PPID", "Threads", "Memory", "VMAs", "State", "Command", "Executable"]
+_FILE_HEADERS = ["PID", "Command", "FD", "Kind", "Description"]
 _SOCKET_HEADERS = ["INODE", "FAMILY", "TYPE", "PROTO", "STATE", "LOCAL", "REMOTE"]
+
+
+def _process_cells(p: ProcessInfo) -> list[str]:
+    """A process's numbers and state: the cells before its command."""
+    return [
+        str(p.pid),
+        str(p.ppid),
+        str(p.threads),
+        human_bytes(p.memory_bytes),
+        str(p.vmas),
+        p.state,
+    ]
 
 
 def _socket_row(s: SocketInfo) -> list[str]:
@@ -452,7 +449,7 @@ class _Images:
 
     @staticmethod
     def _load(path: Path, magic: str) -> list[_Entry]:
-        image = load_image(path, payload=False)
+        image = load_image(path)
         found = image.get("magic")
         if found != magic:
             raise ValueError(f"{path.name}: holds a {found} image, not {magic}")
