@@ -196,28 +196,27 @@ def restore_failed(message: str, log: Path) -> RestoreFailed:
     return RestoreFailed(message, log_tail=log_tail(log), log_path=str(log))
 
 
+#: criu_opts fields that are lists of pairs, given as (first, second) tuples.
+_PAIRS = {"inherit_fd": ("key", "fd"), "join_ns": ("ns", "ns_file"), "ext_mnt": ("key", "val")}
+#: criu_opts enum fields, given by value name ("soft", "skip"...), and their enum types.
+_ENUMS = {"manage_cgroups_mode": "criu_cg_mode", "network_lock": "criu_network_lock_method"}
+
+
 def _set_options(opts: Any, rpc: Any, options: Mapping[str, Any]) -> None:
     for name, value in options.items():
         if value is None:
             continue
-        if name == "inherit_fd":
-            for key, fd in value:
-                opts.inherit_fd.add(key=key, fd=fd)
-        elif name == "join_ns":
-            for ns, ns_file in value:
-                opts.join_ns.add(ns=ns, ns_file=ns_file)
-        elif name == "ext_mnt":
-            for key, val in value:
-                opts.ext_mnt.add(key=key, val=val)
+        if name in _PAIRS:
+            first, second = _PAIRS[name]
+            for a, b in value:
+                getattr(opts, name).add(**{first: a, second: b})
         elif name == "cg_root":
             for ctrl, path in value:
                 entry = opts.cg_root.add(path=path)
                 if ctrl:
                     entry.ctrl = ctrl
-        elif name == "manage_cgroups_mode":
-            opts.manage_cgroups_mode = rpc.criu_cg_mode.Value(value.upper())
-        elif name == "network_lock":
-            opts.network_lock = rpc.criu_network_lock_method.Value(value.upper())
+        elif name in _ENUMS:
+            setattr(opts, name, getattr(rpc, _ENUMS[name]).Value(value.upper()))
         elif isinstance(value, list | tuple):
             getattr(opts, name).extend(value)
         else:

@@ -15,21 +15,29 @@ from cedana.errors import CriuError, DumpFailed, PidInUse, RestoreFailed
 
 
 def test_build_options_maps_scalars_and_repeated_fields() -> None:
-    """Plain fields, repeated strings and inherit_fd pairs land in criu_opts."""
+    """Plain fields, repeated strings, pair lists and enums by name land in criu_opts."""
     opts = criu.build_options(
         {
             "pid": 42,
             "shell_job": True,
             "external": ["mnt[/x]:x"],
             "inherit_fd": [("pipe:[7]", 3)],
+            "join_ns": [("net", "/proc/1/ns/net")],
+            "ext_mnt": [("/proc", "proc")],
+            "cg_root": [("", "/a"), ("cpu", "/b")],
             "manage_cgroups_mode": "soft",
+            "network_lock": "skip",
         }
     )
     assert opts.pid == 42
     assert opts.shell_job is True
     assert list(opts.external) == ["mnt[/x]:x"]
     assert [(i.key, i.fd) for i in opts.inherit_fd] == [("pipe:[7]", 3)]
+    assert [(j.ns, j.ns_file) for j in opts.join_ns] == [("net", "/proc/1/ns/net")]
+    assert [(m.key, m.val) for m in opts.ext_mnt] == [("/proc", "proc")]
+    assert [(c.ctrl, c.path) for c in opts.cg_root] == [("", "/a"), ("cpu", "/b")]
     assert opts.manage_cgroups_mode == 3
+    assert opts.network_lock == 3
 
 
 def test_build_options_rejects_unknown_names() -> None:
