@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import ctypes
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -102,11 +103,17 @@ def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def wait_until(ready: Callable[[], object], what: str, timeout: float = 300) -> None:
+    """Poll ``ready`` until true; a workload that never gets ready ends the run clearly."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def scratch(parent: Path) -> Iterator[Path]:
-    import shutil
-    import tempfile
-
     path = Path(tempfile.mkdtemp(prefix="bench-", dir=parent))
     try:
         yield path

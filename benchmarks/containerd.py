@@ -54,6 +54,7 @@ from benchmarks.common import (
     scratch,
     table,
     timed,
+    wait_until,
 )
 
 NAMESPACE = "cedana-bench"
@@ -269,8 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 NAME, namespace=NAMESPACE, address=daemon.address
             )
             ready = Path(f"/proc/{container.pid}/root/tmp/ready")
-            while not ready.exists():
-                time.sleep(0.1)
+            wait_until(ready.exists, "the container workload")
 
             def ctr_checkpoint(ref: str) -> None:
                 run(daemon.ctr("containers", "checkpoint", "--rw", "--task", NAME, ref))

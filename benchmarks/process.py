@@ -36,6 +36,7 @@ from benchmarks.common import (
     scratch,
     table,
     timed,
+    wait_until,
 )
 
 WORKLOAD = """
@@ -51,10 +52,13 @@ while True:
 
 def start_workload(mib: int, log: Path) -> cedana.Process:
     proc = cedana.spawn([sys.executable, "-c", WORKLOAD.format(half=(mib << 20) // 2)], log=log)
-    import time
 
-    while "ready" not in (log.read_text() if log.exists() else ""):
-        time.sleep(0.1)
+    def ready() -> bool:
+        if not proc.running:
+            raise RuntimeError(f"the workload exited before it was ready; see {log}")
+        return "ready" in (log.read_text() if log.exists() else "")
+
+    wait_until(ready, "the workload")
     return proc
 
 

@@ -30,7 +30,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from benchmarks.common import (
     scratch,
     table,
     timed,
+    wait_until,
 )
 
 NAME = "cedana-bench"
@@ -177,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             detached([*runc, "run", "-d", "--bundle", str(bundle), NAME], runc_log)
-            while not (bundle / "upper" / "tmp" / "ready").exists():
-                time.sleep(0.1)
+            wait_until((bundle / "upper" / "tmp" / "ready").exists, "the container workload")
             for r in range(args.rounds):
                 images, timages = work / f"runc{r}", work / f"runc-t{r}"
                 tarball, artifact = work / f"runc{r}.tar.zst", work / f"cedana{r}.tar.zst"

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 import platform
+import subprocess
 import sys
 import textwrap
 import time
@@ -96,6 +97,17 @@ class Workloads:
                         os.kill(info.pid, signal.SIGKILL)
         time.sleep(0.05)
         reap_zombie_children()
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """``sleep 60`` in a session of its own, stdio on /dev/null: a tree to plan and dump."""
+    p = subprocess.Popen(
+        ["sleep", "60"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+    )
+    yield p
+    p.kill()
+    p.wait()
 
 
 @pytest.fixture

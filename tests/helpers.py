@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,6 +53,23 @@ def popen_in_session(argv: list[str], **popen: Any) -> tuple[subprocess.Popen[by
     kids = wait_for(lambda: procfs.children(leader.pid), what="the session's child")
     assert isinstance(kids, list)
     return leader, kids[0]
+
+
+def read_until(fd: int, needle: bytes, timeout: float = 10) -> bytes:
+    """What ``fd`` gives until ``needle`` shows up, it ends, or ``timeout`` passes (so a
+    workload that stays silent fails the test instead of hanging it)."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while needle not in data and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+    return data
 
 
 @contextlib.contextmanager

@@ -652,13 +652,7 @@ def test_restore_into_runc(
     assert isinstance(r, cedana.RuncContainer)
     assert r.status == "running"
     before = checkpointed_counts(ckpt)
-
-    def counts() -> list[int]:
-        text = Path(f"/proc/{r.pid}/root/tmp/count.log").read_text()
-        return [int(x) for x in text.split()]
-
-    wait_for(lambda: len(counts()) >= len(before) + 5, 20, "the runc copy to count on")
-    assert counts()[: len(before)] == before
+    assert wait_count(r, len(before) + 5)[: len(before)] == before
     assert_counts_on(r, before)
     assert f"{name}-runc" not in containerd.tasks()
     with pytest.raises(cedana.ContainerError, match="address"):

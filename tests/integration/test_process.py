@@ -25,7 +25,7 @@ import cedana
 from cedana import procfs
 from tests.capabilities import integration
 from tests.conftest import Workloads, reap_zombie_children, wait_for
-from tests.helpers import popen_in_session, tmpfs
+from tests.helpers import popen_in_session, read_until, tmpfs
 
 pytestmark = integration
 
@@ -378,8 +378,8 @@ def test_started_with_pipes_from_subprocess(workloads: Workloads, tmp_path: Path
     )
     workloads.track(popen.pid)
     assert popen.stdout is not None
-    first = [popen.stdout.readline() for _ in range(3)]
-    assert first[-1].startswith(b"count")
+    first = read_until(popen.stdout.fileno(), b"count 3\n").splitlines()
+    assert first[2].startswith(b"count")
     ckpt = cedana.Process(pid).checkpoint(tmp_path / "piped.tar.zst")
     popen.wait(10)
     assert ckpt.manifest.workload["shell_job"] is True
@@ -628,20 +628,6 @@ def test_pid_in_use_names_the_holder(workloads: Workloads, tmp_path: Path) -> No
     assert proc.running
 
 
-def _read_until(fd: int, needle: bytes, timeout: float = 10) -> bytes:
-    import select
-
-    data = b""
-    deadline = time.monotonic() + timeout
-    while needle not in data and time.monotonic() < deadline:
-        if select.select([fd], [], [], 0.1)[0]:
-            try:
-                data += os.read(fd, 4096)
-            except OSError:
-                break
-    return data
-
-
 def test_terminal_job(workloads: Workloads, tmp_path: Path) -> None:
     """A process on a terminal is dumped as a shell job; restoring without a terminal is a
     clear error, and restoring from a terminal continues it on that terminal."""
@@ -653,7 +639,7 @@ def test_terminal_job(workloads: Workloads, tmp_path: Path) -> None:
     if pid == 0:  # pragma: no cover - the workload
         os.execv(sys.executable, [sys.executable, str(script)])
     workloads.track(pid)
-    assert b"count 5" in _read_until(master, b"count 5")
+    assert b"count 5" in read_until(master, b"count 5")
     ckpt = cedana.Process(pid).checkpoint(tmp_path / "tty.tar.zst")
     assert ckpt.manifest.workload["terminal"] is True
     os.close(master)
@@ -669,13 +655,13 @@ def test_terminal_job(workloads: Workloads, tmp_path: Path) -> None:
         except BaseException:
             code = 1
         os._exit(code)
-    out = _read_until(term, b"\n", timeout=15)
-    out += _read_until(term, b"count", timeout=15)
+    out = read_until(term, b"\n", timeout=15)
+    out += read_until(term, b"count", timeout=15)
     _, status = os.waitpid(restorer, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert procfs.holder_of(pid) is not None
     assert b"count" in out
-    out += _read_until(term, b"\n", timeout=15)
+    out += read_until(term, b"\n", timeout=15)
     resumed = [int(n) for n in re.findall(rb"count (\d+)", out)]
     assert resumed, out
     assert resumed[0] > 5, "it went on from its count at the checkpoint, not from 1"

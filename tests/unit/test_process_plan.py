@@ -15,17 +15,7 @@ import pytest
 import cedana
 from cedana.process import CheckpointOptions, checkpoint_tree, plan_dump
 from tests.fakes import FakeCriu
-from tests.helpers import popen_in_session
-
-
-@pytest.fixture
-def sleeper():
-    p = subprocess.Popen(
-        ["sleep", "60"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
-    )
-    yield p
-    p.kill()
-    p.wait()
+from tests.helpers import popen_in_session, read_until
 
 
 def test_session_leader_needs_no_shell_job(sleeper) -> None:
@@ -90,7 +80,7 @@ def test_established_tcp_refused_with_the_option_named() -> None:
     )
     try:
         assert p.stdout is not None
-        assert p.stdout.readline().strip() == b"ok"
+        assert read_until(p.stdout.fileno(), b"\n").strip() == b"ok"
         with pytest.raises(cedana.NotCheckpointable, match="tcp_established=True"):
             plan_dump(p.pid, CheckpointOptions())
         plan = plan_dump(p.pid, CheckpointOptions(tcp_established=True))

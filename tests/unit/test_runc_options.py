@@ -366,41 +366,34 @@ def test_container_summary_for_inspect() -> None:
 
 @pytest.mark.parametrize("leave_running", [False, True])
 def test_add_members_runs_while_frozen_and_extends_the_manifest(
-    tmp_path: Path, leave_running: bool
+    tmp_path: Path, leave_running: bool, sleeper: subprocess.Popen[bytes]
 ) -> None:
     """checkpoint_tree calls add_members once, from post-dump (tree frozen) in both modes,
     so a container's rootfs capture matches its memory; what it returns lands in the
     manifest's workload and its files become members."""
     fake = FakeCriu(kill=True)
     seen_frozen: list[bool] = []
-    calls: list[Path] = []
 
     def add_members(images: Path) -> dict[str, Any]:
         seen_frozen.append(fake.frozen)
-        calls.append(images)
         (images / "container").mkdir()
         (images / "container" / "rootfs-diff.tar").write_bytes(b"diff")
         return {"rootfs": {"captured": True}}
 
     opts = CheckpointOptions(leave_running=leave_running)
-    sleeper = subprocess.Popen(
-        ["sleep", "60"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+    ckpt = checkpoint_tree(
+        plan_dump(sleeper.pid, opts),
+        tmp_path / "a.tar.zst",
+        opts,
+        kind="container",
+        runtime="runc",
+        workload={"rootfs": {"captured": False}},
+        add_members=add_members,
+        backend=fake,
+        popen=sleeper,
     )
-    try:
-        ckpt = checkpoint_tree(
-            plan_dump(sleeper.pid, opts),
-            tmp_path / "a.tar.zst",
-            opts,
-            kind="container",
-            runtime="runc",
-            workload={"rootfs": {"captured": False}},
-            add_members=add_members,
-            backend=fake,
-            popen=sleeper,
-        )
-    finally:
-        sleeper.kill()
-        sleeper.wait()
+    assert fake.calls == ["dumped", "thawed" if leave_running else "killed"]
+    assert (sleeper.poll() is None) == leave_running
     assert seen_frozen == [True]
     assert ckpt.manifest.workload["rootfs"]["captured"] is True
     assert ckpt.read_member("container/rootfs-diff.tar") == b"diff"
