@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-STRICT = os.environ.get("CI", "").lower() == "true"
+STRICT = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
 def criu_binary() -> str | None:
@@ -66,6 +66,12 @@ def requires_criu(minimum: tuple[int, ...] = (4, 2)) -> pytest.MarkDecorator:
 
 def requires_runtime(name: str) -> pytest.MarkDecorator:
     return _need(runtime_version(name) is not None, f"needs {name}; run scripts/provision")
+
+
+def requires_tool(*names: str) -> pytest.MarkDecorator:
+    """Command-line tools a test runs (GNU tar, zstd, unshare...)."""
+    missing = [name for name in names if shutil.which(name) is None]
+    return _need(not missing, f"needs {', '.join(missing)}; run scripts/provision")
 
 
 requires_busybox = _need(

@@ -27,6 +27,14 @@ from tests.conftest import wait_for
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i >> /tmp/count.log; sleep 0.05; done"
 
 
+#: write_artifact's keywords for each artifact form.
+FORMS: dict[str, dict[str, Any]] = {
+    "zstd": {},
+    "tar": {"compress": "none"},
+    "directory": {"directory": True},
+}
+
+
 def run_cedana(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``python -m cedana ARGS`` as a user runs it; the result is checked by the caller."""
     return subprocess.run(

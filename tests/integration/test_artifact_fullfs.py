@@ -15,16 +15,10 @@ import pytest
 
 from cedana.artifact import HostInfo, Manifest, ProcessEntry, open_artifact, write_artifact
 from tests.capabilities import requires_root
-from tests.helpers import tmpfs
+from tests.helpers import FORMS, tmpfs
 
 # Mounting a tmpfs needs root; CRIU does not take part.
 pytestmark = [pytest.mark.integration, requires_root]
-
-FORMS = {
-    "zstd": {},
-    "tar": {"compress": "none"},
-    "directory": {"directory": True},
-}
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ import pytest
 
 import cedana
 from cedana.rootfs.mounts import mountinfo, umount
-from tests.capabilities import integration, requires_busybox, requires_runtime
+from tests.capabilities import integration, requires_busybox, requires_runtime, requires_tool
 from tests.conftest import reap_zombie_children, wait_for
 from tests.helpers import (
     COUNTER,
@@ -543,6 +543,7 @@ def test_checkpoint_of_a_stopped_task(
     assert not (tmp_path / "c.tar.zst").exists()
 
 
+@requires_tool("tar", "zstd")
 def test_artifact_lists_and_inspects(
     containers: Containers,
     containerd: Containerd,

@@ -27,7 +27,7 @@ import pytest
 import cedana
 from cedana.container import DEFAULT_BUNDLES
 from cedana.rootfs.mounts import is_mountpoint, umount
-from tests.capabilities import integration, requires_busybox, requires_runtime
+from tests.capabilities import integration, requires_busybox, requires_runtime, requires_tool
 from tests.conftest import reap_zombie_children, wait_for
 from tests.helpers import (
     COUNTER,
@@ -262,6 +262,7 @@ def test_restore_under_new_names_twice(
     assert b.status == "running"
 
 
+@requires_tool("nsenter")
 def test_tcp_server_keeps_serving(
     containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

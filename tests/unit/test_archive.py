@@ -32,12 +32,9 @@ from cedana.errors import (
     UnsafeArtifact,
     UnsupportedFormat,
 )
+from tests.capabilities import requires_tool
+from tests.helpers import FORMS
 
-FORMS = {
-    "zstd": {},
-    "tar": {"compress": "none"},
-    "directory": {"directory": True},
-}
 FILE_FORMS = ["zstd", "tar"]
 LONG_NAME = "deep/" + "n" * 150 + ".img"
 
@@ -214,6 +211,7 @@ def test_levels_and_threads(
     assert tree_of(tmp_path / "out") == IMAGES
 
 
+@requires_tool("tar", "zstd")
 @pytest.mark.parametrize(("form", "flags"), [("zstd", ["--zstd"]), ("tar", [])])
 def test_standard_tar_lists_manifest_first(
     form: str, flags: list[str], images: Path, tmp_path: Path, manifest: Manifest
@@ -231,6 +229,7 @@ def test_standard_tar_lists_manifest_first(
     assert all(line.startswith("-rw------- ") for line in verbose.stdout.splitlines())
 
 
+@requires_tool("tar", "zstd")
 def test_standard_tools_extract_the_same(images: Path, tmp_path: Path, manifest: Manifest) -> None:
     """zstd and GNU tar unpack the artifact to the same images plus the manifest."""
     dest = write(images, tmp_path, manifest, "zstd")
@@ -243,6 +242,7 @@ def test_standard_tools_extract_the_same(images: Path, tmp_path: Path, manifest:
     assert files == IMAGES
 
 
+@requires_tool("zstd")
 def test_zstd_frames_carry_checksums(images: Path, tmp_path: Path, manifest: Manifest) -> None:
     """Every zstd frame of the artifact has a content checksum (XXH64)."""
     dest = write(images, tmp_path, manifest, "zstd")

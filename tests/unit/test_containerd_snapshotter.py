@@ -6,6 +6,7 @@ with overlay options naming them, as containerd's overlayfs snapshotter does.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from cedana.errors import NotCheckpointable
 from cedana.rootfs import Snapshotter
 from cedana.rootfs.containerd import ContainerdSnapshotter, Mount, overlay_layers
-from cedana.rootfs.overlay import DIFF_NAME
+from cedana.rootfs.overlay import DIFF_NAME, OverlaySnapshotter
 
 
 class FakeSnapshots:
@@ -63,8 +64,11 @@ def test_it_is_a_snapshotter(tmp_path: Path) -> None:
     """ContainerdSnapshotter implements the rootfs Snapshotter protocol, named containerd."""
     snap: Snapshotter = ContainerdSnapshotter(FakeSnapshots(tmp_path), "overlayfs", "c1")
     assert snap.name == "containerd"
-    for method in ("capture", "apply"):  # what the Protocol asks for, callable at run time
-        assert callable(getattr(snap, method))
+    for snapshotter in (ContainerdSnapshotter, OverlaySnapshotter):
+        for method in ("layers_json", "capture", "apply"):  # the Protocol's, same parameters
+            want = list(inspect.signature(getattr(Snapshotter, method)).parameters)
+            have = list(inspect.signature(getattr(snapshotter, method)).parameters)
+            assert have[: len(want)] == want, (snapshotter.__name__, method, have)
 
 
 def test_capture_then_apply_to_a_new_snapshot(tmp_path: Path) -> None:

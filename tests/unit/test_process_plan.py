@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import cedana
 from cedana.process import CheckpointOptions, checkpoint_tree, plan_dump
+from tests.conftest import wait_for
 from tests.fakes import FakeCriu
 from tests.helpers import popen_in_session, read_until
 
@@ -47,7 +47,7 @@ def test_piped_child_is_shell_job_with_external_stdio() -> None:
         p.wait()
 
 
-def test_pipe_inside_the_tree_is_not_external(tmp_path: Path) -> None:
+def test_pipe_inside_the_tree_is_not_external() -> None:
     """Both ends of a pipe held within the tree are CRIU's business, not external."""
     code = "import os,time\nr,w=os.pipe()\nif os.fork()==0:\n    time.sleep(60)\ntime.sleep(60)\n"
     p = subprocess.Popen(
@@ -58,9 +58,7 @@ def test_pipe_inside_the_tree_is_not_external(tmp_path: Path) -> None:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 5
-        while len(cedana.Process(p.pid).tree()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: len(cedana.Process(p.pid).tree()) >= 2, 5, "the forked child")
         plan = plan_dump(p.pid, CheckpointOptions())
         assert len(plan.tree) == 2
         assert plan.external == ()

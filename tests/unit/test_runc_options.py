@@ -192,7 +192,7 @@ def test_namespaces_with_a_path_are_external_with_runc_keys() -> None:
     assert namespaces.external_key("net") == "extRootNetNS"
 
 
-def test_real_namespace_inode_is_read(tmp_path: Path) -> None:
+def test_real_namespace_inode_is_read() -> None:
     """By default the inode comes from stat() of the namespace path."""
     path = "/proc/self/ns/net"
     entries = namespaces.external_namespaces([{"type": "network", "path": path}])
