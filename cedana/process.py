@@ -24,7 +24,6 @@ import logging
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -343,7 +342,7 @@ def checkpoint_tree(
         # The log lives apart from the images: when their disk fills up, it still says why.
         with (
             scratch_dir(".cedana-dump-", parent=options.work_dir) as work,
-            scratch_dir(".cedana-log-", parent=tempfile.gettempdir()) as logs,
+            scratch_dir(".cedana-log-") as logs,  # always the temp dir
         ):
             images = work / "images"
             images.mkdir(mode=0o700)
