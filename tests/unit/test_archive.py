@@ -165,6 +165,17 @@ def tampered(
     return build(path, [manifest_entry(manifest, listed), *entries], compress=form == "zstd")
 
 
+#: The two members the tampering tests list in their manifest.
+PAIR = {"core-1.img": b"core", "pages-1.img": b"pages"}
+
+
+def stored_pair(tmp_path: Path, form: str, manifest: Manifest, stored: dict[str, bytes]) -> Path:
+    """An artifact listing :data:`PAIR` whose tar holds its members, with ``stored``
+    replacing some of their contents."""
+    entries = [regular(name, stored.get(name, data)) for name, data in PAIR.items()]
+    return tampered(tmp_path, form, manifest, PAIR, entries)
+
+
 # --- round trips ----------------------------------------------------------------------------
 
 
@@ -652,12 +663,11 @@ def test_manifest_changed_after_open(images: Path, tmp_path: Path, manifest: Man
 @pytest.mark.parametrize("form", FILE_FORMS)
 def test_member_added(form: str, tmp_path: Path, manifest: Manifest) -> None:
     """A member the manifest does not list raises ArtifactCorrupt naming it."""
-    files = {"core-1.img": b"core", "pages-1.img": b"pages"}
     path = tampered(
         tmp_path,
         form,
         manifest,
-        files,
+        PAIR,
         [
             regular("core-1.img", b"core"),
             regular("evil.img", b"x"),
@@ -671,8 +681,7 @@ def test_member_added(form: str, tmp_path: Path, manifest: Manifest) -> None:
 @pytest.mark.parametrize("form", FILE_FORMS)
 def test_member_missing(form: str, tmp_path: Path, manifest: Manifest) -> None:
     """A member the manifest lists but the tar lacks raises ArtifactCorrupt naming it."""
-    files = {"core-1.img": b"core", "pages-1.img": b"pages"}
-    path = tampered(tmp_path, form, manifest, files, [regular("core-1.img", b"core")])
+    path = tampered(tmp_path, form, manifest, PAIR, [regular("core-1.img", b"core")])
     with pytest.raises(ArtifactCorrupt, match="'pages-1.img' listed in the manifest is missing"):
         open_artifact(path)
 
@@ -884,14 +893,7 @@ def test_extract_only(form: str, images: Path, tmp_path: Path, manifest: Manifes
 @pytest.mark.parametrize("form", FILE_FORMS)
 def test_extract_only_still_verifies(form: str, tmp_path: Path, manifest: Manifest) -> None:
     """A damaged member that only= skips still fails the extraction, which then leaves nothing."""
-    files = {"core-1.img": b"core", "pages-1.img": b"pages"}
-    path = tampered(
-        tmp_path,
-        form,
-        manifest,
-        files,
-        [regular("core-1.img", b"core"), regular("pages-1.img", b"PAGES")],
-    )
+    path = stored_pair(tmp_path, form, manifest, {"pages-1.img": b"PAGES"})
     out = tmp_path / "out"
     with pytest.raises(ArtifactCorrupt, match="pages-1.img"):
         open_artifact(path, verify=False).extract(out, only=lambda name: name == "core-1.img")
@@ -970,21 +972,14 @@ def test_read_member(form: str, images: Path, tmp_path: Path, manifest: Manifest
 @pytest.mark.parametrize("form", FILE_FORMS)
 def test_read_member_verifies(form: str, tmp_path: Path, manifest: Manifest) -> None:
     """read_member refuses a member that does not match the manifest, and unsafe entries before it."""
-    files = {"core-1.img": b"core", "pages-1.img": b"pages"}
-    path = tampered(
-        tmp_path,
-        form,
-        manifest,
-        files,
-        [regular("core-1.img", b"CORE"), regular("pages-1.img", b"pages")],
-    )
+    path = stored_pair(tmp_path, form, manifest, {"core-1.img": b"CORE"})
     with pytest.raises(ArtifactCorrupt, match="'core-1.img' does not match"):
         open_artifact(path, verify=False).read_member("core-1.img")
     path = tampered(
         tmp_path,
         form,
         manifest,
-        files,
+        PAIR,
         [special("core-1.img", tarfile.SYMTYPE, "/etc"), regular("pages-1.img", b"pages")],
     )
     with pytest.raises(UnsafeArtifact):
