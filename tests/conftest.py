@@ -12,8 +12,12 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import cedana
 
 from tests.capabilities import STRICT, criu_version, runtime_version
 
@@ -69,7 +73,7 @@ class Workloads:
         self.pids: list[int] = []
         self._n = 0
 
-    def python(self, code: str, *, log: Path | None = None) -> tuple[object, Path]:
+    def python(self, code: str, *, log: Path | None = None) -> tuple[cedana.Process, Path]:
         import cedana
 
         self._n += 1

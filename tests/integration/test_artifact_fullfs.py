@@ -63,7 +63,7 @@ def test_write_onto_full_filesystem(
     """Writing an artifact bigger than the filesystem raises ENOSPC and leaves it empty."""
     dest = small_fs / "ckpt"
     with pytest.raises(OSError) as caught:
-        write_artifact(images, dest, manifest, **FORMS[form])  # type: ignore[arg-type]
+        write_artifact(images, dest, manifest, **FORMS[form])
     assert caught.value.errno == errno.ENOSPC
     assert_empty(small_fs)
 
@@ -74,7 +74,7 @@ def test_extract_onto_full_filesystem(
 ) -> None:
     """Extracting onto a full filesystem raises ENOSPC and removes everything it wrote."""
     dest = tmp_path / "ckpt"
-    write_artifact(images, dest, manifest, **FORMS[form])  # type: ignore[arg-type]
+    write_artifact(images, dest, manifest, **FORMS[form])
     with pytest.raises(OSError) as caught:
         open_artifact(dest).extract(small_fs / "out")
     assert caught.value.errno == errno.ENOSPC

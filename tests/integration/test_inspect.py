@@ -87,7 +87,9 @@ def dump(tmp_path: Path) -> Callable[..., Path]:
     def run(pid: int, *extra: str) -> Path:
         images = tmp_path / f"images-{next(counter)}"
         images.mkdir()
-        cmd = [criu_binary(), "dump", "-t", str(pid), "-D", str(images), "--leave-running"]
+        criu = criu_binary()
+        assert criu is not None  # requires_criu
+        cmd = [criu, "dump", "-t", str(pid), "-D", str(images), "--leave-running"]
         cmd += ["-o", "dump.log", "-v4", *extra]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
         if result.returncode != 0:

@@ -588,7 +588,7 @@ def test_full_filesystem_leaves_workload_running(
         )
     assert "No space left on device" in str(info.value)
     if not stage_on_small:
-        assert info.value.errno == errno.ENOSPC
+        assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
     assert proc.running
     assert procfs.proc_info(proc.pid).state != "T"
     n = len(numbers(log))

@@ -219,7 +219,7 @@ def test_filesystem_changes_come_back(
     diff = ckpt.manifest.workload["rootfs"]["diff"]
     assert diff["whiteouts"] == 1 and diff["opaque"] == 1
 
-    r = cedana.restore(ckpt, root=containers.root, bundle=tmp_path / "b2")
+    r: cedana.RuncContainer = cedana.restore(ckpt, root=containers.root, bundle=tmp_path / "b2")
     wait_count(r, 1)
 
     def sh(cmd: str) -> str:

@@ -76,7 +76,7 @@ def dest_for(tmp_path: Path, form: str) -> Path:
 
 def write(images: Path, tmp_path: Path, manifest: Manifest, form: str) -> Path:
     dest = dest_for(tmp_path, form)
-    write_artifact(images, dest, manifest, **FORMS[form])  # type: ignore[arg-type]
+    write_artifact(images, dest, manifest, **FORMS[form])
     return dest
 
 
@@ -183,7 +183,7 @@ def stored_pair(tmp_path: Path, form: str, manifest: Manifest, stored: dict[str,
 def test_round_trip(form: str, images: Path, tmp_path: Path, manifest: Manifest) -> None:
     """Every form writes, opens (verifying), and extracts back the exact images and manifest."""
     dest = dest_for(tmp_path, form)
-    written = write_artifact(images, dest, manifest, **FORMS[form])  # type: ignore[arg-type]
+    written = write_artifact(images, dest, manifest, **FORMS[form])
     assert [m.name for m in written.members] == sorted(IMAGES)
     for member in written.members:
         assert member.size == len(IMAGES[member.name])
@@ -309,7 +309,7 @@ def test_refuses_existing_destination(
     dest = dest_for(tmp_path, form)
     dest.write_bytes(b"precious")
     with pytest.raises(ArtifactExists, match="overwrite=True") as caught:
-        write_artifact(images, dest, manifest, **FORMS[form])  # type: ignore[arg-type]
+        write_artifact(images, dest, manifest, **FORMS[form])
     assert isinstance(caught.value, FileExistsError)
     assert dest.read_bytes() == b"precious"
     assert leftovers(tmp_path) == [dest.name]
@@ -330,9 +330,9 @@ def test_overwrite_replaces(
 ) -> None:
     """overwrite=True replaces an artifact of either form with one of either form."""
     dest = tmp_path / "ckpt"
-    write_artifact(images, dest, manifest, **FORMS[old])  # type: ignore[arg-type]
+    write_artifact(images, dest, manifest, **FORMS[old])
     (images / "core-1.img").write_bytes(b"newer")
-    write_artifact(images, dest, manifest, overwrite=True, **FORMS[new])  # type: ignore[arg-type]
+    write_artifact(images, dest, manifest, overwrite=True, **FORMS[new])
     assert open_artifact(dest).form == new
     assert open_artifact(dest).read_member("core-1.img") == b"newer"
     assert leftovers(tmp_path) == ["ckpt"]
@@ -364,7 +364,7 @@ def test_failed_check_keeps_the_artifact_it_would_replace(
     """The new artifact is checked before it is renamed over the old one: when the check
     fails, the old artifact is still there, whole, and no temporary is left."""
     dest = tmp_path / "ckpt"
-    write_artifact(images, dest, manifest, **FORMS[form])  # type: ignore[arg-type]
+    write_artifact(images, dest, manifest, **FORMS[form])
     before = dest.read_bytes()
     (images / "core-1.img").write_bytes(b"newer")
 
@@ -373,7 +373,7 @@ def test_failed_check_keeps_the_artifact_it_would_replace(
 
     monkeypatch.setattr(Artifact, "verify", damaged)
     with pytest.raises(ArtifactCorrupt, match="a disk fault"):
-        write_artifact(images, dest, manifest, overwrite=True, **FORMS[form])  # type: ignore[arg-type]
+        write_artifact(images, dest, manifest, overwrite=True, **FORMS[form])
     assert dest.read_bytes() == before
     assert leftovers(tmp_path) == ["ckpt"]
 
@@ -390,11 +390,11 @@ def test_failed_check_keeps_the_artifact_it_would_replace(
     ],
 )
 def test_bad_arguments(
-    kwargs: dict[str, object], images: Path, tmp_path: Path, manifest: Manifest
+    kwargs: dict[str, Any], images: Path, tmp_path: Path, manifest: Manifest
 ) -> None:
     """A bad compress, level or threads raises ValueError before anything is written."""
     with pytest.raises(ValueError, match="must be"):
-        write_artifact(images, tmp_path / "ckpt", manifest, **kwargs)  # type: ignore[arg-type]
+        write_artifact(images, tmp_path / "ckpt", manifest, **kwargs)
     assert leftovers(tmp_path) == []
 
 
@@ -1049,7 +1049,7 @@ def test_frame_verify_catches_every_flip_in_the_data(
     def no_rehash(*_: object) -> None:
         raise AssertionError("verify(digests=False) must not hash the members")
 
-    monkeypatch.setattr(archive.hashlib, "sha256", no_rehash)
+    monkeypatch.setattr("cedana.artifact.archive.hashlib.sha256", no_rehash)
     open_artifact(dest, verify=False).verify(digests=False)
     offsets = range(len(data) // 10, len(data), len(data) // 10)
     assert len(offsets) >= 9

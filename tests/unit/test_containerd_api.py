@@ -158,7 +158,7 @@ def test_chain_id() -> None:
 
 def test_index_manifest_for_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     """From an image index, the linux manifest of this machine's architecture is used."""
-    monkeypatch.setattr(api.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr("cedana.runtimes._containerd_api.platform.machine", lambda: "x86_64")
     index = {
         "manifests": [
             {"digest": "sha256:arm", "platform": {"os": "linux", "architecture": "arm64"}},
