@@ -67,11 +67,14 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     kind, ident = _parse_target(args.target)
     target: cedana.Process | cedana.RuncContainer | cedana.ContainerdContainer
     if kind == "runc":
-        target = cedana.RuncContainer(ident, root=args.root)
+        target = cedana.RuncContainer(ident, root=args.root or None)
     elif kind == "containerd":
         namespace, _, cid = ident.rpartition("/")
         target = cedana.ContainerdContainer(
-            cid, namespace=namespace or None, address=args.address, runc_root=args.root
+            cid,
+            namespace=namespace or None,
+            address=args.address or None,
+            runc_root=args.root or None,
         )
     else:
         target = cedana.Process(int(ident))
@@ -99,9 +102,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
         tcp_established=args.tcp_established,
         name=name or None,
         namespace=namespace or None,
-        address=args.address,
-        bundle=args.bundle,
-        root=args.root,
+        address=args.address or None,
+        bundle=args.bundle or None,
+        root=args.root or None,
     )
     data: dict[str, Any] = {"pid": restored.pid}
     text = f"restored {args.file}: pid {restored.pid}"

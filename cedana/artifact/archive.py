@@ -598,10 +598,11 @@ def write_artifact(
     Every regular file under ``images_dir`` becomes a member; the manifest is returned, and
     written first, with ``members`` filled in (sorted by name, with size and sha256). The
     artifact is built in a temporary file (or directory) beside ``dest`` and renamed over it
-    only when complete, fsynced and verified (for zstd, by its frame checksums), so ``dest``
-    never holds half an artifact and is left as it was on any error,
-    including ``ENOSPC`` and ``KeyboardInterrupt``, the temporary is removed and the error
-    propagates unchanged.
+    only when complete, fsynced and read back (the zstd form by its frame checksums, the
+    others by hashing every member again), so ``dest`` never holds half an artifact. On any
+    error before the rename, including ``ENOSPC`` and ``KeyboardInterrupt``, ``dest`` is left
+    as it was, the temporary is removed and the error propagates unchanged; should the
+    directory's fsync fail after it, the new artifact is removed.
 
     Args:
         images_dir: The CRIU images directory (subdirectories are kept).
@@ -622,6 +623,8 @@ def write_artifact(
         ArtifactError: ``images_dir`` holds something other than regular files and
             directories, a file named ``manifest.json`` at its top, or a name that cannot be
             stored, or a file changed while being written.
+        ArtifactCorrupt: What was written did not read back as written (``dest`` is left
+            as it was).
         ValueError: A bad ``compress``, ``level`` or ``threads``.
         OSError: Reading the images or writing ``dest`` failed (``errno`` kept).
     """
@@ -651,8 +654,7 @@ def write_artifact(
             final = _write_tar(
                 images_dir, files, tmp, placeholder, compress=compress, level=level, threads=threads
             )
-        # Just written here: zstd's frame checksums prove the bytes the digests came from.
-        Artifact(path=tmp, form=form, manifest=final).verify(digests=False)
+        _check_written(Artifact(path=tmp, form=form, manifest=final), dest)
         _replace(tmp, dest)
         renamed = True
         _fsync_path(dest.parent)
@@ -673,6 +675,18 @@ def write_artifact(
     return final
 
 
+def _check_written(artifact: Artifact, dest: Path) -> None:
+    """Read back what was just written for ``dest``, before it replaces anything."""
+    try:
+        # zstd's frame checksums prove the bytes the digests were computed from.
+        artifact.verify(digests=False)
+    except ArtifactError as exc:
+        raise ArtifactCorrupt(
+            f"the artifact written for {dest} did not read back as written, so {dest} was "
+            "left as it was; check the disk and take the checkpoint again"
+        ) from exc
+
+
 def check_destination(dest: Path, *, overwrite: bool) -> None:
     """Refuse ``dest`` as where an artifact goes, before any work is done.
 
@@ -683,7 +697,7 @@ def check_destination(dest: Path, *, overwrite: bool) -> None:
     """
     try:
         st = os.lstat(dest)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         if not dest.parent.is_dir():
             raise FileNotFoundError(
                 errno.ENOENT, "directory does not exist; create it first", os.fspath(dest.parent)

@@ -204,7 +204,7 @@ class RuncContainer:
 
     Args:
         id: The container id.
-        root: runc's state root (``runc --root``).
+        root: runc's state root (``runc --root``); None for runc's default.
         backend: The CRIU backend; the real one by default.
         runc: The runc binary; found on PATH by default.
 

@@ -126,6 +126,7 @@ class ContainerdSnapshotter:
         return Path(upper)
 
     def layers_json(self) -> dict[str, Any]:
+        """The snapshot's lower layers (and ``userxattr``), as the manifest records them."""
         return layers_json(self.layers())
 
     def capture(self, rootfs: Path, dest: Path) -> RootfsDiff:

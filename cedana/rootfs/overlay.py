@@ -531,28 +531,37 @@ class OverlaySnapshotter:
     """Captures an overlay mount's upper directory; applies it to a fresh one.
 
     Args:
-        layers: The overlay captured from, when known; else read from the mount.
+        layers: The overlay to capture from (:func:`cedana.rootfs.snapshotter_for` reads
+            it from the mount); applying needs none.
     """
 
     layers: OverlayLayers | None = None
     name: str = "overlay"
 
+    def _writable_layers(self) -> tuple[OverlayLayers, Path]:
+        """The layers captured from, and their upper directory."""
+        if self.layers is None or self.layers.upper is None:
+            raise ValueError(
+                "OverlaySnapshotter captures the overlay it is given, with an upper directory: "
+                "OverlaySnapshotter(OverlayLayers.of(rootfs)), as snapshotter_for makes it"
+            )
+        return self.layers, Path(self.layers.upper)
+
     def layers_json(self) -> dict[str, Any]:
-        return layers_json(self.layers) if self.layers is not None else {}
+        """The lower layers (and ``userxattr``) restore mounts the changes on."""
+        return layers_json(self._writable_layers()[0])
 
     def capture(self, rootfs: Path, dest: Path) -> RootfsDiff:
         """Write the changes of the overlay mounted at ``rootfs`` as ``dest/rootfs-diff.tar``."""
-        layers = self.layers or OverlayLayers.of(rootfs)
-        if layers is None or layers.upper is None:
-            raise ValueError(f"{rootfs} is not an overlay mount with an upper directory")
+        upper = self._writable_layers()[1]
         started = time.monotonic()
         dest.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(dest / DIFF_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with open(fd, "wb") as out:
-            diff = capture_upper(Path(layers.upper), out, merged=rootfs)
+            diff = capture_upper(upper, out, merged=rootfs)
         logger.debug(
             "overlay capture %s: %s in %.3fs",
-            layers.upper,
+            upper,
             diff.describe(),
             time.monotonic() - started,
         )

@@ -293,7 +293,8 @@ class ContainerRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], **changes: Any) -> ContainerRecord:
-        """The record :meth:`to_json` wrote, with ``changes`` (fields) applied."""
+        """The record :meth:`to_json` wrote, with ``changes`` (fields) applied; the spec,
+        which travels as its own member, is the empty ``{}`` unless given."""
         runtime, image = data["runtime"], data["image"]
         record = cls(
             id=str(data["id"]),

@@ -152,8 +152,8 @@ class ContainerdContainer:
 
     Args:
         id: The container id.
-        namespace: The containerd namespace.
-        address: containerd's API socket.
+        namespace: The containerd namespace; None for ``default``.
+        address: containerd's API socket; None for the default one.
         runc_root: The runc state root of the container's shim; found from the
             container's runtime options (``/run/containerd/runc/NAMESPACE`` by
             default) when None.

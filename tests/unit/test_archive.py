@@ -350,11 +350,16 @@ def test_overwrite_spares_a_directory_that_is_not_an_artifact(
     assert (dest / "notes.txt").read_text() == "keep me"
 
 
-def test_refuses_a_missing_directory_before_any_work(tmp_path: Path, manifest: Manifest) -> None:
-    """A destination in a directory that does not exist is refused by name, up front."""
+@pytest.mark.parametrize("parent", ["nope", "a-file"])
+def test_refuses_a_missing_directory_before_any_work(
+    parent: str, tmp_path: Path, manifest: Manifest
+) -> None:
+    """A destination in a directory that does not exist (or is a file) is refused by
+    naming that directory, up front."""
+    (tmp_path / "a-file").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="create it first") as caught:
-        write_artifact(tmp_path / "no-such-images", tmp_path / "nope" / "c.tar.zst", manifest)
-    assert caught.value.filename == str(tmp_path / "nope")
+        write_artifact(tmp_path / "no-such-images", tmp_path / parent / "c.tar.zst", manifest)
+    assert caught.value.filename == str(tmp_path / parent)
 
 
 @pytest.mark.parametrize("form", ["zstd", "tar"])
@@ -372,8 +377,9 @@ def test_failed_check_keeps_the_artifact_it_would_replace(
         raise ArtifactCorrupt(f"checkpoint {self.path} is damaged (a disk fault)")
 
     monkeypatch.setattr(Artifact, "verify", damaged)
-    with pytest.raises(ArtifactCorrupt, match="a disk fault"):
+    with pytest.raises(ArtifactCorrupt, match=f"{dest} was left as it was") as caught:
         write_artifact(images, dest, manifest, overwrite=True, **FORMS[form])
+    assert "a disk fault" in str(caught.value.__cause__)
     assert dest.read_bytes() == before
     assert leftovers(tmp_path) == ["ckpt"]
 

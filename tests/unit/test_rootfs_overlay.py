@@ -306,6 +306,21 @@ def test_plain_directory_has_no_snapshotter(tmp_path: Path) -> None:
     assert snapshotter_for(tmp_path) is None
 
 
+def test_capturing_needs_the_layers(tmp_path: Path) -> None:
+    """An OverlaySnapshotter made without the overlay it captures refuses to capture or to
+    describe its layers (a checkpoint it made could not be restored), naming the fix."""
+    for call in (
+        lambda: OverlaySnapshotter().capture(tmp_path, tmp_path / "out"),
+        OverlaySnapshotter().layers_json,
+        OverlaySnapshotter(OverlayLayers(lower=("/l",), upper=None)).layers_json,
+    ):
+        with pytest.raises(ValueError, match="snapshotter_for"):
+            call()
+    assert not (tmp_path / "out").exists()
+    layers = OverlayLayers(lower=("/a", "/b"), upper="/u", work="/w")
+    assert OverlaySnapshotter(layers).layers_json() == {"lower": ["/a", "/b"], "userxattr": False}
+
+
 def test_snapshotter_protocol_and_diff_record(tmp_path: Path) -> None:
     """OverlaySnapshotter.apply reads the member from the diff directory; RootfsDiff
     survives the manifest's JSON and describes itself in one line."""
