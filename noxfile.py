@@ -1,9 +1,10 @@
 """Everything a person runs: tests, lint, typecheck, docs, demo, bench.
 
-``tests``, ``demo`` and ``bench`` first run scripts/provision (as root), which
-installs CRIU, runc and containerd idempotently and leaves a pycriu wheel in
-WHEELS; each session installs cedana with that wheel. ``session.posargs`` pass
-through to pytest, the demo and the benchmark.
+Every session that installs cedana (all but ``lint``) first runs
+scripts/provision (as root), which installs CRIU, runc and containerd
+idempotently and leaves a pycriu wheel in WHEELS, then installs cedana with
+that wheel: on a fresh machine whichever session runs first provisions it.
+``session.posargs`` pass through to pytest, the demo and the benchmark.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package; the tests and benchmarks too, with untyped defs allowed."""
+    provision(session)
     session.install("mypy==2.4.1", "--find-links", WHEELS, ".[test]")
     session.run("mypy", "cedana", "tests", "benchmarks")
 
@@ -60,6 +62,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
     """Sphinx with -W, then the doctests."""
+    provision(session)
     session.install("--find-links", WHEELS, ".", "sphinx")
     session.run("sphinx-build", "-W", "-b", "html", "docs", "docs/_build/html")
     session.run("sphinx-build", "-W", "-b", "doctest", "docs", "docs/_build/doctest")
