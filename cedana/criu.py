@@ -170,6 +170,25 @@ def _first_error(tail: str) -> str:
     return ""
 
 
+#: CRIU's errors that need words a user can act on: (what CRIU says, what it means).
+_EXPLAINED = (
+    (
+        "Can't dump half of stream unix connection",
+        "a process of the tree holds a unix stream socket whose other end is outside the "
+        "tree, which CRIU cannot dump; give the workload pipes or files instead of that "
+        "socket (cedana.spawn does), or checkpoint the process holding the other end with it",
+    ),
+)
+
+
+def explain(error: str) -> str:
+    """CRIU's error line, with what it means when that needs saying."""
+    for said, meaning in _EXPLAINED:
+        if said in error:
+            return f"{meaning} (CRIU: {error})"
+    return error
+
+
 def log_tail(path: Path) -> str:
     """The last lines of the CRIU log at ``path`` (its first error kept; RLIMIT noise
     dropped), for an error message; '' when it cannot be read."""
@@ -391,7 +410,9 @@ class SwrkCriu:
             tail = log_tail(request.log_path)
             # cr_errmsg is CRIU's first error, often the harmless RLIMIT_NOFILE warning.
             message = resp.cr_errmsg if "RLIMIT_NOFILE" not in resp.cr_errmsg else ""
-            what = _first_error(tail) or message or (os.strerror(err) if err else "see the log")
+            what = explain(
+                _first_error(tail) or message or (os.strerror(err) if err else "see the log")
+            )
             logger.debug("criu %s: failed after %.3fs: %s", kind, elapsed, what)
             cls = DumpFailed if kind == "dump" else RestoreFailed
             raise cls(

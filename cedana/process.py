@@ -22,10 +22,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
+import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -153,27 +155,61 @@ class DumpPlan:
         return bool(self.criu.get("shell_job"))
 
 
-def _external_pipes(
+_PTY_SLAVE = re.compile(r"/dev/pts/(\d+)")
+_PTY_MASTERS = ("/dev/ptmx", "/dev/pts/ptmx")
+
+
+def _is_outside_terminal(target: str, mastered: Collection[int]) -> bool:
+    """Whether a descriptor's target is a terminal whose other side is not in the tree: a
+    pty slave whose master the tree does not hold, or a tty or console device."""
+    slave = _PTY_SLAVE.fullmatch(target)
+    if slave is not None:
+        return int(slave.group(1)) not in mastered
+    if target in _PTY_MASTERS or target == "/dev/tty":  # /dev/tty: whatever the ctty is
+        return False
+    return target == "/dev/console" or target.startswith("/dev/tty")
+
+
+def _directions(d: procfs.Descriptor) -> set[str]:
+    return {"r"} if not d.writable else {"w"} if not d.readable else {"r", "w"}
+
+
+def outside_descriptors(
     fds: Mapping[int, Sequence[procfs.Descriptor]],
 ) -> tuple[list[dict[str, Any]], bool]:
-    """Pipe ends whose other end lives outside the tree (``fds``: each process's open
-    descriptors), and whether a tty is used."""
-    ends: dict[str, set[bool]] = {}
-    holders: list[procfs.Descriptor] = []
-    tty = False
+    """The tree's descriptors that lead outside it, and whether it sits on a terminal.
+
+    ``fds`` holds each process's open descriptors. A pipe leads outside only when the
+    tree holds one of its ends and a live process outside the tree holds the other: CRIU
+    cannot bring that process back, so restore reattaches the pipe to what the caller
+    gives (``inherit_fd``). Any other pipe (both ends inside, the other end closed, or in
+    flight over a unix socket) is the tree's own: CRIU recreates it with its buffered
+    data. Likewise a terminal leads outside only when the tree holds a tty, or a pty
+    slave whose master it does not hold; a pty pair of its own is dumped like a pipe.
+    """
+    ends: dict[str, set[str]] = {}
+    pipes: list[procfs.Descriptor] = []
+    mastered = {d.tty_index for ds in fds.values() for d in ds if d.tty_index is not None}
+    terminal = False
     for descriptors in fds.values():
         for d in descriptors:
             if d.target.startswith("pipe:["):
-                ends.setdefault(d.target, set()).add(d.writable)
-                holders.append(d)
-            elif d.target.startswith(("/dev/pts/", "/dev/tty")) and d.target != "/dev/tty":
-                tty = True
+                ends.setdefault(d.target, set()).update(_directions(d))
+                pipes.append(d)
+            elif _is_outside_terminal(d.target, mastered):
+                terminal = True
+    one_way = {key: held for key, held in ends.items() if len(held) == 1}
+    leading_out = {
+        d.target
+        for d in procfs.holders(one_way, exclude=fds.keys())
+        if _directions(d) - one_way[d.target]
+    }
     external = [
         {"pid": d.pid, "fd": d.fd, "key": d.target, "writable": d.writable}
-        for d in holders
-        if len(ends[d.target]) == 1
+        for d in pipes
+        if d.target in leading_out
     ]
-    return external, tty
+    return external, terminal
 
 
 def plan_dump(
@@ -203,7 +239,7 @@ def plan_dump(
             "(setsid, subprocess start_new_session=True, or cedana.spawn)"
         )
     fds = {info.pid: procfs.descriptors(info.pid) for info in tree}
-    external, tty = _external_pipes(fds)
+    external, tty = outside_descriptors(fds)
     if not options.tcp_established:
         conns = []
         for info in tree:
@@ -411,6 +447,93 @@ def _outside_fd(fd: int, writable: bool, stdio: tuple[int, int, int]) -> int:
     return stdio[1] if fd == 1 or writable else stdio[0]
 
 
+@attrs.frozen(kw_only=True)
+class Inherit:
+    """One outside pipe of the manifest, and the descriptor it is reattached to."""
+
+    key: str  # CRIU's name for it, ``pipe:[INODE]``
+    fd: int
+    tree_writes: bool  # the tree holds the write end
+
+
+def inherit_plan(
+    external: Sequence[Mapping[str, Any]], stdio: tuple[int, int, int]
+) -> list[Inherit]:
+    """What each of the manifest's outside pipes is reattached to: one entry per pipe.
+
+    CRIU hands an inherited descriptor to every holder of the pipe it names, so a pipe
+    shared by several processes, or at several fds of one, is one entry. Its lowest fd
+    number decides which of ``stdio`` it becomes (one pipe at fds 1 and 2 goes to stdout).
+    """
+    first: dict[str, Mapping[str, Any]] = {}
+    for ext in sorted(external, key=lambda e: (int(e["fd"]), int(e["pid"]))):
+        first.setdefault(str(ext["key"]), ext)
+    return [
+        Inherit(
+            key=key,
+            fd=_outside_fd(int(ext["fd"]), bool(ext.get("writable")), stdio),
+            tree_writes=bool(ext.get("writable")),
+        )
+        for key, ext in first.items()
+    ]
+
+
+def _relay(fd: int, tree_writes: bool) -> int:
+    """A new pipe between the tree and ``fd``, with a detached ``cat`` copying between them
+    (to ``fd`` when the tree writes, from it when it reads); returns the tree's end."""
+    r, w = os.pipe()
+    tree_end, cat_end = (w, r) if tree_writes else (r, w)
+    src, dst = (cat_end, fd) if tree_writes else (fd, cat_end)
+    try:
+        # "&" detaches cat from us (sh exits at once); a background job's stdin would be
+        # /dev/null, so its input comes through fd 3.
+        subprocess.run(
+            ["sh", "-c", "exec 3<&0; cat <&3 3<&- &"],
+            stdin=src,
+            stdout=dst,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            check=True,
+        )
+    except BaseException:
+        os.close(tree_end)
+        raise
+    finally:
+        os.close(cat_end)
+    return tree_end
+
+
+@contextlib.contextmanager
+def inherited_fds(plan: Sequence[Inherit]) -> Iterator[list[tuple[str, int]]]:
+    """CRIU's ``inherit_fd`` pairs for ``plan``, each with a descriptor of its own.
+
+    CRIU takes each inherited descriptor into its store and closes it, so two entries on
+    one fd (``stdout=f, stderr=f``) get a dup. It then reopens it through /proc/self/fd
+    with the pipe's flags: a regular file would be written from offset 0 by every holder,
+    and a socket cannot be reopened, so those get a pipe of their own, relayed to the
+    file or socket by a detached ``cat`` (as a shell's ``| cat >> FILE`` would). The
+    descriptors made here are closed afterwards.
+    """
+    seen: set[int] = set()
+    made: list[int] = []
+    pairs = []
+    try:
+        for entry in plan:
+            fd = entry.fd
+            if stat.S_ISREG(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode):
+                fd = _relay(fd, entry.tree_writes)
+                made.append(fd)
+            elif fd in seen:
+                fd = os.dup(fd)
+                made.append(fd)
+            seen.add(fd)
+            pairs.append((entry.key, fd))
+        yield pairs
+    finally:
+        for fd in made:
+            os.close(fd)
+
+
 def check_pids_free(entries: Sequence[ProcessEntry]) -> None:
     """Raise PidInUse naming the holder when a pid of the tree is taken."""
     for entry in entries:
@@ -454,14 +577,11 @@ def restore_tree(
     started = time.monotonic()
     with (
         open_stdio(options.stdin, options.stdout, options.stderr) as stdio,
+        inherited_fds(inherit_plan(workload.get("external", []), stdio)) as inherit,
         scratch_dir(".cedana-restore-", parent=options.work_dir) as work,
     ):
         images = work / "images"
         checkpoint.extract(images)
-        inherit = []
-        for ext in workload.get("external", []):
-            fd = _outside_fd(int(ext["fd"]), bool(ext.get("writable")), stdio)
-            inherit.append((str(ext["key"]), fd))
         request_opts: dict[str, Any] = {
             "shell_job": bool(workload.get("shell_job", False)),
             "tcp_established": tcp,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Container, Iterable, Iterator
 from pathlib import Path
 
 import attrs
@@ -24,6 +24,7 @@ __all__ = [
     "descriptors",
     "established_tcp",
     "holder_of",
+    "holders",
     "proc_info",
     "tree",
 ]
@@ -61,10 +62,15 @@ class Descriptor:
     fd: int
     target: str
     flags: int
+    tty_index: int | None = None  # a pty master's: the N of its slave /dev/pts/N
 
     @property
     def writable(self) -> bool:
         return self.flags & os.O_ACCMODE != os.O_RDONLY
+
+    @property
+    def readable(self) -> bool:
+        return self.flags & os.O_ACCMODE != os.O_WRONLY
 
 
 @attrs.frozen(kw_only=True)
@@ -131,26 +137,46 @@ def tree(pid: int) -> list[ProcInfo]:
     return out
 
 
-def descriptors(pid: int) -> list[Descriptor]:
-    """Every open descriptor of ``pid`` (descriptors closed meanwhile are skipped)."""
+def descriptors(pid: int, targets: Container[str] | None = None) -> list[Descriptor]:
+    """Every open descriptor of ``pid`` (descriptors closed meanwhile are skipped), or
+    only those pointing at one of ``targets``."""
     fd_dir = PROC / str(pid) / "fd"
     out = []
     try:
         names = os.listdir(fd_dir)
-    except (FileNotFoundError, ProcessLookupError):
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
         return []
     for name in names:
         try:
             target = os.readlink(fd_dir / name)
+            if targets is not None and target not in targets:
+                continue
             info = (PROC / str(pid) / "fdinfo" / name).read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        flags = 0
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # closed meanwhile, or a process even root may not look into
+        flags, tty_index = 0, None
         for line in info.splitlines():
             if line.startswith("flags:"):
                 flags = int(line.split()[1], 8)
-        out.append(Descriptor(pid=pid, fd=int(name), target=target, flags=flags))
+            elif line.startswith("tty-index:"):
+                tty_index = int(line.split()[1])
+        out.append(
+            Descriptor(pid=pid, fd=int(name), target=target, flags=flags, tty_index=tty_index)
+        )
     return sorted(out, key=lambda d: d.fd)
+
+
+def holders(targets: Collection[str], *, exclude: Collection[int]) -> list[Descriptor]:
+    """The descriptors pointing at one of ``targets`` (``pipe:[INODE]``...) held by every
+    live process but those in ``exclude``: who else holds what a tree holds."""
+    if not targets:
+        return []
+    wanted = set(targets)
+    out: list[Descriptor] = []
+    for entry in os.listdir(PROC):
+        if entry.isdigit() and int(entry) not in exclude:
+            out += descriptors(int(entry), wanted)
+    return out
 
 
 def _addr(hex_addr: str) -> str:
