@@ -83,9 +83,26 @@ def restore(
     if unusable:
         raise refused(
             f"{ckpt.path} holds a {source} checkpoint; restoring it into {target} does not "
-            f"take {', '.join(f'{k}= (--{k})' for k in unusable)}"
+            f"take {', '.join(_spelled(k) for k in unusable)}"
         )
     return restorer(ckpt, **given)
+
+
+#: How the command line spells the restore keywords it passes; the others are Python-only.
+_FLAGS = {
+    "address": "--address",
+    "bundle": "--bundle",
+    "name": "--name",
+    "namespace": "--name NAMESPACE/NAME",
+    "root": "--root",
+    "tcp_established": "--tcp-established",
+}
+
+
+def _spelled(keyword: str) -> str:
+    """``keyword=`` as an error message names it, with its command line form if it has one."""
+    flag = _FLAGS.get(keyword)
+    return f"{keyword}= ({flag})" if flag else f"{keyword}="
 
 
 #: What each kind of checkpoint restores into: the first target is the default.

@@ -12,6 +12,7 @@ import attrs
 
 from cedana.artifact.archive import Artifact, open_artifact
 from cedana.artifact.manifest import Manifest, thaw
+from cedana.errors import ArtifactCorrupt
 from cedana.staging import scratch_dir
 from cedana.units import human_bytes
 
@@ -102,7 +103,15 @@ class Checkpoint:
         with scratch_dir(".cedana-inspect-") as tmp:
             images = tmp / "images"
             self.extract(images, only=_needed_for_inspection)
-            inspection = inspect_images(images)
+            # CRIU's images give the tree's root ppid 0; the manifest has its real parent.
+            parents = {p.pid: p.ppid for p in self.manifest.tree}
+            try:
+                inspection = inspect_images(images, parents=parents)
+            except ArtifactCorrupt as exc:  # it names the scratch copy: name the artifact
+                detail = str(exc).removeprefix(f"{images}: ")
+                raise ArtifactCorrupt(
+                    f"{self.path} is damaged: {detail}; the checkpoint cannot be used"
+                ) from exc
         # Page contents were not unpacked; the manifest knows every member's size.
         return attrs.evolve(inspection, images_bytes=sum(m.size for m in self.manifest.members))
 

@@ -1,22 +1,27 @@
 """The ``cedana`` command: parse, call the public API, print.
 
 Tables for people, ``--json`` (one JSON object on stdout) for tools. Errors are
-one line on stderr and a non-zero exit status.
+one line on stderr (with ``--json``, a JSON object on stdout) and a non-zero exit
+status. :func:`build_parser` is the whole command line; the reference page in the
+docs is generated from it. ``-v`` is the only place that configures logging.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import cedana
 from cedana.container.runc import container_lines, container_summary
 from cedana.errors import CedanaError
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
 def _emit(data: dict[str, Any], as_json: bool, text: str) -> None:
@@ -145,72 +150,236 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(output=args.output)
 
 
-def _parser() -> argparse.ArgumentParser:
+_DESCRIPTION = """\
+Checkpoint a live process tree or container to one file and restore it: the
+workload goes on where it was. Also says what CRIU can do on this machine and
+shows what a checkpoint holds.
+"""
+
+#: The help's epilog; plain text that is also reStructuredText (docs/cli.rst renders it).
+_TARGETS = """\
+Targets (checkpoint TARGET)::
+
+  PID, process:PID           a process tree, by the pid of its root
+  runc:ID                    a runc container (--root: runc's state root)
+  containerd:[NAMESPACE/]ID  a containerd container (--address: containerd's
+                             socket; --root: the shim's runc root)
+"""
+
+_EPILOG = (
+    _TARGETS
+    + """
+Examples::
+
+  cedana check
+  cedana checkpoint 1234 -o job.tar.zst --leave-running
+  cedana -v checkpoint runc:web -o web.tar.zst
+  cedana inspect job.tar.zst
+  cedana restore job.tar.zst --json
+  cedana restore web.tar.zst --into containerd --name default/web2
+
+Exit status 0 on success; 1 on an error, said in one line on stderr (with
+--json: one JSON object on stdout, {"error": ..., "type": ...}); 130 when
+interrupted. "cedana COMMAND --help" shows each command's options.
+"""
+)
+
+#: Every runtime ``restore --into`` takes; a test checks it against what cedana.restore takes.
+_RESTORE_TARGETS = ("process", "runc", "containerd")
+
+
+def _common(c: argparse.ArgumentParser) -> None:
+    """Options every subcommand takes after its name too (``cedana checkpoint -v ...``)."""
+    c.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,  # so that ``cedana -v checkpoint`` is not reset here
+        help="show each step on stderr with its time since start",
+    )
+
+
+def _json(c: argparse.ArgumentParser) -> None:
+    c.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object on stdout instead of text (errors too)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cedana`` command's parser, one block per subcommand.
+
+    The reference page (docs/cli.rst) is generated from it, so it cannot drift.
+    """
     p = argparse.ArgumentParser(
-        prog="cedana", description=__doc__.splitlines()[0] if __doc__ else ""
+        prog="cedana",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"cedana {cedana.__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show each step on stderr with its time since start (before or after COMMAND)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("check", help="report CRIU and kernel support")
-    c.add_argument("--json", action="store_true")
+    _json(c)
+    _common(c)
     c.set_defaults(func=cmd_check)
 
-    c = sub.add_parser("checkpoint", help="checkpoint a workload to a file")
-    c.add_argument("target", help="PID | process:PID | runc:ID | containerd:[NAMESPACE/]ID")
-    c.add_argument("-o", "--output", required=True, help="artifact path")
-    c.add_argument("--leave-running", action="store_true")
-    c.add_argument("--tcp-established", action="store_true")
-    c.add_argument("--file-locks", action="store_true")
-    c.add_argument("--compress", choices=["zstd", "none"], default="zstd")
-    c.add_argument("--level", type=int, default=3, help="zstd level (default 3)")
+    c = sub.add_parser(
+        "checkpoint",
+        help="checkpoint a workload to a file",
+        description="Checkpoint a process tree or a container to one file (mode 0600).",
+        epilog=_TARGETS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument(
+        "target",
+        metavar="TARGET",
+        help="PID | process:PID | runc:ID | containerd:[NAMESPACE/]ID",
+    )
+    c.add_argument("-o", "--output", required=True, metavar="FILE", help="artifact path")
+    c.add_argument(
+        "--leave-running",
+        action="store_true",
+        help="keep the workload running after the dump (default: it is stopped once the file "
+        "is written and verified)",
+    )
+    c.add_argument(
+        "--tcp-established",
+        action="store_true",
+        help="dump established TCP connections with TCP repair (default: refuse them)",
+    )
+    c.add_argument("--file-locks", action="store_true", help="dump held file locks too")
+    c.add_argument(
+        "--compress",
+        choices=["zstd", "none"],
+        default="zstd",
+        help="zstd (a .tar.zst, the default) or none (a plain tar)",
+    )
+    c.add_argument("--level", type=int, default=3, metavar="N", help="zstd level (default 3)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
-    c.add_argument("--root", help="runc state root (containers; containerd: the shim's)")
-    c.add_argument("--address", help="runtime API socket (containerd)")
-    c.add_argument("--json", action="store_true")
+    c.add_argument(
+        "--root",
+        metavar="DIR",
+        help="runc state root (runc: runc's default; containerd: the shim's)",
+    )
+    c.add_argument("--address", metavar="SOCK", help="containerd's API socket (its default)")
+    _json(c)
+    _common(c)
     c.set_defaults(func=cmd_checkpoint)
 
-    c = sub.add_parser("restore", help="restore a checkpoint")
-    c.add_argument("file")
-    c.add_argument("--into", help="runtime to restore into")
-    c.add_argument("--name", help="new container name (containerd: [NAMESPACE/]NAME)")
-    c.add_argument("--bundle", help="runc bundle directory")
-    c.add_argument("--root", help="runc state root")
-    c.add_argument("--address", help="runtime API socket")
+    c = sub.add_parser("restore", help="restore a checkpoint; the workload runs again")
+    c.add_argument("file", metavar="FILE", help="the artifact (file or directory)")
+    c.add_argument(
+        "--into",
+        metavar="RUNTIME",
+        help=f"restore into {', '.join(_RESTORE_TARGETS[:-1])} or {_RESTORE_TARGETS[-1]} "
+        "(default: where it was checkpointed from; a containerd checkpoint also restores "
+        "into runc)",
+    )
+    c.add_argument(
+        "--name", help="new container name (containerd: [NAMESPACE/]NAME; default: the old one)"
+    )
+    c.add_argument("--bundle", metavar="DIR", help="runc bundle directory to make")
+    c.add_argument(
+        "--root", metavar="DIR", help="runc state root (default: the checkpointed container's)"
+    )
+    c.add_argument("--address", metavar="SOCK", help="containerd's API socket (its default)")
     c.add_argument(
         "--tcp-established",
         action="store_true",
         default=None,
         help="restore established TCP connections (default: as checkpointed)",
     )
-    c.add_argument("--json", action="store_true")
+    _json(c)
+    _common(c)
     c.set_defaults(func=cmd_restore)
 
-    c = sub.add_parser("inspect", help="show what a checkpoint holds (no root needed)")
-    c.add_argument("file")
-    c.add_argument("--json", action="store_true")
+    c = sub.add_parser(
+        "inspect",
+        help="show what a checkpoint holds (no root needed for the artifact's owner)",
+        description="Show the process tree, memory, open files and sockets of a checkpoint. "
+        "PPID is each process's parent when it was checkpointed; the root's parent is outside "
+        "the tree, so CRIU's images record 0 for it, and cedana shows the real one from the "
+        "manifest (a container's init shows 0, its parent being outside its pid namespace).",
+    )
+    c.add_argument("file", metavar="FILE", help="the artifact (file or directory)")
+    _json(c)
+    _common(c)
     c.set_defaults(func=cmd_inspect)
 
     c = sub.add_parser("demo", help="spawn a counter, checkpoint it, restore it, show it went on")
-    c.add_argument("-o", "--output", help="where to write the checkpoint (default: a temp dir)")
+    c.add_argument(
+        "-o", "--output", metavar="FILE", help="where to write the checkpoint (default: a temp dir)"
+    )
+    _common(c)
     c.set_defaults(func=cmd_demo)
     return p
 
 
+class _StepFormatter(logging.Formatter):
+    """``  0.123s cedana.process: message``: seconds since the command started."""
+
+    def __init__(self, started: float) -> None:
+        super().__init__()
+        self._started = started
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"{record.created - self._started:7.3f}s {record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+@contextlib.contextmanager
+def _verbose(started: float) -> Iterator[None]:
+    """Show the library's DEBUG events on stderr while the command runs.
+
+    The library never configures logging; only the command line does, and only with ``-v``.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_StepFormatter(started))
+    log = logging.getLogger("cedana")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def _fail(exc: BaseException, message: str, as_json: bool, line: str) -> None:
+    """One line: with ``--json`` a JSON object on stdout, else ``line`` on stderr."""
+    if as_json:
+        print(json.dumps({"error": message, "type": type(exc).__name__}, sort_keys=True))
+    else:
+        print(line, file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
+    started = time.time()
+    args = build_parser().parse_args(argv)
+    as_json = bool(getattr(args, "json", False))
     try:
-        status: int = args.func(args)
+        with _verbose(started) if args.verbose else contextlib.nullcontext():
+            status: int = args.func(args)
     except (CedanaError, OSError) as exc:
         lines = str(exc).splitlines() or [type(exc).__name__]
         where = getattr(exc, "log_path", None)
-        print(
-            f"cedana: error: {lines[0]}" + (f" (CRIU log: {where})" if where else ""),
-            file=sys.stderr,
-        )
+        message = lines[0] + (f" (CRIU log: {where})" if where else "")
+        _fail(exc, message, as_json, f"cedana: error: {message}")
         return 1
-    except KeyboardInterrupt:
-        print("cedana: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        _fail(exc, "interrupted", as_json, "cedana: interrupted")
         return 130
     return status

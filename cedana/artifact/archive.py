@@ -149,24 +149,28 @@ def _file_kind(mode: int) -> str:
     return "not a regular file"
 
 
+# The same read serves open, inspect and restore, so these say what is wrong with the file
+# and that it cannot be used, never what an operation did or did not do.
+
+
 def _truncated(path: Path, detail: str) -> ArtifactCorrupt:
     return ArtifactCorrupt(
-        f"checkpoint {path} is truncated ({detail}), so nothing was restored from it; "
-        "copy it again or take a new checkpoint"
+        f"{path} is truncated: {detail}; the checkpoint cannot be used: copy it again or take "
+        "a new checkpoint"
     )
 
 
 def _damaged(path: Path, detail: str) -> ArtifactCorrupt:
     return ArtifactCorrupt(
-        f"checkpoint {path} is damaged ({detail}), so nothing was restored from it; "
-        "copy it again or take a new checkpoint"
+        f"{path} is damaged: {detail}; the checkpoint cannot be used: copy it again or take "
+        "a new checkpoint"
     )
 
 
 def _unsafe(path: Path, name: str, why: str) -> UnsafeArtifact:
     return UnsafeArtifact(
-        f"checkpoint {path} holds an unsafe member {name!r} ({why}), so nothing was restored "
-        "from it; do not use this file"
+        f"{path} holds an unsafe member {name!r} ({why}); the checkpoint cannot be used: do "
+        "not trust this file"
     )
 
 
@@ -705,12 +709,13 @@ def check_destination(dest: Path, *, overwrite: bool) -> None:
         return
     if not overwrite:
         raise ArtifactExists(
-            f"{dest} already exists; pass overwrite=True to replace it, or choose another path"
+            f"{dest} already exists; pass overwrite=True (--overwrite) to replace it, or choose "
+            "another path"
         )
     if stat.S_ISDIR(st.st_mode) and not os.path.isfile(dest / MANIFEST_NAME):
         raise ArtifactExists(
             f"{dest} is a directory that is not a cedana checkpoint, so overwrite=True "
-            "does not replace it; choose another path"
+            "(--overwrite) does not replace it; choose another path"
         )
 
 

@@ -49,7 +49,10 @@ class ProcessInfo:
 
     Attributes:
         pid: Process id (as seen inside the checkpoint's pid namespace).
-        ppid: Parent's pid; 0 for the root of the tree.
+        ppid: Parent's pid when it was checkpointed. CRIU's images record 0 for the root of
+            the tree, its parent being outside what was dumped; :func:`inspect_images` takes
+            the real one from ``parents`` (the manifest's tree) where its pids are the
+            images' own. A container's init keeps 0: its pids are its pid namespace's.
         pgid: Process group id.
         sid: Session id.
         threads: Number of threads.
@@ -758,13 +761,18 @@ def _open_files(images: _Images, files: _Files, pid: int) -> list[FileInfo]:
     return sorted(found, key=lambda f: f.fd)
 
 
-def inspect_images(images_dir: str | os.PathLike[str]) -> Inspection:
+def inspect_images(
+    images_dir: str | os.PathLike[str], *, parents: Mapping[int, int] | None = None
+) -> Inspection:
     """Decode the CRIU images in ``images_dir`` into an :class:`Inspection`.
 
     Only metadata images are read; memory is counted from the pagemaps.
 
     Args:
         images_dir: A directory CRIU dumped into (it holds ``pstree.img``).
+        parents: Each process's parent pid as seen when it was checkpointed (the
+            manifest's tree). It fills in only what CRIU's images leave at 0 (the parent
+            of the tree's root, which was outside the tree), so the two views agree.
 
     Raises:
         ArtifactCorrupt: ``images_dir`` has no readable ``pstree.img``, so it is
@@ -787,6 +795,11 @@ def inspect_images(images_dir: str | os.PathLike[str]) -> Inspection:
     files = _Files.load(images)
     page_size = os.sysconf("SC_PAGE_SIZE")
     processes = [_process(images, files, entry, page_size) for entry in tree]
+    if parents:
+        processes = [
+            attrs.evolve(p, ppid=parents[p.pid]) if p.ppid == 0 and p.pid in parents else p
+            for p in processes
+        ]
     open_files = [f for p in processes for f in _open_files(images, files, p.pid)]
     pages = sum(p.memory_pages for p in processes)
     inspection = Inspection(

@@ -436,13 +436,14 @@ class RuncContainer:
         if (root_dir / name).exists():
             raise ContainerExists(
                 f"a runc container named {name!r} exists under {root_dir}; choose another name "
-                "(name=...) or delete it first"
+                "(name=... / --name) or delete it first"
             )
         terminal = bool(info.get("terminal"))
         if terminal and console_socket is None:
             raise ContainerError(
                 f"{ckpt.path} holds a container with a terminal; pass console_socket= (the "
-                "socket that receives the new pty master, as for runc restore --console-socket)"
+                "socket that receives the new pty master, as for runc restore --console-socket; "
+                "Python API only, the command line has no such option)"
             )
         captured = bool(rootfs_info.get("captured"))
         if captured and rootfs_info.get("snapshotter") not in OVERLAY_DIFFS:
@@ -598,7 +599,8 @@ def _check_new_bundle(bundle: Path) -> None:
     if bundle.is_symlink() or (bundle.exists() and (not bundle.is_dir() or any(bundle.iterdir()))):
         raise ContainerExists(
             f"bundle directory {bundle} exists and is not empty (left by an earlier restore? "
-            "delete that container with cedana, or remove the directory); or pass bundle="
+            "delete that container with cedana, or remove the directory); or pass another bundle= "
+            "(--bundle)"
         )
 
 

@@ -564,7 +564,7 @@ def _check_restorable(
     if info.get("terminal"):
         needs.append("a terminal (the container was started with a tty)")
     if restores_tcp(tcp_established, ckpt.manifest):
-        needs.append("TCP repair (tcp_established)")
+        needs.append("TCP repair (tcp_established, --tcp-established)")
     if ckpt.manifest.options.get("file_locks"):
         needs.append("file locks")
     if info.get("ext_unix_sk"):
@@ -572,7 +572,7 @@ def _check_restorable(
     if needs:
         raise ContainerError(
             f"{ckpt.path} needs {' and '.join(needs)} at restore, which containerd's runc shim "
-            "does not pass to runc restore; restore it into runc instead (into='runc')"
+            "does not pass to runc restore; restore it into runc instead (into='runc', --into runc)"
         )
 
 
@@ -584,7 +584,7 @@ def _check_name_free(client: ContainerdClient, name: str, snapshotter: str) -> N
     else:
         raise ContainerExists(
             f"a containerd container named {name!r} exists in namespace {client.namespace!r}; "
-            "choose another name (name=...) or delete it first"
+            "choose another name (name=... / --name) or delete it first"
         )
     if client.snapshot_exists(snapshotter, name):
         raise ContainerExists(
