@@ -10,9 +10,10 @@ methods as their ``rpc`` lines read. :func:`schema` turns both into descriptors
 (``descriptor_pb2`` + a private ``descriptor_pool``) and message classes, which
 work with protobuf 3.20 up to the newest.
 
-Only the fields cedana uses are listed: protobuf skips the fields it does not
-know when it parses a reply, and a request carries only what is set, so a
-shorter message is wire-compatible with containerd's. A field's number and type
+Only the fields cedana reads or sets are listed (a reply cedana does not read
+has none): protobuf skips the fields it does not know when it parses a reply,
+and a request carries only what is set, so a shorter message is
+wire-compatible with containerd's. A field's number and type
 must match containerd's exactly; a unit test checks a hand-encoded sample.
 Enums are listed as ``int32`` (their wire form).
 """
@@ -63,12 +64,12 @@ MESSAGES: Mapping[str, Mapping[str, str]] = {
     },
     # api/services/content/v1/content.proto
     "containerd.services.content.v1": {
-        "ReadContentRequest": "string digest = 1; int64 offset = 2; int64 size = 3",
-        "ReadContentResponse": "int64 offset = 1; bytes data = 2",
+        "ReadContentRequest": "string digest = 1",
+        "ReadContentResponse": "bytes data = 2",
     },
     # api/services/images/v1/images.proto
     "containerd.services.images.v1": {
-        "Image": "string name = 1; containerd.types.Descriptor target = 3",
+        "Image": "containerd.types.Descriptor target = 3",
         "GetImageRequest": "string name = 1",
         "GetImageResponse": "Image image = 1",
     },
@@ -76,7 +77,7 @@ MESSAGES: Mapping[str, Mapping[str, str]] = {
     "containerd.services.leases.v1": {
         "CreateRequest": "string id = 1; map<string, string> labels = 3",
         "CreateResponse": "",
-        "DeleteRequest": "string id = 1; bool sync = 2",
+        "DeleteRequest": "string id = 1",
     },
     # api/services/snapshots/v1/snapshots.proto
     "containerd.services.snapshots.v1": {
@@ -90,26 +91,23 @@ MESSAGES: Mapping[str, Mapping[str, str]] = {
         "RemoveSnapshotRequest": "string snapshotter = 1; string key = 2",
         "StatSnapshotRequest": "string snapshotter = 1; string key = 2",
         "StatSnapshotResponse": "Info info = 1",
-        "Info": "string name = 1; string parent = 2",
+        "Info": "string parent = 2",
     },
     # api/services/tasks/v1/tasks.proto
     "containerd.services.tasks.v1": {
         "CreateTaskRequest": (
             "string container_id = 1; repeated containerd.types.Mount rootfs = 3; "
-            "string stdin = 4; string stdout = 5; string stderr = 6; bool terminal = 7; "
-            "google.protobuf.Any options = 9"
+            "string stdout = 5; string stderr = 6; google.protobuf.Any options = 9"
         ),
-        "CreateTaskResponse": "string container_id = 1; uint32 pid = 2",
-        "StartRequest": "string container_id = 1; string exec_id = 2",
+        "CreateTaskResponse": "uint32 pid = 2",
+        "StartRequest": "string container_id = 1",
         "StartResponse": "uint32 pid = 1",
         "DeleteTaskRequest": "string container_id = 1",
-        "DeleteResponse": "string id = 1; uint32 pid = 2; uint32 exit_status = 3",
-        "GetRequest": "string container_id = 1; string exec_id = 2",
+        "DeleteResponse": "",
+        "GetRequest": "string container_id = 1",
         "GetResponse": "containerd.v1.types.Process process = 1",
-        "KillRequest": (
-            "string container_id = 1; string exec_id = 2; uint32 signal = 3; bool all = 4"
-        ),
-        "WaitRequest": "string container_id = 1; string exec_id = 2",
+        "KillRequest": "string container_id = 1; uint32 signal = 3; bool all = 4",
+        "WaitRequest": "string container_id = 1",
         "WaitResponse": "uint32 exit_status = 1",
     },
 }
@@ -247,7 +245,9 @@ def _build_file(package: str, messages: Mapping[str, str], known: Mapping[str, s
             if match is None:
                 raise ValueError(f"{scope}: cannot read field {declaration!r}")
             field = message.field.add(name=match["name"], number=int(match["number"]))
-            field.label = f.LABEL_REPEATED if match["repeated"] else f.LABEL_OPTIONAL
+            field.label = (
+                f.LABEL_REPEATED if match["repeated"] or match["key"] else f.LABEL_OPTIONAL
+            )
             if match["type"]:
                 set_type(field, match["type"], scope)
                 continue
@@ -263,15 +263,15 @@ def _build_file(package: str, messages: Mapping[str, str], known: Mapping[str, s
                     type_name,
                     scope,
                 )
-            field.label, field.type = f.LABEL_REPEATED, f.TYPE_MESSAGE
-            field.type_name = f".{scope}.{entry_name}"
+            field.type, field.type_name = f.TYPE_MESSAGE, f".{scope}.{entry_name}"
     return proto
 
 
 def _message_class(factory: Any, descriptor: Any) -> Any:
     from google.protobuf import message_factory
 
-    get_class = getattr(message_factory, "GetMessageClass", None)  # protobuf >= 4.21
+    # Newer protobufs have GetMessageClass; 3.20 and 4.21 have only GetPrototype.
+    get_class = getattr(message_factory, "GetMessageClass", None)
     if get_class is not None:
         return get_class(descriptor)
     return factory.GetPrototype(descriptor)
