@@ -5,8 +5,10 @@ Layout::
     containerd.py        ContainerdContainer: lookup through containerd's API, checkpoint
                          (runc dump + the containerd snapshot), restore as a containerd
                          container (or into plain runc)
-    _containerd_api.py   containerd's gRPC API: the only importer of grpc and containerd's
-                         stubs (optional: ``pip install 'cedana[containerd]'``)
+    _containerd_api.py   containerd's gRPC API: the only importer of grpc (optional:
+                         ``pip install 'cedana[containerd]'``)
+    _containerd_proto.py containerd's messages and methods, one table built into
+                         descriptors at run time (any protobuf >= 3.20)
 
 Nothing here imports grpc until a containerd container is used.
 """

@@ -1,17 +1,20 @@
-"""containerd's gRPC API: the one place that imports ``grpc`` and containerd's stubs.
+"""containerd's gRPC API: the one place that imports ``grpc``.
 
-The stubs are PyPI's ``containerd`` package (containerd's API v1, generated
-for protobuf < 4) and ``grpcio``; both are optional (``pip install
-cedana[containerd]``) and imported on first use, so ``import cedana`` works
-without them. Every call goes through :meth:`ContainerdClient._call`, which
-sends the namespace (and the lease, inside :meth:`ContainerdClient.lease`) as
-containerd's gRPC metadata and maps gRPC errors to cedana's
-(:data:`STATUS_ERRORS`). Results come back as small attrs records, so nothing
-above this module sees a protobuf message.
+containerd's messages and methods (API v1, as containerd 1.6 defines them) are
+built at run time from the table in :mod:`cedana.runtimes._containerd_proto`,
+so no generated stubs are needed and any protobuf from 3.20 on works. The one
+optional dependency is ``grpcio`` (``pip install 'cedana[containerd]'``),
+imported on first use, so ``import cedana`` works without it. Every call goes
+through :meth:`ContainerdClient._call`, which calls the method through grpc's
+generic API (``channel.unary_unary`` / ``unary_stream`` with the message
+classes' serializers), sends the namespace (and the lease, inside
+:meth:`ContainerdClient.lease`) as containerd's gRPC metadata and maps gRPC
+errors to cedana's (:data:`STATUS_ERRORS`). Results come back as small attrs
+records, so nothing above this module sees a protobuf message.
 
-The runc shim's own options (``containerd.runc.v1.Options``) are not among
-the stubs; :func:`runc_options` reads and writes them through a message type
-built at run time from their field numbers.
+The runc shim's own options (``containerd.runc.v1.Options``) are in the same
+table; :func:`encode_runc_options` and :func:`decode_runc_options` write and
+read them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import os
 import platform
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,6 +43,7 @@ from cedana.errors import (
     RuntimeUnavailable,
 )
 from cedana.rootfs.containerd import Mount
+from cedana.runtimes._containerd_proto import Schema, schema
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -106,121 +110,40 @@ _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc
 
 @attrs.frozen
 class _Api:
-    """The imported modules."""
+    """grpc and the message schema."""
 
     grpc: Any
-    containers: Any
-    containers_grpc: Any
-    tasks: Any
-    tasks_grpc: Any
-    images: Any
-    images_grpc: Any
-    content: Any
-    content_grpc: Any
-    snapshots: Any
-    snapshots_grpc: Any
-    leases: Any
-    leases_grpc: Any
-    mount: Any
-    any_pb2: Any
+    schema: Schema
 
 
 _loaded: list[_Api] = []
 
 
 def load_api() -> _Api:
-    """Import grpc and containerd's stubs (once).
+    """Import grpc and build containerd's messages (once).
 
     Raises:
-        RuntimeUnavailable: They are not installed.
+        RuntimeUnavailable: grpcio is not installed.
     """
     if _loaded:
         return _loaded[0]
     try:
         import grpc
-        from containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
-        from containerd.services.content.v1 import content_pb2, content_pb2_grpc
-        from containerd.services.images.v1 import images_pb2, images_pb2_grpc
-        from containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
-        from containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
-        from containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
-        from containerd.types import mount_pb2
-        from google.protobuf import any_pb2
     except ImportError as exc:
         raise RuntimeUnavailable(
-            f"containerd support needs the grpcio and containerd packages ({exc.msg}); "
-            "install them with: pip install 'cedana[containerd]'"
+            f"containerd support needs the grpcio package ({exc.msg}); "
+            "install it with: pip install 'cedana[containerd]'"
         ) from exc
-    api = _Api(
-        grpc=grpc,
-        containers=containers_pb2,
-        containers_grpc=containers_pb2_grpc,
-        tasks=tasks_pb2,
-        tasks_grpc=tasks_pb2_grpc,
-        images=images_pb2,
-        images_grpc=images_pb2_grpc,
-        content=content_pb2,
-        content_grpc=content_pb2_grpc,
-        snapshots=snapshots_pb2,
-        snapshots_grpc=snapshots_pb2_grpc,
-        leases=leases_pb2,
-        leases_grpc=leases_pb2_grpc,
-        mount=mount_pb2,
-        any_pb2=any_pb2,
-    )
+    api = _Api(grpc=grpc, schema=schema())
     _loaded.append(api)
     return api
 
 
 # --------------------------------------------------------------------------- runc options
 
-# containerd.runc.v1.Options (runtime/v2/runc/options/oci.proto): name -> (number, kind).
-_RUNC_OPTION_FIELDS = {
-    "no_pivot_root": (1, "bool"),
-    "no_new_keyring": (2, "bool"),
-    "shim_cgroup": (3, "string"),
-    "io_uid": (4, "uint32"),
-    "io_gid": (5, "uint32"),
-    "binary_name": (6, "string"),
-    "root": (7, "string"),
-    "criu_path": (8, "string"),
-    "systemd_cgroup": (9, "bool"),
-    "criu_image_path": (10, "string"),
-    "criu_work_path": (11, "string"),
-}
-_runc_options_class: list[Any] = []
-
 
 def _runc_options_message() -> Any:
-    """The Options message class, built from a descriptor (it is not among the stubs)."""
-    if _runc_options_class:
-        return _runc_options_class[0]
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    kinds = {
-        "bool": descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
-        "string": descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
-        "uint32": descriptor_pb2.FieldDescriptorProto.TYPE_UINT32,
-    }
-    proto = descriptor_pb2.FileDescriptorProto(
-        name="cedana/containerd_runc_options.proto", package="containerd.runc.v1", syntax="proto3"
-    )
-    message = proto.message_type.add(name="Options")
-    for name, (number, kind) in _RUNC_OPTION_FIELDS.items():
-        message.field.add(
-            name=name,
-            number=number,
-            type=kinds[kind],
-            label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
-        )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    descriptor = pool.FindMessageTypeByName("containerd.runc.v1.Options")
-    factory = message_factory.MessageFactory(pool)
-    get_class = getattr(factory, "GetPrototype", None) or message_factory.GetMessageClass
-    cls = get_class(descriptor)
-    _runc_options_class.append(cls)
-    return cls
+    return schema().message(RUNC_OPTIONS_TYPE)
 
 
 def decode_runc_options(value: bytes) -> dict[str, Any]:
@@ -236,11 +159,11 @@ def encode_runc_options(fields: Mapping[str, Any]) -> bytes:
     Raises:
         ValueError: A field the message does not have.
     """
-    unknown = sorted(set(fields) - set(_RUNC_OPTION_FIELDS))
+    cls = _runc_options_message()
+    unknown = sorted(set(fields) - set(cls.DESCRIPTOR.fields_by_name))
     if unknown:
         raise ValueError(f"containerd.runc.v1.Options has no field {', '.join(unknown)}")
-    message = _runc_options_message()(**fields)
-    data: bytes = message.SerializeToString()
+    data: bytes = cls(**fields).SerializeToString()
     return data
 
 
@@ -414,7 +337,7 @@ class ContainerdClient:
     Closes its channel on :meth:`close` (or leaving a ``with`` block).
 
     Raises:
-        RuntimeUnavailable: grpcio / containerd are not installed, or there is
+        RuntimeUnavailable: grpcio is not installed, or there is
             no socket at ``address``.
     """
 
@@ -448,26 +371,35 @@ class ContainerdClient:
 
     # --- plumbing ------------------------------------------------------------
 
-    def _stub(self, module: Any, name: str) -> Any:
-        if self._channel is None:
-            raise ContainerError("the containerd client is closed")
-        return getattr(module, name)(self._channel)
-
     def _call(
         self,
-        method: Callable[..., Any],
-        request: Any,
+        method: str,
+        request: Mapping[str, Any],
         *,
         what: str,
         timeout: float = CALL_TIMEOUT,
     ) -> Any:
-        """Call ``method`` in this namespace (and lease); gRPC errors become cedana's."""
+        """Call ``method`` (``Containers/Get``) with a request of the fields ``request`` in
+        this namespace (and lease); gRPC errors become cedana's.
+
+        Returns the reply, or for a streaming method an iterator of replies (which
+        raises gRPC's errors while it is read).
+        """
+        if self._channel is None:
+            raise ContainerError("the containerd client is closed")
+        rpc = self._api.schema.method(method)
+        kind = self._channel.unary_stream if rpc.server_streaming else self._channel.unary_unary
+        call = kind(
+            rpc.path,
+            request_serializer=rpc.request.SerializeToString,
+            response_deserializer=rpc.response.FromString,
+        )
         metadata = [("containerd-namespace", self.namespace)]
         if self._lease is not None:
             metadata.append(("containerd-lease", self._lease))
         started = time.monotonic()
         try:
-            result = method(request, metadata=metadata, timeout=timeout)
+            result = call(rpc.request(**request), metadata=metadata, timeout=timeout)
         except self._api.grpc.RpcError as exc:
             logger.debug("containerd %s: failed in %.3fs", what, time.monotonic() - started)
             raise self.error(exc, what) from exc
@@ -485,24 +417,17 @@ class ContainerdClient:
         The lease is deleted on leaving; what it protected must be referenced
         by then (a container references its snapshot) or removed.
         """
-        leases = self._stub(self._api.leases_grpc, "LeasesStub")
         until = (datetime.now(UTC) + expire).strftime("%Y-%m-%dT%H:%M:%SZ")
         lease_id = f"cedana-{uuid.uuid4().hex}"
-        request = self._api.leases.CreateRequest(
-            id=lease_id, labels={"containerd.io/gc.expire": until}
-        )
-        self._call(leases.Create, request, what=f"lease create {lease_id}")
+        request = {"id": lease_id, "labels": {"containerd.io/gc.expire": until}}
+        self._call("Leases/Create", request, what=f"lease create {lease_id}")
         self._lease = lease_id
         try:
             yield lease_id
         finally:
             self._lease = None
             try:
-                self._call(
-                    leases.Delete,
-                    self._api.leases.DeleteRequest(id=lease_id),
-                    what=f"lease delete {lease_id}",
-                )
+                self._call("Leases/Delete", {"id": lease_id}, what=f"lease delete {lease_id}")
             except CedanaError as exc:
                 logger.warning("containerd lease %s was not deleted: %s", lease_id, exc)
 
@@ -514,10 +439,10 @@ class ContainerdClient:
         Raises:
             ContainerNotFound: No such container in the namespace.
         """
-        stub = self._stub(self._api.containers_grpc, "ContainersStub")
-        request = self._api.containers.GetContainerRequest(id=container_id)
         try:
-            c = self._call(stub.Get, request, what=f"container {container_id}").container
+            c = self._call(
+                "Containers/Get", {"id": container_id}, what=f"container {container_id}"
+            ).container
         except ContainerNotFound:
             raise ContainerNotFound(
                 f"no containerd container {container_id!r} in namespace {self.namespace!r} at "
@@ -542,46 +467,38 @@ class ContainerdClient:
         Raises:
             ContainerExists: The id is taken.
         """
-        api = self._api
-        container = api.containers.Container(
-            id=record.id,
-            image=record.image,
-            snapshotter=record.snapshotter,
-            snapshot_key=record.snapshot_key,
-            labels=dict(record.labels),
-            runtime=api.containers.Container.Runtime(
-                name=record.runtime,
-                options=(
-                    api.any_pb2.Any(
-                        type_url=record.runtime_options_type, value=record.runtime_options
-                    )
-                    if record.runtime_options_type
-                    else None
-                ),
-            ),
-            spec=api.any_pb2.Any(type_url=record.spec_type, value=record.spec),
-        )
-        stub = self._stub(api.containers_grpc, "ContainersStub")
+        runtime: dict[str, Any] = {"name": record.runtime}
+        if record.runtime_options_type:
+            runtime["options"] = {
+                "type_url": record.runtime_options_type,
+                "value": record.runtime_options,
+            }
+        container = {
+            "id": record.id,
+            "image": record.image,
+            "snapshotter": record.snapshotter,
+            "snapshot_key": record.snapshot_key,
+            "labels": dict(record.labels),
+            "runtime": runtime,
+            "spec": {"type_url": record.spec_type, "value": record.spec},
+        }
         self._call(
-            stub.Create,
-            api.containers.CreateContainerRequest(container=container),
-            what=f"container create {record.id}",
+            "Containers/Create", {"container": container}, what=f"container create {record.id}"
         )
 
     def delete_container(self, container_id: str) -> None:
         """``Containers.Delete`` (the snapshot stays)."""
-        stub = self._stub(self._api.containers_grpc, "ContainersStub")
-        request = self._api.containers.DeleteContainerRequest(id=container_id)
-        self._call(stub.Delete, request, what=f"container delete {container_id}")
+        self._call(
+            "Containers/Delete", {"id": container_id}, what=f"container delete {container_id}"
+        )
 
     # --- tasks ---------------------------------------------------------------
 
     def task(self, container_id: str) -> TaskRecord | None:
         """``Tasks.Get``; None when the container has no task."""
-        stub = self._stub(self._api.tasks_grpc, "TasksStub")
-        request = self._api.tasks.GetRequest(container_id=container_id)
+        request = {"container_id": container_id}
         try:
-            p = self._call(stub.Get, request, what=f"task {container_id}").process
+            p = self._call("Tasks/Get", request, what=f"task {container_id}").process
         except ContainerNotFound:
             return None
         return TaskRecord(
@@ -601,65 +518,56 @@ class ContainerdClient:
         stderr: str = "",
     ) -> int:
         """``Tasks.Create``: the task on ``rootfs``, with the runc shim's ``options``; its pid."""
-        api = self._api
-        mounts = [
-            api.mount.Mount(type=m.type, source=m.source, options=list(m.options)) for m in rootfs
-        ]
-        request = api.tasks.CreateTaskRequest(
-            container_id=container_id,
-            rootfs=mounts,
-            stdout=stdout,
-            stderr=stderr,
-            options=(
-                api.any_pb2.Any(type_url=RUNC_OPTIONS_TYPE, value=encode_runc_options(options))
-                if options is not None
-                else None
-            ),
-        )
-        stub = self._stub(api.tasks_grpc, "TasksStub")
+        request: dict[str, Any] = {
+            "container_id": container_id,
+            "rootfs": [
+                {"type": m.type, "source": m.source, "options": list(m.options)} for m in rootfs
+            ],
+            "stdout": stdout,
+            "stderr": stderr,
+        }
+        if options is not None:
+            request["options"] = {
+                "type_url": RUNC_OPTIONS_TYPE,
+                "value": encode_runc_options(options),
+            }
         reply = self._call(
-            stub.Create, request, what=f"task create {container_id}", timeout=START_TIMEOUT
+            "Tasks/Create", request, what=f"task create {container_id}", timeout=START_TIMEOUT
         )
         return int(reply.pid)
 
     def start_task(self, container_id: str) -> int:
         """``Tasks.Start``; the init's pid."""
-        stub = self._stub(self._api.tasks_grpc, "TasksStub")
-        request = self._api.tasks.StartRequest(container_id=container_id)
         reply = self._call(
-            stub.Start, request, what=f"task start {container_id}", timeout=START_TIMEOUT
+            "Tasks/Start",
+            {"container_id": container_id},
+            what=f"task start {container_id}",
+            timeout=START_TIMEOUT,
         )
         return int(reply.pid)
 
     def kill_task(self, container_id: str, signal: int, *, all_processes: bool = False) -> None:
         """``Tasks.Kill``."""
-        stub = self._stub(self._api.tasks_grpc, "TasksStub")
-        request = self._api.tasks.KillRequest(
-            container_id=container_id, signal=signal, all=all_processes
-        )
-        self._call(stub.Kill, request, what=f"task kill {container_id}")
+        request = {"container_id": container_id, "signal": signal, "all": all_processes}
+        self._call("Tasks/Kill", request, what=f"task kill {container_id}")
 
     def wait_task(self, container_id: str, timeout: float) -> int:
         """``Tasks.Wait``: until the task's init exits; its exit status."""
-        stub = self._stub(self._api.tasks_grpc, "TasksStub")
-        request = self._api.tasks.WaitRequest(container_id=container_id)
-        reply = self._call(stub.Wait, request, what=f"task wait {container_id}", timeout=timeout)
+        request = {"container_id": container_id}
+        reply = self._call("Tasks/Wait", request, what=f"task wait {container_id}", timeout=timeout)
         return int(reply.exit_status)
 
     def delete_task(self, container_id: str) -> None:
         """``Tasks.Delete`` (the task must have stopped, or never started)."""
-        stub = self._stub(self._api.tasks_grpc, "TasksStub")
-        request = self._api.tasks.DeleteTaskRequest(container_id=container_id)
-        self._call(stub.Delete, request, what=f"task delete {container_id}")
+        request = {"container_id": container_id}
+        self._call("Tasks/Delete", request, what=f"task delete {container_id}")
 
     # --- images and content --------------------------------------------------
 
     def read_content(self, digest: str) -> bytes:
         """``Content.Read``: a blob's bytes."""
-        stub = self._stub(self._api.content_grpc, "ContentStub")
-        request = self._api.content.ReadContentRequest(digest=digest)
         what = f"content read {digest}"
-        chunks = self._call(stub.Read, request, what=what)
+        chunks = self._call("Content/Read", {"digest": digest}, what=what)
         try:
             return b"".join(bytes(chunk.data) for chunk in chunks)
         except self._api.grpc.RpcError as exc:
@@ -678,9 +586,7 @@ class ContainerdClient:
         Raises:
             ContainerNotFound: No image of that name in the namespace.
         """
-        stub = self._stub(self._api.images_grpc, "ImagesStub")
-        request = self._api.images.GetImageRequest(name=name)
-        target = self._call(stub.Get, request, what=f"image {name}").image.target
+        target = self._call("Images/Get", {"name": name}, what=f"image {name}").image.target
         digest, media_type = str(target.digest), str(target.media_type)
         manifest_digest = digest
         document = self._json(digest)
@@ -707,16 +613,14 @@ class ContainerdClient:
 
     def snapshot_mounts(self, snapshotter: str, key: str) -> list[Mount]:
         """``Snapshots.Mounts``."""
-        stub = self._stub(self._api.snapshots_grpc, "SnapshotsStub")
-        request = self._api.snapshots.MountsRequest(snapshotter=snapshotter, key=key)
-        reply = self._call(stub.Mounts, request, what=f"snapshot mounts {snapshotter}/{key}")
+        request = {"snapshotter": snapshotter, "key": key}
+        reply = self._call("Snapshots/Mounts", request, what=f"snapshot mounts {snapshotter}/{key}")
         return self._mounts(reply.mounts)
 
     def snapshot_parent(self, snapshotter: str, key: str) -> str:
         """``Snapshots.Stat``: the snapshot's parent ("" for none)."""
-        stub = self._stub(self._api.snapshots_grpc, "SnapshotsStub")
-        request = self._api.snapshots.StatSnapshotRequest(snapshotter=snapshotter, key=key)
-        reply = self._call(stub.Stat, request, what=f"snapshot stat {snapshotter}/{key}")
+        request = {"snapshotter": snapshotter, "key": key}
+        reply = self._call("Snapshots/Stat", request, what=f"snapshot stat {snapshotter}/{key}")
         return str(reply.info.parent)
 
     def snapshot_exists(self, snapshotter: str, key: str) -> bool:
@@ -731,15 +635,17 @@ class ContainerdClient:
         self, snapshotter: str, key: str, parent: str, labels: Mapping[str, str] | None = None
     ) -> list[Mount]:
         """``Snapshots.Prepare`` (within the current lease, if any)."""
-        stub = self._stub(self._api.snapshots_grpc, "SnapshotsStub")
-        request = self._api.snapshots.PrepareSnapshotRequest(
-            snapshotter=snapshotter, key=key, parent=parent, labels=dict(labels or {})
-        )
-        reply = self._call(stub.Prepare, request, what=f"snapshot prepare {snapshotter}/{key}")
+        request = {
+            "snapshotter": snapshotter,
+            "key": key,
+            "parent": parent,
+            "labels": dict(labels or {}),
+        }
+        what = f"snapshot prepare {snapshotter}/{key}"
+        reply = self._call("Snapshots/Prepare", request, what=what)
         return self._mounts(reply.mounts)
 
     def remove_snapshot(self, snapshotter: str, key: str) -> None:
         """``Snapshots.Remove``."""
-        stub = self._stub(self._api.snapshots_grpc, "SnapshotsStub")
-        request = self._api.snapshots.RemoveSnapshotRequest(snapshotter=snapshotter, key=key)
-        self._call(stub.Remove, request, what=f"snapshot remove {snapshotter}/{key}")
+        request = {"snapshotter": snapshotter, "key": key}
+        self._call("Snapshots/Remove", request, what=f"snapshot remove {snapshotter}/{key}")
