@@ -163,7 +163,7 @@ class ContainerdContainer:
     ``with`` block). Every property asks containerd afresh.
 
     Raises:
-        RuntimeUnavailable: grpcio / containerd's stubs are not installed
+        RuntimeUnavailable: grpcio is not installed (the containerd extra)
             (``pip install 'cedana[containerd]'``), or containerd is not
             listening at ``address`` (raised on first use).
     """
