@@ -15,6 +15,7 @@ import contextlib
 import errno as errno_mod
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -25,7 +26,15 @@ from typing import Any, Protocol
 
 import attrs
 
-from cedana.errors import CriuError, CriuNotFound, DumpFailed, NotPermitted, RestoreFailed
+from cedana import procfs
+from cedana.errors import (
+    CriuError,
+    CriuNotFound,
+    DumpFailed,
+    NotPermitted,
+    ProcessNotFound,
+    RestoreFailed,
+)
 
 __all__ = [
     "MIN_VERSION",
@@ -35,6 +44,7 @@ __all__ = [
     "Notify",
     "SwrkCriu",
     "default_backend",
+    "explain",
     "load_image",
     "log_tail",
     "restore_failed",
@@ -168,6 +178,55 @@ def _first_error(tail: str) -> str:
         if "Error (" in line:
             return line.split("): ", 1)[-1].strip()
     return ""
+
+
+_INTERRUPT_REFUSED = re.compile(r"Unable to interrupt task: (\d+) \(Operation not permitted\)")
+_BAD_SIZE = re.compile(r"File (.+) has bad size (\d+) \(expect (\d+)\)")
+_EXPLAIN_LIMIT = 16 << 20
+
+
+def explain(kind: str, log: Path) -> str | None:
+    """Say in words what a known CRIU failure in the log at ``log`` means and what to do;
+    None for any other failure (the error then quotes CRIU's first error line)."""
+    try:
+        with open(log, "rb") as f:
+            text = f.read(_EXPLAIN_LIMIT).decode(errors="replace")
+    except OSError:
+        return None
+    if kind == "dump" and (found := _INTERRUPT_REFUSED.search(text)):
+        pid = int(found.group(1))
+        try:
+            zombie = procfs.proc_info(pid).state == "Z"
+        except ProcessNotFound:
+            zombie = False
+        tracer = procfs.tracer_of(pid)
+        by = ""
+        if tracer:
+            try:
+                by = f" (pid {tracer}, {procfs.proc_info(tracer).comm})"
+            except ProcessNotFound:
+                by = f" (pid {tracer})"
+        elif zombie:  # CRIU cannot seize a zombie either, and dumps it without
+            return None
+        return (
+            f"pid {pid} is being checkpointed or traced by another process{by}: CRIU could "
+            "not seize it, a task has one tracer at a time; wait for it to finish, then "
+            "checkpoint again"
+        )
+    if kind == "restore" and (found := _BAD_SIZE.search(text)):
+        # CRIU names the file relative to the mount namespace's root.
+        path = "/" + found.group(1).lstrip("/")
+        now, then = int(found.group(2)), int(found.group(3))
+        return (
+            f"{path} is {now} bytes now but was {then} at the checkpoint: CRIU checks that "
+            "the regular files the tree has open still have the size they had when it was "
+            "checkpointed, and this one changed (the original kept running after a "
+            "leave_running checkpoint and wrote to it); restore the file from a copy taken "
+            f"at checkpoint time, truncate it back to {then} bytes if losing what was "
+            f"written since is acceptable (truncate -s {then} {path}), or checkpoint without "
+            "leave_running (files opened for appending, >>, are not checked)"
+        )
+    return None
 
 
 def log_tail(path: Path) -> str:
@@ -391,7 +450,12 @@ class SwrkCriu:
             tail = log_tail(request.log_path)
             # cr_errmsg is CRIU's first error, often the harmless RLIMIT_NOFILE warning.
             message = resp.cr_errmsg if "RLIMIT_NOFILE" not in resp.cr_errmsg else ""
-            what = _first_error(tail) or message or (os.strerror(err) if err else "see the log")
+            what = (
+                explain(kind, request.log_path)
+                or _first_error(tail)
+                or message
+                or (os.strerror(err) if err else "see the log")
+            )
             logger.debug("criu %s: failed after %.3fs: %s", kind, elapsed, what)
             cls = DumpFailed if kind == "dump" else RestoreFailed
             raise cls(

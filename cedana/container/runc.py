@@ -476,7 +476,7 @@ class RuncContainer:
         started = time.monotonic()
         logger.debug("restore runc %s from %s: start", name, ckpt.path)
         made: _MadeBundle | None = None
-        with scratch_dir(".cedana-restore-", parent=work_dir) as work:
+        with scratch_dir(".cedana-restore-", parent=work_dir, fills="CRIU's images") as work:
             images = work / "images"
             try:
                 ckpt.extract(images)

@@ -473,7 +473,7 @@ class ContainerdContainer:
             uri = f"file://{os.path.abspath(log)}" if log is not None else ""
 
             with (
-                scratch_dir(".cedana-restore-", parent=work_dir) as work,
+                scratch_dir(".cedana-restore-", parent=work_dir, fills="CRIU's images") as work,
                 client.lease(),
             ):
                 undo: list[Callable[[], None]] = []
