@@ -623,12 +623,20 @@ class Process:
         :class:`CheckpointOptions` field (``compress``, ``level``, ``criu``...).
 
         Raises:
+            InvalidOption: A bad option, or a ``.zst`` ``path`` for an uncompressed
+                artifact; nothing was looked at.
             ProcessNotFound: No such pid.
-            NotCheckpointable: The tree cannot be dumped as asked.
+            NotCheckpointable: The tree cannot be dumped as asked (or another checkpoint
+                or tracer holds it).
             NotPermitted: Not root.
             DumpFailed: CRIU failed; the tree keeps running.
             ArtifactExists: ``path`` exists and ``overwrite`` was not set.
-            OSError: Writing the artifact failed (e.g. ENOSPC); the tree keeps running.
+            NoSpace: The artifact's or the work dir's filesystem filled up; the tree
+                keeps running.
+            OSError: Writing the artifact failed otherwise; the tree keeps running.
+
+        Warns:
+            LiveConnectionsWarning: ``leave_running`` with ``tcp_established``.
         """
         opts = CheckpointOptions.merged(
             options,

@@ -238,8 +238,7 @@ def test_known_criu_failures_are_explained(tmp_path: Path) -> None:
         zombie.wait()
 
     log.write_text(
-        "(00.010) Error (criu/files-reg.c:2175): File tmp/job/out.log has bad size 95 "
-        "(expect 87)\n"
+        "(00.010) Error (criu/files-reg.c:2175): File tmp/job/out.log has bad size 95 (expect 87)\n"
     )
     said = criu.explain("restore", log) or ""
     assert said.startswith("/tmp/job/out.log is 95 bytes now but was 87 at the checkpoint")
