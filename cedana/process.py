@@ -59,6 +59,7 @@ logger = logging.getLogger("cedana.process")
 
 #: What fills a work dir, for a full filesystem's error message.
 _IMAGES = "CRIU's images"
+_DUMPED = "CRIU's images (and, for a container, its root filesystem changes)"
 
 StdioTarget = int | str | os.PathLike[str] | IO[Any] | None
 
@@ -429,7 +430,7 @@ def checkpoint_tree(
     try:
         # The log lives apart from the images: when their disk fills up, it still says why.
         with (
-            scratch_dir(".cedana-dump-", parent=options.work_dir, fills=_IMAGES) as work,
+            scratch_dir(".cedana-dump-", parent=options.work_dir, fills=_DUMPED) as work,
             scratch_dir(".cedana-log-") as logs,  # always the temp dir
         ):
             images = work / "images"

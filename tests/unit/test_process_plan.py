@@ -207,7 +207,7 @@ def test_bad_options_refused_when_made(given: dict[str, object], why: str) -> No
     assert isinstance(caught.value, ValueError)
     assert len(str(caught.value).splitlines()) == 1
     with pytest.raises(cedana.InvalidOption, match=why):
-        attrs.evolve(CheckpointOptions(), **given)
+        attrs.evolve(CheckpointOptions(), **given)  # type: ignore[arg-type]
 
 
 def test_bad_level_refused_before_planning(sleeper, tmp_path: Path) -> None:
