@@ -31,6 +31,7 @@ from cedana.errors import (
     CriuError,
     CriuNotFound,
     DumpFailed,
+    InvalidOption,
     NotPermitted,
     ProcessNotFound,
     RestoreFailed,
@@ -282,21 +283,30 @@ def _set_options(opts: Any, rpc: Any, options: Mapping[str, Any]) -> None:
             try:
                 setattr(opts, name, value)
             except (AttributeError, TypeError, ValueError) as exc:
-                raise ValueError(f"bad CRIU option {name}={value!r}: {exc}") from exc
+                raise InvalidOption(f"bad CRIU option {name}={value!r}: {exc}") from exc
 
 
 def build_options(options: Mapping[str, Any]) -> Any:
     """Return a ``criu_opts`` message for ``options`` (exposed for unit tests).
 
     Raises:
-        ValueError: An option name or value CRIU's RPC does not know.
+        InvalidOption: (a ValueError) An option name or value CRIU's RPC does not know;
+            raised before CRIU is started, so nothing is frozen.
     """
     rpc, _ = _import_pycriu()
     opts = rpc.criu_opts(images_dir_fd=-1)
     unknown = [n for n in options if n not in opts.DESCRIPTOR.fields_by_name]
     if unknown:
-        raise ValueError(f"unknown CRIU option(s): {', '.join(sorted(unknown))}")
-    _set_options(opts, rpc, options)
+        raise InvalidOption(
+            f"unknown CRIU option(s) {', '.join(sorted(unknown))}: criu= takes the field "
+            "names of CRIU's RPC criu_opts (rpc.proto), e.g. ghost_limit"
+        )
+    try:
+        _set_options(opts, rpc, options)
+    except (AttributeError, TypeError, ValueError) as exc:
+        if isinstance(exc, InvalidOption):
+            raise
+        raise InvalidOption(f"bad CRIU option value: {exc}") from exc
     return opts
 
 

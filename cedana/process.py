@@ -460,9 +460,8 @@ def _warn_live_connections(pid: int) -> None:
     message = (
         f"checkpoint of pid {pid} with leave_running and tcp_established: its TCP connections "
         "stay live in the original, so a restore elsewhere meets peers that have the "
-        "original's state (or saw its sockets close when it was killed); restore only where "
-        "the original is gone before its peers talk to it again, or checkpoint without "
-        "leave_running"
+        "original's state (or saw its sockets close when it was killed) and its connections "
+        "usually break at once; checkpoint without leave_running to move the connections"
     )
     logger.warning("%s", message)
     # stacklevel: the caller of checkpoint(), through checkpoint_tree and the layer's method.

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cedana import criu, procfs
-from cedana.errors import CriuError, DumpFailed, PidInUse, RestoreFailed
+from cedana.errors import CriuError, DumpFailed, InvalidOption, PidInUse, RestoreFailed
 from tests.conftest import wait_for
 
 
@@ -42,15 +42,21 @@ def test_build_options_maps_scalars_and_repeated_fields() -> None:
 
 
 def test_build_options_rejects_unknown_names() -> None:
-    """A misspelt option is a clear ValueError naming it, not a silent no-op."""
-    with pytest.raises(ValueError, match="tcp_establish"):
+    """A misspelt option is a clear InvalidOption (a CedanaError and a ValueError) naming
+    it, not a silent no-op."""
+    with pytest.raises(InvalidOption, match="tcp_establish"):
         criu.build_options({"tcp_establish": True})
 
 
 def test_build_options_rejects_bad_values() -> None:
-    """A value of the wrong type names the option."""
-    with pytest.raises(ValueError, match="pid"):
+    """A value of the wrong type (of a plain field, a pair list, an enum) is an InvalidOption
+    naming the option or value."""
+    with pytest.raises(InvalidOption, match="pid"):
         criu.build_options({"pid": "many"})
+    with pytest.raises(InvalidOption, match="bad CRIU option value"):
+        criu.build_options({"inherit_fd": [("pipe:[1]", "three")]})
+    with pytest.raises(InvalidOption, match="bad CRIU option value"):
+        criu.build_options({"manage_cgroups_mode": "sometimes"})
 
 
 FAKE = """\
