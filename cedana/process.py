@@ -37,6 +37,7 @@ from cedana.artifact.archive import (
     check_destination,
     check_write_arguments,
     remove_path,
+    sweep_temporaries,
     write_artifact,
 )
 from cedana.artifact.manifest import HostInfo, Manifest, ProcessEntry
@@ -374,6 +375,8 @@ def checkpoint_tree(
     path = Path(path)
     options.check_path(path)
     check_destination(path, overwrite=options.overwrite)
+    # Before the dump: what a killed checkpoint left may be what would fill the disk.
+    sweep_temporaries(path.parent)
     if options.leave_running and options.tcp_established:
         _warn_live_connections(plan.pid)
 

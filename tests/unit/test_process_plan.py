@@ -15,6 +15,8 @@ import attrs
 import pytest
 
 import cedana
+from cedana import procfs
+from cedana.criu import CriuRequest
 from cedana.process import CheckpointOptions, checkpoint_tree, plan_dump
 from tests.conftest import wait_for
 from tests.fakes import FakeCriu
@@ -301,3 +303,30 @@ def test_traced_process_refused_before_freezing() -> None:
     finally:
         p.kill()
         p.wait()
+
+
+def test_leftovers_of_a_killed_checkpoint_go_before_the_dump(sleeper, tmp_path: Path) -> None:
+    """A temporary artifact that a killed checkpoint left beside the destination is removed
+    before CRIU dumps (it may be what would fill the disk), not only when writing."""
+    gone = subprocess.Popen(["true"])
+    started = procfs.proc_info(gone.pid).start_time
+    gone.wait()
+    left = tmp_path / f".a.tar.zst.tmp-{gone.pid}-{started}-0123456789ab"
+    left.write_bytes(b"x" * 4096)
+    seen: list[bool] = []
+
+    class Looking(FakeCriu):
+        def dump(self, request: CriuRequest) -> None:
+            seen.append(left.exists())
+            super().dump(request)
+
+    opts = CheckpointOptions(leave_running=True)
+    checkpoint_tree(
+        plan_dump(sleeper.pid, opts),
+        tmp_path / "a.tar.zst",
+        opts,
+        kind="process",
+        backend=Looking(),
+    )
+    assert seen == [False]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar.zst"]
