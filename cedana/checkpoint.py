@@ -100,7 +100,7 @@ class Checkpoint:
         """Decode the CRIU images: processes, memory, files, sockets. Needs no root."""
         from cedana.artifact.inspect import inspect_images
 
-        with scratch_dir(".cedana-inspect-") as tmp:
+        with scratch_dir(".cedana-inspect-", fills="the checkpoint's images") as tmp:
             images = tmp / "images"
             self.extract(images, only=_needed_for_inspection)
             # CRIU's images give the tree's root ppid 0; the manifest has its real parent.

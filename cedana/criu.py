@@ -15,6 +15,7 @@ import contextlib
 import errno as errno_mod
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -25,7 +26,16 @@ from typing import Any, Protocol
 
 import attrs
 
-from cedana.errors import CriuError, CriuNotFound, DumpFailed, NotPermitted, RestoreFailed
+from cedana import procfs
+from cedana.errors import (
+    CriuError,
+    CriuNotFound,
+    DumpFailed,
+    InvalidOption,
+    NotPermitted,
+    ProcessNotFound,
+    RestoreFailed,
+)
 
 __all__ = [
     "MIN_VERSION",
@@ -35,6 +45,7 @@ __all__ = [
     "Notify",
     "SwrkCriu",
     "default_backend",
+    "explain",
     "load_image",
     "log_tail",
     "restore_failed",
@@ -170,23 +181,61 @@ def _first_error(tail: str) -> str:
     return ""
 
 
-#: CRIU's errors that need words a user can act on: (what CRIU says, what it means).
-_EXPLAINED = (
-    (
-        "Can't dump half of stream unix connection",
-        "a process of the tree holds a unix stream socket whose other end is outside the "
-        "tree, which CRIU cannot dump; give the workload pipes or files instead of that "
-        "socket (cedana.spawn does), or checkpoint the process holding the other end with it",
-    ),
-)
+_INTERRUPT_REFUSED = re.compile(r"Unable to interrupt task: (\d+) \(Operation not permitted\)")
+_BAD_SIZE = re.compile(r"File (.+) has bad size (\d+) \(expect (\d+)\)")
+_HALF_UNIX = "Can't dump half of stream unix connection"
+_EXPLAIN_LIMIT = 16 << 20
 
 
-def explain(error: str) -> str:
-    """CRIU's error line, with what it means when that needs saying."""
-    for said, meaning in _EXPLAINED:
-        if said in error:
-            return f"{meaning} (CRIU: {error})"
-    return error
+def explain(kind: str, log: Path) -> str | None:
+    """Say in words what a known CRIU failure in the log at ``log`` means and what to do;
+    None for any other failure (the error then quotes CRIU's first error line)."""
+    try:
+        with open(log, "rb") as f:
+            text = f.read(_EXPLAIN_LIMIT).decode(errors="replace")
+    except OSError:
+        return None
+    if kind == "dump" and _HALF_UNIX in text:
+        return (
+            "a process of the tree holds a unix stream socket whose other end is outside the "
+            "tree, which CRIU cannot dump; give the workload pipes or files instead of that "
+            "socket (cedana.spawn does), or checkpoint the process holding the other end with "
+            f"it (CRIU: {_HALF_UNIX})"
+        )
+    if kind == "dump" and (found := _INTERRUPT_REFUSED.search(text)):
+        pid = int(found.group(1))
+        try:
+            zombie = procfs.proc_info(pid).state == "Z"
+        except ProcessNotFound:
+            zombie = False
+        tracer = procfs.tracer_of(pid)
+        by = ""
+        if tracer:
+            try:
+                by = f" (pid {tracer}, {procfs.proc_info(tracer).comm})"
+            except ProcessNotFound:
+                by = f" (pid {tracer})"
+        elif zombie:  # CRIU cannot seize a zombie either, and dumps it without
+            return None
+        return (
+            f"pid {pid} is being checkpointed or traced by another process{by}: CRIU could "
+            "not seize it, a task has one tracer at a time; wait for it to finish, then "
+            "checkpoint again"
+        )
+    if kind == "restore" and (found := _BAD_SIZE.search(text)):
+        # CRIU names the file relative to the mount namespace's root.
+        path = "/" + found.group(1).lstrip("/")
+        now, then = int(found.group(2)), int(found.group(3))
+        return (
+            f"{path} is {now} bytes now but was {then} at the checkpoint: CRIU checks that "
+            "the regular files the tree has open still have the size they had when it was "
+            "checkpointed, and this one changed (the original kept running after a "
+            "leave_running checkpoint and wrote to it); restore the file from a copy taken "
+            f"at checkpoint time, truncate it back to {then} bytes if losing what was "
+            f"written since is acceptable (truncate -s {then} {path}), or checkpoint without "
+            "leave_running (files opened for appending, >>, are not checked)"
+        )
+    return None
 
 
 def log_tail(path: Path) -> str:
@@ -242,21 +291,30 @@ def _set_options(opts: Any, rpc: Any, options: Mapping[str, Any]) -> None:
             try:
                 setattr(opts, name, value)
             except (AttributeError, TypeError, ValueError) as exc:
-                raise ValueError(f"bad CRIU option {name}={value!r}: {exc}") from exc
+                raise InvalidOption(f"bad CRIU option {name}={value!r}: {exc}") from exc
 
 
 def build_options(options: Mapping[str, Any]) -> Any:
     """Return a ``criu_opts`` message for ``options`` (exposed for unit tests).
 
     Raises:
-        ValueError: An option name or value CRIU's RPC does not know.
+        InvalidOption: (a ValueError) An option name or value CRIU's RPC does not know;
+            raised before CRIU is started, so nothing is frozen.
     """
     rpc, _ = _import_pycriu()
     opts = rpc.criu_opts(images_dir_fd=-1)
     unknown = [n for n in options if n not in opts.DESCRIPTOR.fields_by_name]
     if unknown:
-        raise ValueError(f"unknown CRIU option(s): {', '.join(sorted(unknown))}")
-    _set_options(opts, rpc, options)
+        raise InvalidOption(
+            f"unknown CRIU option(s) {', '.join(sorted(unknown))}: criu= takes the field "
+            "names of CRIU's RPC criu_opts (rpc.proto), e.g. ghost_limit"
+        )
+    try:
+        _set_options(opts, rpc, options)
+    except (AttributeError, TypeError, ValueError) as exc:
+        if isinstance(exc, InvalidOption):
+            raise
+        raise InvalidOption(f"bad CRIU option value: {exc}") from exc
     return opts
 
 
@@ -410,8 +468,11 @@ class SwrkCriu:
             tail = log_tail(request.log_path)
             # cr_errmsg is CRIU's first error, often the harmless RLIMIT_NOFILE warning.
             message = resp.cr_errmsg if "RLIMIT_NOFILE" not in resp.cr_errmsg else ""
-            what = explain(
-                _first_error(tail) or message or (os.strerror(err) if err else "see the log")
+            what = (
+                explain(kind, request.log_path)
+                or _first_error(tail)
+                or message
+                or (os.strerror(err) if err else "see the log")
             )
             logger.debug("criu %s: failed after %.3fs: %s", kind, elapsed, what)
             cls = DumpFailed if kind == "dump" else RestoreFailed

@@ -4,6 +4,9 @@ Every error derives from :class:`CedanaError`; leaves also derive from the
 builtin that fits, so ``except ProcessLookupError`` keeps working::
 
     CedanaError
+    ├── InvalidOption                   (ValueError) an option's value or a combination is wrong
+    ├── NoSpace                         (OSError, errno ENOSPC) a filesystem filled up; names
+    │                                   the path and what filled it
     ├── SetupError                      the machine cannot checkpoint (no CRIU, old CRIU, no root)
     │   ├── CriuNotFound                no usable ``criu`` binary or pycriu
     │   └── NotPermitted                (PermissionError) needs root / capabilities
@@ -25,15 +28,25 @@ builtin that fits, so ``except ProcessLookupError`` keeps working::
         ├── ImageNotFound               (LookupError) a restore's image is not there
         ├── ContainerNotRunning
         └── ContainerExists             (FileExistsError) the name is taken
+
+Warnings (:mod:`warnings` categories, also logged at WARNING) derive from
+:class:`CedanaWarning`::
+
+    CedanaWarning                       (UserWarning)
+    └── LiveConnectionsWarning          leave_running with tcp_established: the connections
+                                        stay live in the original
 """
 
 from __future__ import annotations
+
+import errno as errno_mod
 
 __all__ = [
     "ArtifactCorrupt",
     "ArtifactError",
     "ArtifactExists",
     "CedanaError",
+    "CedanaWarning",
     "ContainerError",
     "ContainerExists",
     "ContainerNotFound",
@@ -42,6 +55,9 @@ __all__ = [
     "CriuNotFound",
     "DumpFailed",
     "ImageNotFound",
+    "InvalidOption",
+    "LiveConnectionsWarning",
+    "NoSpace",
     "NotCheckpointable",
     "NotPermitted",
     "PidInUse",
@@ -56,6 +72,25 @@ __all__ = [
 
 class CedanaError(Exception):
     """Root of every error cedana raises."""
+
+
+class InvalidOption(CedanaError, ValueError):
+    """An option has a value it cannot take, or options that do not go together; raised
+    before anything is frozen, the message says which and what to pass instead."""
+
+
+class NoSpace(CedanaError, OSError):
+    """A filesystem filled up while cedana wrote to it (``errno`` is ``ENOSPC`` or
+    ``EDQUOT``, ``filename`` the path). The message names what filled it (the artifact,
+    CRIU's images in the work dir) and what to do; the workload keeps running."""
+
+    def __init__(
+        self, message: str, *, filename: str | None = None, errno: int = errno_mod.ENOSPC
+    ) -> None:
+        super().__init__(errno, message, filename)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class SetupError(CedanaError):
@@ -156,3 +191,14 @@ class ContainerNotRunning(ContainerError):
 
 class ContainerExists(ContainerError, FileExistsError):
     """A container with the requested name already exists."""
+
+
+class CedanaWarning(UserWarning):
+    """Root of the warnings cedana issues (``warnings.simplefilter("error", CedanaWarning)``
+    turns them into errors)."""
+
+
+class LiveConnectionsWarning(CedanaWarning):
+    """A checkpoint with ``leave_running`` and ``tcp_established``: the original keeps its
+    connections open, so a restore elsewhere meets peers that already talked to it (or saw
+    its sockets close)."""

@@ -27,6 +27,7 @@ import signal
 import stat
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -34,12 +35,20 @@ from typing import IO, Any, Literal
 import attrs
 
 from cedana import procfs
-from cedana.artifact.archive import check_destination, remove_path, write_artifact
+from cedana.artifact.archive import (
+    check_destination,
+    check_write_arguments,
+    remove_path,
+    sweep_temporaries,
+    write_artifact,
+)
 from cedana.artifact.manifest import HostInfo, Manifest, ProcessEntry
 from cedana.checkpoint import Checkpoint
 from cedana.criu import CriuBackend, CriuRequest, default_backend
 from cedana.errors import (
     CedanaError,
+    InvalidOption,
+    LiveConnectionsWarning,
     NotCheckpointable,
     PidInUse,
     ProcessNotFound,
@@ -51,7 +60,27 @@ __all__ = ["CheckpointOptions", "Process", "RestoreOptions", "open_stdio", "spaw
 
 logger = logging.getLogger("cedana.process")
 
+#: What fills a work dir, for a full filesystem's error message.
+_IMAGES = "CRIU's images"
+_DUMPED = "CRIU's images (and, for a container, its root filesystem changes)"
+
 StdioTarget = int | str | os.PathLike[str] | IO[Any] | None
+
+
+#: zstd's level when none is given: its own default, a good speed/size balance.
+DEFAULT_LEVEL = 3
+
+
+def _check_compress(_options: object, _attribute: object, value: Any) -> None:
+    check_write_arguments(value, DEFAULT_LEVEL, 0)
+
+
+def _check_level(_options: object, _attribute: object, value: Any) -> None:
+    check_write_arguments("zstd", value, 0)
+
+
+def _check_threads(_options: object, _attribute: object, value: Any) -> None:
+    check_write_arguments("zstd", DEFAULT_LEVEL, value)
 
 
 @attrs.frozen(kw_only=True)
@@ -65,25 +94,69 @@ class CheckpointOptions:
         file_locks: Dump file locks held by the tree.
         shell_job: Force CRIU's shell-job mode; None detects it.
         compress: ``"zstd"`` or ``"none"`` (a plain tar).
-        level: zstd level.
+        level: zstd level: 1 (fastest) to 22 (smallest), or negative for zstd's faster
+            modes; only with ``compress="zstd"``.
         threads: zstd threads; 0 uses every core.
-        directory: Write the directory form instead of one file.
+        directory: Write the directory form instead of one file (nothing compressed).
         overwrite: Replace an existing artifact at the path.
         work_dir: Where CRIU's images are staged; the system temp dir by default.
         criu: Any other ``criu_opts`` field (CRIU's RPC names), the escape hatch.
+
+    Every value, and how they combine, is checked here, when the options are made:
+
+    Raises:
+        InvalidOption: A value out of range (``level=0``, ``threads=-1``...) or options
+            that contradict each other (``level`` with ``compress="none"``).
     """
 
     leave_running: bool = False
     tcp_established: bool = False
     file_locks: bool = False
     shell_job: bool | None = None
-    compress: Literal["zstd", "none"] = "zstd"
-    level: int = 3
-    threads: int = 0
+    compress: Literal["zstd", "none"] = attrs.field(default="zstd", validator=_check_compress)
+    level: int = attrs.field(default=DEFAULT_LEVEL, validator=_check_level)
+    threads: int = attrs.field(default=0, validator=_check_threads)
     directory: bool = False
     overwrite: bool = False
     work_dir: Path | None = None
     criu: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        # Runs on construction and on every attrs.evolve, so a bad combination never
+        # reaches planning, let alone CRIU.
+        if self.directory and self.compress == "none":
+            raise InvalidOption(
+                "directory=True writes the members as plain files, compress='none' is for a "
+                "single plain tar: pass one of them"
+            )
+        if self.level != DEFAULT_LEVEL and (self.directory or self.compress == "none"):
+            form = "directory=True" if self.directory else "compress='none'"
+            raise InvalidOption(
+                f"level={self.level} sets zstd's level, and {form} compresses nothing: "
+                "drop level, or pass compress='zstd'"
+            )
+
+    def check_path(self, path: Path) -> None:
+        """Refuse a destination whose name says another form than these options write,
+        before anything is frozen (a plain tar named ``.tar.zst`` fools every reader).
+
+        Raises:
+            InvalidOption: The name ends in ``.zst`` but nothing would be compressed.
+        """
+        if not path.name.endswith(".zst") or (self.compress == "zstd" and not self.directory):
+            return
+        plain = path.name.removesuffix(".zst")
+        if self.directory:
+            raise InvalidOption(
+                f"{path} ends in .zst, but directory=True writes a directory of plain files: "
+                f"name it {path.with_name(plain.removesuffix('.tar'))}, or drop directory=True "
+                "for a .tar.zst"
+            )
+        raise InvalidOption(
+            f"{path} ends in .zst, but compress='none' writes a plain tar: name it "
+            f"{path.with_name(plain if plain.endswith('.tar') else plain + '.tar')}, or pass "
+            "compress='zstd' (--compress zstd)"
+        )
 
     @classmethod
     def merged(
@@ -224,13 +297,14 @@ def plan_dump(
 
     Raises:
         ProcessNotFound: No such pid.
-        NotCheckpointable: A kernel thread, ourselves, a session led from outside
-            the pid namespace, or established TCP connections without
-            ``tcp_established``.
+        NotCheckpointable: A kernel thread, ourselves, a process already traced (another
+            checkpoint of it running), a session led from outside the pid namespace, or
+            established TCP connections without ``tcp_established``.
     """
     root = procfs.proc_info(pid)
     procfs.check_dumpable(root)
     tree = procfs.tree(pid)
+    procfs.check_not_traced(tree)
     outside = [info for info in tree if info.sid == 0]
     if outside:
         raise NotCheckpointable(
@@ -273,11 +347,22 @@ def plan_dump(
     )
 
 
-def _reap_if_ours(pids: Sequence[int], popen: subprocess.Popen[bytes] | None) -> None:
-    """Wait for killed processes to go, reaping those that are (or became) our children.
+def _reap_if_ours(
+    pids: Sequence[int], popen: subprocess.Popen[bytes] | None, *, root_is_ours: bool = False
+) -> None:
+    """Wait for killed processes (``pids``, the root first) to go, reaping only what no one
+    else will: our own ``popen`` (through it), descendants of the root that this process
+    adopted as a subreaper, and the root when ``root_is_ours`` (a tree cedana restored, which
+    this process adopted).
 
-    A zombie holds its pid, and CRIU restores under the original pids.
+    A root that is the caller's own child (its ``subprocess.Popen``) is left to the caller:
+    reaping it here would steal its exit status (``Popen.poll()`` would say 0, not -9). A
+    zombie holds its pid, and CRIU restores under the original pids, so a restore before the
+    caller waits fails with PidInUse saying so.
     """
+    if not pids:
+        return
+    root = pids[0]
     pending = set(pids)
     if popen is not None and popen.pid in pending:
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -292,7 +377,7 @@ def _reap_if_ours(pids: Sequence[int], popen: subprocess.Popen[bytes] | None) ->
                 pending.discard(pid)
                 continue
             if info.state == "Z":
-                if info.ppid == os.getpid():
+                if info.ppid == os.getpid() and (pid != root or root_is_ours):
                     with contextlib.suppress(ChildProcessError):
                         os.waitpid(pid, 0)
                 pending.discard(pid)
@@ -311,6 +396,7 @@ def checkpoint_tree(
     add_members: Callable[[Path], Mapping[str, Any] | None] | None = None,
     backend: CriuBackend | None = None,
     popen: subprocess.Popen[bytes] | None = None,
+    root_is_ours: bool = False,
 ) -> Checkpoint:
     """Dump ``plan`` with CRIU and write the artifact at ``path``.
 
@@ -318,11 +404,17 @@ def checkpoint_tree(
     plan, manifest fields and ``add_members`` (called once with the images
     directory from CRIU's post-dump callback, while the tree is frozen, in both
     modes, to add e.g. the rootfs changes; what it returns is merged into the
-    manifest's ``workload``).
+    manifest's ``workload``). ``popen`` and ``root_is_ours`` say who reaps the killed root
+    (see :func:`_reap_if_ours`).
     """
     backend = backend or default_backend()  # callers ran preflight() before planning
     path = Path(path)
+    options.check_path(path)
     check_destination(path, overwrite=options.overwrite)
+    # Before the dump: what a killed checkpoint left may be what would fill the disk.
+    sweep_temporaries(path.parent)
+    if options.leave_running and options.tcp_established:
+        _warn_live_connections(plan.pid)
 
     manifest = Manifest(
         host=HostInfo.current(criu_version=_criu_version(backend)),
@@ -377,7 +469,7 @@ def checkpoint_tree(
     try:
         # The log lives apart from the images: when their disk fills up, it still says why.
         with (
-            scratch_dir(".cedana-dump-", parent=options.work_dir) as work,
+            scratch_dir(".cedana-dump-", parent=options.work_dir, fills=_DUMPED) as work,
             scratch_dir(".cedana-log-") as logs,  # always the temp dir
         ):
             images = work / "images"
@@ -398,9 +490,21 @@ def checkpoint_tree(
             remove_path(path)
         raise
     if not options.leave_running:
-        _reap_if_ours([p.pid for p in plan.tree], popen)
+        _reap_if_ours([p.pid for p in plan.tree], popen, root_is_ours=root_is_ours)
     logger.debug("checkpoint pid %d: complete in %.3fs", plan.pid, time.monotonic() - started)
     return Checkpoint.open(path, verify=False)
+
+
+def _warn_live_connections(pid: int) -> None:
+    message = (
+        f"checkpoint of pid {pid} with leave_running and tcp_established: its TCP connections "
+        "stay live in the original, so a restore elsewhere meets peers that have the "
+        "original's state (or saw its sockets close when it was killed) and its connections "
+        "usually break at once; checkpoint without leave_running to move the connections"
+    )
+    logger.warning("%s", message)
+    # stacklevel: the caller of checkpoint(), through checkpoint_tree and the layer's method.
+    warnings.warn(message, LiveConnectionsWarning, stacklevel=4)
 
 
 def _criu_version(backend: CriuBackend) -> str:
@@ -578,7 +682,7 @@ def restore_tree(
     with (
         open_stdio(options.stdin, options.stdout, options.stderr) as stdio,
         inherited_fds(inherit_plan(workload.get("external", []), stdio)) as inherit,
-        scratch_dir(".cedana-restore-", parent=options.work_dir) as work,
+        scratch_dir(".cedana-restore-", parent=options.work_dir, fills=_IMAGES) as work,
     ):
         images = work / "images"
         checkpoint.extract(images)
@@ -615,11 +719,16 @@ class Process:
     Args:
         pid: The root of the tree.
         backend: The CRIU backend; the real one by default (tests hand in fakes).
+        popen: The root's Popen when cedana started it (:func:`spawn`); cedana waits on it.
+        restored: The tree is one cedana restored: when this process adopted its root
+            (as a subreaper), cedana reaps it once it ends. Otherwise a root that is the
+            caller's own child is left for the caller to wait on.
     """
 
     pid: int
     _backend: CriuBackend | None = attrs.field(default=None, alias="backend", repr=False)
     _popen: subprocess.Popen[bytes] | None = attrs.field(default=None, alias="popen", repr=False)
+    _restored: bool = attrs.field(default=False, alias="restored", repr=False)
 
     def checkpoint(
         self,
@@ -637,12 +746,20 @@ class Process:
         :class:`CheckpointOptions` field (``compress``, ``level``, ``criu``...).
 
         Raises:
+            InvalidOption: A bad option, or a ``.zst`` ``path`` for an uncompressed
+                artifact; nothing was looked at.
             ProcessNotFound: No such pid.
-            NotCheckpointable: The tree cannot be dumped as asked.
+            NotCheckpointable: The tree cannot be dumped as asked (or another checkpoint
+                or tracer holds it).
             NotPermitted: Not root.
             DumpFailed: CRIU failed; the tree keeps running.
             ArtifactExists: ``path`` exists and ``overwrite`` was not set.
-            OSError: Writing the artifact failed (e.g. ENOSPC); the tree keeps running.
+            NoSpace: The artifact's or the work dir's filesystem filled up; the tree
+                keeps running.
+            OSError: Writing the artifact failed otherwise; the tree keeps running.
+
+        Warns:
+            LiveConnectionsWarning: ``leave_running`` with ``tcp_established``.
         """
         opts = CheckpointOptions.merged(
             options,
@@ -655,7 +772,13 @@ class Process:
         backend.preflight()
         plan = plan_dump(self.pid, opts)
         return checkpoint_tree(
-            plan, Path(path), opts, kind="process", backend=backend, popen=self._popen
+            plan,
+            Path(path),
+            opts,
+            kind="process",
+            backend=backend,
+            popen=self._popen,
+            root_is_ours=self._restored,
         )
 
     @classmethod
@@ -689,7 +812,7 @@ class Process:
             options or RestoreOptions(), **{k: v for k, v in given.items() if v is not None}
         )
         pid = restore_tree(Checkpoint.of(checkpoint), opts, backend=backend)
-        return cls(pid, backend=backend)
+        return cls(pid, backend=backend, restored=True)
 
     # --- observing and ending the tree ---------------------------------------
 
@@ -712,7 +835,8 @@ class Process:
         os.kill(self.pid, signum)
 
     def kill(self) -> None:
-        """Kill every process of the tree and reap the root when it is ours."""
+        """Kill every process of the tree; reap the root when cedana started or restored it
+        (the caller's own child is left for the caller to wait on)."""
         try:
             pids = [p.pid for p in procfs.tree(self.pid)]
         except ProcessNotFound:
@@ -720,10 +844,11 @@ class Process:
         for pid in reversed(pids):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        _reap_if_ours(pids, self._popen)
+        _reap_if_ours(pids, self._popen, root_is_ours=self._restored)
 
     def wait(self, timeout: float | None = None) -> int | None:
-        """Wait for the root to end; its exit status when it was our child."""
+        """Wait for the root to end; its exit status when cedana started it (:func:`spawn`)
+        or restored it and this process adopted it; None otherwise."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.running:
             if deadline is not None and time.monotonic() > deadline:
@@ -731,7 +856,11 @@ class Process:
             time.sleep(0.01)
         if self._popen is not None:
             return self._popen.wait()
-        _reap_if_ours([self.pid], None)
+        if self._restored:
+            with contextlib.suppress(ChildProcessError):
+                reaped, status = os.waitpid(self.pid, os.WNOHANG)
+                if reaped == self.pid:
+                    return os.waitstatus_to_exitcode(status)
         return None
 
 

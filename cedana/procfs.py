@@ -20,12 +20,14 @@ __all__ = [
     "Descriptor",
     "ProcInfo",
     "TcpConnection",
+    "check_not_traced",
     "children",
     "descriptors",
     "established_tcp",
     "holder_of",
     "holders",
     "proc_info",
+    "tracer_of",
     "tree",
 ]
 
@@ -225,6 +227,12 @@ def holder_of(pid: int) -> str | None:
     except ProcessNotFound:
         return None
     if info.state == "Z":
+        if info.ppid == os.getpid():
+            return (
+                f"a zombie of {info.comm!r} whose parent is this very process (pid "
+                f"{info.ppid}), which has not reaped it: call wait() on it (its "
+                "subprocess.Popen's wait() or poll(), or os.waitpid) before restoring"
+            )
         try:
             parent = proc_info(info.ppid).command
         except ProcessNotFound:
@@ -260,3 +268,43 @@ def check_dumpable(info: ProcInfo) -> None:
             ancestor = proc_info(ancestor).ppid
         except ProcessNotFound:
             break
+
+
+def tracer_of(pid: int) -> int:
+    """The pid ptracing any thread of ``pid`` (``TracerPid`` in /proc), 0 when none (or gone)."""
+    try:
+        tasks = os.listdir(PROC / str(pid) / "task")
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    for tid in tasks:
+        try:
+            status = (PROC / str(pid) / "task" / tid / "status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for line in status.splitlines():
+            if line.startswith("TracerPid:"):
+                tracer = int(line.split()[1])
+                if tracer:
+                    return tracer
+                break
+    return 0
+
+
+def check_not_traced(tree: Iterable[ProcInfo]) -> None:
+    """Refuse a tree a process of which is already ptraced: CRIU must seize every task,
+    and a task has one tracer at a time (another checkpoint, a debugger, strace).
+
+    Raises:
+        NotCheckpointable: Naming the traced pid and its tracer.
+    """
+    for info in tree:
+        tracer = tracer_of(info.pid)
+        if tracer:
+            try:
+                who = proc_info(tracer).comm
+            except ProcessNotFound:
+                who = "gone"
+            raise NotCheckpointable(
+                f"pid {info.pid} is being checkpointed or traced by another process (pid "
+                f"{tracer}, {who}); wait for it to finish, then checkpoint again"
+            )

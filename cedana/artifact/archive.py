@@ -33,6 +33,7 @@ import hashlib
 import logging
 import os
 import queue
+import re
 import secrets
 import shutil
 import stat
@@ -49,15 +50,25 @@ import attrs
 import zstandard
 
 from cedana.artifact.manifest import MANIFEST_NAME, Manifest, Member
-from cedana.errors import ArtifactCorrupt, ArtifactError, ArtifactExists, UnsafeArtifact
+from cedana.errors import (
+    ArtifactCorrupt,
+    ArtifactError,
+    ArtifactExists,
+    InvalidOption,
+    NoSpace,
+    UnsafeArtifact,
+)
+from cedana.staging import owner_gone, owner_tag
 
 __all__ = [
     "Artifact",
     "Compression",
     "Form",
     "check_destination",
+    "check_write_arguments",
     "open_artifact",
     "remove_path",
+    "sweep_temporaries",
     "write_artifact",
 ]
 
@@ -76,6 +87,7 @@ _SKIPPABLE_MAGIC = 0x184D2A50
 _MAX_MANIFEST = 64 << 20
 _MAX_PAX = 1 << 20
 _PLACEHOLDER_SHA256 = "0" * 64
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 _MIN_LEVEL = -(1 << 17)  # zstd's fastest "negative" level
 _MAX_LEVEL = zstandard.MAX_COMPRESSION_LEVEL
 
@@ -473,18 +485,23 @@ def _fsync_path(path: Path) -> None:
 # --------------------------------------------------------------------------- writing
 
 
-def _check_write_arguments(compress: str, level: int, threads: int) -> None:
+def check_write_arguments(compress: str, level: int, threads: int) -> None:
+    """Refuse ``compress``, ``level`` and ``threads`` values the writer cannot use.
+
+    Raises:
+        InvalidOption: (a ValueError) Which value, and what it may be.
+    """
     if compress not in ("zstd", "none"):
-        raise ValueError(f"compress must be 'zstd' or 'none', not {compress!r}")
+        raise InvalidOption(f"compress must be 'zstd' or 'none', not {compress!r}")
     if not isinstance(level, int) or isinstance(level, bool):
-        raise ValueError(f"level must be an integer, not {level!r}")
+        raise InvalidOption(f"level must be an integer, not {level!r}")
     if level == 0 or not _MIN_LEVEL <= level <= _MAX_LEVEL:
-        raise ValueError(
-            f"zstd level must be 1 to {_MAX_LEVEL} (or negative for zstd's fast levels), "
-            f"not {level}"
+        raise InvalidOption(
+            f"zstd level must be 1 (fastest) to {_MAX_LEVEL} (smallest), or negative for "
+            f"zstd's faster modes, not {level}; 3 is the default"
         )
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
-        raise ValueError(f"threads must be 0 (all cores) or a positive count, not {threads!r}")
+        raise InvalidOption(f"threads must be 0 (all cores) or a positive count, not {threads!r}")
 
 
 def _member_header(name: str, size: int, mtime: int) -> bytes:
@@ -605,8 +622,10 @@ def write_artifact(
     only when complete, fsynced and read back (the zstd form by its frame checksums, the
     others by hashing every member again), so ``dest`` never holds half an artifact. On any
     error before the rename, including ``ENOSPC`` and ``KeyboardInterrupt``, ``dest`` is left
-    as it was, the temporary is removed and the error propagates unchanged; should the
-    directory's fsync fail after it, the new artifact is removed.
+    as it was, the temporary is removed and the error propagates (a full filesystem as
+    :class:`~cedana.errors.NoSpace`); should the directory's fsync fail after it, the new
+    artifact is removed. Temporaries that killed writers left beside ``dest`` are removed
+    first (:func:`sweep_temporaries`).
 
     Args:
         images_dir: The CRIU images directory (subdirectories are kept).
@@ -629,12 +648,13 @@ def write_artifact(
             stored, or a file changed while being written.
         ArtifactCorrupt: What was written did not read back as written (``dest`` is left
             as it was).
-        ValueError: A bad ``compress``, ``level`` or ``threads``.
+        InvalidOption: (a ValueError) A bad ``compress``, ``level`` or ``threads``.
+        NoSpace: (an OSError, ``errno`` ENOSPC or EDQUOT) ``dest``'s filesystem filled up.
         OSError: Reading the images or writing ``dest`` failed (``errno`` kept).
     """
     images_dir = Path(images_dir)
     dest = Path(dest)
-    _check_write_arguments(compress, level, threads)
+    check_write_arguments(compress, level, threads)
     check_destination(dest, overwrite=overwrite)
     if dest.resolve().is_relative_to(images_dir.resolve()):
         raise ValueError(f"the artifact {dest} cannot be written inside the images {images_dir}")
@@ -649,7 +669,9 @@ def write_artifact(
             Member(name=entry.name, size=entry.size, sha256=_PLACEHOLDER_SHA256) for entry in files
         ),
     )
-    tmp = dest.parent / f".{dest.name}.tmp-{secrets.token_hex(6)}"
+    sweep_temporaries(dest.parent)
+    # The owner in the name lets a later write remove what a killed writer left.
+    tmp = dest.parent / f".{dest.name}.tmp-{owner_tag()}-{secrets.token_hex(6)}"
     renamed = False
     try:
         if directory:
@@ -665,6 +687,14 @@ def write_artifact(
     except BaseException as exc:
         remove_path(dest if renamed else tmp)
         _log.debug("writing %s failed after %.3f s: %r", dest, time.perf_counter() - started, exc)
+        if isinstance(exc, OSError) and exc.errno in _FULL and not isinstance(exc, NoSpace):
+            raise NoSpace(
+                f"no space left on device in {dest.parent}: the artifact {dest} filled its "
+                "filesystem (nothing was kept); free space there, or write the checkpoint to "
+                "another destination",
+                filename=str(dest),
+                errno=exc.errno,
+            ) from exc
         raise
     total = sum(member.size for member in final.members)
     elapsed = time.perf_counter() - started
@@ -677,6 +707,26 @@ def write_artifact(
         total / elapsed / 1e6 if elapsed else 0.0,
     )
     return final
+
+
+_TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)-(\d+)-[0-9a-f]{12}$")
+
+
+def sweep_temporaries(directory: Path) -> None:
+    """Remove the temporary artifacts that writers killed mid-write (SIGKILL, a crash) left
+    in ``directory``: only names :func:`write_artifact` makes, and only when their owner is
+    gone (a concurrent writer's file stays, and so does one whose pid is taken by a
+    process that started at the very time the owner did)."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match is None or not owner_gone(int(match.group(1)), int(match.group(2))):
+            continue
+        _log.debug("removing %s, left by pid %s", entry.path, match.group(1))
+        remove_path(Path(entry.path))
 
 
 def _check_written(artifact: Artifact, dest: Path) -> None:

@@ -340,7 +340,9 @@ class RuncContainer:
             NotCheckpointable: Established TCP connections without ``tcp_established``.
             DumpFailed: CRIU failed; the container keeps running, unfrozen.
             ArtifactExists: ``path`` exists and ``overwrite`` was not set.
-            OSError: Writing the artifact failed; the container keeps running.
+            NoSpace: The artifact's or the work dir's filesystem filled up; the container
+                keeps running.
+            OSError: Writing the artifact failed otherwise; the container keeps running.
         """
         opts = CheckpointOptions.merged(
             options,
@@ -477,7 +479,7 @@ class RuncContainer:
         started = time.monotonic()
         logger.debug("restore runc %s from %s: start", name, ckpt.path)
         made: _MadeBundle | None = None
-        with scratch_dir(".cedana-restore-", parent=work_dir) as work:
+        with scratch_dir(".cedana-restore-", parent=work_dir, fills="CRIU's images") as work:
             images = work / "images"
             try:
                 ckpt.extract(images)

@@ -319,7 +319,9 @@ class ContainerdContainer:
                 snapshot, or established TCP without ``tcp_established``.
             DumpFailed: CRIU failed; the container keeps running, unfrozen.
             ArtifactExists: ``path`` exists and ``overwrite`` was not set.
-            OSError: Writing the artifact failed; the container keeps running.
+            NoSpace: The artifact's or the work dir's filesystem filled up; the container
+                keeps running.
+            OSError: Writing the artifact failed otherwise; the container keeps running.
         """
         opts = CheckpointOptions.merged(
             options,
@@ -473,7 +475,7 @@ class ContainerdContainer:
             uri = f"file://{os.path.abspath(log)}" if log is not None else ""
 
             with (
-                scratch_dir(".cedana-restore-", parent=work_dir) as work,
+                scratch_dir(".cedana-restore-", parent=work_dir, fills="CRIU's images") as work,
                 client.lease(),
             ):
                 undo: list[Callable[[], None]] = []

@@ -576,19 +576,23 @@ BIG_RANDOM = """
 def test_full_filesystem_leaves_workload_running(
     workloads: Workloads, small_tmpfs: Path, stage_on_small: bool
 ) -> None:
-    """ENOSPC while writing the artifact (or CRIU's images) leaves the workload running and
-    thawed, and nothing on the full filesystem."""
+    """ENOSPC while writing the artifact (or CRIU's images) is a NoSpace (a CedanaError and
+    an OSError with errno ENOSPC) naming the path, what filled it and what to do; the
+    workload keeps running, thawed, and nothing is left on the full filesystem."""
     proc, log = workloads.python(BIG_RANDOM)
     wait_count(log, 3)
-    # The artifact write fails in our hands (ENOSPC); the images' in CRIU's (DumpFailed).
-    expected = cedana.DumpFailed if stage_on_small else OSError
-    with pytest.raises(expected) as info:
-        proc.checkpoint(
-            small_tmpfs / "full.tar.zst", work_dir=small_tmpfs if stage_on_small else None
-        )
-    assert "No space left on device" in str(info.value)
-    if not stage_on_small:
-        assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
+    dest = small_tmpfs / "full.tar.zst"
+    with pytest.raises(cedana.NoSpace) as info:
+        proc.checkpoint(dest, work_dir=small_tmpfs if stage_on_small else None)
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
+    message = str(info.value)
+    assert message.startswith(f"no space left on device in {small_tmpfs}: ")
+    if stage_on_small:
+        assert "CRIU's images" in message and "work_dir=" in message
+        assert isinstance(info.value.__cause__, cedana.DumpFailed)
+    else:
+        assert f"the artifact {dest} filled its filesystem" in message
+        assert "write the checkpoint to another destination" in message
     assert proc.running
     assert procfs.proc_info(proc.pid).state != "T"
     n = len(numbers(log))

@@ -5,10 +5,12 @@ Needs no root: tampered artifacts (links, devices, traversal) are built by hand 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -21,6 +23,7 @@ import attrs
 import pytest
 import zstandard
 
+from cedana import procfs, staging
 from cedana.artifact import archive
 from cedana.artifact.archive import Artifact, open_artifact, write_artifact
 from cedana.artifact.manifest import HostInfo, Manifest, Member, ProcessEntry
@@ -29,6 +32,7 @@ from cedana.errors import (
     ArtifactError,
     ArtifactExists,
     CedanaError,
+    NoSpace,
     UnsafeArtifact,
     UnsupportedFormat,
 )
@@ -463,25 +467,40 @@ def test_interrupted_write_leaves_nothing(
 
 
 @pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EIO])
 def test_failed_write_keeps_errno(
-    form: str, images: Path, tmp_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
+    form: str,
+    code: int,
+    images: Path,
+    tmp_path: Path,
+    manifest: Manifest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An OSError while writing (here a faked ENOSPC) propagates with its errno; nothing is left."""
+    """An OSError while writing keeps its errno and leaves nothing; a full filesystem (here
+    a faked ENOSPC or EDQUOT) is a NoSpace (a CedanaError and an OSError) naming the artifact
+    and what to do, any other error propagates as it was."""
     real_write = os.write
     calls = []
 
     def filling_up(fd: int, data: bytes) -> int:
         calls.append(fd)
         if len(calls) >= 2:
-            raise OSError(28, "No space left on device")
+            raise OSError(code, os.strerror(code))
         return real_write(fd, data)
 
     monkeypatch.setattr(os, "write", filling_up)
-    with pytest.raises(OSError, match="No space") as caught:
+    with pytest.raises(OSError) as caught:
         write(images, tmp_path, manifest, form)
     monkeypatch.undo()
-    assert caught.value.errno == 28
-    assert not isinstance(caught.value, CedanaError)
+    assert caught.value.errno == code
+    if code == errno.EIO:
+        assert not isinstance(caught.value, CedanaError)
+    else:
+        assert isinstance(caught.value, NoSpace)
+        message = str(caught.value)
+        assert f"the artifact {dest_for(tmp_path, form)} filled" in message
+        assert "free space there, or write the checkpoint to another destination" in message
+        assert caught.value.filename == str(dest_for(tmp_path, form))
     assert leftovers(tmp_path) == []
 
 
@@ -1102,3 +1121,56 @@ def test_threaded_hash_matches_and_catches(
     plain.write_bytes(bytes(data))
     with pytest.raises(ArtifactCorrupt, match="pages-1.img.*sha256"):
         open_artifact(plain, verify=False).verify()
+
+
+def test_temporary_carries_its_owner(
+    images: Path, tmp_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The temporary an artifact is built in is named for its writer's pid and start time,
+    so that what a killed writer leaves can be told apart from a live one's."""
+    seen: list[str] = []
+    real_replace = archive._replace
+
+    def replace(tmp: Path, dest: Path) -> None:
+        seen.append(tmp.name)
+        real_replace(tmp, dest)
+
+    monkeypatch.setattr(archive, "_replace", replace)
+    write(images, tmp_path, manifest, "zstd")
+    assert re.fullmatch(rf"\.ckpt\.zstd\.tmp-{staging.owner_tag()}-[0-9a-f]{{12}}", seen[0])
+
+
+def test_temporaries_of_dead_writers_are_removed(
+    images: Path, tmp_path: Path, manifest: Manifest
+) -> None:
+    """The next write into a directory removes the temporaries whose writer is gone (dead,
+    or its pid reused by a process started later); a live writer's, this process's own,
+    other names and the old unowned form stay."""
+    gone = subprocess.Popen(["sleep", "60"])
+    gone_started = procfs.proc_info(gone.pid).start_time
+    gone.kill()
+    gone.wait()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        live_started = procfs.proc_info(live.pid).start_time
+        dead = tmp_path / f".job.tar.zst.tmp-{gone.pid}-{gone_started}-0123456789ab"
+        reused = tmp_path / f".job.tar.zst.tmp-{live.pid}-{live_started + 7}-0123456789ab"
+        dead_dir = tmp_path / f".job.tmp-{gone.pid}-{gone_started}-abcdefabcdef"
+        kept = [
+            tmp_path / f".job.tar.zst.tmp-{live.pid}-{live_started}-0123456789ab",
+            tmp_path / f".job.tar.zst.tmp-{staging.owner_tag()}-0123456789ab",
+            tmp_path / ".job.tar.zst.tmp-0123456789ab",
+            tmp_path / f"job.tar.zst.tmp-{gone.pid}-{gone_started}-0123456789ab",
+            tmp_path / f".notes.tmp-{gone.pid}-{gone_started}-zz",
+        ]
+        for path in (dead, reused, *kept):
+            path.write_bytes(b"partial artifact")
+        (dead_dir / "sub").mkdir(parents=True)
+        write(images, tmp_path, manifest, "tar")
+        assert not dead.exists()
+        assert not reused.exists()
+        assert not dead_dir.exists()
+        assert all(path.exists() for path in kept)
+    finally:
+        live.kill()
+        live.wait()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from cedana import criu, procfs
-from cedana.errors import CriuError, DumpFailed, PidInUse, RestoreFailed
+from cedana.errors import CriuError, DumpFailed, InvalidOption, PidInUse, RestoreFailed
+from tests.conftest import wait_for
 
 
 def test_build_options_maps_scalars_and_repeated_fields() -> None:
@@ -41,15 +42,21 @@ def test_build_options_maps_scalars_and_repeated_fields() -> None:
 
 
 def test_build_options_rejects_unknown_names() -> None:
-    """A misspelt option is a clear ValueError naming it, not a silent no-op."""
-    with pytest.raises(ValueError, match="tcp_establish"):
+    """A misspelt option is a clear InvalidOption (a CedanaError and a ValueError) naming
+    it, not a silent no-op."""
+    with pytest.raises(InvalidOption, match="tcp_establish"):
         criu.build_options({"tcp_establish": True})
 
 
 def test_build_options_rejects_bad_values() -> None:
-    """A value of the wrong type names the option."""
-    with pytest.raises(ValueError, match="pid"):
+    """A value of the wrong type (of a plain field, a pair list, an enum) is an InvalidOption
+    naming the option or value."""
+    with pytest.raises(InvalidOption, match="pid"):
         criu.build_options({"pid": "many"})
+    with pytest.raises(InvalidOption, match="bad CRIU option value"):
+        criu.build_options({"inherit_fd": [("pipe:[1]", "three")]})
+    with pytest.raises(InvalidOption, match="bad CRIU option value"):
+        criu.build_options({"manage_cgroups_mode": "sometimes"})
 
 
 FAKE = """\
@@ -187,8 +194,14 @@ def test_error_tree_leaves_subclass_builtins() -> None:
     assert issubclass(errors.PidInUse, FileExistsError)
     assert issubclass(errors.ArtifactExists, FileExistsError)
     assert issubclass(errors.ContainerNotFound, LookupError)
+    assert issubclass(errors.InvalidOption, ValueError)
+    assert issubclass(errors.NoSpace, OSError)
     for name in errors.__all__:
-        assert issubclass(getattr(errors, name), errors.CedanaError)
+        cls = getattr(errors, name)
+        if issubclass(cls, Warning):
+            assert issubclass(cls, errors.CedanaWarning)
+        else:
+            assert issubclass(cls, errors.CedanaError)
         assert name in (errors.__doc__ or ""), f"{name} missing from the tree in the docstring"
 
 
@@ -199,3 +212,44 @@ def test_swrk_dying_during_a_callback_is_a_criu_error(tmp_path: Path) -> None:
     with pytest.raises(CriuError, match="exited before answering"):
         fake_backend(tmp_path, "die-in-notify").dump(request(tmp_path, notify=lambda e, p: None))
     assert children() == before
+
+
+def test_known_criu_failures_are_explained(tmp_path: Path) -> None:
+    """CRIU's log lines for a tree already ptraced (dump) and for an open file whose size
+    changed (restore) become messages that say what happened and what to do; a seize refused
+    because the task is a zombie (which CRIU dumps anyway) is not taken for a tracer."""
+    import subprocess
+
+    log = tmp_path / "criu.log"
+    log.write_text(
+        "(00.001) Warn  (compel/src/lib/infect.c:132): Unable to interrupt task: 4194000 "
+        "(Operation not permitted)\n"
+        "(00.002) Error (compel/src/lib/infect.c:366): Unable to detach from 4194000: "
+        "No such process\n"
+    )
+    said = criu.explain("dump", log) or ""
+    assert said.startswith("pid 4194000 is being checkpointed or traced by another process")
+    assert "wait for it to finish" in said
+    assert criu.explain("restore", log) is None
+
+    zombie = subprocess.Popen(["true"])
+    try:
+        wait_for(lambda: procfs.proc_info(zombie.pid).state == "Z", what="a zombie")
+        log.write_text(
+            f"Warn  (compel/src/lib/infect.c:132): Unable to interrupt task: {zombie.pid} "
+            "(Operation not permitted)\n"
+        )
+        assert criu.explain("dump", log) is None
+    finally:
+        zombie.wait()
+
+    log.write_text(
+        "(00.010) Error (criu/files-reg.c:2175): File tmp/job/out.log has bad size 95 (expect 87)\n"
+    )
+    said = criu.explain("restore", log) or ""
+    assert said.startswith("/tmp/job/out.log is 95 bytes now but was 87 at the checkpoint")
+    assert "the original kept running" in said
+    assert "truncate -s 87 /tmp/job/out.log" in said
+    assert "checkpoint without leave_running" in said
+    assert criu.explain("dump", log) is None
+    assert criu.explain("restore", tmp_path / "missing.log") is None

@@ -3,15 +3,20 @@ checkpoint orchestration against a fake CRIU backend."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import attrs
 import pytest
 
 import cedana
+from cedana import procfs
+from cedana.criu import CriuRequest
 from cedana.process import CheckpointOptions, checkpoint_tree, plan_dump
 from tests.conftest import wait_for
 from tests.fakes import FakeCriu
@@ -134,7 +139,7 @@ def test_failed_write_thaws_and_leaves_nothing(sleeper, tmp_path: Path) -> None:
     def broken(images: Path) -> None:
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(cedana.NoSpace, match="no space left on device"):
         checkpoint_tree(
             plan, dest, CheckpointOptions(), kind="process", backend=fake, add_members=broken
         )
@@ -181,3 +186,147 @@ def test_layer_options_sit_between_detection_and_the_caller(sleeper) -> None:
     assert plan.criu["root"] == "/mine"
     plan = plan_dump(sleeper.pid, CheckpointOptions(criu={"shell_job": True}))
     assert plan.shell_job is True
+
+
+@pytest.mark.parametrize(
+    ("given", "why"),
+    [
+        ({"level": 0}, "zstd level must be 1"),
+        ({"level": 99}, "zstd level must be 1"),
+        ({"level": True}, "level must be an integer"),
+        ({"threads": -1}, "threads must be 0"),
+        ({"compress": "gzip"}, "compress must be 'zstd' or 'none'"),
+        ({"directory": True, "compress": "none"}, "pass one of them"),
+        ({"compress": "none", "level": 9}, "compresses nothing"),
+        ({"directory": True, "level": 9}, "compresses nothing"),
+    ],
+)
+def test_bad_options_refused_when_made(given: dict[str, object], why: str) -> None:
+    """A bad value or combination is an InvalidOption (a CedanaError and a ValueError) with
+    one line saying what is wrong, raised when the options are made, and by evolve too."""
+    with pytest.raises(cedana.InvalidOption, match=why) as caught:
+        CheckpointOptions(**given)  # type: ignore[arg-type]
+    assert isinstance(caught.value, ValueError)
+    assert len(str(caught.value).splitlines()) == 1
+    with pytest.raises(cedana.InvalidOption, match=why):
+        attrs.evolve(CheckpointOptions(), **given)  # type: ignore[arg-type]
+
+
+def test_bad_level_refused_before_planning(sleeper, tmp_path: Path) -> None:
+    """checkpoint(level=0) fails before the tree is looked at or CRIU asked for anything."""
+    fake = FakeCriu()
+    with pytest.raises(cedana.InvalidOption, match="level"):
+        cedana.Process(sleeper.pid, backend=fake).checkpoint(tmp_path / "a.tar.zst", level=0)
+    assert fake.calls == []
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "given", "hint"),
+    [
+        ("a.tar.zst", {"compress": "none"}, "name it {dir}/a.tar, or pass compress='zstd'"),
+        ("a.zst", {"compress": "none"}, "name it {dir}/a.tar, or pass compress='zstd'"),
+        ("b.tar.zst", {"directory": True}, "name it {dir}/b, or drop directory=True"),
+    ],
+)
+def test_name_that_lies_about_the_form_refused_before_dumping(
+    sleeper, tmp_path: Path, name: str, given: dict[str, object], hint: str
+) -> None:
+    """A .zst name for an uncompressed artifact (a plain tar, a directory) is refused before
+    CRIU is asked for anything, saying what to name it or what to pass; the right name works."""
+    fake = FakeCriu()
+    opts = CheckpointOptions(**given)  # type: ignore[arg-type]
+    plan = plan_dump(sleeper.pid, opts)
+    with pytest.raises(cedana.InvalidOption) as caught:
+        checkpoint_tree(plan, tmp_path / name, opts, kind="process", backend=fake)
+    assert hint.format(dir=tmp_path) in str(caught.value)
+    assert fake.calls == []
+    assert list(tmp_path.iterdir()) == []
+    fixed = hint.format(dir=tmp_path).split()[2].rstrip(",")
+    checkpoint_tree(plan, Path(fixed), opts, kind="process", backend=FakeCriu(kill=True))
+    cedana.open(fixed).verify()
+
+
+def test_leave_running_with_tcp_established_warns(
+    sleeper, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """leave_running with tcp_established issues a LiveConnectionsWarning (a CedanaWarning)
+    and logs it at WARNING; either option alone warns of nothing."""
+    opts = CheckpointOptions(leave_running=True, tcp_established=True)
+    plan = plan_dump(sleeper.pid, opts)
+    with (
+        caplog.at_level(logging.WARNING, logger="cedana.process"),
+        pytest.warns(cedana.LiveConnectionsWarning, match="stay live in the original"),
+    ):
+        checkpoint_tree(plan, tmp_path / "a.tar.zst", opts, kind="process", backend=FakeCriu())
+    assert any(
+        r.levelno == logging.WARNING and "stay live in the original" in r.getMessage()
+        for r in caplog.records
+    )
+    assert issubclass(cedana.LiveConnectionsWarning, cedana.CedanaWarning)
+    for alone in (CheckpointOptions(leave_running=True), CheckpointOptions(tcp_established=True)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", cedana.CedanaWarning)
+            checkpoint_tree(
+                plan_dump(sleeper.pid, alone),
+                tmp_path / f"{alone.leave_running}.tar.zst",
+                alone,
+                kind="process",
+                backend=FakeCriu(kill=True),  # the last one dumps without leave_running
+            )
+
+
+_TRACE_ME = (
+    "import ctypes, sys, time\n"
+    "assert ctypes.CDLL(None, use_errno=True).ptrace(0, 0, 0, 0) == 0\n"  # PTRACE_TRACEME
+    "print('traced', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_traced_process_refused_before_freezing() -> None:
+    """A process another one ptraces (here: this test, its tracer) is refused before anything
+    is frozen, naming the tracer and saying to wait."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", _TRACE_ME], stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        assert p.stdout is not None
+        assert read_until(p.stdout.fileno(), b"\n").strip() == b"traced"
+        with pytest.raises(cedana.NotCheckpointable) as caught:
+            plan_dump(p.pid, CheckpointOptions())
+        assert f"pid {p.pid} is being checkpointed or traced by another process" in str(
+            caught.value
+        )
+        assert f"(pid {os.getpid()}, " in str(caught.value)
+        assert "wait for it to finish" in str(caught.value)
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_leftovers_of_a_killed_checkpoint_go_before_the_dump(sleeper, tmp_path: Path) -> None:
+    """A temporary artifact that a killed checkpoint left beside the destination is removed
+    before CRIU dumps (it may be what would fill the disk), not only when writing."""
+    gone = subprocess.Popen(["true"])
+    started = procfs.proc_info(gone.pid).start_time
+    gone.wait()
+    left = tmp_path / f".a.tar.zst.tmp-{gone.pid}-{started}-0123456789ab"
+    left.write_bytes(b"x" * 4096)
+    seen: list[bool] = []
+
+    class Looking(FakeCriu):
+        def dump(self, request: CriuRequest) -> None:
+            seen.append(left.exists())
+            super().dump(request)
+
+    opts = CheckpointOptions(leave_running=True)
+    checkpoint_tree(
+        plan_dump(sleeper.pid, opts),
+        tmp_path / "a.tar.zst",
+        opts,
+        kind="process",
+        backend=Looking(),
+    )
+    assert seen == [False]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar.zst"]
