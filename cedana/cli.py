@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import cedana
+from cedana.artifact import signing
 from cedana.container.runc import container_lines, container_summary
 from cedana.errors import CedanaError
 
@@ -86,6 +87,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         compress=args.compress,
         level=args.level,
         overwrite=args.overwrite,
+        signing_key=args.signing_key or None,
     )
     summary = ckpt.summary()
     what = f"{kind} container {ident}" if kind != "process" else f"pid {ident}"
@@ -105,6 +107,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         address=args.address or None,
         bundle=args.bundle or None,
         root=args.root or None,
+        trust="any" if args.insecure_accept_unsigned else "trusted",
     )
     data: dict[str, Any] = {"pid": restored.pid}
     text = f"restored {args.file}: pid {restored.pid}"
@@ -123,13 +126,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    ckpt = cedana.open(args.file)
+    # Inspecting runs and restores nothing, so it shows who signed rather than refusing.
+    ckpt = cedana.open(args.file, trust="any")
     inspection = ckpt.inspect()
     s = ckpt.summary()
     data = {"checkpoint": s, "images": inspection.to_dict()}
     head = (
         f"{s['path']}: {s['kind']}{' (' + s['runtime'] + ')' if s['runtime'] else ''}, "
-        f"created {s['created']}, kernel {s['host']['kernel']}, CRIU {s['host']['criu']}"
+        f"created {s['created']}, kernel {s['host']['kernel']}, CRIU {s['host']['criu']}\n"
+        f"signed by {ckpt.signer.describe()}"
     )
     container = container_summary(ckpt.manifest)
     if container is not None:
@@ -139,10 +144,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_key(args: argparse.Namespace) -> int:
+    if args.action == "trust":
+        pem = sys.stdin.buffer.read() if args.file == "-" else None
+        key, where = signing.trust_key(pem if pem is not None else args.file)
+        data = {"key_id": key.key_id, "path": str(where)}
+        _emit(data, args.json, f"trusting key {key.key_id} (saved as {where})")
+        return 0
+    host = signing.host_key()
+    pem = host.public_key.to_pem().decode("ascii")
+    data = {"key_id": host.public_key.key_id, "public_key": pem, "path": str(host.path)}
+    _emit(data, args.json, pem.rstrip("\n"))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cedana.demo import run_demo
 
     return run_demo(output=args.output)
+
+
+_INSECURE = "accept a checkpoint that is unsigned or signed by a key this host does not trust"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -167,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     c.add_argument("--root", help="runc state root (containers; containerd: the shim's)")
     c.add_argument("--address", help="runtime API socket (containerd)")
+    c.add_argument("--signing-key", help="Ed25519 private key (PEM); default: this host's")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_checkpoint)
 
@@ -183,6 +206,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="restore established TCP connections (default: as checkpointed)",
     )
+    c.add_argument("--insecure-accept-unsigned", action="store_true", help=_INSECURE)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_restore)
 
@@ -190,6 +214,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("file")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_inspect)
+
+    c = sub.add_parser("key", help="show this host's signing key, or trust another host's")
+    c.add_argument("action", choices=["show", "trust"], help="show: print the public key (PEM)")
+    c.add_argument("file", nargs="?", help="trust: the other host's public key (- for stdin)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_key)
 
     c = sub.add_parser("demo", help="spawn a counter, checkpoint it, restore it, show it went on")
     c.add_argument("-o", "--output", help="where to write the checkpoint (default: a temp dir)")
@@ -199,7 +229,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "key" and (args.file is None) != (args.action == "show"):
+        parser.error("`cedana key trust` takes the key FILE; `cedana key show` takes none")
     try:
         status: int = args.func(args)
     except (CedanaError, OSError) as exc:
