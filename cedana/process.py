@@ -88,9 +88,7 @@ class CheckpointOptions:
     directory: bool = False
     overwrite: bool = False
     work_dir: Path | None = None
-    signing_key: Path | None = attrs.field(
-        default=None, converter=attrs.converters.optional(Path)
-    )
+    signing_key: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     criu: Mapping[str, Any] = attrs.field(factory=dict)
 
     @classmethod

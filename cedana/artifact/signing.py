@@ -38,7 +38,7 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -98,8 +98,8 @@ _ACCEPT = (
 )
 
 
-def _raw_bytes(size: int) -> object:
-    def check(_instance: object, attribute: attrs.Attribute[bytes], value: object) -> None:
+def _raw_bytes(size: int) -> Callable[[object, attrs.Attribute[bytes], bytes], None]:
+    def check(_instance: object, attribute: attrs.Attribute[bytes], value: bytes) -> None:
         if not isinstance(value, bytes) or len(value) != size:
             raise ValueError(f"{attribute.name} must be {size} bytes")
 
@@ -114,7 +114,7 @@ class PublicKey:
         raw: The 32 raw bytes.
     """
 
-    raw: bytes = attrs.field(validator=_raw_bytes(_RAW_KEY))  # type: ignore[arg-type]
+    raw: bytes = attrs.field(validator=_raw_bytes(_RAW_KEY))
 
     @property
     def key_id(self) -> str:
@@ -169,7 +169,7 @@ class Signature:
     """
 
     public_key: PublicKey
-    value: bytes = attrs.field(validator=_raw_bytes(_RAW_SIGNATURE))  # type: ignore[arg-type]
+    value: bytes = attrs.field(validator=_raw_bytes(_RAW_SIGNATURE))
 
     @property
     def key_id(self) -> str:
@@ -343,7 +343,8 @@ class SigningKey:
                 f"{path} is not an Ed25519 key, the only kind cedana signs with; make one with "
                 "`openssl genpkey -algorithm ed25519 -out FILE`"
             )
-        return cls(path=path, public_key=PublicKey(key.public_key().public_bytes_raw()), private=key)
+        public = PublicKey(key.public_key().public_bytes_raw())
+        return cls(path=path, public_key=public, private=key)
 
     def sign(self, manifest: bytes) -> Signature:
         """Sign the exact ``manifest`` bytes (Ed25519 is deterministic: the same bytes give
