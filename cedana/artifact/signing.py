@@ -589,7 +589,15 @@ def check_trust(
     if signature is None:
         status = TrustStatus(signature=None, trusted=False)
     else:
-        why = _trusted_keys(trusted_keys or ()).get(signature.key_id)
+        try:
+            why = _trusted_keys(trusted_keys or ()).get(signature.key_id)
+        except SigningKeyError as exc:
+            if trust != "any":
+                raise
+            # Accepting any signer needs no trust store; one this user cannot read only
+            # means the signer is not shown as trusted.
+            _log.warning("%s; showing the signer of %s as not trusted", exc, path)
+            why = None
         status = TrustStatus(signature=signature, trusted=why is not None, trusted_by=why)
     if trust == "trusted" and not status.trusted:
         raise untrusted(path, status)

@@ -870,3 +870,18 @@ def test_cli_restore_refuses_and_accepts_unsigned(
     assert cli.main(["restore", str(dest), "--insecure-accept-unsigned"]) == 0
     assert cli.main(["restore", str(dest)]) == 0
     assert asked == ["any", "trusted"]
+
+
+def test_unreadable_trust_store_with_trust_any(
+    images: Path, tmp_path: Path, manifest: Manifest, own_config: Path
+) -> None:
+    """trust='any' needs no trust store: a broken one only shows the signer as not trusted
+    (a default open still refuses, naming the broken file)."""
+    dest = write(images, tmp_path / "c.zstd", manifest, "zstd", host_key())
+    (own_config / "trusted").mkdir()
+    (own_config / "trusted" / "broken.pub").write_text("nonsense")
+    with pytest.raises(SigningKeyError, match="broken.pub"):
+        cedana.open(dest)
+    ckpt = cedana.open(dest, trust="any")
+    assert ckpt.signer.key_id == host_key().public_key.key_id
+    assert not ckpt.trusted
