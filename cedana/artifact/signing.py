@@ -544,6 +544,22 @@ class TrustStatus:
 KeySource = str | os.PathLike[str] | PublicKey
 
 
+def _check_private(path: Path) -> None:
+    """Refuse a trust dir or key file that others may write: whoever can write it decides
+    what this host trusts (as ssh's StrictModes refuses)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise SigningKeyError(f"cannot read {path} ({exc.strerror})") from None
+    if st.st_mode & 0o022:  # a sticky dir still lets others add files: no exception
+        raise SigningKeyError(
+            f"{path} can be written by others (mode {st.st_mode & 0o777:04o}), so it cannot "
+            "say whom to trust; chmod go-w it"
+        )
+
+
 def _trusted_keys(extra: Iterable[KeySource]) -> dict[str, str]:
     """Every trusted key id, with why it is trusted."""
     found: dict[str, str] = {}
@@ -551,6 +567,8 @@ def _trusted_keys(extra: Iterable[KeySource]) -> dict[str, str]:
         public = item if isinstance(item, PublicKey) else PublicKey.load(item)
         found.setdefault(public.key_id, "trusted_keys")
     directory = config_dir()
+    _check_private(directory)
+    _check_private(directory / TRUSTED_DIR)
     if os.path.lexists(directory / KEY_NAME):
         found.setdefault(host_key(create=False).public_key.key_id, "this host's key")
     try:
@@ -564,6 +582,7 @@ def _trusted_keys(extra: Iterable[KeySource]) -> dict[str, str]:
     for name in names:
         if name.endswith(".pub") and not name.startswith("."):
             path = directory / TRUSTED_DIR / name
+            _check_private(path)
             found.setdefault(PublicKey.load(path).key_id, os.fspath(path))
     return found
 

@@ -885,3 +885,23 @@ def test_unreadable_trust_store_with_trust_any(
     ckpt = cedana.open(dest, trust="any")
     assert ckpt.signer.key_id == host_key().public_key.key_id
     assert not ckpt.trusted
+
+
+@pytest.mark.parametrize("loose", ["config dir", "trust dir", "key file"])
+def test_trust_store_writable_by_others_is_refused(
+    loose: str,
+    images: Path,
+    tmp_path: Path,
+    manifest: Manifest,
+    other: SigningKey,
+    own_config: Path,
+) -> None:
+    """A config dir, trust dir or trusted key file that others can write cannot say whom to
+    trust: refused, naming it."""
+    dest = write(images, tmp_path / "c.zstd", manifest, "zstd", other)
+    _, where = trust_key(other.public_key)
+    assert cedana.open(dest).trusted
+    path = {"config dir": own_config, "trust dir": where.parent, "key file": where}[loose]
+    path.chmod(path.stat().st_mode | 0o002)
+    with pytest.raises(SigningKeyError, match=f"{path} can be written by others"):
+        cedana.open(dest)
