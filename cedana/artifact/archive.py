@@ -650,8 +650,7 @@ def write_artifact(
         FileNotFoundError: ``dest``'s directory does not exist.
         ArtifactError: ``images_dir`` holds something other than regular files and
             directories, a file named ``manifest.json`` or ``manifest.sig`` at its top, or a
-            name that cannot be
-            stored, or a file changed while being written.
+            name that cannot be stored, or a file changed while being written.
         ArtifactCorrupt: What was written did not read back as written (``dest`` is left
             as it was).
         ValueError: A bad ``compress``, ``level`` or ``threads``.
@@ -1357,15 +1356,13 @@ class Artifact:
             stream: _Stream = _ZstdStream(source, self.path) if self.form == "zstd" else source
             tar = _TarReader(stream, self.path)
             self._check_same_manifest(_read_manifest_entry(tar, self.path))
-            signature: bytes | None = None
             first = True
             while (entry := tar.next_entry()) is not None:
                 name, size = entry
                 if first:  # manifest.sig, if any, comes right after the manifest
                     first = False
                     if name == SIGNATURE_NAME:
-                        signature = _read_signature_entry(tar, self.path, size)
-                        self._check_same_signature(signature)
+                        self._check_same_signature(_read_signature_entry(tar, self.path, size))
                         continue
                     self._check_same_signature(None)
                 problem = _name_problem(name)
