@@ -905,3 +905,24 @@ def test_trust_store_writable_by_others_is_refused(
     path.chmod(path.stat().st_mode | 0o002)
     with pytest.raises(SigningKeyError, match=f"{path} can be written by others"):
         cedana.open(dest)
+
+
+#: Written by cedana before it signed checkpoints (the writer of commit b6b38fe): core-1.img
+#: holds b"core", pages-1.img b"pages of memory".
+OLD_ARTIFACT = Path(__file__).parents[1] / "fixtures" / "old-unsigned.tar.zst"
+
+
+def test_artifact_from_before_signatures(
+    tmp_path: Path, extracted: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An artifact an older cedana wrote still opens, verifies and extracts with trust='any';
+    by default it is refused (by the API and the command line), saying how to accept it."""
+    assert_refused(OLD_ARTIFACT, UntrustedArtifact, "not signed.*trust='any'", extracted)
+    ckpt = cedana.open(OLD_ARTIFACT, trust="any")
+    assert ckpt.signer.key_id is None
+    assert "unsigned" in ckpt.signer.describe()
+    assert ckpt.read_member("pages-1.img") == b"pages of memory"
+    ckpt.extract(tmp_path / "out")
+    assert (tmp_path / "out" / "core-1.img").read_bytes() == b"core"
+    assert cli.main(["restore", str(OLD_ARTIFACT)]) == 1
+    assert "--insecure-accept-unsigned" in capsys.readouterr().err
