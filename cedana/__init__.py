@@ -8,7 +8,7 @@ Layout, one concern per layer (each holds the one below)::
     rootfs/       snapshotters: a container's root filesystem changes (overlay, containerd)
     runtimes/     ContainerdContainer: runc + a snapshotter + the runtime's own API
     checkpoint.py Checkpoint: an opened artifact (manifest, verify, inspect)
-    artifact/     manifest, zstd tar archive, verification, image inspection
+    artifact/     manifest, zstd tar archive, verification, signatures, image inspection
     criu.py       the CRIU boundary (the only importer of pycriu)
     errors.py     CedanaError and its tree
     cli.py        the ``cedana`` command, thin over the above
@@ -44,8 +44,10 @@ from cedana.errors import (
     RestoreFailed,
     RuntimeUnavailable,
     SetupError,
+    SigningKeyError,
     UnsafeArtifact,
     UnsupportedFormat,
+    UntrustedArtifact,
 )
 from cedana.process import CheckpointOptions, Process, RestoreOptions, spawn
 from cedana.runtimes import ContainerdContainer
@@ -85,8 +87,10 @@ __all__ = [
     "RuncContainer",
     "RuntimeUnavailable",
     "SetupError",
+    "SigningKeyError",
     "UnsafeArtifact",
     "UnsupportedFormat",
+    "UntrustedArtifact",
     "check",
     "open",
     "restore",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
 from cedana.container import RuncContainer
 from cedana.criu import CriuReport, default_backend
@@ -22,23 +23,39 @@ def check() -> CriuReport:
     return default_backend().report()
 
 
-def open(path: str | os.PathLike[str], *, verify: bool = True) -> Checkpoint:
+def open(
+    path: str | os.PathLike[str],
+    *,
+    verify: bool = True,
+    trust: Trust = "trusted",
+    trusted_keys: Iterable[KeySource] | None = None,
+) -> Checkpoint:
     """Open and verify a checkpoint artifact; nothing is restored.
+
+    Refused unless a trusted key signed it (this host's own, one in the trust dir, or one of
+    ``trusted_keys``), or ``trust="any"``; see :meth:`cedana.Checkpoint.open`.
 
     Raises:
         FileNotFoundError: Nothing at ``path``.
+        UntrustedArtifact: Unsigned, signed by an untrusted key, or a bad signature.
         ArtifactCorrupt, UnsafeArtifact, UnsupportedFormat: It cannot be used.
     """
-    return Checkpoint.open(path, verify=verify)
+    return Checkpoint.open(path, verify=verify, trust=trust, trusted_keys=trusted_keys)
 
 
 def restore(
     path: str | os.PathLike[str] | Checkpoint,
     *,
     into: str | None = None,
+    trust: Trust = "trusted",
+    trusted_keys: Iterable[KeySource] | None = None,
     **options: Any,
 ) -> Any:
     """Restore a checkpoint; the workload runs again.
+
+    First of all, its signer must be trusted: this host's own key, a key in the trust dir
+    (``cedana key trust``), or one of ``trusted_keys`` (PEM files); otherwise it is refused
+    (:class:`~cedana.UntrustedArtifact`) before anything is unpacked, unless ``trust="any"``.
 
     A process checkpoint comes back as a :class:`~cedana.Process`. Keyword
     options are those of :class:`~cedana.RestoreOptions` (``tcp_established``,
@@ -59,10 +76,11 @@ def restore(
     every option it knows; one that the chosen restore does not take is a clear error.
 
     Raises:
+        UntrustedArtifact: No trusted key signed it, and ``trust`` is not ``"any"``.
         CedanaError: the artifact is unusable, ``into`` or an option does not fit it,
             a pid is taken, or CRIU failed; nothing of the workload is left running then.
     """
-    ckpt = Checkpoint.of(path)
+    ckpt = Checkpoint.of(path, trust=trust, trusted_keys=trusted_keys)
     manifest = ckpt.manifest
     source = "process" if manifest.kind == "process" else manifest.runtime or manifest.kind
     refused = ContainerError if manifest.kind == "container" else CedanaError
@@ -85,7 +103,7 @@ def restore(
             f"{ckpt.path} holds a {source} checkpoint; restoring it into {target} does not "
             f"take {', '.join(_spelled(k) for k in unusable)}"
         )
-    return restorer(ckpt, **given)
+    return restorer(ckpt, trust=trust, trusted_keys=trusted_keys, **given)
 
 
 #: How the command line spells the restore keywords it passes; the others are Python-only.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +12,7 @@ import attrs
 
 from cedana.artifact.archive import Artifact, open_artifact
 from cedana.artifact.manifest import Manifest, thaw
+from cedana.artifact.signing import KeySource, Trust, TrustStatus, check_trust, untrusted
 from cedana.errors import ArtifactCorrupt
 from cedana.staging import scratch_dir
 from cedana.units import human_bytes
@@ -29,30 +30,72 @@ def _needed_for_inspection(name: str) -> bool:
 
 @attrs.define(eq=False)
 class Checkpoint:
-    """An opened checkpoint artifact: its manifest, verification, inspection.
+    """An opened checkpoint artifact: its manifest, signer, verification, inspection.
 
     Get one from :func:`cedana.open` or from a ``checkpoint()`` call.
     """
 
     _artifact: Artifact = attrs.field(alias="artifact")
+    _trust: TrustStatus = attrs.field(alias="trust")
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, verify: bool = True) -> Checkpoint:
-        """Open (and by default fully verify) the artifact at ``path``.
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        verify: bool = True,
+        trust: Trust = "trusted",
+        trusted_keys: Iterable[KeySource] | None = None,
+    ) -> Checkpoint:
+        """Open the artifact at ``path``, check who signed it, then (by default) verify it.
+
+        Args:
+            verify: Read every member and check it against the manifest now.
+            trust: ``"trusted"`` refuses an artifact that no trusted key signed (this host's
+                own key, the keys in its trust dir, ``trusted_keys``); ``"any"`` accepts an
+                unsigned one or an unknown signer's. A signature that does not verify is
+                refused either way.
+            trusted_keys: More public keys to trust (PEM files or
+                :class:`~cedana.artifact.signing.PublicKey`).
 
         Raises:
             FileNotFoundError: Nothing at ``path``.
+            UntrustedArtifact: Unsigned, an untrusted signer, or a bad signature; checked
+                before any member is read.
             ArtifactCorrupt, UnsafeArtifact, UnsupportedFormat: Not usable.
         """
-        return cls(artifact=open_artifact(Path(path), verify=verify))
+        path = Path(path)
+        artifact = open_artifact(path, verify=False)
+        status = check_trust(path, artifact.signature, trust=trust, trusted_keys=trusted_keys)
+        if verify:
+            artifact.verify()
+        return cls(artifact=artifact, trust=status)
 
     @classmethod
-    def of(cls, checkpoint: Checkpoint | str | os.PathLike[str]) -> Checkpoint:
-        """``checkpoint`` itself, or the one at that path opened unverified (what restores
-        take: extracting it checks every member anyway)."""
-        if isinstance(checkpoint, Checkpoint):
+    def of(
+        cls,
+        checkpoint: Checkpoint | str | os.PathLike[str],
+        *,
+        trust: Trust = "trusted",
+        trusted_keys: Iterable[KeySource] | None = None,
+    ) -> Checkpoint:
+        """What restores take: ``checkpoint`` itself, or the one at that path opened unverified
+        (extracting it checks every member anyway); either way refused unless a trusted key
+        signed it (trusted when it was opened, or by ``trusted_keys``) or ``trust`` is
+        ``"any"``.
+
+        Raises:
+            UntrustedArtifact: As for :meth:`open`.
+        """
+        if not isinstance(checkpoint, Checkpoint):
+            return cls.open(checkpoint, verify=False, trust=trust, trusted_keys=trusted_keys)
+        if checkpoint.trusted or trust == "any":
             return checkpoint
-        return cls.open(checkpoint, verify=False)
+        if trusted_keys is not None:
+            signature = checkpoint.signer.signature
+            status = check_trust(checkpoint.path, signature, trusted_keys=trusted_keys)
+            return cls(artifact=checkpoint._artifact, trust=status)
+        raise untrusted(checkpoint.path, checkpoint.signer)
 
     def __repr__(self) -> str:
         return f"Checkpoint({str(self.path)!r}, kind={self.kind!r})"
@@ -66,6 +109,17 @@ class Checkpoint:
     def manifest(self) -> Manifest:
         """The artifact's manifest."""
         return self._artifact.manifest
+
+    @property
+    def signer(self) -> TrustStatus:
+        """Who signed it (``signer.key_id``, None when unsigned) and whether this host trusts
+        them (``signer.trusted``, ``signer.trusted_by``)."""
+        return self._trust
+
+    @property
+    def trusted(self) -> bool:
+        """A trusted key signed it (as decided when it was opened)."""
+        return self._trust.trusted
 
     @property
     def kind(self) -> str:
@@ -126,6 +180,7 @@ class Checkpoint:
             "host": {"kernel": m.host.kernel, "arch": m.host.arch, "criu": m.host.criu_version},
             "processes": [{"pid": p.pid, "ppid": p.ppid, "command": p.command} for p in m.tree],
             "options": thaw(m.options),
+            "signature": self._trust.to_dict(),
             "members": len(m.members),
             "images_bytes": sum(x.size for x in m.members),
             "size": self.size,
@@ -143,6 +198,7 @@ class Checkpoint:
             f"<div><b>cedana checkpoint</b> <code>{html.escape(s['path'])}</code><br>"
             f"{html.escape(s['kind'])}{runtime}, created {html.escape(s['created'])} "
             f"on {html.escape(s['host']['kernel'])} / CRIU {html.escape(s['host']['criu'])}, "
-            f"{human_bytes(s['size'])} on disk ({human_bytes(s['images_bytes'])} of images)"
+            f"{human_bytes(s['size'])} on disk ({human_bytes(s['images_bytes'])} of images), "
+            f"signature: {html.escape(self._trust.describe())}"
             f"<table><tr><th>pid</th><th>ppid</th><th>command</th></tr>{rows}</table></div>"
         )

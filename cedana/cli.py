@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import cedana
+from cedana.artifact import signing
 from cedana.container.runc import container_lines, container_summary
 from cedana.errors import CedanaError
 
@@ -91,6 +92,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         compress=args.compress,
         level=args.level,
         overwrite=args.overwrite,
+        signing_key=args.signing_key or None,
     )
     summary = ckpt.summary()
     what = f"{kind} container {ident}" if kind != "process" else f"pid {ident}"
@@ -110,6 +112,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         address=args.address or None,
         bundle=args.bundle or None,
         root=args.root or None,
+        trust="any" if args.insecure_accept_unsigned else "trusted",
     )
     data: dict[str, Any] = {"pid": restored.pid}
     text = f"restored {args.file}: pid {restored.pid}"
@@ -128,19 +131,35 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    ckpt = cedana.open(args.file)
+    # Inspecting runs and restores nothing, so it shows who signed rather than refusing.
+    ckpt = cedana.open(args.file, trust="any")
     inspection = ckpt.inspect()
     s = ckpt.summary()
     data = {"checkpoint": s, "images": inspection.to_dict()}
     head = (
         f"{s['path']}: {s['kind']}{' (' + s['runtime'] + ')' if s['runtime'] else ''}, "
-        f"created {s['created']}, kernel {s['host']['kernel']}, CRIU {s['host']['criu']}"
+        f"created {s['created']}, kernel {s['host']['kernel']}, CRIU {s['host']['criu']}\n"
+        f"signed by {ckpt.signer.describe()}"
     )
     container = container_summary(ckpt.manifest)
     if container is not None:
         data["container"] = container
         head += "\n" + "\n".join(f"{k:10}{v}" for k, v in container_lines(container))
     _emit(data, args.json, head + "\n\n" + inspection.format_text())
+    return 0
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    if args.action == "trust":
+        pem = sys.stdin.buffer.read() if args.file == "-" else None
+        key, where = signing.trust_key(pem if pem is not None else args.file)
+        data = {"key_id": key.key_id, "path": str(where)}
+        _emit(data, args.json, f"trusting key {key.key_id} (saved as {where})")
+        return 0
+    host = signing.host_key()
+    pem = host.public_key.to_pem().decode("ascii")
+    data = {"key_id": host.public_key.key_id, "public_key": pem, "path": str(host.path)}
+    _emit(data, args.json, pem.rstrip("\n"))
     return 0
 
 
@@ -207,6 +226,9 @@ def _json(c: argparse.ArgumentParser) -> None:
     )
 
 
+_INSECURE = "accept a checkpoint that is unsigned or signed by a key this host does not trust"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``cedana`` command's parser, one block per subcommand.
 
@@ -271,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="runc state root (runc: runc's default; containerd: the shim's)",
     )
     c.add_argument("--address", metavar="SOCK", help="containerd's API socket (its default)")
+    c.add_argument(
+        "--signing-key", metavar="KEY", help="Ed25519 private key (PEM); default: this host's"
+    )
     _json(c)
     _common(c)
     c.set_defaults(func=cmd_checkpoint)
@@ -298,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="restore established TCP connections (default: as checkpointed)",
     )
+    c.add_argument("--insecure-accept-unsigned", action="store_true", help=_INSECURE)
     _json(c)
     _common(c)
     c.set_defaults(func=cmd_restore)
@@ -314,6 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     _json(c)
     _common(c)
     c.set_defaults(func=cmd_inspect)
+
+    c = sub.add_parser("key", help="show this host's signing key, or trust another host's")
+    c.add_argument("action", choices=["show", "trust"], help="show: print the public key (PEM)")
+    c.add_argument(
+        "file", nargs="?", metavar="FILE", help="trust: the other host's public key (- for stdin)"
+    )
+    _json(c)
+    _common(c)
+    c.set_defaults(func=cmd_key)
 
     c = sub.add_parser("demo", help="spawn a counter, checkpoint it, restore it, show it went on")
     c.add_argument(
@@ -368,7 +403,10 @@ def _fail(exc: BaseException, message: str, as_json: bool, line: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     started = time.time()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "key" and (args.file is None) != (args.action == "show"):
+        parser.error("`cedana key trust` takes the key FILE; `cedana key show` takes none")
     as_json = bool(getattr(args, "json", False))
     try:
         with _verbose(started) if args.verbose else contextlib.nullcontext():

@@ -22,12 +22,15 @@ builtin that fits, so ``except ProcessLookupError`` keeps working::
     │   ├── ArtifactCorrupt             truncated, modified, or members added / missing
     │   ├── UnsafeArtifact              a member would escape the target or is a link / device
     │   └── UnsupportedFormat           a format version this cedana does not read
-    └── ContainerError                  container runtimes
-        ├── RuntimeUnavailable          the runtime or its API cannot be reached
-        ├── ContainerNotFound           (LookupError)
-        ├── ImageNotFound               (LookupError) a restore's image is not there
-        ├── ContainerNotRunning
-        └── ContainerExists             (FileExistsError) the name is taken
+    ├── ContainerError                  container runtimes
+    │   ├── RuntimeUnavailable          the runtime or its API cannot be reached
+    │   ├── ContainerNotFound           (LookupError)
+    │   ├── ImageNotFound               (LookupError) a restore's image is not there
+    │   ├── ContainerNotRunning
+    │   └── ContainerExists             (FileExistsError) the name is taken
+    ├── UntrustedArtifact               unsigned, or signed by a key this host does not trust,
+    │                                   or its signature does not verify
+    └── SigningKeyError                 a signing key or trusted public key file is unusable
 
 Warnings (:mod:`warnings` categories, also logged at WARNING) derive from
 :class:`CedanaWarning`::
@@ -65,8 +68,10 @@ __all__ = [
     "RestoreFailed",
     "RuntimeUnavailable",
     "SetupError",
+    "SigningKeyError",
     "UnsafeArtifact",
     "UnsupportedFormat",
+    "UntrustedArtifact",
 ]
 
 
@@ -191,6 +196,20 @@ class ContainerNotRunning(ContainerError):
 
 class ContainerExists(ContainerError, FileExistsError):
     """A container with the requested name already exists."""
+
+
+class UntrustedArtifact(CedanaError):
+    """The artifact's origin cannot be vouched for: it is unsigned, its signer's key is not
+    trusted here, or its signature does not verify against its manifest.
+
+    Nothing was restored or extracted. The message says how to trust the signer (or, for an
+    unsigned or unknown-signer artifact, how to accept it anyway).
+    """
+
+
+class SigningKeyError(CedanaError):
+    """A signing key or a trusted public key file cannot be used (missing, unreadable,
+    readable by others, or not an Ed25519 key)."""
 
 
 class CedanaWarning(UserWarning):

@@ -13,8 +13,12 @@ The checkpoint path, and why it is safe:
 3. With ``leave_running=True`` CRIU thaws the tree right after the dump and the
    artifact is written afterwards.
 
-Restore opens and verifies the artifact first, checks every pid is free, then
-asks CRIU to restore, reattaching outside descriptors to the ones given.
+The artifact is signed (:mod:`cedana.artifact.signing`) with this host's key or
+the one named in ``signing_key``, which is read (or made) before anything is frozen.
+
+Restore opens the artifact and checks its signer is trusted first, checks every
+pid is free, then unpacks it (verifying every member) and asks CRIU to restore,
+reattaching outside descriptors to the ones given.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import stat
 import subprocess
 import time
 import warnings
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -43,6 +47,7 @@ from cedana.artifact.archive import (
     write_artifact,
 )
 from cedana.artifact.manifest import HostInfo, Manifest, ProcessEntry
+from cedana.artifact.signing import KeySource, Trust, signing_key
 from cedana.checkpoint import Checkpoint
 from cedana.criu import CriuBackend, CriuRequest, default_backend
 from cedana.errors import (
@@ -100,6 +105,8 @@ class CheckpointOptions:
         directory: Write the directory form instead of one file (nothing compressed).
         overwrite: Replace an existing artifact at the path.
         work_dir: Where CRIU's images are staged; the system temp dir by default.
+        signing_key: The Ed25519 private key (PEM) that signs the artifact; this host's
+            key (made on first use) by default.
         criu: Any other ``criu_opts`` field (CRIU's RPC names), the escape hatch.
 
     Every value, and how they combine, is checked here, when the options are made:
@@ -119,6 +126,7 @@ class CheckpointOptions:
     directory: bool = False
     overwrite: bool = False
     work_dir: Path | None = None
+    signing_key: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     criu: Mapping[str, Any] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
@@ -411,6 +419,7 @@ def checkpoint_tree(
     path = Path(path)
     options.check_path(path)
     check_destination(path, overwrite=options.overwrite)
+    signer = signing_key(options.signing_key)  # before freezing: a bad key fails first
     # Before the dump: what a killed checkpoint left may be what would fill the disk.
     sweep_temporaries(path.parent)
     if options.leave_running and options.tcp_established:
@@ -452,6 +461,7 @@ def checkpoint_tree(
                 threads=options.threads,
                 directory=options.directory,
                 overwrite=options.overwrite,
+                signer=signer,
             )
         )
         logger.debug("artifact %s: written and verified in %.3fs", path, time.monotonic() - started)
@@ -492,7 +502,8 @@ def checkpoint_tree(
     if not options.leave_running:
         _reap_if_ours([p.pid for p in plan.tree], popen, root_is_ours=root_is_ours)
     logger.debug("checkpoint pid %d: complete in %.3fs", plan.pid, time.monotonic() - started)
-    return Checkpoint.open(path, verify=False)
+    # Signed just now; whether this host trusts that key is for a restore to decide.
+    return Checkpoint.open(path, verify=False, trust="any")
 
 
 def _warn_live_connections(pid: int) -> None:
@@ -794,11 +805,15 @@ class Process:
         criu: Mapping[str, Any] | None = None,
         options: RestoreOptions | None = None,
         backend: CriuBackend | None = None,
+        trust: Trust = "trusted",
+        trusted_keys: Iterable[KeySource] | None = None,
     ) -> Process:
         """Restore a process checkpoint; the tree runs again, detached from the caller.
 
         The keywords set the :class:`RestoreOptions` field of the same name, over
-        ``options``; None leaves the field as it is.
+        ``options``; None leaves the field as it is. ``trust`` and ``trusted_keys`` are
+        those of :meth:`cedana.Checkpoint.open`: an artifact no trusted key signed is
+        refused before anything is unpacked, unless ``trust="any"``.
         """
         given: dict[str, Any] = {
             "tcp_established": tcp_established,
@@ -811,7 +826,8 @@ class Process:
         opts = attrs.evolve(
             options or RestoreOptions(), **{k: v for k, v in given.items() if v is not None}
         )
-        pid = restore_tree(Checkpoint.of(checkpoint), opts, backend=backend)
+        ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
+        pid = restore_tree(ckpt, opts, backend=backend)
         return cls(pid, backend=backend, restored=True)
 
     # --- observing and ending the tree ---------------------------------------

@@ -59,6 +59,23 @@ def reap_zombie_children() -> None:
                 os.waitpid(pid, os.WNOHANG)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """cedana's config dir (host signing key, trusted keys) for the whole run: a temporary
+    one, so no test writes /etc/cedana or the user's own (one test checks that default on
+    purpose). Subprocesses (the command line) inherit it."""
+    from cedana.artifact.signing import CONFIG_DIR_ENV
+
+    path = tmp_path_factory.mktemp("config") / "cedana"
+    before = os.environ.get(CONFIG_DIR_ENV)
+    os.environ[CONFIG_DIR_ENV] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop(CONFIG_DIR_ENV, None)
+    else:
+        os.environ[CONFIG_DIR_ENV] = before
+
+
 @pytest.fixture(autouse=True)
 def _reap_after_test() -> Iterator[None]:
     yield

@@ -19,6 +19,10 @@ digits), so in a plain tar its slot is exact, and in the zstd form it gets a fra
 padded to the reserved length with a zstd *skippable frame*, which every zstd decoder passes
 over. Hashing then runs alongside zstd's worker threads instead of in a pass of its own.
 
+A signed artifact (:mod:`cedana.artifact.signing`) holds ``manifest.sig`` right after
+``manifest.json``, in the same reserved room (its length is fixed too), or beside it in a
+directory; nowhere else.
+
 Reading checks everything on every path (:meth:`Artifact.verify`, :meth:`Artifact.extract`,
 :meth:`Artifact.read_member`): members must be regular files with safe relative names, listed
 once in the manifest, with the listed size and sha256; a cut or damaged file is reported as such.
@@ -50,6 +54,13 @@ import attrs
 import zstandard
 
 from cedana.artifact.manifest import MANIFEST_NAME, Manifest, Member
+from cedana.artifact.signing import (
+    MAX_SIGNATURE,
+    SIGNATURE_NAME,
+    Signature,
+    SigningKey,
+    verify_signature,
+)
 from cedana.errors import (
     ArtifactCorrupt,
     ArtifactError,
@@ -57,6 +68,7 @@ from cedana.errors import (
     InvalidOption,
     NoSpace,
     UnsafeArtifact,
+    UntrustedArtifact,
 )
 from cedana.staging import owner_gone, owner_tag
 
@@ -202,6 +214,8 @@ def _check_manifest(path: Path, manifest: Manifest) -> None:
             raise _unsafe(path, member.name, f"its name {problem}")
         if member.name == MANIFEST_NAME:
             raise _damaged(path, "the manifest lists itself as a member")
+        if member.name == SIGNATURE_NAME:
+            raise _damaged(path, f"the manifest lists its own signature {SIGNATURE_NAME}")
         if member.name in names:
             raise _damaged(path, f"the manifest lists member {member.name!r} twice")
         names.add(member.name)
@@ -513,12 +527,18 @@ def _member_header(name: str, size: int, mtime: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
 
 
-def _head(manifest: Manifest, mtime: int) -> bytes:
-    """The tar header and padded content of ``manifest.json``."""
+def _head(manifest: Manifest, mtime: int, signer: SigningKey | None = None) -> bytes:
+    """The tar header and padded content of ``manifest.json``, then of ``manifest.sig``
+    when signed (a signature has the same length for every manifest)."""
     body = manifest.to_json()
-    return (
+    head = (
         _member_header(MANIFEST_NAME, len(body), mtime) + body + _ZERO_BLOCK[: -len(body) % _BLOCK]
     )
+    if signer is not None:
+        sig = signer.sign(body).to_json()
+        head += _member_header(SIGNATURE_NAME, len(sig), mtime) + sig
+        head += _ZERO_BLOCK[: -len(sig) % _BLOCK]
+    return head
 
 
 def _compress_bound(size: int) -> int:
@@ -613,6 +633,7 @@ def write_artifact(
     threads: int = 0,
     directory: bool = False,
     overwrite: bool = False,
+    signer: SigningKey | None = None,
 ) -> Manifest:
     """Write ``images_dir`` and ``manifest`` as an artifact at ``dest``, atomically.
 
@@ -638,14 +659,16 @@ def write_artifact(
             ``level`` are then unused).
         overwrite: Replace ``dest`` if it exists. An existing directory is only replaced if it
             is a cedana checkpoint itself.
+        signer: Sign the manifest with this key (``manifest.sig``); None writes an unsigned
+            artifact, which readers refuse unless told to accept it.
 
     Raises:
         ArtifactExists: ``dest`` exists and ``overwrite`` is false, or is a directory other
             than a checkpoint (checked before any work).
         FileNotFoundError: ``dest``'s directory does not exist.
         ArtifactError: ``images_dir`` holds something other than regular files and
-            directories, a file named ``manifest.json`` at its top, or a name that cannot be
-            stored, or a file changed while being written.
+            directories, a file named ``manifest.json`` or ``manifest.sig`` at its top, or a
+            name that cannot be stored, or a file changed while being written.
         ArtifactCorrupt: What was written did not read back as written (``dest`` is left
             as it was).
         InvalidOption: (a ValueError) A bad ``compress``, ``level`` or ``threads``.
@@ -675,12 +698,20 @@ def write_artifact(
     renamed = False
     try:
         if directory:
-            final = _write_directory(images_dir, files, tmp, placeholder)
+            final = _write_directory(images_dir, files, tmp, placeholder, signer)
         else:
             final = _write_tar(
-                images_dir, files, tmp, placeholder, compress=compress, level=level, threads=threads
+                images_dir,
+                files,
+                tmp,
+                placeholder,
+                compress=compress,
+                level=level,
+                threads=threads,
+                signer=signer,
             )
-        _check_written(Artifact(path=tmp, form=form, manifest=final), dest)
+        signature = None if signer is None else signer.sign(final.to_json())  # deterministic
+        _check_written(Artifact(path=tmp, form=form, manifest=final, signature=signature), dest)
         _replace(tmp, dest)
         renamed = True
         _fsync_path(dest.parent)
@@ -778,10 +809,10 @@ def _scan_images(images_dir: Path) -> list[_Entry]:
             "the images directory must hold only the files CRIU wrote"
         )
     for entry in files:
-        if entry.name == MANIFEST_NAME:
+        if entry.name in (MANIFEST_NAME, SIGNATURE_NAME):
             raise ArtifactError(
-                f"{images_dir / MANIFEST_NAME} would clash with the artifact's own manifest; "
-                "remove it from the images directory"
+                f"{images_dir / entry.name} would clash with the artifact's own manifest or "
+                "signature; remove it from the images directory"
             )
         problem = _name_problem(entry.name)
         if problem is not None:
@@ -821,9 +852,10 @@ def _write_tar(
     compress: Compression,
     level: int,
     threads: int,
+    signer: SigningKey | None,
 ) -> Manifest:
     mtime = int(time.time())
-    head_size = len(_head(placeholder, mtime))
+    head_size = len(_head(placeholder, mtime, signer))
     # Room for the manifest at the start: exact for a plain tar; for zstd, its frame at its
     # largest plus a skippable frame's 8-byte header to pad out the rest.
     reserved = _compress_bound(head_size) + 8 if compress == "zstd" else head_size
@@ -856,7 +888,7 @@ def _write_tar(
             compressor.flush(zstandard.FLUSH_FRAME)
 
         final = attrs.evolve(placeholder, members=tuple(members))
-        head = _head(final, mtime)
+        head = _head(final, mtime, signer)
         if len(head) != head_size:
             raise AssertionError("the manifest changed length between reserving and writing it")
         if compress == "zstd":
@@ -875,7 +907,11 @@ def _write_tar(
 
 
 def _write_directory(
-    images_dir: Path, files: list[_Entry], tmp: Path, placeholder: Manifest
+    images_dir: Path,
+    files: list[_Entry],
+    tmp: Path,
+    placeholder: Manifest,
+    signer: SigningKey | None,
 ) -> Manifest:
     tree = _TreeWriter(tmp, sync=True)
     try:
@@ -887,9 +923,14 @@ def _write_directory(
             sink.finish()
             members.append(Member(name=entry.name, size=entry.size, sha256=digest))
         final = attrs.evolve(placeholder, members=tuple(members))
+        body = final.to_json()
         sink = tree.create(MANIFEST_NAME)
-        sink.write(final.to_json())
+        sink.write(body)
         sink.finish()
+        if signer is not None:
+            sink = tree.create(SIGNATURE_NAME)
+            sink.write(signer.sign(body).to_json())
+            sink.finish()
         tree.sync()
     finally:
         tree.close()
@@ -1160,23 +1201,42 @@ def _read_manifest_entry(tar: _TarReader, path: Path) -> bytes:
     return data
 
 
+def _read_signature_entry(tar: _TarReader, path: Path, size: int) -> bytes:
+    """Read the data of the ``manifest.sig`` entry whose header was just read."""
+    if size > MAX_SIGNATURE:
+        raise _damaged(path, f"its {SIGNATURE_NAME} claims {size} bytes")
+    data = b"".join(tar.chunks(size))
+    tar.skip_padding(size)
+    return data
+
+
 def _read_directory_manifest(root: Path) -> bytes:
     """Read ``manifest.json`` of a directory artifact, refusing a link or a special file."""
+    data = _read_directory_file(root, MANIFEST_NAME, _MAX_MANIFEST)
+    if data is None:
+        raise _not_a_checkpoint(root, f"it holds no {MANIFEST_NAME}")
+    return data
+
+
+def _read_directory_file(root: Path, name: str, limit: int) -> bytes | None:
+    """Read the top-level file ``name`` of a directory artifact (None if it has none),
+    refusing a link or a special file."""
     try:
-        fd = os.open(root / MANIFEST_NAME, _O_READ)
+        fd = os.open(root / name, _O_READ)
     except FileNotFoundError:
-        raise _not_a_checkpoint(root, f"it holds no {MANIFEST_NAME}") from None
+        return None
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise
-        raise _unsafe(root, MANIFEST_NAME, "it is a symbolic link") from None
+        raise _unsafe(root, name, "it is a symbolic link") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise _unsafe(root, MANIFEST_NAME, f"it is {_file_kind(st.st_mode)}")
-        if st.st_size > _MAX_MANIFEST:
-            raise _damaged(root, f"its manifest claims {st.st_size} bytes")
-        return b"".join(_file_chunks(fd, st.st_size, root, MANIFEST_NAME))
+            raise _unsafe(root, name, f"it is {_file_kind(st.st_mode)}")
+        if st.st_size > limit:
+            what = "manifest" if name == MANIFEST_NAME else name
+            raise _damaged(root, f"its {what} claims {st.st_size} bytes")
+        return b"".join(_file_chunks(fd, st.st_size, root, name))
     finally:
         os.close(fd)
 
@@ -1205,11 +1265,15 @@ class Artifact:
         path: The file or directory.
         form: ``"zstd"``, ``"tar"`` or ``"directory"``.
         manifest: The parsed ``manifest.json``.
+        signature: Its ``manifest.sig``, verified against the manifest's bytes; None when
+            unsigned. Whether its signer is trusted is
+            :func:`cedana.artifact.signing.check_trust`'s decision.
     """
 
     path: Path
     form: Form
     manifest: Manifest
+    signature: Signature | None = None
 
     def verify(self, *, digests: bool = True) -> None:
         """Read the whole artifact and check every member against the manifest.
@@ -1298,6 +1362,16 @@ class Artifact:
         if not same:
             raise _damaged(self.path, "its manifest changed since it was opened")
 
+    def _check_same_signature(self, raw: bytes | None) -> None:
+        try:
+            same = (None if raw is None else Signature.from_json(raw, path=self.path)) == (
+                self.signature
+            )
+        except UntrustedArtifact:
+            same = False
+        if not same:
+            raise _damaged(self.path, "its signature changed since it was opened")
+
     def _consume(
         self, member: Member, chunks: Iterator[bytes], sink: _Sink | None, *, digests: bool
     ) -> None:
@@ -1332,13 +1406,26 @@ class Artifact:
             stream: _Stream = _ZstdStream(source, self.path) if self.form == "zstd" else source
             tar = _TarReader(stream, self.path)
             self._check_same_manifest(_read_manifest_entry(tar, self.path))
+            first = True
             while (entry := tar.next_entry()) is not None:
                 name, size = entry
+                if first:  # manifest.sig, if any, comes right after the manifest
+                    first = False
+                    if name == SIGNATURE_NAME:
+                        self._check_same_signature(_read_signature_entry(tar, self.path, size))
+                        continue
+                    self._check_same_signature(None)
                 problem = _name_problem(name)
                 if problem is not None:
                     raise _unsafe(self.path, name, f"its name {problem}")
                 if name in seen or name == MANIFEST_NAME:
                     raise _damaged(self.path, f"it holds member {name!r} twice")
+                if name == SIGNATURE_NAME:
+                    raise _damaged(
+                        self.path,
+                        f"it holds {SIGNATURE_NAME} out of place (it may only follow "
+                        f"{MANIFEST_NAME} right away)",
+                    )
                 member = expected.get(name)
                 if member is None:
                     raise _damaged(self.path, f"member {name!r} was added: the manifest lacks it")
@@ -1352,6 +1439,8 @@ class Artifact:
                 tar.skip_padding(size)
                 if name == stop_at:
                     return
+            if first:
+                self._check_same_signature(None)
             missing = sorted(expected.keys() - seen)
             if missing:
                 raise _damaged(
@@ -1373,7 +1462,7 @@ class Artifact:
         present = {entry.name for entry in files}
         if MANIFEST_NAME not in present:
             raise _damaged(self.path, f"{MANIFEST_NAME} is missing")
-        for name in sorted(present - expected.keys() - {MANIFEST_NAME}):
+        for name in sorted(present - expected.keys() - {MANIFEST_NAME, SIGNATURE_NAME}):
             problem = _name_problem(name)
             if problem is not None:
                 raise _unsafe(self.path, name, f"its name {problem}")
@@ -1382,6 +1471,7 @@ class Artifact:
         if missing:
             raise _damaged(self.path, f"member {missing[0]!r} listed in the manifest is missing")
         self._check_same_manifest(_read_directory_manifest(self.path))
+        self._check_same_signature(_read_directory_file(self.path, SIGNATURE_NAME, MAX_SIGNATURE))
         for member in self.manifest.members:
             if stop_at is not None and member.name != stop_at:
                 continue
@@ -1410,11 +1500,16 @@ def open_artifact(path: Path, *, verify: bool = True) -> Artifact:
         verify: Also check every member now (a full read); restore passes ``False`` only when
             it extracts, which checks everything again anyway.
 
+    A ``manifest.sig`` is checked to sign exactly the manifest's bytes (so a changed manifest or
+    a signature copied from another artifact is refused here, before any member is read); who
+    signed it is in :attr:`Artifact.signature`, for the caller to trust or not.
+
     Raises:
         FileNotFoundError: Nothing is at ``path``.
         ArtifactCorrupt: ``path`` is not a cedana checkpoint, or it is truncated or damaged.
         UnsafeArtifact: A member is not a regular file or its name is unsafe.
         UnsupportedFormat: The manifest's format version is not one this cedana reads.
+        UntrustedArtifact: Its signature is malformed or does not verify.
     """
     path = Path(path)
     started = time.perf_counter()
@@ -1425,9 +1520,11 @@ def open_artifact(path: Path, *, verify: bool = True) -> Artifact:
             errno.ENOENT, "no checkpoint at this path; check its spelling", os.fspath(path)
         ) from None
     form: Form
+    raw_signature: bytes | None = None
     if stat.S_ISDIR(st.st_mode):
         form = "directory"
         raw = _read_directory_manifest(path)
+        raw_signature = _read_directory_file(path, SIGNATURE_NAME, MAX_SIGNATURE)
     elif stat.S_ISREG(st.st_mode):
         with open(path, "rb", buffering=_CHUNK) as source:
             start = source.read(_BLOCK)
@@ -1439,7 +1536,11 @@ def open_artifact(path: Path, *, verify: bool = True) -> Artifact:
                 form, stream = "tar", source
             else:
                 raise _not_a_checkpoint(path, "it is neither a zstd tar, a tar nor a directory")
-            raw = _read_manifest_entry(_TarReader(stream, path), path)
+            tar = _TarReader(stream, path)
+            raw = _read_manifest_entry(tar, path)
+            following = tar.next_entry()
+            if following is not None and following[0] == SIGNATURE_NAME:
+                raw_signature = _read_signature_entry(tar, path, following[1])
     else:
         raise _not_a_checkpoint(path, f"it is {_file_kind(st.st_mode)}")
     try:
@@ -1447,7 +1548,9 @@ def open_artifact(path: Path, *, verify: bool = True) -> Artifact:
     except ArtifactError as exc:
         raise type(exc)(f"{path}: {exc}") from None
     _check_manifest(path, manifest)
-    artifact = Artifact(path=path, form=form, manifest=manifest)
+    # Cheap (one Ed25519 check over the manifest's bytes), so before any member is read.
+    signature = verify_signature(path, raw, raw_signature)
+    artifact = Artifact(path=path, form=form, manifest=manifest, signature=signature)
     if verify:
         artifact.verify()
     _log.debug("opened %s artifact %s in %.3f s", form, path, time.perf_counter() - started)

@@ -41,7 +41,7 @@ import os
 import shutil
 import signal as signal_mod
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from typing import Any
 import attrs
 
 from cedana.artifact.manifest import Manifest, thaw
+from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
 from cedana.container import cgroups, namespaces
 from cedana.container.command import RuncCommand, log_errors
@@ -389,6 +390,8 @@ class RuncContainer:
         work_dir: str | os.PathLike[str] | None = None,
         backend: CriuBackend | None = None,
         runc: str | None = None,
+        trust: Trust = "trusted",
+        trusted_keys: Iterable[KeySource] | None = None,
     ) -> RuncContainer:
         """Restore a runc checkpoint; the container runs again under runc.
 
@@ -411,16 +414,20 @@ class RuncContainer:
                 receives the new pty master (``runc restore --console-socket``).
             work_dir: Where the images are unpacked; the system temp dir by default.
             backend: The CRIU backend (for the preflight check).
+            trust: ``"any"`` accepts an artifact that no trusted key signed (see
+                :meth:`cedana.Checkpoint.open`); by default it is refused first.
+            trusted_keys: More public keys (PEM files) to trust.
             runc: The runc binary.
 
         Raises:
             ContainerExists: ``name`` is taken, or the bundle directory is not empty.
             ContainerError: The checkpoint is not a runc one, or what it needs
                 (lower layers, the original bundle) is gone.
+            UntrustedArtifact: No trusted key signed it, and ``trust`` is not ``"any"``.
             ArtifactCorrupt, UnsafeArtifact: The artifact is unusable.
             RestoreFailed: runc (or CRIU) failed; nothing is left behind.
         """
-        ckpt = Checkpoint.of(checkpoint)
+        ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
         manifest = ckpt.manifest
         if manifest.kind != "container" or manifest.runtime not in RUNC_BASED:
             raise ContainerError(

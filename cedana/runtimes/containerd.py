@@ -39,12 +39,13 @@ import logging
 import os
 import signal as signal_mod
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
 from cedana.container import RuncContainer, cgroups, namespaces
 from cedana.container.runc import CONTAINER_DIR
@@ -410,6 +411,8 @@ class ContainerdContainer:
         tcp_established: bool | None = None,
         work_dir: str | os.PathLike[str] | None = None,
         backend: CriuBackend | None = None,
+        trust: Trust = "trusted",
+        trusted_keys: Iterable[KeySource] | None = None,
     ) -> ContainerdContainer:
         """Restore a containerd checkpoint as a new containerd container.
 
@@ -425,16 +428,20 @@ class ContainerdContainer:
             work_dir: Where the images are unpacked (the shim reads them from
                 there); the system temp dir by default.
             backend: The CRIU backend (for the preflight check).
+            trust: ``"any"`` accepts an artifact that no trusted key signed (see
+                :meth:`cedana.Checkpoint.open`); by default it is refused first.
+            trusted_keys: More public keys (PEM files) to trust.
 
         Raises:
             ContainerExists: ``name`` (or its snapshot key) is taken.
             ContainerError: The checkpoint is not a containerd one, or its image
                 is missing or now different, or it needs what the shim cannot
                 restore (a terminal, TCP connections, file locks).
+            UntrustedArtifact: No trusted key signed it, and ``trust`` is not ``"any"``.
             ArtifactCorrupt, UnsafeArtifact: The artifact is unusable.
             RestoreFailed: containerd (runc, CRIU) failed; nothing is left behind.
         """
-        ckpt = Checkpoint.of(checkpoint)
+        ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
         manifest = ckpt.manifest
         if manifest.kind != "container" or manifest.runtime != "containerd":
             raise ContainerError(

@@ -23,6 +23,7 @@ import pytest
 import cedana
 from cedana.artifact.archive import write_artifact
 from cedana.artifact.manifest import HostInfo, Manifest, ProcessEntry
+from cedana.artifact.signing import host_key
 from cedana.errors import (
     CedanaError,
     ContainerError,
@@ -385,7 +386,7 @@ def _checkpoint(tmp_path: Path, *, options: dict[str, Any] | None = None, **cont
             },
         },
     )
-    write_artifact(images, tmp_path / "c.tar.zst", manifest)
+    write_artifact(images, tmp_path / "c.tar.zst", manifest, signer=host_key())
     return cedana.open(tmp_path / "c.tar.zst")
 
 
