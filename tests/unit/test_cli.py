@@ -20,6 +20,7 @@ import cedana
 from cedana import api, cli
 from cedana.artifact.archive import check_destination, write_artifact
 from cedana.artifact.manifest import HostInfo, Manifest, ProcessEntry
+from cedana.artifact.signing import host_key
 from cedana.errors import ArtifactCorrupt, ArtifactExists, CedanaError
 
 
@@ -43,7 +44,7 @@ def test_build_parser_is_the_command_line() -> None:
     assert "build_parser" in cli.__all__
     parser = cli.build_parser()
     assert parser.prog == "cedana"
-    assert set(subparsers(parser)) == {"check", "checkpoint", "restore", "inspect", "demo"}
+    assert set(subparsers(parser)) == {"check", "checkpoint", "restore", "inspect", "key", "demo"}
 
 
 def test_help_has_a_description_and_an_epilog() -> None:
@@ -195,7 +196,7 @@ def a_process_artifact(tmp_path: Path) -> Path:
         workload={"external": []},
     )
     dest = tmp_path / "c.tar.zst"
-    write_artifact(images, dest, manifest)
+    write_artifact(images, dest, manifest, signer=host_key())  # signed: trusted here
     return dest
 
 
