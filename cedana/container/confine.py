@@ -42,8 +42,8 @@ from typing import Any
 import attrs
 
 from cedana.container.mounts import is_bind
-from cedana.errors import UnsafeArtifact
-from cedana.rootfs.overlay import layer_identity
+from cedana.errors import ContainerError, UnsafeArtifact
+from cedana.rootfs.overlay import same_layer
 
 __all__ = [
     "DEFAULT_CAPABILITIES",
@@ -136,6 +136,14 @@ def _paths(values: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
     return tuple(os.path.abspath(os.fspath(v)) for v in values)
 
 
+def _strings(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(str(v) for v in values)
+
+
+def _namespaces(values: Mapping[str, str]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in values.items()}
+
+
 @attrs.frozen(kw_only=True)
 class Grants:
     """What the caller of a restore grants a container beyond the runtime's defaults.
@@ -160,10 +168,10 @@ class Grants:
     """
 
     binds: tuple[str, ...] = attrs.field(default=(), converter=_paths)
-    namespaces: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
-    capabilities: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
-    devices: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
-    unmasked: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    namespaces: Mapping[str, str] = attrs.field(factory=dict, converter=_namespaces)
+    capabilities: frozenset[str] = attrs.field(default=frozenset(), converter=_strings)
+    devices: frozenset[str] = attrs.field(default=frozenset(), converter=_strings)
+    unmasked: frozenset[str] = attrs.field(default=frozenset(), converter=_strings)
     cgroups_path: str | None = None
 
 
@@ -190,9 +198,9 @@ def check_member(value: Any, members: Iterable[str], *, what: str, default: str)
     """
     name = default if value in (None, "") else str(value)
     names = set(members)
-    if name in names or any(m.startswith(name.rstrip("/") + "/") for m in names):
-        if not name.startswith("/") and ".." not in name.split("/"):
-            return name
+    safe = not name.startswith("/") and ".." not in name.split("/")
+    if safe and (name in names or any(m.startswith(name.rstrip("/") + "/") for m in names)):
+        return name
     raise refused(
         f"manifest field {what}",
         f"names {name!r}, which is not one of its members",
@@ -261,6 +269,7 @@ def check_lower(
     Raises:
         UnsafeArtifact: A recorded layer does not match (or has no identity,
             as in checkpoints of older cedana versions).
+        ContainerError: A recorded layer is gone.
     """
     fix = (
         "if you trust it, pass the image layers to restore on (lower=, uppermost first; the "
@@ -283,14 +292,17 @@ def check_lower(
     for layer, expected in zip(recorded, ids, strict=True):
         path = str(layer)
         if not os.path.isabs(path) or os.path.realpath(path) != os.path.normpath(path):
-            raise refused(
-                "lower layer", f"{path!r} is not an absolute path without symlinks", fix
+            raise refused("lower layer", f"{path!r} is not an absolute path without symlinks", fix)
+        if not os.path.isdir(path):
+            raise ContainerError(
+                f"image layer {path} of the checkpointed container is gone; the rootfs "
+                "changes apply on top of the same layers (or pass lower=)"
             )
         try:
-            actual = layer_identity(path)
+            same = same_layer(path, str(expected))
         except OSError as exc:
             raise refused("lower layer", f"{path} cannot be read ({exc.strerror})", fix) from None
-        if actual != expected:
+        if not same:
             raise refused(
                 "lower layer",
                 f"{path} is not the directory it was at checkpoint (its identity differs)",
@@ -455,7 +467,9 @@ def _check_config(
                 "none",
             )
         if kind == "proc" and os.path.normpath(str(m.get("destination"))) != "/proc":
-            raise no(field, "mounts proc outside /proc, where its masked paths do not apply", "none")
+            raise no(
+                field, "mounts proc outside /proc, where its masked paths do not apply", "none"
+            )
 
     masked = set(linux.get("maskedPaths") or ())
     readonly = set(linux.get("readonlyPaths") or ()) | masked
@@ -506,8 +520,7 @@ def _check_config(
     if seccomp.get("listenerPath"):
         raise no(
             "linux.seccomp.listenerPath",
-            f"hands the container's seccomp notifications to host socket "
-            f"{seccomp['listenerPath']}",
+            f"hands the container's seccomp notifications to host socket {seccomp['listenerPath']}",
             "none",
         )
 
@@ -523,7 +536,9 @@ def _check_config(
             )
 
 
-def check_runtime_options(runtime: str, options: Mapping[str, Any], *, runtimes: Sequence[str]) -> None:
+def check_runtime_options(
+    runtime: str, options: Mapping[str, Any], *, runtimes: Sequence[str]
+) -> None:
     """Refuse a containerd runtime, or runc shim options, that the artifact may not choose.
 
     Args:

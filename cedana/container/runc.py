@@ -487,15 +487,7 @@ class RuncContainer:
             diff_dir = confine.check_member(
                 rootfs_info.get("dir"), members, what="rootfs.dir", default=CONTAINER_DIR
             )
-            confine.check_member(
-                f"{diff_dir}/{DIFF_NAME}", members, what="rootfs.dir", default=""
-            )
-            for layer in rootfs_info.get("lower") or ():
-                if lower is None and not Path(str(layer)).is_dir():
-                    raise ContainerError(
-                        f"image layer {layer} of the checkpointed container is gone; the "
-                        "rootfs changes apply on top of the same layers (or pass lower=)"
-                    )
+            confine.check_member(f"{diff_dir}/{DIFF_NAME}", members, what="rootfs.dir", default="")
             layers = confine.check_lower(
                 list(rootfs_info.get("lower") or ()),
                 rootfs_info.get("lower_identity"),

@@ -42,6 +42,7 @@ import errno as errno_mod
 import hashlib
 import logging
 import os
+import secrets
 import stat
 import tarfile
 import time
@@ -62,6 +63,7 @@ __all__ = [
     "apply_upper",
     "capture_upper",
     "layer_identity",
+    "same_layer",
 ]
 
 logger = logging.getLogger("cedana.rootfs")
@@ -506,7 +508,9 @@ def _checked_entries(tar: tarfile.TarFile) -> list[tuple[tarfile.TarInfo, tuple[
             files.add(parts)
         elif info.islnk():
             if tuple(_parts(info.linkname)) not in files:
-                raise _unsafe(info.name, f"a hard link to {info.linkname!r}, not a file of this diff")
+                raise _unsafe(
+                    info.name, f"a hard link to {info.linkname!r}, not a file of this diff"
+                )
         elif info.issym():
             _check_symlink(list(parts), info.linkname, info.name)
         elif info.ischr() or info.isblk():
@@ -693,12 +697,36 @@ def layer_identity(path: str | os.PathLike[str]) -> str:
     crafted manifest cannot name another host directory (``/``, ``/etc``...)
     as a layer: that directory's identity would not match, and for most of the
     host it cannot even be computed without root. The walk never follows
-    symlinks and reads no world-readable content, so it costs a ``stat`` per
-    entry.
+    symlinks, stays on the layer's filesystem (a mount below it is one entry)
+    and reads no world-readable content, so it costs a ``stat`` per entry.
+
+    The identity is ``sha256:TOP:ALL``: ``TOP`` covers the directory and the
+    entries directly in it, so that :func:`same_layer` refuses another
+    directory after listing it once, without walking it.
 
     Raises:
         OSError: ``path`` is not a readable directory.
     """
+    return f"sha256:{_tree_digest(path, deep=False)}:{_tree_digest(path, deep=True)}"
+
+
+def same_layer(path: str | os.PathLike[str], identity: str) -> bool:
+    """Whether the directory at ``path`` has the :func:`layer_identity` ``identity``;
+    a directory whose top level differs is not walked.
+
+    Raises:
+        OSError: ``path`` is not a readable directory.
+    """
+    scheme, _, rest = str(identity).partition(":")
+    top, _, full = rest.partition(":")
+    if scheme != "sha256" or not top or not full:
+        return False
+    if not secrets.compare_digest(_tree_digest(path, deep=False), top):
+        return False
+    return secrets.compare_digest(_tree_digest(path, deep=True), full)
+
+
+def _tree_digest(path: str | os.PathLike[str], *, deep: bool) -> str:
     top = os.fspath(path)
     st = os.lstat(top)
     if not stat.S_ISDIR(st.st_mode):
@@ -712,7 +740,7 @@ def layer_identity(path: str | os.PathLike[str]) -> str:
             fields.append(os.fsencode(os.readlink(full)))
         elif stat.S_ISREG(mode):
             fields.append(b"%d" % st.st_size)
-            if not mode & stat.S_IROTH:
+            if deep and not mode & stat.S_IROTH:
                 fields.append(_file_sha256(full).encode())
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             fields.append(b"%d" % st.st_rdev)
@@ -725,12 +753,12 @@ def layer_identity(path: str | os.PathLike[str]) -> str:
             rel = prefix + os.fsencode(entry.name)
             est = entry.stat(follow_symlinks=False)
             add(rel, est, entry.path)
-            if stat.S_ISDIR(est.st_mode):
+            if deep and stat.S_ISDIR(est.st_mode) and est.st_dev == st.st_dev:
                 walk(entry.path, rel + b"/")
 
     add(b".", st, top)
     walk(top, b"")
-    return "sha256:" + digest.hexdigest()
+    return digest.hexdigest()
 
 
 def _file_sha256(path: str) -> str:

@@ -482,7 +482,11 @@ class ContainerdContainer:
         )
         task_options = _checked_runtime(record, namespace)
         spec = _checked_spec(
-            ckpt.read_member(spec_member), old=old, new=(namespace, name), hooks=hooks, grants=grants
+            ckpt.read_member(spec_member),
+            old=old,
+            new=(namespace, name),
+            hooks=hooks,
+            grants=grants,
         )
         (backend or default_backend()).preflight()
 
