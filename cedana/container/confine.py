@@ -24,6 +24,9 @@ and what the caller grants explicitly with :class:`Grants`:
   device or device-cgroup rule beyond the default set, unmasked ``/proc``
   paths, a seccomp listener socket or a cgroup that is not the new container's
   own. Each refusal names the field.
+- **CRIU's images** restore namespaces, credentials and mounts as they record
+  them, whatever the config says, so :func:`check_images` holds them to the
+  same rules.
 
 The runtime modules (:mod:`cedana.container.runc`,
 :mod:`cedana.runtimes.containerd`) call these checks from their restore plans,
@@ -42,6 +45,7 @@ from typing import Any
 import attrs
 
 from cedana.container.mounts import is_bind
+from cedana.criu import load_image
 from cedana.errors import ContainerError, UnsafeArtifact
 from cedana.rootfs.overlay import same_layer
 
@@ -54,6 +58,7 @@ __all__ = [
     "Grants",
     "apply_hooks",
     "check_config",
+    "check_images",
     "check_lower",
     "check_member",
     "check_runc_root",
@@ -566,3 +571,186 @@ def check_runtime_options(
             "or weaker isolation",
             "do not use this checkpoint (or restore into runc, into='runc')",
         )
+
+
+# --- CRIU's images ----------------------------------------------------------------------
+
+#: Capability numbers (linux/capability.h), for the masks in CRIU's creds.
+_CAPABILITY_BITS = {
+    f"CAP_{name}": bit
+    for bit, name in enumerate(
+        [
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "DAC_READ_SEARCH",
+            "FOWNER",
+            "FSETID",
+            "KILL",
+            "SETGID",
+            "SETUID",
+            "SETPCAP",
+            "LINUX_IMMUTABLE",
+            "NET_BIND_SERVICE",
+            "NET_BROADCAST",
+            "NET_ADMIN",
+            "NET_RAW",
+            "IPC_LOCK",
+            "IPC_OWNER",
+            "SYS_MODULE",
+            "SYS_RAWIO",
+            "SYS_CHROOT",
+            "SYS_PTRACE",
+            "SYS_PACCT",
+            "SYS_ADMIN",
+            "SYS_BOOT",
+            "SYS_NICE",
+            "SYS_RESOURCE",
+            "SYS_TIME",
+            "SYS_TTY_CONFIG",
+            "MKNOD",
+            "LEASE",
+            "AUDIT_WRITE",
+            "AUDIT_CONTROL",
+            "SETFCAP",
+            "MAC_OVERRIDE",
+            "MAC_ADMIN",
+            "SYSLOG",
+            "WAKE_ALARM",
+            "BLOCK_SUSPEND",
+            "AUDIT_READ",
+            "PERFMON",
+            "BPF",
+            "CHECKPOINT_RESTORE",
+        ]
+    )
+}
+_CAPABILITY_NAMES = {bit: name for name, bit in _CAPABILITY_BITS.items()}
+# OCI namespace type -> CRIU's ids field.
+_NS_IDS = {
+    "pid": "pid_ns_id",
+    "network": "net_ns_id",
+    "ipc": "ipc_ns_id",
+    "uts": "uts_ns_id",
+    "mount": "mnt_ns_id",
+}
+# CRIU's fstype numbers (images/mnt.proto) of the pseudo filesystems a container gets;
+# the first three only read-only.
+_CRIU_READONLY_FS = {2: "sysfs", 12: "cgroup", 23: "cgroup2"}
+_CRIU_PSEUDO_FS = {**_CRIU_READONLY_FS, 1: "proc", 5: "tmpfs", 6: "devpts", 14: "mqueue"}
+_CRIU_TMPFS = 5
+_MS_RDONLY = 1
+
+
+def check_images(images: Path, *, grants: Grants | None = None) -> None:
+    """Refuse CRIU images that would restore a process with more than the container's due.
+
+    CRIU puts back what its images say, whatever the config: the namespaces of
+    each process (one that shares the dumping host's namespace is restored in
+    the restoring host's), its credentials (capabilities included) and the
+    container's mount table (each filesystem mounted anew). So the images are
+    held to the same rules as the config: each process in namespaces of its
+    own (unless granted ``"host"``), capabilities within the default set plus
+    ``grants.capabilities`` (for processes outside a user namespace of their
+    own), mounts of pseudo filesystems only (sysfs and cgroup read-only) or
+    external ones (runc maps those from the checked config), and the default
+    masked and read-only paths (those this kernel has) covered.
+
+    Raises:
+        UnsafeArtifact: What the images ask for, named by image and process.
+    """
+    g = grants or Grants()
+    try:
+        _check_images(images, g)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError, OSError) as exc:
+        raise refused(
+            "CRIU images", f"cannot be checked ({exc})", "do not use this checkpoint"
+        ) from None
+
+
+def _entries(path: Path) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = load_image(path)["entries"]
+    return entries
+
+
+def _check_images(images: Path, g: Grants) -> None:
+    fix = "if you trust the checkpoint, grant it at restore (grants=cedana.Grants(...))"
+    host = _entries(images / "inventory.img")[0]["root_ids"]
+    allowed = 0
+    for name in DEFAULT_CAPABILITIES | g.capabilities:
+        allowed |= 1 << _CAPABILITY_BITS.get(name, 63)
+    root_mnt_ns = None
+    for task in _entries(images / "pstree.img"):
+        pid = int(task["pid"])
+        ids = _entries(images / f"ids-{pid}.img")[0]
+        if root_mnt_ns is None:
+            root_mnt_ns = ids.get("mnt_ns_id")
+        for kind, field in _NS_IDS.items():
+            if g.namespaces.get(kind) != "host" and ids.get(field) == host.get(field):
+                raise refused(
+                    f"CRIU image ids-{pid}.img",
+                    f"puts process {pid} in the host's {kind} namespace",
+                    f"{fix}: namespaces={{{kind!r}: 'host'}}",
+                )
+        if ids.get("user_ns_id") != host.get("user_ns_id"):
+            continue  # capabilities of its own user namespace
+        for tid in task.get("threads") or [pid]:
+            creds = _entries(images / f"core-{int(tid)}.img")[0]["thread_core"]["creds"]
+            for key in ("cap_bnd", "cap_prm", "cap_eff", "cap_inh", "cap_amb"):
+                words = creds.get(key) or []
+                mask = sum(int(w) << (32 * i) for i, w in enumerate(words))
+                extra = mask & ~allowed
+                if extra:
+                    names = [_CAPABILITY_NAMES.get(b, str(b)) for b in range(64) if extra >> b & 1]
+                    raise refused(
+                        f"CRIU image core-{tid}.img",
+                        f"gives process {pid} {', '.join(names)} ({key}), beyond the "
+                        "runtime's default capabilities",
+                        f"{fix}: capabilities={names!r}",
+                    )
+    for table in sorted(images.glob("mountpoints-*.img")):
+        is_root = table.name == f"mountpoints-{root_mnt_ns}.img"
+        _check_mount_table(table, _entries(table), is_root=is_root, grants=g, fix=fix)
+
+
+def _check_mount_table(
+    table: Path, entries: list[dict[str, Any]], *, is_root: bool, grants: Grants, fix: str
+) -> None:
+    # mountpoint -> it is read-only or masks what is below (a tmpfs, or /dev/null bound)
+    covers: dict[str, bool] = {}
+    for e in entries:
+        where = str(e.get("mountpoint"))
+        flags = int(e.get("flags") or 0) | int(e.get("sb_flags") or 0)
+        fstype = int(e.get("fstype") or 0)
+        if is_root and where == "/":
+            continue  # the container's root: the rootfs runc sets up (CRIU's --root)
+        covers[where] = bool(flags & _MS_RDONLY) or fstype == _CRIU_TMPFS
+        if e.get("ext_key") or e.get("ext_mount"):
+            continue  # external: runc answers with the checked config's source
+        name = _CRIU_PSEUDO_FS.get(fstype)
+        if name is None:
+            raise refused(
+                f"CRIU image {table.name}",
+                f"mounts filesystem type {fstype} ({e.get('fsname') or e.get('source')!r}) on "
+                f"{where}; a container gets only {', '.join(sorted(_CRIU_PSEUDO_FS.values()))} "
+                "and the config's bind mounts",
+                "do not use this checkpoint",
+            )
+        if fstype in _CRIU_READONLY_FS and not flags & _MS_RDONLY:
+            raise refused(
+                f"CRIU image {table.name}",
+                f"mounts {name} read-write on {where}; runtimes mount it read-only",
+                "do not use this checkpoint",
+            )
+    if not is_root:
+        return
+    for paths, readonly in ((DEFAULT_MASKED_PATHS, False), (DEFAULT_READONLY_PATHS, True)):
+        for path in paths:
+            if path in grants.unmasked or not os.path.lexists(path):
+                continue
+            if path not in covers or (readonly and not covers[path]):
+                raise refused(
+                    f"CRIU image {table.name}",
+                    f"leaves {path} {'writable' if readonly else 'open'}, which the runtime's "
+                    "defaults close",
+                    f"{fix}: unmasked=[{path!r}]",
+                )

@@ -512,10 +512,10 @@ class RuncContainer:
                     f"so it restores on a bundle of yours: pass bundle= (--bundle); it records "
                     f"{info.get('bundle')} (a checkpoint cannot choose a host directory)"
                 )
-            if lower is not None or hooks is not None or grants is not None:
+            if lower is not None or hooks is not None:
                 raise ContainerError(
                     f"{ckpt.path} restores on your bundle {bundle}, with its config.json: "
-                    "lower=, hooks= and grants= do not apply"
+                    "lower= and hooks= do not apply"
                 )
             bundle_dir = Path(os.path.abspath(bundle))
             if not (bundle_dir / "config.json").is_file():
@@ -533,6 +533,7 @@ class RuncContainer:
             images = work / "images"
             try:
                 ckpt.extract(images)
+                confine.check_images(images, grants=grants)
                 if new_config is not None:
                     made = _make_overlay_bundle(
                         bundle_dir,

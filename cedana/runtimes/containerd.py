@@ -514,6 +514,7 @@ class ContainerdContainer:
                 try:
                     images = work / "images"
                     ckpt.extract(images)
+                    confine.check_images(images, grants=grants)
                     snapshot = ContainerdSnapshotter(client, snapshotter, name)
                     mounts = snapshot.prepare(image.chain_id)
                     undo.append(snapshot.remove)

@@ -2,7 +2,8 @@
 
 One real runc overlay checkpoint (a busybox counter whose rootfs changes hold a
 setuid-root file) is taken per module. Each test crafts a variant of it as an
-attacker would: unpack, edit the manifest, ``config.json`` or the rootfs diff,
+attacker would: unpack, edit the manifest, ``config.json``, the rootfs diff or
+CRIU's own images (namespaces, credentials, mount table, re-encoded with pycriu),
 and write it again with write_artifact, so the manifest's digests are
 self-consistent and the artifact opens and verifies. Restoring it must be
 refused **before anything runs**: the runc binary handed to restore is a spy
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pycriu
 import pytest
 
 import cedana
@@ -219,7 +221,79 @@ def _hardlink(name: str, target: str) -> tarfile.TarInfo:
     return info
 
 
+def edit_image(pattern: str, change: Callable[[dict[str, Any], dict[str, Any]], None]) -> Edit:
+    """Re-encode the CRIU images matching ``pattern`` with ``change(entry, inventory)``
+    applied to each entry (pycriu, as an attacker would)."""
+
+    def edit(workload: dict[str, Any], images: Path) -> None:
+        with open(images / "inventory.img", "rb") as f:
+            inventory = pycriu.images.load(f)["entries"][0]
+        for path in sorted(images.glob(pattern)):
+            with open(path, "rb") as f:
+                image = pycriu.images.load(f)
+            for entry in image["entries"]:
+                change(entry, inventory)
+            with open(path, "wb") as f:
+                pycriu.images.dump(image, f)
+
+    return edit
+
+
+def _host_netns_ids(entry: dict[str, Any], inventory: dict[str, Any]) -> None:
+    entry["net_ns_id"] = inventory["root_ids"]["net_ns_id"]
+
+
+def _sys_admin_creds(entry: dict[str, Any], inventory: dict[str, Any]) -> None:
+    creds = entry["thread_core"]["creds"]
+    for key in ("cap_bnd", "cap_prm", "cap_eff"):
+        creds[key] = [creds[key][0] | 1 << 21, creds[key][1]]  # CAP_SYS_ADMIN
+
+
+def _mount_tables(change: Callable[[list[dict[str, Any]]], None]) -> Edit:
+    def edit(workload: dict[str, Any], images: Path) -> None:
+        for path in sorted(images.glob("mountpoints-*.img")):
+            with open(path, "rb") as f:
+                image = pycriu.images.load(f)
+            change(image["entries"])
+            with open(path, "wb") as f:
+                pycriu.images.dump(image, f)
+
+    return edit
+
+
+def _overlay_of_host_root(entries: list[dict[str, Any]]) -> None:
+    root = next(e for e in entries if e["mountpoint"] == "/")
+    extra = dict(root, mnt_id=root["mnt_id"] + 1000, parent_mnt_id=root["mnt_id"])
+    extra.update(mountpoint="/mnt", options="lowerdir=/,upperdir=/tmp/u,workdir=/tmp/w")
+    entries.append(extra)
+
+
+def _unprotect_proc_sys(entries: list[dict[str, Any]]) -> None:
+    entries[:] = [e for e in entries if e["mountpoint"] != "/proc/sys"]
+
+
+def _writable_sysfs_mount(entries: list[dict[str, Any]]) -> None:
+    for e in entries:
+        if e["mountpoint"] == "/sys":
+            e["flags"] &= ~1
+            e["sb_flags"] &= ~1
+
+
 HOSTILE: dict[str, tuple[Callable[[Path], Edit], str]] = {
+    "images-host-netns": (lambda _: edit_image("ids-*.img", _host_netns_ids), "host's network"),
+    "images-capabilities": (
+        lambda _: edit_image("core-*.img", _sys_admin_creds),
+        r"core-\d+\.img.*CAP_SYS_ADMIN",
+    ),
+    "images-host-overlay": (
+        lambda _: _mount_tables(_overlay_of_host_root),
+        "filesystem type 17",
+    ),
+    "images-proc-sys-writable": (
+        lambda _: _mount_tables(_unprotect_proc_sys),
+        "leaves /proc/sys writable",
+    ),
+    "images-sysfs-rw": (lambda _: _mount_tables(_writable_sysfs_mount), "sysfs read-write"),
     "hooks": (_with_hooks, r"hooks\.prestart, hooks\.createRuntime"),
     "lower-root": (lambda _: _set("rootfs.lower", ["/"]), "identity differs"),
     "lower-etc": (lambda _: _set("rootfs.lower", ["/etc"]), "identity differs"),

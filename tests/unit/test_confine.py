@@ -409,3 +409,115 @@ def test_whiteouts_setuid_files_and_file_capabilities_are_kept(tmp_path: Path) -
     assert stat.S_ISCHR(os.lstat(target / "gone").st_mode)
     assert os.stat(target / "su").st_mode & 0o7777 == 0o4755
     assert os.getxattr(target / "ping", "security.capability")[:4] == b"\x01\x00\x00\x02"
+
+
+# --- CRIU's images ----------------------------------------------------------------------
+
+HOST_IDS = {"pid_ns_id": 1, "net_ns_id": 2, "ipc_ns_id": 3, "uts_ns_id": 4, "mnt_ns_id": 6}
+OWN_IDS = {"pid_ns_id": 9, "net_ns_id": 10, "ipc_ns_id": 11, "uts_ns_id": 12, "mnt_ns_id": 13}
+DEFAULT_CAPS = [0x20000420, 0]  # KILL, NET_BIND_SERVICE, AUDIT_WRITE
+
+
+def _images(
+    *,
+    ids: dict[str, int] | None = None,
+    caps: list[int] | None = None,
+    user_ns: int = 7,
+    mounts: list[dict[str, Any]] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """What pycriu decodes from a runc container's images (the parts confinement reads)."""
+    creds = {k: caps or DEFAULT_CAPS for k in ("cap_bnd", "cap_prm", "cap_eff")}
+    table = [
+        {"mountpoint": "/", "fstype": 17, "options": "lowerdir=/x", "flags": 0},
+        {"mountpoint": "/proc", "fstype": 1, "flags": 0},
+        {"mountpoint": "/sys", "fstype": 2, "flags": 1},
+        {"mountpoint": "/mnt/data", "fstype": 16, "ext_key": "/mnt/data"},  # a config bind
+    ]
+    for path in confine.DEFAULT_MASKED_PATHS:
+        table.append({"mountpoint": path, "fstype": 5, "flags": 0, "root": "/null"})
+    for path in confine.DEFAULT_READONLY_PATHS:
+        table.append({"mountpoint": path, "fstype": 1, "flags": 1})
+    return {
+        "inventory.img": [{"root_ids": {**HOST_IDS, "user_ns_id": 7}}],
+        "pstree.img": [{"pid": 1, "threads": [1, 2]}],
+        "ids-1.img": [{**(ids or OWN_IDS), "user_ns_id": user_ns}],
+        "core-1.img": [{"thread_core": {"creds": creds}}],
+        "core-2.img": [{"thread_core": {"creds": {k: DEFAULT_CAPS for k in creds}}}],
+        "mountpoints-13.img": (mounts if mounts is not None else table),
+    }
+
+
+def check_images(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    images: dict[str, list[dict[str, Any]]],
+    **kw: Any,
+) -> None:
+    for name in images:
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.setattr(confine, "load_image", lambda path: {"entries": images[path.name]})
+    confine.check_images(tmp_path, **kw)
+
+
+def test_images_of_a_default_container_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images of a container in namespaces of its own, with runc's default capabilities,
+    pseudo filesystems, an external bind and the default masks pass."""
+    check_images(tmp_path, monkeypatch, _images())
+
+
+def test_images_in_host_namespaces_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process whose namespace id is the dumping host's own is refused, naming the image
+    and the namespace; granted "host", it passes."""
+    images = _images(ids={**OWN_IDS, "net_ns_id": HOST_IDS["net_ns_id"]})
+    with pytest.raises(UnsafeArtifact, match=r"ids-1\.img.*host's network namespace"):
+        check_images(tmp_path, monkeypatch, images)
+    check_images(tmp_path, monkeypatch, images, grants=Grants(namespaces={"network": "host"}))
+
+
+def test_image_capabilities_beyond_the_defaults_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CAP_SYS_ADMIN in a process's creds is refused (the config's capability list does not
+    bind CRIU); granted it passes, and in a user namespace of its own it is that
+    namespace's and passes too."""
+    images = _images(caps=[DEFAULT_CAPS[0] | 1 << 21, 0])
+    with pytest.raises(UnsafeArtifact, match=r"core-1\.img.*CAP_SYS_ADMIN \(cap_bnd\)"):
+        check_images(tmp_path, monkeypatch, images)
+    check_images(tmp_path, monkeypatch, images, grants=Grants(capabilities=["CAP_SYS_ADMIN"]))
+    check_images(tmp_path, monkeypatch, _images(caps=[0xFFFFFFFF, 0x1FF], user_ns=20))
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda t: t.append({"mountpoint": "/mnt", "fstype": 17}), "filesystem type 17"),
+        (lambda t: t.append({"mountpoint": "/dev", "fstype": 3}), "filesystem type 3"),
+        (lambda t: t.append({"mountpoint": "/b", "fstype": 4}), "filesystem type 4"),
+        (lambda t: t.__setitem__(2, {"mountpoint": "/sys", "fstype": 2}), "sysfs read-write"),
+        (
+            lambda t: t.__setitem__(slice(None), [m for m in t if m["mountpoint"] != "/proc/sys"]),
+            "leaves /proc/sys writable",
+        ),
+    ],
+)
+def test_image_mounts_beyond_pseudo_filesystems_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Any, why: str
+) -> None:
+    """An overlay (host paths in its options), devtmpfs, binfmt_misc or a writable sysfs in
+    the mount table, or a default read-only path left writable, is refused."""
+    images = _images()
+    change(images["mountpoints-13.img"])
+    with pytest.raises(UnsafeArtifact, match=why):
+        check_images(tmp_path, monkeypatch, images)
+
+
+def test_undecodable_images_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images that do not have what the check reads are refused as such."""
+    images = _images()
+    del images["ids-1.img"]
+    with pytest.raises(UnsafeArtifact, match="CRIU images cannot be checked"):
+        check_images(tmp_path, monkeypatch, images)
