@@ -27,15 +27,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pycriu
 import pytest
 
 import cedana
-from cedana.artifact.archive import write_artifact
-from cedana.artifact.manifest import thaw
 from tests.capabilities import integration, requires_busybox, requires_runtime
-from tests.helpers import COUNTER, assert_counts_on, count, wait_count
+from tests.helpers import COUNTER, assert_counts_on, count, craft, wait_count
 from tests.integration.test_runc import Containers, busybox_rootfs, runc_root
 
 pytestmark = [*integration, requires_runtime("runc"), requires_busybox]
@@ -63,20 +60,6 @@ def base(
         yield art, containers
     finally:
         containers.cleanup()
-
-
-def craft(base: Path, dest: Path, edit: Edit) -> Path:
-    """``base`` unpacked, ``edit(workload, images_dir)`` applied, written again with a
-    self-consistent manifest (every member re-digested)."""
-    work = dest.with_name(dest.name + ".d")
-    ckpt = cedana.open(base)
-    ckpt.extract(work)
-    workload = thaw(ckpt.manifest.workload)
-    edit(workload, work)
-    write_artifact(work, dest, attrs.evolve(ckpt.manifest, workload=workload, members=()))
-    shutil.rmtree(work)
-    assert thaw(cedana.open(dest).manifest.workload) == workload  # it verifies
-    return dest
 
 
 def edit_config(change: Callable[[dict[str, Any]], None]) -> Edit:
