@@ -14,8 +14,8 @@ and what the caller grants explicitly with :class:`Grants`:
   names (the config, the rootfs diff's directory) must be members of the
   artifact; a runc state root must be one runc keeps; the lower layers of an
   overlay rootfs must be the caller's ``lower=`` or match the identity recorded
-  at checkpoint (:func:`~cedana.rootfs.overlay.layer_identity`), so a crafted ``lower=["/"]`` never
-  becomes a root filesystem.
+  at checkpoint (:func:`~cedana.rootfs.overlay.layer_identity`), so a crafted
+  ``lower=["/"]`` never becomes a root filesystem.
 - **The config** (runc's ``config.json``, containerd's spec) may not ask for a
   host namespace (a default namespace left out, or one joined by path), a
   capability beyond the runtime's default set, a bind mount from outside the
@@ -337,7 +337,13 @@ def apply_hooks(config: dict[str, Any], hooks: Mapping[str, Any] | None, *, what
         unknown = sorted(set(hooks) - set(_HOOK_KINDS))
         if unknown:
             raise ValueError(f"hooks= has {', '.join(unknown)}; OCI hooks are {_HOOK_KINDS}")
-        config.pop("hooks", None)
+        theirs = config.pop("hooks", None)
+        if isinstance(theirs, Mapping) and any(theirs.values()):
+            logger.warning(
+                "the checkpoint's %s hooks (%s) are replaced by the caller's",
+                what,
+                ", ".join(k for k, v in theirs.items() if v),
+            )
         if any(hooks.values()):
             config["hooks"] = {k: list(v) for k, v in hooks.items() if v}
         return
@@ -399,6 +405,7 @@ def check_config(
         raise refused(
             what, f"is not a well-formed OCI config ({exc!r})", "do not use this checkpoint"
         ) from None
+    logger.debug("%s of %s: within the runtime's defaults and %r", what, name, grants)
     return out
 
 
@@ -661,6 +668,7 @@ def check_images(images: Path, *, grants: Grants | None = None) -> None:
     g = grants or Grants()
     try:
         _check_images(images, g)
+        logger.debug("images %s: within the runtime's defaults and %r", images, g)
     except (AttributeError, IndexError, KeyError, TypeError, ValueError, OSError) as exc:
         raise refused(
             "CRIU images", f"cannot be checked ({exc})", "do not use this checkpoint"
