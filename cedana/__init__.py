@@ -18,7 +18,7 @@ import logging
 
 from cedana.api import check, open, restore
 from cedana.checkpoint import Checkpoint
-from cedana.container import RuncContainer
+from cedana.container import Grants, RuncContainer
 from cedana.criu import CriuReport
 from cedana.errors import (
     ArtifactCorrupt,
@@ -73,6 +73,7 @@ __all__ = [
     "CriuNotFound",
     "CriuReport",
     "DumpFailed",
+    "Grants",
     "ImageNotFound",
     "InvalidOption",
     "LiveConnectionsWarning",

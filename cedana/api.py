@@ -64,7 +64,10 @@ def restore(
     A runc container checkpoint comes back as a :class:`~cedana.RuncContainer`
     running under runc; keyword options are those of
     :meth:`~cedana.RuncContainer.restore` (``name``, ``bundle``, ``root``,
-    ``stdin``, ``stdout``, ``stderr``, ``tcp_established``, ...).
+    ``stdin``, ``stdout``, ``stderr``, ``tcp_established``, ``lower``,
+    ``hooks``, ``grants``...). A container checkpoint is confined like an
+    untrusted image: what it asks of the host beyond the runtime's defaults
+    is refused unless granted (``hooks=``, ``grants=``; see the Security page).
 
     A containerd checkpoint comes back as a :class:`~cedana.ContainerdContainer`
     (``into="containerd"``, the default; options of

@@ -20,7 +20,9 @@ builtin that fits, so ``except ProcessLookupError`` keeps working::
     ├── ArtifactError                   a checkpoint artifact is unusable
     │   ├── ArtifactExists              (FileExistsError) refusing to overwrite
     │   ├── ArtifactCorrupt             truncated, modified, or members added / missing
-    │   ├── UnsafeArtifact              a member would escape the target or is a link / device
+    │   ├── UnsafeArtifact              a member would escape the target or is a link / device,
+    │   │                               or a container checkpoint asks the host for more than
+    │   │                               the runtime's defaults and the caller's grants
     │   └── UnsupportedFormat           a format version this cedana does not read
     ├── ContainerError                  container runtimes
     │   ├── RuntimeUnavailable          the runtime or its API cannot be reached
@@ -167,7 +169,10 @@ class ArtifactCorrupt(ArtifactError):
 
 
 class UnsafeArtifact(ArtifactError):
-    """A member would land outside the target, or is a link or a device node."""
+    """A member would land outside the target, or is a link or a device node; or a
+    container checkpoint asks the host for more than the target runtime's defaults and
+    the caller's grants allow (hooks, host paths, namespaces, capabilities, mounts,
+    devices: see :mod:`cedana.container.confine`)."""
 
 
 class UnsupportedFormat(ArtifactError):

@@ -10,14 +10,18 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import attrs
 import pytest
 
 import cedana
 from cedana import procfs
+from cedana.artifact.archive import write_artifact
+from cedana.artifact.manifest import thaw
+from cedana.artifact.signing import host_key
 from cedana.container.runc import DEFAULT_BUNDLES
 from cedana.rootfs.mounts import is_mountpoint, umount
 from tests.capabilities import busybox_binary
@@ -168,3 +172,21 @@ def remove_runc_container(name: str, root: Path) -> None:
             while is_mountpoint(leftover / "rootfs"):
                 umount(leftover / "rootfs", detach=True)
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def craft(base: Path, dest: Path, edit: Callable[[dict[str, Any], Path], None]) -> Path:
+    """A crafted artifact, as anyone can build one: ``base`` unpacked,
+    ``edit(workload, images_dir)`` applied, written again with a self-consistent
+    manifest (every member re-digested), so it opens and verifies. It is signed with this
+    host's key: confinement must hold for a trusted signer's artifact too (or one accepted
+    with ``trust="any"``)."""
+    work = dest.with_name(dest.name + ".d")
+    ckpt = cedana.open(base)
+    ckpt.extract(work)
+    workload = thaw(ckpt.manifest.workload)
+    edit(workload, work)
+    manifest = attrs.evolve(ckpt.manifest, workload=workload, members=())
+    write_artifact(work, dest, manifest, signer=host_key())
+    shutil.rmtree(work)
+    assert thaw(cedana.open(dest).manifest.workload) == workload  # it verifies
+    return dest

@@ -9,9 +9,11 @@ Layout::
     cgroups.py     cgroup v1 / hybrid / v2: freezer, v1 hierarchies
     command.py     the runc command (restore, delete, exec)
     runc.py        RuncContainer: checkpoint and restore, rootfs changes included
+    confine.py     what a container checkpoint may ask of the host at restore (Grants)
 """
 
+from cedana.container.confine import Grants
 from cedana.container.runc import DEFAULT_BUNDLES, RuncContainer
 from cedana.container.state import RuncState
 
-__all__ = ["DEFAULT_BUNDLES", "RuncContainer", "RuncState"]
+__all__ = ["DEFAULT_BUNDLES", "Grants", "RuncContainer", "RuncState"]

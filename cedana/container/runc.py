@@ -51,7 +51,7 @@ import attrs
 from cedana.artifact.manifest import Manifest, thaw
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
-from cedana.container import cgroups, namespaces
+from cedana.container import cgroups, confine, namespaces
 from cedana.container.command import RuncCommand, log_errors
 from cedana.container.mounts import is_bind
 from cedana.container.options import dump_options, gather_facts
@@ -63,6 +63,7 @@ from cedana.errors import (
     ContainerExists,
     ContainerNotFound,
     ContainerNotRunning,
+    UnsafeArtifact,
 )
 from cedana.process import (
     CheckpointOptions,
@@ -75,7 +76,7 @@ from cedana.process import (
 )
 from cedana.rootfs import RootfsDiff, Snapshotter, snapshotter_for
 from cedana.rootfs.mounts import is_mountpoint, umount
-from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter
+from cedana.rootfs.overlay import DIFF_NAME, OverlayLayers, OverlaySnapshotter
 from cedana.staging import scratch_dir
 
 __all__ = [
@@ -388,12 +389,20 @@ class RuncContainer:
         tcp_established: bool | None = None,
         console_socket: str | os.PathLike[str] | None = None,
         work_dir: str | os.PathLike[str] | None = None,
+        lower: Sequence[str | os.PathLike[str]] | None = None,
+        hooks: Mapping[str, Any] | None = None,
+        grants: confine.Grants | None = None,
         backend: CriuBackend | None = None,
         runc: str | None = None,
         trust: Trust = "trusted",
         trusted_keys: Iterable[KeySource] | None = None,
     ) -> RuncContainer:
         """Restore a runc checkpoint; the container runs again under runc.
+
+        The checkpoint is untrusted input and is confined like an untrusted
+        image (:mod:`cedana.container.confine`): its OCI hooks, host paths,
+        host namespaces, extra capabilities, bind mounts and devices are
+        refused, before anything runs, unless granted here.
 
         Args:
             checkpoint: The artifact (or an opened :class:`~cedana.Checkpoint`).
@@ -402,7 +411,8 @@ class RuncContainer:
                 a checkpoint with its rootfs changes; the original bundle to
                 restore on for one without. Defaults:
                 ``/var/lib/cedana/bundles/NAME`` and the original bundle.
-            root: runc's state root; the checkpointed container's by default.
+            root: runc's state root; by default the checkpointed container's,
+                if it is a runc state root on this host.
             stdin: What becomes the container's stdin when it was a pipe
                 (runc reattaches pipes listed in ``descriptors.json``): a
                 descriptor, a path, a file object; /dev/null when None.
@@ -413,6 +423,14 @@ class RuncContainer:
             console_socket: For a container with a terminal: the socket that
                 receives the new pty master (``runc restore --console-socket``).
             work_dir: Where the images are unpacked; the system temp dir by default.
+            lower: The image layers (uppermost first) to apply the rootfs changes
+                on. By default those the checkpoint records, each only if it is
+                still the same directory (its recorded identity matches).
+            hooks: OCI hooks for the restored container, in place of the
+                checkpoint's (which are refused: they would run on the host);
+                ``{}`` restores without hooks.
+            grants: Host namespaces, capabilities, bind sources and devices
+                the config may have beyond the runtime's defaults.
             backend: The CRIU backend (for the preflight check).
             trust: ``"any"`` accepts an artifact that no trusted key signed (see
                 :meth:`cedana.Checkpoint.open`); by default it is refused first.
@@ -424,7 +442,9 @@ class RuncContainer:
             ContainerError: The checkpoint is not a runc one, or what it needs
                 (lower layers, the original bundle) is gone.
             UntrustedArtifact: No trusted key signed it, and ``trust`` is not ``"any"``.
-            ArtifactCorrupt, UnsafeArtifact: The artifact is unusable.
+            ArtifactCorrupt: The artifact is damaged.
+            UnsafeArtifact: The artifact is unsafe, or asks for more than the
+                runtime's defaults and ``grants`` allow (the message names the field).
             RestoreFailed: runc (or CRIU) failed; nothing is left behind.
         """
         ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
@@ -437,9 +457,12 @@ class RuncContainer:
         info = manifest.workload["container"]
         rootfs_info = manifest.workload.get("rootfs") or {}
         name = check_id(name or str(info["id"]))
+        recorded_root = root is None and manifest.runtime == "runc"
         if root is None:  # another runtime's runc root (a shim's) is not runc's own
             root = str(info["root"]) if manifest.runtime == "runc" else DEFAULT_ROOT
-        root_dir = Path(root)
+        root_dir = Path(os.path.abspath(root))
+        if recorded_root and root_dir != DEFAULT_ROOT:
+            confine.check_runc_root(root_dir, recorded=True)
         (backend or default_backend()).preflight()
         command = RuncCommand(root_dir, runc)
         if (root_dir / name).exists():
@@ -460,21 +483,51 @@ class RuncContainer:
                 f"{ckpt.path} holds rootfs changes of a {rootfs_info.get('snapshotter')!r} "
                 "store, which this cedana cannot apply; upgrade"
             )
+        members = [m.name for m in manifest.members]
+        config_member = confine.check_member(
+            info.get("config"), members, what="container.config", default=CONFIG_MEMBER
+        )
+        new_config: dict[str, Any] | None = None
+        layers: tuple[str, ...] = ()
         if captured:
             bundle_dir = (
                 Path(os.path.abspath(bundle)) if bundle is not None else DEFAULT_BUNDLES / name
             )
             _check_new_bundle(bundle_dir)
-            for layer in rootfs_info.get("lower") or ():
-                if not Path(layer).is_dir():
-                    raise ContainerError(
-                        f"image layer {layer} of the checkpointed container is gone; the "
-                        "rootfs changes apply on top of the same layers"
-                    )
-        else:
-            bundle_dir = Path(
-                os.path.abspath(bundle if bundle is not None else str(info["bundle"]))
+            diff_dir = confine.check_member(
+                rootfs_info.get("dir"), members, what="rootfs.dir", default=CONTAINER_DIR
             )
+            confine.check_member(f"{diff_dir}/{DIFF_NAME}", members, what="rootfs.dir", default="")
+            layers = confine.check_lower(
+                list(rootfs_info.get("lower") or ()),
+                rootfs_info.get("lower_identity"),
+                given=lower,
+            )
+            new_config = confine.check_config(
+                _new_config(
+                    ckpt.read_member(config_member),
+                    original_bundle=str(info["bundle"]),
+                    old_id=str(info["id"]),
+                    name=name,
+                ),
+                name=name,
+                bundle=bundle_dir,
+                grants=grants,
+                hooks=hooks,
+            )
+        else:
+            if bundle is None:
+                raise ContainerError(
+                    f"{ckpt.path} did not capture the root filesystem (it was not an overlay), "
+                    f"so it restores on a bundle of yours: pass bundle= (--bundle); it records "
+                    f"{info.get('bundle')} (a checkpoint cannot choose a host directory)"
+                )
+            if lower is not None or hooks is not None:
+                raise ContainerError(
+                    f"{ckpt.path} restores on your bundle {bundle}, with its config.json: "
+                    "lower= and hooks= do not apply"
+                )
+            bundle_dir = Path(os.path.abspath(bundle))
             if not (bundle_dir / "config.json").is_file():
                 raise ContainerError(
                     f"{ckpt.path} did not capture the root filesystem (it was not an overlay), "
@@ -490,8 +543,16 @@ class RuncContainer:
             images = work / "images"
             try:
                 ckpt.extract(images)
-                if captured:
-                    made = _make_overlay_bundle(bundle_dir, images, info, rootfs_info, name)
+                confine.check_images(images, grants=grants)
+                if new_config is not None:
+                    made = _make_overlay_bundle(
+                        bundle_dir,
+                        images / diff_dir,
+                        new_config,
+                        layers,
+                        name=name,
+                        userxattr=bool(rootfs_info.get("userxattr")),
+                    )
                 args = [
                     "restore",
                     "--detach",
@@ -527,9 +588,7 @@ class RuncContainer:
                     raise restore_failed(
                         f"runc restored {name!r} but it is {state.status}", criu_log
                     )
-                config = json.loads(
-                    (images / str(info.get("config") or CONFIG_MEMBER)).read_bytes()
-                )
+                config = new_config or json.loads((images / config_member).read_bytes())
                 namespaces.restore_loopback(config, state.pid)
             except BaseException:
                 logger.debug("restore runc %s: failed, cleaning up", name)
@@ -636,46 +695,72 @@ class _MadeBundle:
 
 
 def _new_config(raw: bytes, *, original_bundle: str, old_id: str, name: str) -> dict[str, Any]:
-    """The checkpoint's config.json for a new bundle: rootfs ``rootfs``, absolute bind sources."""
-    config: dict[str, Any] = json.loads(raw)
-    config.setdefault("root", {})["path"] = "rootfs"
-    for m in config.get("mounts") or []:
-        source = m.get("source")
-        if is_bind(m) and source and not os.path.isabs(source):
-            m["source"] = os.path.join(original_bundle, source)
-    linux = config.get("linux") or {}
-    if linux.get("cgroupsPath"):
-        linux["cgroupsPath"] = cgroups.rename_path(str(linux["cgroupsPath"]), old_id, name)
+    """The checkpoint's config.json for a new bundle: rootfs ``rootfs``, absolute bind sources.
+
+    Raises:
+        UnsafeArtifact: ``raw`` is not an OCI config.
+    """
+    try:
+        config: dict[str, Any] = json.loads(raw)
+        config["root"] = {**(config.get("root") or {}), "path": "rootfs"}
+        for m in config.get("mounts") or []:
+            source = m.get("source")
+            if is_bind(m) and source and not os.path.isabs(source):
+                m["source"] = os.path.join(original_bundle, source)
+        linux = config.get("linux") or {}
+        if linux.get("cgroupsPath"):
+            linux["cgroupsPath"] = cgroups.rename_path(str(linux["cgroupsPath"]), old_id, name)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise UnsafeArtifact(
+            f"the checkpoint's config.json is not an OCI config ({exc}), so nothing was "
+            "restored; do not use this checkpoint"
+        ) from None
     return config
+
+
+def _private_dir(path: Path) -> None:
+    """Make ``path`` (and missing parents) root-only: a restored root filesystem holds
+    setuid files and file capabilities that no other user of the host may reach."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=0o700)
+    os.chmod(path, 0o700)
 
 
 def _make_overlay_bundle(
     bundle: Path,
-    images: Path,
-    info: Mapping[str, Any],
-    rootfs_info: Mapping[str, Any],
+    diff_dir: Path,
+    config: Mapping[str, Any],
+    lower: tuple[str, ...],
+    *,
     name: str,
+    userxattr: bool,
 ) -> _MadeBundle:
-    """A new bundle: config.json, upper (the changes applied), work, rootfs (the overlay)."""
+    """A new bundle: config.json, upper (the changes applied), work, rootfs (the overlay).
+
+    Every directory is root-only (0700), the bundle first: the upper directory
+    holds the container's files, setuid ones included (moby's CVE-2021-41091).
+    """
     made = _MadeBundle(bundle, created=not bundle.exists())
-    bundle.mkdir(mode=0o711, parents=True, exist_ok=True)
+    _private_dir(bundle)
     try:
         upper, work, rootfs = bundle / "upper", bundle / "work", bundle / "rootfs"
         for d in (upper, work, rootfs):
-            d.mkdir(mode=0o755)
-        userxattr = bool(rootfs_info.get("userxattr"))
-        diff_dir = images / str(rootfs_info.get("dir") or CONTAINER_DIR)
+            d.mkdir(mode=0o700)
         applied: RootfsDiff = OverlaySnapshotter().apply(diff_dir, upper, userxattr=userxattr)
         logger.debug("bundle %s: rootfs changes applied: %s", bundle, applied.describe())
-        config = _new_config(
-            (images / str(info.get("config") or CONFIG_MEMBER)).read_bytes(),
-            original_bundle=str(info["bundle"]),
-            old_id=str(info["id"]),
-            name=name,
+        fd = os.open(
+            bundle / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
         )
-        (bundle / "config.json").write_text(json.dumps(config, indent=2))
+        with open(fd, "w") as f:
+            f.write(json.dumps(config, indent=2))
         layers = OverlayLayers(
-            lower=tuple(rootfs_info.get("lower") or ()),
+            lower=lower,
             upper=os.fspath(upper),
             work=os.fspath(work),
             userxattr=userxattr,

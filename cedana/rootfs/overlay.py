@@ -21,15 +21,28 @@ the same: names must stay inside the target (no absolute names, no ``..``),
 every directory on the way is opened without following symlinks, hard links
 must point at files of the same tar, and relative symlinks must not climb
 out of the root (absolute ones are resolved inside the container's root at
-run time, so they are kept as they are).
+run time, so they are kept as they are). Device nodes other than whiteouts
+are refused (a container's devices are the runtime's to grant), and so are
+extended attributes that steer the kernel rather than describe the tree:
+overlay's ``origin``, ``metacopy``, ``upper``, ``index``... (only those
+:func:`capture_upper` keeps are taken, a ``redirect`` only as a name inside
+the lower layers) and other ``trusted.*`` ones. The whole tar is checked
+before its first entry is written. Setuid files and file capabilities are
+kept, as an image keeps them: the directories restore puts them in are
+root-only.
+
+:func:`layer_identity` digests a lower layer's tree, so that restore mounts a
+recorded layer only if it is still the directory it was at checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno as errno_mod
+import hashlib
 import logging
 import os
+import secrets
 import stat
 import tarfile
 import time
@@ -49,6 +62,8 @@ __all__ = [
     "OverlaySnapshotter",
     "apply_upper",
     "capture_upper",
+    "layer_identity",
+    "same_layer",
 ]
 
 logger = logging.getLogger("cedana.rootfs")
@@ -376,15 +391,40 @@ class _Writer:
             os.unlink(base, dir_fd=dirfd)
 
 
+def _check_xattr(info: tarfile.TarInfo, name: str, short: str | None, raw: bytes) -> None:
+    """Refuse an extended attribute a diff may not set on an entry.
+
+    Overlay's own attributes steer the kernel: ``origin``, ``upper``,
+    ``metacopy``, ``index``... name inodes and data elsewhere, so only those
+    :func:`capture_upper` keeps are taken, each where overlay uses it, and a
+    ``redirect`` only as a name inside the lower layers. Other ``trusted.*``
+    attributes are for host administrators, never a container's.
+    """
+    if short is None:
+        if name.startswith("trusted."):
+            raise _unsafe(info.name, f"a host-only attribute {name}")
+        return
+    if short not in _KEPT_OVERLAY_XATTRS:
+        raise _unsafe(info.name, f"overlay attribute {name}, which no captured diff holds")
+    if short in ("opaque", "redirect", "whiteouts") and not info.isdir():
+        raise _unsafe(info.name, f"overlay attribute {name} on a non-directory")
+    if short == "redirect":
+        text = raw.decode("utf-8", "surrogateescape")
+        parts = text[1:].split("/") if text.startswith("/") else [text]
+        if "\0" in text or any(p in ("", ".", "..") for p in parts):
+            raise _unsafe(info.name, f"an overlay redirect to {text!r}")
+
+
 def _set_xattrs(target: str | int, info: tarfile.TarInfo, *, userxattr: bool) -> None:
     for key, value in info.pax_headers.items():
         if not key.startswith(_XATTR_PAX):
             continue
         name = key[len(_XATTR_PAX) :]
         short = _overlay_xattr(name)
+        raw = value.encode("utf-8", "surrogateescape")
+        _check_xattr(info, name, short, raw)
         if short is not None:
             name = ("user.overlay." if userxattr else "trusted.overlay.") + short
-        raw = value.encode("utf-8", "surrogateescape")
         if isinstance(target, int):
             os.setxattr(target, name, raw)
         else:
@@ -405,23 +445,21 @@ def apply_upper(diff: Path, target: Path, *, userxattr: bool = False) -> RootfsD
         OSError: Writing failed.
     """
     counts = _Counts()
-    writer = _Writer(target)
-    seen: set[tuple[str, ...]] = set()
-    files: set[tuple[str, ...]] = set()
     dir_times: list[tuple[tuple[str, ...], int]] = []
-    try:
-        with tarfile.open(diff, mode="r:", encoding="utf-8", errors="surrogateescape") as tar:
-            for info in tar:
-                parts = tuple(_parts(info.name))
+    files: set[tuple[str, ...]] = set()
+    with tarfile.open(diff, mode="r:", encoding="utf-8", errors="surrogateescape") as tar:
+        # Every entry is checked before the first is written, so a refused diff leaves
+        # ``target`` as it was.
+        entries = _checked_entries(tar)
+        writer = _Writer(target)
+        try:
+            for info, parts in entries:
                 if not parts:
                     if info.isdir():  # the root itself: owner and mode only
                         root_fd = writer.directory(())
                         os.fchown(root_fd, info.uid, info.gid)
                         os.fchmod(root_fd, info.mode & 0o7777)
                     continue
-                if parts in seen:
-                    raise _unsafe(info.name, "listed twice")
-                seen.add(parts)
                 _apply_one(
                     tar,
                     info,
@@ -432,13 +470,59 @@ def apply_upper(diff: Path, target: Path, *, userxattr: bool = False) -> RootfsD
                     dir_times=dir_times,
                     userxattr=userxattr,
                 )
-        # Directory times last: creating their entries touched them.
-        for parts, mtime_ns in reversed(dir_times):
-            fd = writer.directory(parts, create=False)
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
-    finally:
-        writer.close()
+            # Directory times last: creating their entries touched them.
+            for parts, mtime_ns in reversed(dir_times):
+                fd = writer.directory(parts, create=False)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+        finally:
+            writer.close()
     return counts.diff((DIFF_NAME,))
+
+
+def _checked_entries(tar: tarfile.TarFile) -> list[tuple[tarfile.TarInfo, tuple[str, ...]]]:
+    """The tar's entries with their name components, every one checked (headers only).
+
+    Raises:
+        UnsafeArtifact: The first entry that would escape the target, link outside
+            it, make a device, or set an attribute a diff may not.
+    """
+    out = []
+    seen: set[tuple[str, ...]] = set()
+    files: set[tuple[str, ...]] = set()
+    for info in tar:
+        parts = tuple(_parts(info.name))
+        out.append((info, parts))
+        if not parts:
+            continue
+        if parts in seen:
+            raise _unsafe(info.name, "listed twice")
+        seen.add(parts)
+        for key, value in info.pax_headers.items():
+            if key.startswith(_XATTR_PAX):
+                name = key[len(_XATTR_PAX) :]
+                raw = value.encode("utf-8", "surrogateescape")
+                _check_xattr(info, name, _overlay_xattr(name), raw)
+        if info.isdir() or info.isfifo():
+            continue
+        if info.isreg():
+            files.add(parts)
+        elif info.islnk():
+            if tuple(_parts(info.linkname)) not in files:
+                raise _unsafe(
+                    info.name, f"a hard link to {info.linkname!r}, not a file of this diff"
+                )
+        elif info.issym():
+            _check_symlink(list(parts), info.linkname, info.name)
+        elif info.ischr() or info.isblk():
+            if info.isblk() or info.devmajor or info.devminor:
+                raise _unsafe(
+                    info.name,
+                    f"a device node {info.devmajor}:{info.devminor}, not a whiteout; devices "
+                    "come from the runtime's config",
+                )
+        else:
+            raise _unsafe(info.name, f"an entry of tar type {info.type!r}")
+    return out
 
 
 def _apply_one(
@@ -509,6 +593,14 @@ def _apply_one(
     if info.ischr() or info.isblk() or info.isfifo():
         kind = stat.S_IFCHR if info.ischr() else stat.S_IFBLK if info.isblk() else stat.S_IFIFO
         device = os.makedev(info.devmajor, info.devminor) if not info.isfifo() else 0
+        if not info.isfifo() and (info.isblk() or device != 0):
+            # A node on the host's filesystem is a way to the host's device for whoever
+            # reaches it; a container's devices are the runtime's to grant.
+            raise _unsafe(
+                name,
+                f"a device node {info.devmajor}:{info.devminor}, not a whiteout; devices come "
+                "from the runtime's config",
+            )
         os.mknod(base, kind | 0o600, device, dir_fd=dirfd)
         os.chown(base, info.uid, info.gid, dir_fd=dirfd, follow_symlinks=False)
         # Just made by mknod, so not a symlink: chmod may follow the name.
@@ -578,5 +670,101 @@ class OverlaySnapshotter:
 
 
 def layers_json(layers: OverlayLayers) -> dict[str, Any]:
-    """The layers as the manifest records them."""
-    return {"lower": list(layers.lower), "userxattr": layers.userxattr}
+    """The layers as the manifest records them, each with its :func:`layer_identity`
+    (None when it cannot be read): restore mounts a recorded layer only if it is
+    still the same directory."""
+    return {
+        "lower": list(layers.lower),
+        "lower_identity": [_identity_or_none(p) for p in layers.lower],
+        "userxattr": layers.userxattr,
+    }
+
+
+def _identity_or_none(path: str) -> str | None:
+    try:
+        return layer_identity(path)
+    except OSError as exc:
+        logger.warning("lower layer %s cannot be read (%s): restore will need lower=", path, exc)
+        return None
+
+
+def layer_identity(path: str | os.PathLike[str]) -> str:
+    """An identity of the directory tree at ``path``, recorded at checkpoint, checked at restore.
+
+    It digests every entry's name, type, mode, owner, size, mtime, device number
+    and symlink target, and the content of every regular file that others may
+    not read. Only someone able to read the whole tree can compute it, so a
+    crafted manifest cannot name another host directory (``/``, ``/etc``...)
+    as a layer: that directory's identity would not match, and for most of the
+    host it cannot even be computed without root. The walk never follows
+    symlinks, stays on the layer's filesystem (a mount below it is one entry)
+    and reads no world-readable content, so it costs a ``stat`` per entry.
+
+    The identity is ``sha256:TOP:ALL``: ``TOP`` covers the directory and the
+    entries directly in it, so that :func:`same_layer` refuses another
+    directory after listing it once, without walking it.
+
+    Raises:
+        OSError: ``path`` is not a readable directory.
+    """
+    return f"sha256:{_tree_digest(path, deep=False)}:{_tree_digest(path, deep=True)}"
+
+
+def same_layer(path: str | os.PathLike[str], identity: str) -> bool:
+    """Whether the directory at ``path`` has the :func:`layer_identity` ``identity``;
+    a directory whose top level differs is not walked.
+
+    Raises:
+        OSError: ``path`` is not a readable directory.
+    """
+    scheme, _, rest = str(identity).partition(":")
+    top, _, full = rest.partition(":")
+    if scheme != "sha256" or not top or not full:
+        return False
+    if not secrets.compare_digest(_tree_digest(path, deep=False), top):
+        return False
+    return secrets.compare_digest(_tree_digest(path, deep=True), full)
+
+
+def _tree_digest(path: str | os.PathLike[str], *, deep: bool) -> str:
+    top = os.fspath(path)
+    st = os.lstat(top)
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(f"{top} is not a directory")
+    digest = hashlib.sha256()
+
+    def add(rel: bytes, st: os.stat_result, full: str) -> None:
+        mode = st.st_mode
+        fields = [rel, b"%o" % mode, b"%d:%d" % (st.st_uid, st.st_gid), b"%d" % st.st_mtime_ns]
+        if stat.S_ISLNK(mode):
+            fields.append(os.fsencode(os.readlink(full)))
+        elif stat.S_ISREG(mode):
+            fields.append(b"%d" % st.st_size)
+            if deep and not mode & stat.S_IROTH:
+                fields.append(_file_sha256(full).encode())
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            fields.append(b"%d" % st.st_rdev)
+        digest.update(b"\0".join(fields) + b"\n")
+
+    def walk(directory: str, prefix: bytes) -> None:
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: os.fsencode(e.name))
+        for entry in entries:
+            rel = prefix + os.fsencode(entry.name)
+            est = entry.stat(follow_symlinks=False)
+            add(rel, est, entry.path)
+            if deep and stat.S_ISDIR(est.st_mode) and est.st_dev == st.st_dev:
+                walk(entry.path, rel + b"/")
+
+    add(b".", st, top)
+    walk(top, b"")
+    return digest.hexdigest()
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

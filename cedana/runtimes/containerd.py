@@ -47,7 +47,7 @@ import attrs
 
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
-from cedana.container import RuncContainer, cgroups, namespaces
+from cedana.container import RuncContainer, cgroups, confine, namespaces
 from cedana.container.runc import CONTAINER_DIR
 from cedana.container.state import LIVE, RuncState
 from cedana.criu import CriuBackend, default_backend, restore_failed
@@ -63,9 +63,10 @@ from cedana.errors import (
 )
 from cedana.process import CheckpointOptions, restores_tcp
 from cedana.rootfs.containerd import ContainerdSnapshotter
-from cedana.rootfs.overlay import OverlayLayers
+from cedana.rootfs.overlay import DIFF_NAME, OverlayLayers
 from cedana.runtimes._containerd_api import (
     DEFAULT_ADDRESS,
+    RUNC_OPTIONS_TYPE,
     ContainerdClient,
     ContainerRecord,
     ImageRecord,
@@ -410,23 +411,39 @@ class ContainerdContainer:
         log: str | os.PathLike[str] | None = None,
         tcp_established: bool | None = None,
         work_dir: str | os.PathLike[str] | None = None,
+        hooks: Mapping[str, Any] | None = None,
+        grants: confine.Grants | None = None,
         backend: CriuBackend | None = None,
         trust: Trust = "trusted",
         trusted_keys: Iterable[KeySource] | None = None,
     ) -> ContainerdContainer:
         """Restore a containerd checkpoint as a new containerd container.
 
+        The checkpoint is untrusted input and is confined like an untrusted
+        image (:mod:`cedana.container.confine`): the root filesystem is the
+        image's layers in containerd plus the changes; the spec may ask for
+        no OCI hooks, host namespaces, extra capabilities, bind mounts or
+        devices beyond containerd's defaults and ``grants``, and the runtime
+        must be a runc shim without options naming host binaries or paths.
+        Everything is checked before containerd is asked to do anything.
+
         Args:
             checkpoint: The artifact (or an opened :class:`~cedana.Checkpoint`).
             name: The new container's id; the checkpointed one by default.
             namespace: The containerd namespace; the checkpointed one by default.
-            address: containerd's socket; the checkpointed one by default.
+            address: containerd's socket; containerd's default one
+                (a checkpoint does not choose a host socket).
             log: A file the restored task's stdout and stderr are appended to
                 (containerd's ``file://`` log URI); /dev/null when None.
             tcp_established: Must not be True: the runc shim restores without
                 TCP repair.
             work_dir: Where the images are unpacked (the shim reads them from
                 there); the system temp dir by default.
+            hooks: OCI hooks for the restored container, in place of the
+                checkpoint's (which are refused: they would run on the host);
+                ``{}`` restores without hooks.
+            grants: Host namespaces, capabilities, bind sources and devices
+                the spec may have beyond the runtime's defaults.
             backend: The CRIU backend (for the preflight check).
             trust: ``"any"`` accepts an artifact that no trusted key signed (see
                 :meth:`cedana.Checkpoint.open`); by default it is refused first.
@@ -438,7 +455,9 @@ class ContainerdContainer:
                 is missing or now different, or it needs what the shim cannot
                 restore (a terminal, TCP connections, file locks).
             UntrustedArtifact: No trusted key signed it, and ``trust`` is not ``"any"``.
-            ArtifactCorrupt, UnsafeArtifact: The artifact is unusable.
+            ArtifactCorrupt: The artifact is damaged.
+            UnsafeArtifact: The artifact is unsafe, or asks for more than the
+                runtime's defaults and ``grants`` allow (the message names the field).
             RestoreFailed: containerd (runc, CRIU) failed; nothing is left behind.
         """
         ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
@@ -454,8 +473,30 @@ class ContainerdContainer:
         old = (str(ctd["namespace"]), str(info["id"]))
         name = name or old[1]
         namespace = namespace or old[0]
-        address = address or str(ctd.get("address") or DEFAULT_ADDRESS)
+        address = address or DEFAULT_ADDRESS
         _check_restorable(ckpt, info, tcp_established)
+        members = [m.name for m in manifest.members]
+        spec_member = confine.check_member(
+            ctd.get("spec"), members, what="containerd.spec", default=SPEC_MEMBER
+        )
+        diff_dir = confine.check_member(
+            rootfs_info.get("dir"), members, what="rootfs.dir", default=CONTAINER_DIR
+        )
+        confine.check_member(f"{diff_dir}/{DIFF_NAME}", members, what="rootfs.dir", default="")
+        record = ContainerRecord.from_json(
+            ctd,
+            id=name,
+            snapshot_key=name,
+            labels={**dict(ctd.get("labels") or {}), RESTORED_FROM_LABEL: "/".join(old)},
+        )
+        task_options = _checked_runtime(record, namespace)
+        spec = _checked_spec(
+            ckpt.read_member(spec_member),
+            old=old,
+            new=(namespace, name),
+            hooks=hooks,
+            grants=grants,
+        )
         (backend or default_backend()).preflight()
 
         started = time.monotonic()
@@ -471,14 +512,7 @@ class ContainerdContainer:
                     f"missing); unpack it there first (ctr -n {namespace} images unpack "
                     f"--snapshotter {snapshotter} {image.name})"
                 )
-            record = ContainerRecord.from_json(
-                ctd,
-                id=name,
-                image=image.name,
-                snapshot_key=name,
-                labels={**dict(ctd.get("labels") or {}), RESTORED_FROM_LABEL: "/".join(old)},
-            )
-            task_options = record.runc_options()
+            record = attrs.evolve(record, image=image.name)
             uri = f"file://{os.path.abspath(log)}" if log is not None else ""
 
             with (
@@ -489,16 +523,12 @@ class ContainerdContainer:
                 try:
                     images = work / "images"
                     ckpt.extract(images)
+                    confine.check_images(images, grants=grants)
                     snapshot = ContainerdSnapshotter(client, snapshotter, name)
                     mounts = snapshot.prepare(image.chain_id)
                     undo.append(snapshot.remove)
-                    applied = snapshot.apply(images / str(rootfs_info.get("dir") or CONTAINER_DIR))
+                    applied = snapshot.apply(images / diff_dir)
                     logger.debug("snapshot %s: changes applied: %s", name, applied.describe())
-                    spec = new_spec(
-                        (images / str(ctd.get("spec") or SPEC_MEMBER)).read_bytes(),
-                        old=old,
-                        new=(namespace, name),
-                    )
                     client.create_container(attrs.evolve(record, spec=spec))
                     undo.append(lambda: client.delete_container(name))
                     criu_work = work / "criu"
@@ -583,6 +613,48 @@ def _check_restorable(
             f"{ckpt.path} needs {' and '.join(needs)} at restore, which containerd's runc shim "
             "does not pass to runc restore; restore it into runc instead (into='runc', --into runc)"
         )
+
+
+def _checked_runtime(record: ContainerRecord, namespace: str) -> dict[str, Any]:
+    """The runc shim options of ``record``, checked: a checkpoint may not choose the
+    runtime binary, CRIU, a cgroup for the shim, or a runc root runc does not keep."""
+    if record.runtime_options and record.runtime_options_type != RUNC_OPTIONS_TYPE:
+        raise confine.refused(
+            "manifest field containerd.runtime.options_type",
+            f"is {record.runtime_options_type!r}, not the runc shim's options",
+            "do not use this checkpoint",
+        )
+    options = record.runc_options()
+    root = options.get("root")
+    if root:
+        confine.check_runc_root(Path(str(root)) / namespace, recorded=True)
+    confine.check_runtime_options(
+        record.runtime, {k: v for k, v in options.items() if k != "root"}, runtimes=_RUNC_RUNTIMES
+    )
+    return options
+
+
+def _checked_spec(
+    raw: bytes,
+    *,
+    old: tuple[str, str],
+    new: tuple[str, str],
+    hooks: Mapping[str, Any] | None,
+    grants: confine.Grants | None,
+) -> bytes:
+    """The checkpointed spec for the restored container, confined: its cgroup renamed,
+    its root the shim's ``rootfs`` (the snapshot), hooks and host-facing fields checked."""
+    try:
+        spec = json.loads(new_spec(raw, old=old, new=new))
+        spec["root"] = {**(spec.get("root") or {}), "path": "rootfs"}
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise confine.refused(
+            "spec", f"is not an OCI spec ({exc})", "do not use this checkpoint"
+        ) from None
+    checked = confine.check_config(
+        spec, name=new[1], bundle=None, grants=grants, hooks=hooks, what="spec"
+    )
+    return json.dumps(checked).encode()
 
 
 def _check_name_free(client: ContainerdClient, name: str, snapshotter: str) -> None:

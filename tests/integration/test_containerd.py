@@ -12,6 +12,7 @@ removed at teardown, and the daemon is stopped with its shims.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import hashlib
@@ -23,7 +24,7 @@ import signal
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import pytest
 
 import cedana
 from cedana.rootfs.mounts import mountinfo, umount
+from cedana.runtimes._containerd_api import RUNC_OPTIONS_TYPE, encode_runc_options
 from tests.capabilities import integration, requires_busybox, requires_runtime, requires_tool
 from tests.conftest import reap_zombie_children, wait_for
 from tests.helpers import (
@@ -38,6 +40,7 @@ from tests.helpers import (
     assert_counts_on,
     busybox_tree,
     count,
+    craft,
     name_for,
     remove_runc_container,
     run_cedana,
@@ -777,3 +780,79 @@ def test_custom_runc_root(
     finally:
         containers.cleanup()
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --- crafted artifacts ------------------------------------------------------------------
+
+
+def _spec_hooks(marker: Path) -> Callable[[dict[str, Any], Path], None]:
+    def edit(workload: dict[str, Any], images: Path) -> None:
+        path = images / "container" / "spec.json"
+        spec = json.loads(path.read_text())
+        hook = {"path": "/bin/sh", "args": ["sh", "-c", f"echo pwned > {marker}"]}
+        spec["hooks"] = {"createRuntime": [hook]}
+        path.write_text(json.dumps(spec))
+
+    return edit
+
+
+def _runc_binary(marker: Path) -> Callable[[dict[str, Any], Path], None]:
+    def edit(workload: dict[str, Any], images: Path) -> None:
+        evil = marker.with_name("evil-runc")
+        evil.write_text(f"#!/bin/sh\necho pwned > {marker}\n")
+        evil.chmod(0o755)
+        runtime = workload["containerd"]["runtime"]
+        runtime["options_type"] = RUNC_OPTIONS_TYPE
+        runtime["options"] = base64.b64encode(
+            encode_runc_options({"binary_name": str(evil)})
+        ).decode()
+
+    return edit
+
+
+def _host_network(marker: Path) -> Callable[[dict[str, Any], Path], None]:
+    def edit(workload: dict[str, Any], images: Path) -> None:
+        path = images / "container" / "spec.json"
+        spec = json.loads(path.read_text())
+        spec["linux"]["namespaces"] = [
+            ns for ns in spec["linux"]["namespaces"] if ns["type"] != "network"
+        ]
+        path.write_text(json.dumps(spec))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (_spec_hooks, r"spec has OCI hooks \(hooks\.createRuntime\)"),
+        (_runc_binary, "containerd.runtime.options.*binary_name"),
+        (_host_network, "spec field linux.namespaces leaves out the network namespace"),
+    ],
+)
+def test_crafted_checkpoint_is_refused_before_containerd_runs_it(
+    containers: Containers,
+    containerd: Containerd,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    make: Callable[[Path], Callable[[dict[str, Any], Path], None]],
+    match: str,
+) -> None:
+    """A containerd checkpoint crafted (and re-digested) to run a hook or a runc binary of
+    its own on the host, or to share the host's network namespace, is refused before
+    containerd is asked for anything: no container, snapshot or lease appears and the
+    marker the host command would write does not exist."""
+    name = name_for(request)
+    c = containers.run(name)
+    wait_count(c, 3)
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst")
+    marker = tmp_path / "pwned"
+    crafted = craft(ckpt.path, tmp_path / "crafted.tar.zst", make(marker))
+    containers_before = set(containerd.lines("containers", "ls"))
+    snapshots_before = snapshot_keys(containerd)
+    with pytest.raises(cedana.UnsafeArtifact, match=match):
+        cedana.restore(crafted, name=name_for(request, "-r"), address=containerd.address)
+    assert set(containerd.lines("containers", "ls")) == containers_before
+    assert snapshot_keys(containerd) == snapshots_before
+    assert containerd.lines("leases", "ls") == []
+    assert not marker.exists()

@@ -309,8 +309,9 @@ def test_bind_mounted_host_directory(
     containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """A host directory bind-mounted into the container is mounted again at restore
-    (CRIU records it as external under runc's key, runc answers with the source):
-    the restored counter appends to the same host file, from where it was."""
+    when the caller grants it (CRIU records it as external under runc's key, runc
+    answers with the source): the restored counter appends to the same host file,
+    from where it was. Without the grant the restore is refused, naming the mount."""
     shared = tmp_path / "shared"
     shared.mkdir()
     mount = {
@@ -325,7 +326,15 @@ def test_bind_mounted_host_directory(
     wait_for(lambda: len(lines(out)) >= 5, 20, "the counter in the host file")
     c.checkpoint(tmp_path / "bind.tar.zst")
     before = lines(out)
-    cedana.restore(tmp_path / "bind.tar.zst", root=containers.root, bundle=tmp_path / "b2")
+    with pytest.raises(cedana.UnsafeArtifact, match=r"mounts\[\d+\] \(/host\)"):
+        cedana.restore(tmp_path / "bind.tar.zst", root=containers.root, bundle=tmp_path / "b2")
+    assert not (tmp_path / "b2").exists()
+    cedana.restore(
+        tmp_path / "bind.tar.zst",
+        root=containers.root,
+        bundle=tmp_path / "b2",
+        grants=cedana.Grants(binds=[shared]),
+    )
     wait_for(lambda: len(lines(out)) >= len(before) + 5, 20, "more counts in the host file")
     after = lines(out)
     assert after[: len(before)] == before
@@ -512,7 +521,8 @@ def test_plain_directory_rootfs(
     containers: Containers, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """A rootfs that is a plain directory is not captured (the manifest says so) and the
-    container restores on its own bundle, counting on."""
+    container restores on its own bundle, counting on, when the caller names that bundle
+    (a checkpoint does not choose a host directory: without bundle= it is refused)."""
     name = name_for(request)
     c = containers.run(name, overlay=False)
     wait_count(c, 5)
@@ -521,7 +531,9 @@ def test_plain_directory_rootfs(
     assert rootfs["captured"] is False and "not an overlay" in rootfs["reason"]
     assert "container/rootfs-diff.tar" not in [m.name for m in ckpt.manifest.members]
     before = [int(x) for x in (containers.tmp / name / "rootfs/tmp/count.log").read_text().split()]
-    r = cedana.restore(ckpt, root=containers.root)
+    with pytest.raises(cedana.ContainerError, match="pass bundle="):
+        cedana.restore(ckpt, root=containers.root)
+    r = cedana.restore(ckpt, root=containers.root, bundle=containers.tmp / name)
     assert r.bundle == containers.tmp / name
     assert_counts_on(r, before)
 
@@ -670,8 +682,11 @@ def test_failed_restore_removes_what_it_made(
     wait_count(c, 3)
     c.checkpoint(tmp_path / "c.tar.zst")
     shared.rmdir()
+    grants = cedana.Grants(binds=[shared])
     with pytest.raises(cedana.RestoreFailed) as failure:
-        cedana.restore(tmp_path / "c.tar.zst", root=containers.root, bundle=tmp_path / "b2")
+        cedana.restore(
+            tmp_path / "c.tar.zst", root=containers.root, bundle=tmp_path / "b2", grants=grants
+        )
     assert str(shared) in str(failure.value)  # runc's own reason, before CRIU ran
     assert failure.value.log_path is None, "no CRIU log ran, so none is pointed at"
     assert name not in containers.runc("list", "-q").stdout.split()
@@ -679,5 +694,7 @@ def test_failed_restore_removes_what_it_made(
     assert not (tmp_path / "b2").exists()
     assert str(tmp_path / "b2") not in Path("/proc/self/mountinfo").read_text()
     shared.mkdir()
-    r = cedana.restore(tmp_path / "c.tar.zst", root=containers.root, bundle=tmp_path / "b2")
+    r = cedana.restore(
+        tmp_path / "c.tar.zst", root=containers.root, bundle=tmp_path / "b2", grants=grants
+    )
     assert r.status == "running"

@@ -318,7 +318,11 @@ def test_capturing_needs_the_layers(tmp_path: Path) -> None:
             call()
     assert not (tmp_path / "out").exists()
     layers = OverlayLayers(lower=("/a", "/b"), upper="/u", work="/w")
-    assert OverlaySnapshotter(layers).layers_json() == {"lower": ["/a", "/b"], "userxattr": False}
+    assert OverlaySnapshotter(layers).layers_json() == {
+        "lower": ["/a", "/b"],
+        "lower_identity": [None, None],  # unreadable layers: restore will need lower=
+        "userxattr": False,
+    }
 
 
 def test_snapshotter_protocol_and_diff_record(tmp_path: Path) -> None:
