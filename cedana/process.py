@@ -322,7 +322,8 @@ def plan_dump(
         )
     fds = {info.pid: procfs.descriptors(info.pid) for info in tree}
     external, tty = outside_descriptors(fds)
-    if not options.tcp_established:
+    # CRIU's tcp_close (through criu=) dumps them too, to be restored closed.
+    if not (options.tcp_established or options.criu.get("tcp_close")):
         conns = []
         for info in tree:
             conns += procfs.established_tcp(info.pid, fds[info.pid])

@@ -88,6 +88,9 @@ def test_established_tcp_refused_with_the_option_named() -> None:
             plan_dump(p.pid, CheckpointOptions())
         plan = plan_dump(p.pid, CheckpointOptions(tcp_established=True))
         assert plan.criu["tcp_established"] is True
+        # CRIU's tcp_close dumps them too (restored closed): not refused either.
+        plan = plan_dump(p.pid, CheckpointOptions(criu={"tcp_close": True}))
+        assert plan.criu["tcp_close"] is True
     finally:
         p.kill()
         p.wait()
