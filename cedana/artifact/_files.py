@@ -3,7 +3,6 @@ tree writer that never follows a symlink and can undo what it made, and removal.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shutil
@@ -12,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from cedana.artifact._members import _O_CREATE, _O_DIR, _ZEROS
+from cedana._safefs import SafeTree
+from cedana.artifact._members import _O_DIR, _ZEROS
 from cedana.errors import ArtifactExists, UnsafeArtifact
 
 _log = logging.getLogger("cedana.artifact")
@@ -87,95 +87,59 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 
 
 class _TreeWriter:
-    """Creates files under a directory without following any symlink, and can undo it.
+    """Creates member files under a directory without following any symlink, and can undo it.
 
-    Every directory is opened relative to its parent with ``O_NOFOLLOW``, so a symlink already
-    present under the target (or planted there meanwhile) cannot send a member elsewhere.
+    The directories and files are made by :class:`cedana._safefs.SafeTree`, so a symlink
+    already present under the target (or planted there meanwhile) cannot send a member
+    elsewhere; this adds the artifact's modes, sinks and words.
     """
 
     def __init__(self, root: Path, *, sync: bool) -> None:
         self._root = root
         self._sync = sync
-        self._created_root = False
-        self._dirs: dict[str, int] = {}
-        self._made_dirs: list[str] = []
-        self._made_files: list[str] = []
         self._open: list[_FileSink] = []
-        try:
-            os.mkdir(root, 0o700)
-            self._created_root = True
-        except FileExistsError:
-            pass
-        fd = os.open(root, _O_DIR)
-        self._dirs[""] = fd
-        if self._created_root:
-            os.fchmod(fd, 0o700)
+        self._tree = SafeTree(
+            root,
+            escape=self._escape,
+            dir_mode=0o700,
+            create_root=True,
+            follow_root=True,
+            logger=_log,
+        )
+
+    def _escape(self, path: str) -> UnsafeArtifact:
+        return UnsafeArtifact(
+            f"{self._root / path} is a symlink or not a directory, so a member would land "
+            f"outside {self._root} and nothing was written; extract into an empty directory"
+        )
 
     def create(self, name: str) -> _FileSink:
         """Create the file ``name`` (0600), with its missing parent directories (0700)."""
-        parent, _, base = name.rpartition("/")
-        dirfd = self._directory(parent)
         try:
-            fd = os.open(base, _O_CREATE, 0o600, dir_fd=dirfd)
+            fd = self._tree.create_file(tuple(name.split("/")), 0o600)
         except FileExistsError:
             raise ArtifactExists(
                 f"{self._root / name} already exists, so nothing was written; "
                 "extract into an empty directory"
             ) from None
-        self._made_files.append(name)
-        os.fchmod(fd, 0o600)
         sink = _FileSink(fd, sync=self._sync)
         self._open.append(sink)
         return sink
 
-    def _directory(self, path: str) -> int:
-        if path in self._dirs:
-            return self._dirs[path]
-        parent, _, base = path.rpartition("/")
-        parent_fd = self._directory(parent)
-        made = False
-        try:
-            os.mkdir(base, 0o700, dir_fd=parent_fd)
-            made = True
-        except FileExistsError:
-            pass
-        try:
-            fd = os.open(base, _O_DIR | os.O_NOFOLLOW, dir_fd=parent_fd)
-        except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                raise
-            raise UnsafeArtifact(
-                f"{self._root / path} is a symlink or not a directory, so a member would land "
-                f"outside {self._root} and nothing was written; extract into an empty directory"
-            ) from None
-        if made:
-            self._made_dirs.append(path)
-            os.fchmod(fd, 0o700)
-        self._dirs[path] = fd
-        return fd
-
     def sync(self) -> None:
         """fsync every directory written to, so the new entries survive a crash."""
-        for fd in self._dirs.values():
-            os.fsync(fd)
+        self._tree.sync()
 
     def close(self) -> None:
         for sink in self._open:
             sink.close()
         self._open.clear()
-        for fd in self._dirs.values():
-            os.close(fd)
-        self._dirs.clear()
+        self._tree.close()
 
     def remove_created(self) -> None:
         """Close, then remove every file and directory this writer created."""
         self.close()
-        for name in reversed(self._made_files):
-            _quietly(os.unlink, self._root / name)
-        for path in reversed(self._made_dirs):
-            _quietly(os.rmdir, self._root / path)
-        if self._created_root:
-            _quietly(os.rmdir, self._root)
+        self._tree.remove_created()
 
 
 def _quietly(remove: Callable[[Path], None], path: Path) -> None:
