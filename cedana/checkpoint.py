@@ -10,15 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from cedana.artifact.archive import Artifact, open_artifact
-from cedana.artifact.manifest import Manifest, thaw
+from cedana.artifact import Artifact, Manifest, open_artifact, thaw
 from cedana.artifact.signing import KeySource, Trust, TrustStatus, check_trust, untrusted
 from cedana.errors import ArtifactCorrupt
 from cedana.staging import scratch_dir
 from cedana.units import human_bytes
 
 if TYPE_CHECKING:
-    from cedana.artifact.inspect import Inspection
+    from cedana.artifact import Inspection
 
 __all__ = ["Checkpoint"]
 
@@ -152,7 +151,7 @@ class Checkpoint:
 
     def inspect(self) -> Inspection:
         """Decode the CRIU images: processes, memory, files, sockets. Needs no root."""
-        from cedana.artifact.inspect import inspect_images
+        from cedana.artifact import inspect_images
 
         with scratch_dir(".cedana-inspect-", fills="the checkpoint's images") as tmp:
             images = tmp / "images"

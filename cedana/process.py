@@ -39,14 +39,16 @@ from typing import IO, Any, Literal
 import attrs
 
 from cedana import procfs
-from cedana.artifact.archive import (
+from cedana.artifact import (
+    HostInfo,
+    Manifest,
+    ProcessEntry,
     check_destination,
     check_write_arguments,
     remove_path,
     sweep_temporaries,
     write_artifact,
 )
-from cedana.artifact.manifest import HostInfo, Manifest, ProcessEntry
 from cedana.artifact.signing import KeySource, Trust, signing_key
 from cedana.checkpoint import Checkpoint
 from cedana.criu import CriuBackend, CriuRequest, default_backend

@@ -19,8 +19,7 @@ import pytest
 
 import cedana
 from cedana import procfs
-from cedana.artifact.archive import write_artifact
-from cedana.artifact.manifest import thaw
+from cedana.artifact import thaw, write_artifact
 from cedana.artifact.signing import host_key
 from cedana.container.runc import DEFAULT_BUNDLES
 from cedana.rootfs.mounts import is_mountpoint, umount

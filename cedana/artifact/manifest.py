@@ -200,7 +200,8 @@ class Manifest:
             defaults to now.
         host: The machine it was taken on.
         kind: ``"process"`` or ``"container"``.
-        runtime: For containers, the runtime that ran it (``"runc"``, ``"containerd"``, ...).
+        runtime: For containers, the name of the runtime that ran it, as that runtime
+            names itself; this layer stores it and never reads a meaning into it.
         options: The checkpoint options used, as JSON.
         tree: The dumped processes, root first.
         workload: What the layer that took the checkpoint needs at restore (external file

@@ -52,6 +52,7 @@ from typing import IO, Any
 
 import attrs
 
+from cedana._safefs import SafeTree
 from cedana.errors import UnsafeArtifact
 from cedana.rootfs import RootfsDiff
 from cedana.rootfs.mounts import find_mount, mount, overlay_options
@@ -76,7 +77,6 @@ _OVERLAY_PREFIXES = ("trusted.overlay.", "user.overlay.")
 # Overlay attributes that describe the tree and stay valid on the same lower layers.
 _KEPT_OVERLAY_XATTRS = frozenset({"opaque", "redirect", "whiteout", "whiteouts"})
 _CHUNK = 1 << 20
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @attrs.frozen(kw_only=True)
@@ -353,44 +353,6 @@ def _check_symlink(parts: list[str], target: str, name: str) -> None:
             depth += 1
 
 
-class _Writer:
-    """Creates entries under ``root`` through directory descriptors, never following symlinks."""
-
-    def __init__(self, root: Path):
-        self._fds: dict[tuple[str, ...], int] = {(): os.open(root, _O_DIR)}
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-
-    def directory(self, parts: tuple[str, ...], *, create: bool = True) -> int:
-        """The descriptor of directory ``parts``, made (0755) when missing."""
-        if parts in self._fds:
-            return self._fds[parts]
-        parent = self.directory(parts[:-1], create=create)
-        if create:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(parts[-1], 0o755, dir_fd=parent)
-        try:
-            fd = os.open(parts[-1], _O_DIR, dir_fd=parent)
-        except OSError as exc:
-            if exc.errno in (errno_mod.ELOOP, errno_mod.ENOTDIR):
-                raise _unsafe("/".join(parts), "a path through a symlink or a file") from None
-            raise
-        self._fds[parts] = fd
-        return fd
-
-    def clear(self, dirfd: int, base: str) -> None:
-        """Remove a non-directory ``base`` if present (a fresh layer normally has none)."""
-        try:
-            st = os.lstat(base, dir_fd=dirfd)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISDIR(st.st_mode):
-            os.unlink(base, dir_fd=dirfd)
-
-
 def _check_xattr(info: tarfile.TarInfo, name: str, short: str | None, raw: bytes) -> None:
     """Refuse an extended attribute a diff may not set on an entry.
 
@@ -451,7 +413,12 @@ def apply_upper(diff: Path, target: Path, *, userxattr: bool = False) -> RootfsD
         # Every entry is checked before the first is written, so a refused diff leaves
         # ``target`` as it was.
         entries = _checked_entries(tar)
-        writer = _Writer(target)
+        writer = SafeTree(
+            target,
+            escape=lambda path: _unsafe(path, "a path through a symlink or a file"),
+            dir_mode=0o755,
+            logger=logger,
+        )
         try:
             for info, parts in entries:
                 if not parts:
@@ -529,7 +496,7 @@ def _apply_one(
     tar: tarfile.TarFile,
     info: tarfile.TarInfo,
     parts: tuple[str, ...],
-    writer: _Writer,
+    writer: SafeTree,
     *,
     counts: _Counts,
     files: set[tuple[str, ...]],
@@ -551,14 +518,9 @@ def _apply_one(
     dirfd = writer.directory(parts[:-1])
     base = parts[-1]
     path = f"/proc/self/fd/{dirfd}/{base}"
-    writer.clear(dirfd, base)
+    writer.clear(parts)
     if info.isreg():
-        fd = os.open(
-            base,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=dirfd,
-        )
+        fd = writer.create_file(parts, 0o600)
         try:
             source = tar.extractfile(info)
             if source is not None:
@@ -578,13 +540,12 @@ def _apply_one(
         link_parts = tuple(_parts(info.linkname))
         if link_parts not in files:
             raise _unsafe(name, f"a hard link to {info.linkname!r}, not a file of this diff")
-        src_dir = writer.directory(link_parts[:-1], create=False)
-        os.link(link_parts[-1], base, src_dir_fd=src_dir, dst_dir_fd=dirfd, follow_symlinks=False)
+        writer.link(parts, link_parts)
         counts.hardlinks += 1
         return
     if info.issym():
         _check_symlink(list(parts), info.linkname, name)
-        os.symlink(info.linkname, base, dir_fd=dirfd)
+        writer.symlink(parts, info.linkname)
         os.chown(base, info.uid, info.gid, dir_fd=dirfd, follow_symlinks=False)
         _set_xattrs(path, info, userxattr=userxattr)
         os.utime(base, ns=(mtime_ns, mtime_ns), dir_fd=dirfd, follow_symlinks=False)
@@ -601,7 +562,7 @@ def _apply_one(
                 f"a device node {info.devmajor}:{info.devminor}, not a whiteout; devices come "
                 "from the runtime's config",
             )
-        os.mknod(base, kind | 0o600, device, dir_fd=dirfd)
+        writer.mknod(parts, kind | 0o600, device)
         os.chown(base, info.uid, info.gid, dir_fd=dirfd, follow_symlinks=False)
         # Just made by mknod, so not a symlink: chmod may follow the name.
         os.chmod(base, info.mode & 0o7777, dir_fd=dirfd)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from cedana.artifact.inspect import FileInfo, Inspection, inspect_images
+from cedana.artifact import FileInfo, Inspection, inspect_images
 from cedana.errors import ArtifactCorrupt
 from tests.capabilities import criu_binary, integration
 

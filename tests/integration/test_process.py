@@ -444,7 +444,7 @@ def test_session_led_from_outside_the_pid_namespace_is_refused(tmp_path: Path) -
 #: tree), then drops to nobody and runs it.
 _AS_NOBODY = """
 import os, sys
-import cedana, cedana.artifact.inspect, pycriu.images, pycriu.rpc_pb2
+import cedana, cedana.artifact, pycriu.images, pycriu.rpc_pb2
 os.setgroups([])
 os.setgid(65534)
 os.setuid(65534)

@@ -24,9 +24,18 @@ import pytest
 import zstandard
 
 from cedana import procfs, staging
-from cedana.artifact import archive
-from cedana.artifact.archive import Artifact, open_artifact, write_artifact
-from cedana.artifact.manifest import HostInfo, Manifest, Member, ProcessEntry
+from cedana.artifact import (
+    Artifact,
+    HostInfo,
+    Manifest,
+    Member,
+    ProcessEntry,
+    _members,
+    _tar,
+    open_artifact,
+    write_artifact,
+    writer,
+)
 from cedana.errors import (
     ArtifactCorrupt,
     ArtifactError,
@@ -508,7 +517,7 @@ def test_images_changing_during_write_are_refused(
     images: Path, tmp_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An image that grows after it was listed makes the write fail instead of lying."""
-    real_scan = archive._scan_images
+    real_scan = writer._scan_images
 
     def scan_then_grow(root: Path) -> list[Any]:
         files = real_scan(root)
@@ -516,7 +525,7 @@ def test_images_changing_during_write_are_refused(
             grow.write(b"more")
         return files
 
-    monkeypatch.setattr(archive, "_scan_images", scan_then_grow)
+    monkeypatch.setattr(writer, "_scan_images", scan_then_grow)
     with pytest.raises(ArtifactError, match="changed while"):
         write(images, tmp_path, manifest, "zstd")
     assert leftovers(tmp_path) == []
@@ -900,8 +909,8 @@ def test_large_member_header(tmp_path: Path) -> None:
     Writing such a file in a unit test is too slow, so this checks the header alone.
     """
     size = 9 << 30
-    header = archive._member_header("pages-1.img", size, 0)
-    reader = archive._TarReader(io.BytesIO(header), tmp_path / "x")
+    header = _tar._member_header("pages-1.img", size, 0)
+    reader = _tar._TarReader(io.BytesIO(header), tmp_path / "x")
     assert reader.next_entry() == ("pages-1.img", size)
 
 
@@ -1076,7 +1085,7 @@ def test_frame_verify_catches_every_flip_in_the_data(
     def no_rehash(*_: object) -> None:
         raise AssertionError("verify(digests=False) must not hash the members")
 
-    monkeypatch.setattr("cedana.artifact.archive.hashlib.sha256", no_rehash)
+    monkeypatch.setattr("cedana.artifact.reader.hashlib.sha256", no_rehash)
     open_artifact(dest, verify=False).verify(digests=False)
     offsets = range(len(data) // 10, len(data), len(data) // 10)
     assert len(offsets) >= 9
@@ -1107,8 +1116,8 @@ def test_threaded_hash_matches_and_catches(
 ) -> None:
     """Members big enough to be hashed on a second thread verify and extract correctly, and
     a changed byte in one is caught by that thread's digest."""
-    assert (big_images / "pages-1.img").stat().st_size >= archive._THREADED_HASH // 2
-    (big_images / "pages-1.img").write_bytes(os.urandom(archive._THREADED_HASH + 12345))
+    assert (big_images / "pages-1.img").stat().st_size >= _members._THREADED_HASH // 2
+    (big_images / "pages-1.img").write_bytes(os.urandom(_members._THREADED_HASH + 12345))
     dest = tmp_path / "a.tar.zst"
     write_artifact(big_images, dest, manifest)
     out = tmp_path / "out"
@@ -1129,13 +1138,13 @@ def test_temporary_carries_its_owner(
     """The temporary an artifact is built in is named for its writer's pid and start time,
     so that what a killed writer leaves can be told apart from a live one's."""
     seen: list[str] = []
-    real_replace = archive._replace
+    real_replace = writer._replace
 
     def replace(tmp: Path, dest: Path) -> None:
         seen.append(tmp.name)
         real_replace(tmp, dest)
 
-    monkeypatch.setattr(archive, "_replace", replace)
+    monkeypatch.setattr(writer, "_replace", replace)
     write(images, tmp_path, manifest, "zstd")
     assert re.fullmatch(rf"\.ckpt\.zstd\.tmp-{staging.owner_tag()}-[0-9a-f]{{12}}", seen[0])
 

@@ -18,8 +18,7 @@ import pytest
 
 import cedana
 from cedana import api, cli
-from cedana.artifact.archive import check_destination, write_artifact
-from cedana.artifact.manifest import HostInfo, Manifest, ProcessEntry
+from cedana.artifact import HostInfo, Manifest, ProcessEntry, check_destination, write_artifact
 from cedana.artifact.signing import host_key
 from cedana.errors import ArtifactCorrupt, ArtifactExists, CedanaError
 

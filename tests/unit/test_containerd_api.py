@@ -21,8 +21,7 @@ import grpc
 import pytest
 
 import cedana
-from cedana.artifact.archive import write_artifact
-from cedana.artifact.manifest import HostInfo, Manifest, ProcessEntry
+from cedana.artifact import HostInfo, Manifest, ProcessEntry, write_artifact
 from cedana.artifact.signing import host_key
 from cedana.errors import (
     CedanaError,

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from cedana.artifact import inspect as inspect_mod
-from cedana.artifact.inspect import (
+from cedana.artifact import (
     FileInfo,
     Inspection,
     ProcessInfo,
     SocketInfo,
     inspect_images,
 )
+from cedana.artifact import _decode as inspect_mod
 from cedana.errors import ArtifactCorrupt
 
 MiB = 1 << 20

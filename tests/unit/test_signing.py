@@ -28,9 +28,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import cedana
 from cedana import cli
-from cedana.artifact import signing
-from cedana.artifact.archive import Artifact, open_artifact, write_artifact
-from cedana.artifact.manifest import HostInfo, Manifest, Member, ProcessEntry
+from cedana.artifact import (
+    Artifact,
+    HostInfo,
+    Manifest,
+    Member,
+    ProcessEntry,
+    open_artifact,
+    signing,
+    write_artifact,
+)
 from cedana.artifact.signing import (
     CONFIG_DIR_ENV,
     SIGNATURE_NAME,
