@@ -55,6 +55,8 @@ from tests.zdtm.suite import Test, rebase, translate
 
 __all__ = [
     "Cedana",
+    "Context",
+    "Driver",
     "Outcome",
     "RawCriu",
     "clean",
@@ -336,7 +338,8 @@ def _hook(test: Test, arg: str, ctx: Context, env: Mapping[str, str]) -> None:
         raise Failed("hook", f"{test.name}.hook {arg} exited with {rc}: {_tail(log)}")
 
 
-def _make(ctx: Context, target: str, timeout: float) -> subprocess.Popen[bytes]:
+def _make(ctx: Context, target: str) -> subprocess.Popen[bytes]:
+    """``make -C zdtm/static TARGET`` from ``test/``, as zdtm.py runs it, logged."""
     out = open(ctx.work / "make.log", "ab")  # noqa: SIM115 - the child holds it
     try:
         return subprocess.Popen(
@@ -354,10 +357,10 @@ def _make(ctx: Context, target: str, timeout: float) -> subprocess.Popen[bytes]:
 def _start(test: Test, ctx: Context) -> int:
     """Start the test as zdtm.py does; return the pid its pid file names."""
     timeout = test.desc.timeout
-    cleanout = _make(ctx, f"{test.name}.cleanout", timeout)
+    cleanout = _make(ctx, f"{test.name}.cleanout")
     if cleanout.wait(timeout=timeout) != 0:
         raise Failed("start", f"make {test.name}.cleanout failed")
-    make = _make(ctx, f"{test.name}.pid", timeout)
+    make = _make(ctx, f"{test.name}.pid")
     try:
         _hook(test, "--post-start", ctx, ctx.env)
         rc = make.wait(timeout=timeout)
