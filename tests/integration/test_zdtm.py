@@ -3,9 +3,9 @@ of ``nox -s zdtm`` (docs/zdtm.rst).
 
 Each zdtm static test sets up some kernel state, waits for a checkpoint and a restore,
 then checks that the state survived and writes PASS or FAIL. The subset covers what
-cedana's process layer got wrong before (ptys taken for a terminal, pipes shared
-within the tree or half closed, passed descriptors, pidfds, credentials) plus a few
-plain ones. Every test runs through ``python -m tests.zdtm`` (zdtm_ct's fresh
+cedana's process layer got wrong (ptys of the tree's own taken for a terminal; pipes
+half closed or with an end in flight in a unix socket taken for pipes leading
+outside, their data lost or handed to CRIU twice) plus a few plain ones. Every test runs through ``python -m tests.zdtm`` (zdtm_ct's fresh
 namespaces are only reachable from a new process), once each, through cedana only.
 """
 
