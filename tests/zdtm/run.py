@@ -162,9 +162,8 @@ def first_error(log: Path) -> str:
 @attrs.define
 class RawCriu:
     """``criu dump`` / ``criu restore --restore-detached`` on the command line with the
-    desc's options, as zdtm.py's ``criu_cli`` runs them (no ``--shell-job`` unless the desc
-    asks: zdtm's tests lead their own session, and cgroup_ifpriomap, for one, crashes
-    after a restore with it)."""
+    desc's options, as zdtm.py's ``criu_cli`` runs them: no ``--shell-job`` unless the desc
+    asks, since every test leads its own session (cedana, too, decides it per tree)."""
 
     name: str = "raw"
 
