@@ -86,3 +86,16 @@ def bench(session: nox.Session) -> None:
     provision(session)
     install(session, "containerd")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def zdtm(session: nox.Session) -> None:
+    """CRIU's zdtm static tests through raw CRIU and through cedana, side by side (as root).
+
+    Like ``tests``, it runs scripts/provision first. Not a default session: it builds and
+    runs some 300 tests twice (about a quarter of an hour; docs/zdtm.rst). Arguments pass
+    to ``python -m tests.zdtm`` (``--only pty00,pipe00``, ``--keep``).
+    """
+    provision(session)
+    install(session)
+    session.run("python", "-m", "tests.zdtm", *session.posargs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +73,20 @@ def requires_tool(*names: str) -> pytest.MarkDecorator:
     """Command-line tools a test runs (GNU tar, zstd, unshare...)."""
     missing = [name for name in names if shutil.which(name) is None]
     return _need(not missing, f"needs {', '.join(missing)}; run scripts/provision")
+
+
+def zdtm_source() -> Path | None:
+    """CRIU's source tree with its zdtm tests (scripts/provision unpacks it), or None."""
+    from tests.zdtm.suite import source_tree
+
+    return source_tree()
+
+
+requires_zdtm = _need(
+    zdtm_source() is not None,
+    "needs CRIU's source tree with test/zdtm (its path in /usr/local/src/cedana/criu-src); "
+    "run scripts/provision",
+)
 
 
 requires_busybox = _need(
