@@ -38,7 +38,7 @@ from typing import IO, Any, Literal
 
 import attrs
 
-from cedana import procfs
+from cedana import procfs, registry
 from cedana.artifact.archive import (
     check_destination,
     check_write_arguments,
@@ -913,3 +913,22 @@ def spawn(
         os.close(out)
     logger.debug("spawned pid %d: %s", popen.pid, " ".join(argv))
     return Process(popen.pid, popen=popen)
+
+
+def _parse_pid(ident: str) -> dict[str, Any]:
+    if not ident.isdigit():
+        raise ValueError(ident)
+    return {"pid": int(ident)}
+
+
+registry.register(
+    registry.Runtime(
+        name="process",
+        target="PID, process:PID",
+        help="a process tree, by the pid of its root",
+        cls=Process,
+        parse=_parse_pid,
+        restores_into=("process",),
+        bare=True,
+    )
+)

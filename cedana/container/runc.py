@@ -48,6 +48,7 @@ from typing import Any
 
 import attrs
 
+from cedana import registry
 from cedana.artifact.manifest import Manifest, thaw
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
@@ -74,7 +75,7 @@ from cedana.process import (
     plan_dump,
     restores_tcp,
 )
-from cedana.rootfs import RootfsDiff, Snapshotter, snapshotter_for
+from cedana.rootfs import OVERLAY, RootfsDiff, Snapshotter, diff_format, snapshotter_for
 from cedana.rootfs.mounts import is_mountpoint, umount
 from cedana.rootfs.overlay import DIFF_NAME, OverlayLayers, OverlaySnapshotter
 from cedana.staging import scratch_dir
@@ -89,10 +90,8 @@ __all__ = [
 
 logger = logging.getLogger("cedana.runc")
 
-#: Runtimes whose checkpoints are runc's: images dumped as runc dumps them.
-RUNC_BASED = ("runc", "containerd")
-#: Snapshotters whose rootfs diff is an overlay upper directory's tar.
-OVERLAY_DIFFS = ("overlay", "containerd")
+#: This runtime's name in the registry (the manifest's ``runtime``).
+RUNC = "runc"
 
 #: Where restore makes bundles unless given ``bundle=``.
 DEFAULT_BUNDLES = Path("/var/lib/cedana/bundles")
@@ -145,6 +144,7 @@ class ContainerDump:
             entry: dict[str, Any] = {
                 "captured": True,
                 "snapshotter": snapshotter.name,
+                "format": snapshotter.format,
                 "dir": CONTAINER_DIR,
                 **snapshotter.layers_json(),
                 **(rootfs or {}),
@@ -449,17 +449,20 @@ class RuncContainer:
         """
         ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
         manifest = ckpt.manifest
-        if manifest.kind != "container" or manifest.runtime not in RUNC_BASED:
+        source = registry.lookup(manifest.runtime) if manifest.kind == "container" else None
+        if source is None or RUNC not in source.restores_into:
+            based = [r.name for r in registry.entries() if RUNC in r.restores_into]
             raise ContainerError(
                 f"{ckpt.path} holds a {manifest.runtime or manifest.kind} checkpoint, "
-                f"not one of a runc-based runtime ({', '.join(RUNC_BASED)})"
+                f"not one of a runc-based runtime ({', '.join(based)})"
             )
         info = manifest.workload["container"]
         rootfs_info = manifest.workload.get("rootfs") or {}
         name = check_id(name or str(info["id"]))
-        recorded_root = root is None and manifest.runtime == "runc"
-        if root is None:  # another runtime's runc root (a shim's) is not runc's own
-            root = str(info["root"]) if manifest.runtime == "runc" else DEFAULT_ROOT
+        # Another runtime's runc root (a shim's) is that runtime's, not runc's own.
+        recorded_root = root is None and source.runc_root == DEFAULT_ROOT
+        if root is None:
+            root = str(info["root"]) if recorded_root else DEFAULT_ROOT
         root_dir = Path(os.path.abspath(root))
         if recorded_root and root_dir != DEFAULT_ROOT:
             confine.check_runc_root(root_dir, recorded=True)
@@ -478,10 +481,11 @@ class RuncContainer:
                 "Python API only, the command line has no such option)"
             )
         captured = bool(rootfs_info.get("captured"))
-        if captured and rootfs_info.get("snapshotter") not in OVERLAY_DIFFS:
+        if captured and diff_format(rootfs_info) != OVERLAY:
+            what = repr(rootfs_info.get("format") or rootfs_info.get("snapshotter"))
             raise ContainerError(
-                f"{ckpt.path} holds rootfs changes of a {rootfs_info.get('snapshotter')!r} "
-                "store, which this cedana cannot apply; upgrade"
+                f"{ckpt.path} holds rootfs changes in a {what} format, which this cedana "
+                "cannot apply; upgrade"
             )
         members = [m.name for m in manifest.members]
         config_member = confine.check_member(
@@ -538,66 +542,58 @@ class RuncContainer:
 
         started = time.monotonic()
         logger.debug("restore runc %s from %s: start", name, ckpt.path)
-        made: _MadeBundle | None = None
-        with scratch_dir(".cedana-restore-", parent=work_dir, fills="CRIU's images") as work:
+        with (
+            scratch_dir(".cedana-restore-", parent=work_dir, fills="CRIU's images") as work,
+            contextlib.ExitStack() as undo,
+        ):
             images = work / "images"
-            try:
-                ckpt.extract(images)
-                confine.check_images(images, grants=grants)
-                if new_config is not None:
-                    made = _make_overlay_bundle(
-                        bundle_dir,
-                        images / diff_dir,
-                        new_config,
-                        layers,
-                        name=name,
-                        userxattr=bool(rootfs_info.get("userxattr")),
-                    )
-                args = [
-                    "restore",
-                    "--detach",
-                    "--image-path",
-                    os.fspath(images),
-                    "--work-path",
-                    os.fspath(work / "criu"),
-                    "--bundle",
-                    os.fspath(bundle_dir),
-                ]
-                if tcp:
-                    args.append("--tcp-established")
-                if opts.get("file_locks"):
-                    args.append("--file-locks")
-                if info.get("ext_unix_sk"):
-                    args.append("--ext-unix-sk")
-                if console_socket is not None:
-                    args += ["--console-socket", os.fspath(console_socket)]
-                args.append(name)
-                with open_stdio(stdin, stdout, stderr) as (fd0, fd1, fd2):
-                    done = command.run(
-                        *args, log=work / "runc.log", stdin=fd0, stdout=fd1, stderr=fd2
-                    )
-                criu_log = work / "criu" / "restore.log"  # scratch_dir keeps it on failure
-                if done.returncode != 0:
-                    raise restore_failed(
-                        f"runc restore of {name!r} failed: "
-                        f"{log_errors(work / 'runc.log') or 'see the CRIU log'}",
-                        criu_log,
-                    )
-                state = read_state(root_dir, name)
-                if state.status not in LIVE:
-                    raise restore_failed(
-                        f"runc restored {name!r} but it is {state.status}", criu_log
-                    )
-                config = new_config or json.loads((images / config_member).read_bytes())
-                namespaces.restore_loopback(config, state.pid)
-            except BaseException:
-                logger.debug("restore runc %s: failed, cleaning up", name)
-                if _restored_here(root_dir, name, bundle_dir):
-                    with contextlib.suppress(CedanaError, OSError):
-                        command.delete(name, force=True)
-                if made is not None:
-                    made.remove()
-                raise
+            ckpt.extract(images)
+            confine.check_images(images, grants=grants)
+            if new_config is not None:
+                made = _make_overlay_bundle(
+                    bundle_dir,
+                    images / diff_dir,
+                    new_config,
+                    layers,
+                    name=name,
+                    userxattr=bool(rootfs_info.get("userxattr")),
+                )
+                undo.callback(made.remove)
+            args = [
+                "restore",
+                "--detach",
+                "--image-path",
+                os.fspath(images),
+                "--work-path",
+                os.fspath(work / "criu"),
+                "--bundle",
+                os.fspath(bundle_dir),
+            ]
+            if tcp:
+                args.append("--tcp-established")
+            if opts.get("file_locks"):
+                args.append("--file-locks")
+            if info.get("ext_unix_sk"):
+                args.append("--ext-unix-sk")
+            if console_socket is not None:
+                args += ["--console-socket", os.fspath(console_socket)]
+            args.append(name)
+            undo.callback(_delete_if_restored_here, command, root_dir, name, bundle_dir)
+            with open_stdio(stdin, stdout, stderr) as (fd0, fd1, fd2):
+                done = command.run(*args, log=work / "runc.log", stdin=fd0, stdout=fd1, stderr=fd2)
+            criu_log = work / "criu" / "restore.log"  # scratch_dir keeps it on failure
+            if done.returncode != 0:
+                raise restore_failed(
+                    f"runc restore of {name!r} failed: "
+                    f"{log_errors(work / 'runc.log') or 'see the CRIU log'}",
+                    criu_log,
+                )
+            state = read_state(root_dir, name)
+            if state.status not in LIVE:
+                raise restore_failed(f"runc restored {name!r} but it is {state.status}", criu_log)
+            config = new_config or json.loads((images / config_member).read_bytes())
+            namespaces.restore_loopback(config, state.pid)
+            undo.pop_all()  # restored: nothing of it is undone
         logger.debug(
             "restore runc %s: pid %d in %.3fs", name, state.pid, time.monotonic() - started
         )
@@ -647,6 +643,14 @@ def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with open(fd, "wb") as f:
         f.write(data)
+
+
+def _delete_if_restored_here(command: RuncCommand, root: Path, name: str, bundle: Path) -> None:
+    """A failed restore's cleanup: ``runc delete --force`` the container it made, if any."""
+    logger.debug("restore runc %s: failed, cleaning up", name)
+    if _restored_here(root, name, bundle):
+        with contextlib.suppress(CedanaError, OSError):
+            command.delete(name, force=True)
 
 
 def _restored_here(root: Path, name: str, bundle: Path) -> bool:
@@ -743,35 +747,40 @@ def _make_overlay_bundle(
 ) -> _MadeBundle:
     """A new bundle: config.json, upper (the changes applied), work, rootfs (the overlay).
 
-    Every directory is root-only (0700), the bundle first: the upper directory
-    holds the container's files, setuid ones included (moby's CVE-2021-41091).
+    The writable layer is an overlay store's (:class:`~cedana.rootfs.overlay.OverlaySnapshotter`:
+    prepared, then the changes applied to it). Every directory is root-only (0700), the
+    bundle first: the upper directory holds the container's files, setuid ones included
+    (moby's CVE-2021-41091).
     """
     made = _MadeBundle(bundle, created=not bundle.exists())
-    _private_dir(bundle)
-    try:
-        upper, work, rootfs = bundle / "upper", bundle / "work", bundle / "rootfs"
-        for d in (upper, work, rootfs):
-            d.mkdir(mode=0o700)
-        applied: RootfsDiff = OverlaySnapshotter().apply(diff_dir, upper, userxattr=userxattr)
+    with contextlib.ExitStack() as undo:
+        undo.callback(made.remove)
+        _private_dir(bundle)
+        rootfs = bundle / "rootfs"
+        store: Snapshotter = OverlaySnapshotter(
+            OverlayLayers(
+                lower=lower,
+                upper=os.fspath(bundle / "upper"),
+                work=os.fspath(bundle / "work"),
+                userxattr=userxattr,
+            )
+        )
+        layers = store.prepare()
+        assert isinstance(layers, OverlayLayers)
+        undo.callback(store.remove)
+        rootfs.mkdir(mode=0o700)
+        applied: RootfsDiff = store.apply(diff_dir)
         logger.debug("bundle %s: rootfs changes applied: %s", bundle, applied.describe())
         fd = os.open(
             bundle / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
         )
         with open(fd, "w") as f:
             f.write(json.dumps(config, indent=2))
-        layers = OverlayLayers(
-            lower=lower,
-            upper=os.fspath(upper),
-            work=os.fspath(work),
-            userxattr=userxattr,
-        )
         layers.mount(rootfs)
         (bundle / BUNDLE_MARKER).write_text(
             json.dumps({"container": name, "overlay": "rootfs", "lower": list(layers.lower)})
         )
-    except BaseException:
-        made.remove()
-        raise
+        undo.pop_all()
     return made
 
 
@@ -779,20 +788,23 @@ def container_summary(manifest: Manifest) -> dict[str, Any] | None:
     """What a container checkpoint's manifest says about the container (None for a process).
 
     Returns:
-        ``id``, ``runtime``, ``status`` (when checkpointed), ``bundle`` and
+        ``id``, ``runtime``, ``status`` (when checkpointed), ``bundle``,
         ``rootfs`` (``captured``, and the snapshotter, lower layers and diff
-        counts, or why it was not captured).
+        counts, or why it was not captured) and ``restores_into`` (the runtimes
+        this cedana restores it into, the default first; empty for one it cannot).
     """
     if manifest.kind != "container":
         return None
     info = manifest.workload.get("container") or {}
     rootfs = thaw(manifest.workload.get("rootfs") or {})
+    source = registry.lookup(manifest.runtime)
     return {
         "id": info.get("id"),
         "runtime": manifest.runtime,
         "status": info.get("status"),
         "bundle": info.get("bundle"),
         "rootfs": rootfs,
+        "restores_into": list(source.restores_into) if source is not None else [],
     }
 
 
@@ -806,8 +818,31 @@ def container_lines(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
         what = f"{rootfs.get('snapshotter')} changes"
     else:
         what = f"not captured ({rootfs.get('reason', 'no writable layer')})"
+    into = summary.get("restores_into")
     return [
         ("container", f"{summary.get('id')} ({summary.get('runtime')}, {summary.get('status')})"),
         ("bundle", str(summary.get("bundle"))),
         ("rootfs", what),
+        ("restores", " or ".join(into) if into else "not by this cedana (upgrade)"),
     ]
+
+
+def _parse_id(ident: str) -> dict[str, Any]:
+    if not ident:
+        raise ValueError(ident)
+    return {"id": ident}
+
+
+registry.register(
+    registry.Runtime(
+        name=RUNC,
+        target="runc:ID",
+        help="a runc container (--root: runc's state root)",
+        cls=RuncContainer,
+        parse=_parse_id,
+        restores_into=(RUNC,),
+        flags={"root": "root"},
+        runc_root=DEFAULT_ROOT,
+        summary=lambda c: {"name": c.id},
+    )
+)

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import attrs
 
 from cedana.errors import NotCheckpointable
-from cedana.rootfs import RootfsDiff
+from cedana.rootfs import OVERLAY, RootfsDiff
 from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter, layers_json
 
 __all__ = ["ContainerdSnapshotter", "Mount", "SnapshotStore", "overlay_layers"]
@@ -96,7 +96,10 @@ class ContainerdSnapshotter:
     store: SnapshotStore = attrs.field(repr=False)
     snapshotter: str
     key: str
+    parent: str | None = None
+    labels: Mapping[str, str] | None = attrs.field(default=None, repr=False)
     name: str = attrs.field(default="containerd", init=False)
+    format: str = attrs.field(default=OVERLAY, init=False)
     _layers: OverlayLayers | None = attrs.field(default=None, init=False, repr=False)
 
     def layers(self) -> OverlayLayers:
@@ -138,15 +141,22 @@ class ContainerdSnapshotter:
             dest: The directory to write into (made if missing).
         """
         diff = OverlaySnapshotter(self.layers()).capture(rootfs, dest)
-        return attrs.evolve(diff, snapshotter=self.name)
+        return attrs.evolve(diff, snapshotter=self.name, format=self.format)
 
-    def prepare(self, parent: str, labels: Mapping[str, str] | None = None) -> list[Mount]:
-        """Make the active snapshot ``key`` on ``parent`` (an image's chain id); its mounts.
+    def prepare(
+        self, parent: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> list[Mount]:
+        """Make the active snapshot ``key`` on ``parent`` (an image's chain id; the one
+        given when it was made by default); its mounts.
 
         Raises:
             NotCheckpointable: containerd made something other than a writable overlay
                 (the new snapshot is removed again).
         """
+        parent = parent if parent is not None else self.parent
+        if parent is None:
+            raise ValueError("ContainerdSnapshotter.prepare needs the parent snapshot (chain id)")
+        labels = labels if labels is not None else self.labels
         mounts = self.store.prepare_snapshot(self.snapshotter, self.key, parent, labels)
         layers = overlay_layers(mounts)
         if layers is None:
@@ -165,7 +175,7 @@ class ContainerdSnapshotter:
         """
         where = target if target is not None else self.upper()
         result = OverlaySnapshotter().apply(diff, where, userxattr=self.layers().userxattr)
-        return attrs.evolve(result, snapshotter=self.name)
+        return attrs.evolve(result, snapshotter=self.name, format=self.format)
 
     def remove(self) -> None:
         """Remove the snapshot from containerd."""

@@ -45,6 +45,7 @@ from typing import Any
 
 import attrs
 
+from cedana import registry
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
 from cedana.container import RuncContainer, cgroups, confine, namespaces
@@ -62,6 +63,7 @@ from cedana.errors import (
     RestoreFailed,
 )
 from cedana.process import CheckpointOptions, restores_tcp
+from cedana.rootfs import OVERLAY, Snapshotter, diff_format
 from cedana.rootfs.containerd import ContainerdSnapshotter
 from cedana.rootfs.overlay import DIFF_NAME, OverlayLayers
 from cedana.runtimes._containerd_api import (
@@ -123,6 +125,14 @@ def new_spec(raw: bytes, *, old: tuple[str, str], new: tuple[str, str]) -> bytes
     if isinstance(linux, dict) and linux.get("cgroupsPath"):
         linux["cgroupsPath"] = rename_cgroups_path(str(linux["cgroupsPath"]), old, new)
     return json.dumps(spec).encode()
+
+
+def _cleanup(name: str, step: Callable[..., object], *args: object) -> None:
+    """One step of a failed restore's cleanup: what fails is logged, the others still run."""
+    try:
+        step(*args)
+    except (CedanaError, OSError) as exc:
+        logger.warning("cleanup after a failed restore of %s: %s", name, exc)
 
 
 def _remove_task(client: ContainerdClient, container_id: str, timeout: float = 10) -> None:
@@ -483,6 +493,11 @@ class ContainerdContainer:
             rootfs_info.get("dir"), members, what="rootfs.dir", default=CONTAINER_DIR
         )
         confine.check_member(f"{diff_dir}/{DIFF_NAME}", members, what="rootfs.dir", default="")
+        if diff_format(rootfs_info) != OVERLAY:
+            raise ContainerError(
+                f"{ckpt.path} holds rootfs changes in a {rootfs_info.get('format')!r} format, "
+                "which containerd's overlayfs snapshots cannot take; upgrade"
+            )
         record = ContainerRecord.from_json(
             ctd,
             id=name,
@@ -519,21 +534,25 @@ class ContainerdContainer:
                 scratch_dir(".cedana-restore-", parent=work_dir, fills="CRIU's images") as work,
                 client.lease(),
             ):
-                undo: list[Callable[[], None]] = []
-                try:
+                undo = contextlib.ExitStack()
+                undo.callback(logger.debug, "restore containerd %s/%s: failed", namespace, name)
+                with undo:
                     images = work / "images"
                     ckpt.extract(images)
                     confine.check_images(images, grants=grants)
-                    snapshot = ContainerdSnapshotter(client, snapshotter, name)
-                    mounts = snapshot.prepare(image.chain_id)
-                    undo.append(snapshot.remove)
-                    applied = snapshot.apply(images / diff_dir)
+                    store: Snapshotter = ContainerdSnapshotter(
+                        client, snapshotter, name, parent=image.chain_id
+                    )
+                    mounts = store.prepare()
+                    assert isinstance(mounts, list)
+                    undo.callback(_cleanup, name, store.remove)
+                    applied = store.apply(images / diff_dir)
                     logger.debug("snapshot %s: changes applied: %s", name, applied.describe())
                     client.create_container(attrs.evolve(record, spec=spec))
-                    undo.append(lambda: client.delete_container(name))
+                    undo.callback(_cleanup, name, client.delete_container, name)
                     criu_work = work / "criu"
                     criu_work.mkdir(mode=0o700)
-                    undo.append(lambda: _remove_task(client, name))
+                    undo.callback(_cleanup, name, _remove_task, client, name)
                     try:
                         client.create_task(
                             name,
@@ -552,14 +571,7 @@ class ContainerdContainer:
                         ) from exc
                     pid = _start(client, name, criu_work / "restore.log")
                     namespaces.restore_loopback(json.loads(spec), pid)
-                except BaseException:
-                    logger.debug("restore containerd %s/%s: failed, cleaning up", namespace, name)
-                    for step in reversed(undo):
-                        try:
-                            step()
-                        except (CedanaError, OSError) as exc:
-                            logger.warning("cleanup after a failed restore of %s: %s", name, exc)
-                    raise
+                    undo.pop_all()  # restored: nothing of it is undone
         logger.debug(
             "restore containerd %s/%s: pid %d in %.3fs",
             namespace,
@@ -717,3 +729,26 @@ def _start(client: ContainerdClient, name: str, criu_log: Path) -> int:
             criu_log,
         )
     return task.pid
+
+
+def _parse_ident(ident: str) -> dict[str, Any]:
+    namespace, _, cid = ident.rpartition("/")
+    if not cid:
+        raise ValueError(ident)
+    return {"id": cid, "namespace": namespace or None}
+
+
+registry.register(
+    registry.Runtime(
+        name="containerd",
+        target="containerd:[NAMESPACE/]ID",
+        help="a containerd container (--address: containerd's socket; --root: the shim's "
+        "runc root)",
+        cls=ContainerdContainer,
+        parse=_parse_ident,
+        restores_into=("containerd", "runc"),
+        flags={"address": "address", "root": "runc_root"},
+        runc_root=DEFAULT_RUNC_ROOT,
+        summary=lambda c: {"namespace": c.namespace, "name": c.id},
+    )
+)
