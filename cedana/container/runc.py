@@ -44,7 +44,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import attrs
 
@@ -57,7 +57,8 @@ from cedana.container.command import RuncCommand, log_errors
 from cedana.container.mounts import is_bind
 from cedana.container.options import dump_options, gather_facts
 from cedana.container.state import DEFAULT_ROOT, LIVE, RuncState, check_id, read_state
-from cedana.criu import CriuBackend, default_backend, restore_failed
+from cedana.criu import CriuBackend
+from cedana.defaults import or_default
 from cedana.errors import (
     CedanaError,
     ContainerError,
@@ -69,10 +70,11 @@ from cedana.errors import (
 from cedana.process import (
     CheckpointOptions,
     DumpPlan,
+    Process,
     StdioTarget,
-    checkpoint_tree,
     open_stdio,
-    plan_dump,
+    preflight,
+    restore_failed,
     restores_tcp,
 )
 from cedana.rootfs import OVERLAY, RootfsDiff, Snapshotter, diff_format, snapshotter_for
@@ -112,12 +114,14 @@ class ContainerDump:
     Attributes:
         state: runc's state of the container.
         config_bytes: Its ``config.json``, as the bundle has it.
+        process: The container's init as the Process layer holds it (it dumps the tree).
         plan: CRIU's plan, with runc's options for the container.
         workload: The manifest's ``container`` facts.
     """
 
     state: RuncState
     config_bytes: bytes
+    process: Process
     plan: DumpPlan
     workload: Mapping[str, Any]
 
@@ -126,7 +130,6 @@ class ContainerDump:
         path: str | os.PathLike[str],
         options: CheckpointOptions,
         *,
-        backend: CriuBackend,
         snapshotter: Snapshotter | None,
         workload: Mapping[str, Any] | None = None,
         rootfs: Mapping[str, Any] | None = None,
@@ -157,9 +160,9 @@ class ContainerDump:
                 "restore runs on the same bundle and sees its files as they are then",
             }
         container = self.workload["container"]
-        return checkpoint_tree(
+        return self.process.dump(
             self.plan,
-            Path(path),
+            path,
             options,
             kind="container",
             runtime=str(container["runtime"]),
@@ -167,7 +170,6 @@ class ContainerDump:
             add_members=partial(
                 self._add_members, snapshotter=snapshotter, rootfs=entry, extra=members
             ),
-            backend=backend,
         )
 
     def _add_members(
@@ -195,9 +197,55 @@ class ContainerDump:
         return {"rootfs": {**rootfs, "diff": diff.to_json()}}
 
 
+@attrs.frozen(kw_only=True)
+class DumpExtras:
+    """What a runtime adds to the checkpoint template (:meth:`RuncContainer.checkpoint_as`).
+
+    Attributes:
+        snapshotter: Captures the rootfs changes; None records them as not captured.
+        status: The status to record (the runtime's, e.g. its task's); runc's by default.
+        workload: The runtime's own manifest facts, beside ``container``.
+        rootfs: More facts for the manifest's ``rootfs`` entry.
+        members: More files for the artifact (name -> content), written while frozen.
+    """
+
+    snapshotter: Snapshotter | None
+    status: str | None = None
+    workload: Mapping[str, Any] | None = None
+    rootfs: Mapping[str, Any] | None = None
+    members: Mapping[str, bytes] | None = None
+
+
+class RuntimeLayer(Protocol):
+    """A runtime as the checkpoint template asks it: plain runc, or one above it
+    (:class:`~cedana.ContainerdContainer`) that holds its :class:`RuncContainer`."""
+
+    @property
+    def runtime_name(self) -> str:
+        """The runtime's registry name, recorded as the manifest's ``runtime``."""
+        ...
+
+    def live_state(self) -> RuncState:
+        """runc's state of the container, checked to be live by the runtime's own records.
+
+        Raises:
+            ContainerNotRunning: There is nothing running to checkpoint.
+        """
+        ...
+
+    def dump_extras(self, state: RuncState) -> DumpExtras:
+        """The runtime's snapshotter, facts and members for the artifact."""
+        ...
+
+    def after_dump(self) -> None:
+        """After a checkpoint that killed the container: free what the runtime keeps of it
+        (runc: its id; containerd: its task)."""
+        ...
+
+
 def _root_or_default(root: str | os.PathLike[str] | None) -> Path:
     """runc's state root; None (an option left unset) means runc's default."""
-    return DEFAULT_ROOT if root is None else Path(root)
+    return or_default(None if root is None else Path(root), DEFAULT_ROOT)
 
 
 @attrs.define(eq=False)
@@ -209,8 +257,11 @@ class RuncContainer:
         root: runc's state root (``runc --root``); None for runc's default.
         backend: The CRIU backend; the real one by default.
         runc: The runc binary; found on PATH by default.
+        command: The runc command to run (a :class:`~cedana.container.command.RuncCommand`
+            under ``root``); made from ``root`` and ``runc`` by default. Tests hand in fakes.
 
-    Every property reads runc's state afresh, so it follows the container.
+    Every property reads runc's state afresh, so it follows the container. It holds
+    the :class:`~cedana.Process` of the container's init, and plans and dumps through it.
 
     Raises:
         ContainerError: ``id`` is not a valid runc id.
@@ -220,15 +271,24 @@ class RuncContainer:
     root: Path = attrs.field(default=DEFAULT_ROOT, converter=_root_or_default)
     _backend: CriuBackend | None = attrs.field(default=None, alias="backend", repr=False)
     _runc: str | None = attrs.field(default=None, alias="runc", repr=False)
+    _command: RuncCommand = attrs.field(
+        default=attrs.Factory(lambda self: RuncCommand(self.root, self._runc), takes_self=True),
+        alias="command",
+        repr=False,
+    )
+    _process: Process | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         check_id(self.id)
 
     # --- what runc knows --------------------------------------------------------
 
-    @property
-    def _command(self) -> RuncCommand:
-        return RuncCommand(self.root, self._runc)
+    def process(self, state: RuncState | None = None) -> Process:
+        """The container's init as a :class:`~cedana.Process` (held while its pid stays)."""
+        pid = (state or self.state()).pid
+        if self._process is None or self._process.pid != pid:
+            self._process = Process(pid, backend=self._backend)
+        return self._process
 
     def state(self) -> RuncState:
         """runc's state of the container.
@@ -297,9 +357,8 @@ class RuncContainer:
         adds its own facts, its snapshotter and what follows the dump.
         """
         config_bytes, config = _load_config(state.bundle)
-        plan = plan_dump(
-            state.pid, options, layer=dump_options(config, gather_facts(state, config))
-        )
+        init = self.process(state)
+        plan = init.plan(options, layer=dump_options(config, gather_facts(state, config)))
         process = config.get("process") or {}
         container = {
             "id": self.id,
@@ -315,7 +374,11 @@ class RuncContainer:
             "ext_unix_sk": bool(plan.criu.get("ext_unix_sk")),
         }
         return ContainerDump(
-            state=state, config_bytes=config_bytes, plan=plan, workload={"container": container}
+            state=state,
+            config_bytes=config_bytes,
+            process=init,
+            plan=plan,
+            workload={"container": container},
         )
 
     def checkpoint(
@@ -325,13 +388,21 @@ class RuncContainer:
         leave_running: bool = False,
         tcp_established: bool = False,
         file_locks: bool = False,
+        shell_job: bool | None = None,
+        compress: Literal["zstd", "none"] | None = None,
+        level: int | None = None,
+        threads: int | None = None,
+        directory: bool | None = None,
+        overwrite: bool | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        signing_key: str | os.PathLike[str] | None = None,
+        criu: Mapping[str, Any] | None = None,
         options: CheckpointOptions | None = None,
-        **more: Any,
     ) -> Checkpoint:
         """Checkpoint the container, its root filesystem changes included, to ``path``.
 
-        Keyword arguments beyond the three named ones set any other
-        :class:`~cedana.CheckpointOptions` field (``compress``, ``level``, ``criu``...).
+        Every keyword but ``options`` sets the :class:`~cedana.CheckpointOptions` field
+        of the same name, over ``options`` (None keeps that field as it is).
 
         Without ``leave_running`` the container is killed once the artifact is
         written and verified, then deleted from runc (its id is free again).
@@ -351,27 +422,99 @@ class RuncContainer:
             leave_running=leave_running,
             tcp_established=tcp_established,
             file_locks=file_locks,
-            **more,
+            shell_job=shell_job,
+            compress=compress,
+            level=level,
+            threads=threads,
+            directory=directory,
+            overwrite=overwrite,
+            work_dir=work_dir,
+            signing_key=signing_key,
+            criu=criu,
         )
-        backend = self._backend or default_backend()
-        backend.preflight()
-        dump = self.prepare_dump(opts, self._live_state())
+        return self.checkpoint_as(self, path, opts)
+
+    def checkpoint_as(
+        self, runtime: RuntimeLayer, path: str | os.PathLike[str], options: CheckpointOptions
+    ) -> Checkpoint:
+        """The checkpoint template of every runc-based runtime, run for ``runtime``.
+
+        In order: CRIU's preflight (once), the runtime's live check, runc's plan through
+        the container's :class:`~cedana.Process` (:meth:`prepare_dump`), the runtime's
+        extras (snapshotter, facts, members), the dump, and without ``leave_running``
+        the runtime's cleanup of the killed container (a failure there is a warning: the
+        artifact is written).
+        """
+        preflight(self._backend)
+        state = runtime.live_state()
+        extras = runtime.dump_extras(state)
+        dump = self.prepare_dump(options, state, runtime=runtime.runtime_name, status=extras.status)
         started = time.monotonic()
-        logger.debug("checkpoint runc %s (pid %d) -> %s: start", self.id, dump.state.pid, path)
+        logger.debug(
+            "checkpoint %s %s (pid %d) -> %s: start",
+            runtime.runtime_name,
+            self.id,
+            state.pid,
+            path,
+        )
         ckpt = dump.checkpoint(
             path,
-            opts,
-            backend=backend,
-            snapshotter=snapshotter_for(dump.state.rootfs),
+            options,
+            snapshotter=extras.snapshotter,
+            workload=extras.workload,
+            rootfs=extras.rootfs,
+            members=extras.members,
         )
-        if not opts.leave_running:
-            # As runc checkpoint does: the dumped container is gone, free its id.
+        if not options.leave_running:
             try:
-                self._command.delete(self.id, force=True)
+                runtime.after_dump()
             except CedanaError as exc:
-                logger.warning("checkpoint of %s written, but runc delete failed: %s", self.id, exc)
-        logger.debug("checkpoint runc %s: complete in %.3fs", self.id, time.monotonic() - started)
+                logger.warning(
+                    "checkpoint of %s written, but freeing the killed container failed: %s",
+                    self.id,
+                    exc,
+                )
+        logger.debug(
+            "checkpoint %s %s: complete in %.3fs",
+            runtime.runtime_name,
+            self.id,
+            time.monotonic() - started,
+        )
         return ckpt
+
+    # --- plain runc as the template's runtime -------------------------------------
+
+    @property
+    def runtime_name(self) -> str:
+        """``"runc"``: the runtime a plain runc checkpoint records."""
+        return RUNC
+
+    def live_state(self) -> RuncState:
+        """runc's state of the container, which must be running or paused."""
+        return self._live_state()
+
+    def dump_extras(self, state: RuncState) -> DumpExtras:
+        """The overlay snapshotter of the container's rootfs, if it has a writable layer."""
+        return DumpExtras(snapshotter=snapshotter_for(state.rootfs))
+
+    def after_dump(self) -> None:
+        """As runc checkpoint does: the dumped container is gone, free its id."""
+        self._command.delete(self.id, force=True)
+
+    # --- for the runtimes above ---------------------------------------------------
+
+    @staticmethod
+    def member(name: str) -> str:
+        """The artifact member ``name`` among the container's own (``container/NAME``)."""
+        return f"{CONTAINER_DIR}/{name}"
+
+    @staticmethod
+    def preflight(backend: CriuBackend | None = None) -> None:
+        """CRIU's preflight check, run once per operation (the Process layer's)."""
+        preflight(backend)
+
+    restores_tcp = staticmethod(restores_tcp)
+    restore_failed = staticmethod(restore_failed)
 
     # --- restore ----------------------------------------------------------------
 
@@ -394,6 +537,7 @@ class RuncContainer:
         grants: confine.Grants | None = None,
         backend: CriuBackend | None = None,
         runc: str | None = None,
+        command: RuncCommand | None = None,
         trust: Trust = "trusted",
         trusted_keys: Iterable[KeySource] | None = None,
     ) -> RuncContainer:
@@ -436,6 +580,9 @@ class RuncContainer:
                 :meth:`cedana.Checkpoint.open`); by default it is refused first.
             trusted_keys: More public keys (PEM files) to trust.
             runc: The runc binary.
+            command: The runc command to run (a
+                :class:`~cedana.container.command.RuncCommand` under ``root``);
+                made from ``root`` and ``runc`` by default.
 
         Raises:
             ContainerExists: ``name`` is taken, or the bundle directory is not empty.
@@ -466,8 +613,8 @@ class RuncContainer:
         root_dir = Path(os.path.abspath(root))
         if recorded_root and root_dir != DEFAULT_ROOT:
             confine.check_runc_root(root_dir, recorded=True)
-        (backend or default_backend()).preflight()
-        command = RuncCommand(root_dir, runc)
+        preflight(backend)
+        runc_command = or_default(command, RuncCommand(root_dir, runc))
         if (root_dir / name).exists():
             raise ContainerExists(
                 f"a runc container named {name!r} exists under {root_dir}; choose another name "
@@ -578,9 +725,11 @@ class RuncContainer:
             if console_socket is not None:
                 args += ["--console-socket", os.fspath(console_socket)]
             args.append(name)
-            undo.callback(_delete_if_restored_here, command, root_dir, name, bundle_dir)
+            undo.callback(_delete_if_restored_here, runc_command, root_dir, name, bundle_dir)
             with open_stdio(stdin, stdout, stderr) as (fd0, fd1, fd2):
-                done = command.run(*args, log=work / "runc.log", stdin=fd0, stdout=fd1, stderr=fd2)
+                done = runc_command.run(
+                    *args, log=work / "runc.log", stdin=fd0, stdout=fd1, stderr=fd2
+                )
             criu_log = work / "criu" / "restore.log"  # scratch_dir keeps it on failure
             if done.returncode != 0:
                 raise restore_failed(
@@ -597,7 +746,7 @@ class RuncContainer:
         logger.debug(
             "restore runc %s: pid %d in %.3fs", name, state.pid, time.monotonic() - started
         )
-        return cls(name, root=root_dir, backend=backend, runc=runc)
+        return cls(name, root=root_dir, backend=backend, runc=runc, command=runc_command)
 
     # --- managing it ------------------------------------------------------------
 

@@ -20,15 +20,16 @@ layer passes its API client, unit tests a fake.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import attrs
 
 from cedana.errors import NotCheckpointable
 from cedana.rootfs import OVERLAY, RootfsDiff
-from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter, layers_json
+from cedana.rootfs.overlay import DIFF_NAME, OverlayLayers, OverlaySnapshotter, layers_json
 
 __all__ = ["ContainerdSnapshotter", "Mount", "SnapshotStore", "overlay_layers"]
 
@@ -98,6 +99,8 @@ class ContainerdSnapshotter:
     key: str
     parent: str | None = None
     labels: Mapping[str, str] | None = attrs.field(default=None, repr=False)
+    #: The member files a diff of this store consists of.
+    diff_members: ClassVar[tuple[str, ...]] = (DIFF_NAME,)
     name: str = attrs.field(default="containerd", init=False)
     format: str = attrs.field(default=OVERLAY, init=False)
     _layers: OverlayLayers | None = attrs.field(default=None, init=False, repr=False)
@@ -121,6 +124,21 @@ class ContainerdSnapshotter:
                 )
             self._layers = layers
         return self._layers
+
+    def check_mounted_at(self, rootfs: Path, *, what: str) -> None:
+        """Check that the overlay mounted at ``rootfs`` (container ``what``'s root) writes
+        into this snapshot.
+
+        Raises:
+            NotCheckpointable: It is another filesystem, or another snapshot.
+        """
+        live = OverlayLayers.of(rootfs)
+        upper = self.layers().upper
+        if live is None or os.path.realpath(str(live.upper)) != os.path.realpath(str(upper)):
+            raise NotCheckpointable(
+                f"the root filesystem of {what!r} ({rootfs}) is not containerd "
+                f"snapshot {self.key!r} of {self.snapshotter!r}"
+            )
 
     def upper(self) -> Path:
         """The snapshot's upper directory: the container's writable layer."""
