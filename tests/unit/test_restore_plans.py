@@ -170,6 +170,30 @@ def test_runc_restore_plan_runs_with_fake_clients(
     assert not list(tmp_path.glob(".cedana-restore-*"))
 
 
+def test_runc_restore_plan_is_pure(tmp_path: Path, runc_artifact: Path) -> None:
+    """Planning a runc restore decides the name, root, bundle, confined config, layers and
+    runc's arguments, and makes nothing: no bundle, no state, no unpacked images."""
+    from cedana.container.runc import plan_restore
+
+    ckpt = cedana.open(runc_artifact)
+    plan = plan_restore(
+        ckpt,
+        name="c2",
+        root=tmp_path / "root",
+        bundle=tmp_path / "bundle",
+        lower=[tmp_path / "lower"],
+        tcp_established=True,
+    )
+    assert (plan.name, plan.root, plan.bundle) == ("c2", tmp_path / "root", tmp_path / "bundle")
+    assert plan.layers == (str(tmp_path / "lower"),) and plan.diff_dir == "container"
+    assert plan.new_config is not None and plan.new_config["root"]["path"] == "rootfs"
+    args = plan.runc_args(Path("/i"), Path("/w"))
+    assert args[:2] == ["restore", "--detach"] and args[-2:] == ["--tcp-established", "c2"]
+    assert args[args.index("--bundle") + 1] == str(tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists() and not (tmp_path / "root").exists()
+    assert not list(tmp_path.glob(".cedana-restore-*"))
+
+
 def _raise(exc: BaseException) -> Any:
     def stand_in(*args: object, **kwargs: object) -> None:
         raise exc
