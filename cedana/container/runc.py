@@ -2,10 +2,12 @@
 
 A runc container is a process tree plus what runc set up around it: its
 bundle (``config.json``), namespaces, cgroups, mounts and root filesystem.
-:class:`RuncContainer` holds the runc side and hands the tree to the Process
-layer (:func:`cedana.process.checkpoint_tree`), so the artifact, its
+:class:`RuncContainer` holds the runc side and the :class:`~cedana.Process` of
+the container's init, which plans and dumps the tree, so the artifact, its
 integrity, the atomic write and "killed only once the artifact is verified"
-are the Process layer's, unchanged.
+are the Process layer's, unchanged. The checkpoint steps are one template,
+:meth:`RuncContainer.checkpoint_as`, that every runc-based runtime runs with its
+own part (:class:`RuntimeLayer`); plain runc is its first such runtime.
 
 Checkpoint, in order:
 
@@ -20,7 +22,8 @@ Checkpoint, in order:
 3. Without ``leave_running``, CRIU kills the container once the artifact is
    verified, and ``runc delete`` frees its id, as ``runc checkpoint`` does.
 
-Restore lays the artifact out so that ``runc restore --image-path`` can use it:
+Restore is a plan (:func:`plan_restore`: every check, nothing made) and its
+execution (:meth:`RuncRestorePlan.execute`). It lays the artifact out so that ``runc restore --image-path`` can use it:
 CRIU's images and ``descriptors.json`` at the top. For an overlay rootfs it
 makes a new bundle (``/var/lib/cedana/bundles/NAME`` unless told otherwise):
 the checkpoint's ``config.json``, a fresh upper directory with the changes
