@@ -23,8 +23,9 @@ Checkpoint, in order:
    verified, and ``runc delete`` frees its id, as ``runc checkpoint`` does.
 
 Restore is a plan (:func:`plan_restore`: every check, nothing made) and its
-execution (:meth:`RuncRestorePlan.execute`). It lays the artifact out so that ``runc restore --image-path`` can use it:
-CRIU's images and ``descriptors.json`` at the top. For an overlay rootfs it
+execution (:meth:`RuncRestorePlan.execute`). It lays the artifact out so that
+``runc restore --image-path`` can use it: CRIU's images and ``descriptors.json``
+at the top. For an overlay rootfs it
 makes a new bundle (``/var/lib/cedana/bundles/NAME`` unless told otherwise):
 the checkpoint's ``config.json``, a fresh upper directory with the changes
 applied, an overlay of the same lower directories mounted as ``rootfs``. Then
