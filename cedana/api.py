@@ -7,13 +7,11 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from cedana import registry
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
-from cedana.container import RuncContainer
 from cedana.criu import CriuReport, default_backend
 from cedana.errors import CedanaError, ContainerError
-from cedana.process import Process
-from cedana.runtimes.containerd import ContainerdContainer
 
 __all__ = ["check", "open", "restore"]
 
@@ -87,18 +85,20 @@ def restore(
     manifest = ckpt.manifest
     source = "process" if manifest.kind == "process" else manifest.runtime or manifest.kind
     refused = ContainerError if manifest.kind == "container" else CedanaError
-    targets = _RESTORERS.get(source)
-    if targets is None:
+    runtime = registry.lookup(source)
+    if runtime is None:
         raise CedanaError(
             f"{ckpt.path} holds a {source!r} checkpoint, which this cedana cannot restore; upgrade"
         )
-    target = into or next(iter(targets))
-    if target not in targets:
+    targets = runtime.restores_into
+    target = into or targets[0]
+    into_runtime = registry.lookup(target)
+    if target not in targets or into_runtime is None:
         raise refused(
             f"{ckpt.path} holds a {source} checkpoint; it restores into "
             f"{' or '.join(targets)}, not into {target!r}"
         )
-    restorer = targets[target]
+    restorer = into_runtime.restore
     given = {k: v for k, v in options.items() if v is not None}  # None: the default
     unusable = sorted(given.keys() - _keywords(restorer))
     if unusable:
@@ -124,14 +124,6 @@ def _spelled(keyword: str) -> str:
     """``keyword=`` as an error message names it, with its command line form if it has one."""
     flag = _FLAGS.get(keyword)
     return f"{keyword}= ({flag})" if flag else f"{keyword}="
-
-
-#: What each kind of checkpoint restores into: the first target is the default.
-_RESTORERS: dict[str, dict[str, Callable[..., Any]]] = {
-    "process": {"process": Process.restore},
-    "runc": {"runc": RuncContainer.restore},
-    "containerd": {"containerd": ContainerdContainer.restore, "runc": RuncContainer.restore},
-}
 
 
 def _keywords(restorer: Callable[..., Any]) -> set[str]:

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import cedana
+from cedana import registry
 from cedana.artifact import signing
 from cedana.container.runc import container_lines, container_summary
 from cedana.errors import CedanaError
@@ -27,29 +28,6 @@ __all__ = ["build_parser", "main"]
 
 def _emit(data: dict[str, Any], as_json: bool, text: str) -> None:
     print(json.dumps(data, sort_keys=True) if as_json else text)
-
-
-def _parse_target(target: str) -> tuple[str, str]:
-    kind, sep, ident = target.partition(":")
-    if not sep:
-        kind, ident = "process", target
-    if kind == "process":
-        if not ident.isdigit():
-            raise CedanaError(f"bad target {target!r}: expected PID or process:PID")
-    elif kind == "runc":
-        if not ident:
-            raise CedanaError(f"bad target {target!r}: expected runc:ID")
-    elif kind == "containerd":
-        if not ident.rpartition("/")[2]:
-            raise CedanaError(f"bad target {target!r}: expected containerd:[NAMESPACE/]ID")
-    elif kind in ("podman", "docker", "crio"):
-        raise CedanaError(f"{kind} containers are not supported by this cedana yet")
-    else:
-        raise CedanaError(
-            f"bad target {target!r}: expected PID, process:PID, runc:ID, containerd:[NS/]ID, "
-            "podman:NAME, docker:NAME or crio:ID"
-        )
-    return kind, ident
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -70,20 +48,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    kind, ident = _parse_target(args.target)
-    target: cedana.Process | cedana.RuncContainer | cedana.ContainerdContainer
-    if kind == "runc":
-        target = cedana.RuncContainer(ident, root=args.root or None)
-    elif kind == "containerd":
-        namespace, _, cid = ident.rpartition("/")
-        target = cedana.ContainerdContainer(
-            cid,
-            namespace=namespace or None,
-            address=args.address or None,
-            runc_root=args.root or None,
-        )
-    else:
-        target = cedana.Process(int(ident))
+    runtime, keywords = registry.parse_target(args.target)
+    for flag, keyword in runtime.flags.items():
+        keywords[keyword] = getattr(args, flag, None) or None
+    target = runtime.cls(**keywords)
     ckpt = target.checkpoint(
         args.output,
         leave_running=args.leave_running,
@@ -94,15 +62,17 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         signing_key=args.signing_key or None,
     )
+    _close(target)
     summary = ckpt.summary()
-    what = f"{kind} container {ident}" if kind != "process" else f"pid {ident}"
+    ident = args.target.partition(":")[2] or args.target
+    what = f"pid {ident}" if runtime.bare else f"{runtime.name} container {ident}"
     text = f"checkpointed {what} to {ckpt.path} ({summary['size']} bytes)"
     _emit(summary, args.json, text)
     return 0
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    namespace, _, name = (args.name or "").rpartition("/")  # containerd: [NAMESPACE/]NAME
+    namespace, _, name = (args.name or "").rpartition("/")  # [NAMESPACE/]NAME
     restored = cedana.restore(
         args.file,
         into=args.into,
@@ -116,18 +86,22 @@ def cmd_restore(args: argparse.Namespace) -> int:
     )
     data: dict[str, Any] = {"pid": restored.pid}
     text = f"restored {args.file}: pid {restored.pid}"
-    if isinstance(restored, cedana.RuncContainer):
-        data.update(runtime="runc", name=restored.id)
-        text = f"restored {args.file}: runc container {restored.id}, pid {restored.pid}"
-    elif isinstance(restored, cedana.ContainerdContainer):
-        data.update(runtime="containerd", name=restored.id, namespace=restored.namespace)
-        text = (
-            f"restored {args.file}: containerd container {restored.namespace}/{restored.id}, "
-            f"pid {restored.pid}"
-        )
-        restored.close()
+    runtime = next((r for r in registry.entries() if type(restored) is r.cls), None)
+    facts = dict(runtime.summary(restored)) if runtime is not None else {}
+    if runtime is not None and facts:
+        data.update(runtime=runtime.name, **facts)
+        where = "/".join(str(facts[k]) for k in ("namespace", "name") if k in facts)
+        text = f"restored {args.file}: {runtime.name} container {where}, pid {restored.pid}"
+    _close(restored)
     _emit(data, args.json, text)
     return 0
+
+
+def _close(workload: Any) -> None:
+    """Close a workload object that holds a connection (a runtime's API client)."""
+    close = getattr(workload, "close", None)
+    if close is not None:
+        close()
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -176,14 +150,7 @@ shows what a checkpoint holds.
 """
 
 #: The help's epilog; plain text that is also reStructuredText (docs/cli.rst renders it).
-_TARGETS = """\
-Targets (checkpoint TARGET)::
-
-  PID, process:PID           a process tree, by the pid of its root
-  runc:ID                    a runc container (--root: runc's state root)
-  containerd:[NAMESPACE/]ID  a containerd container (--address: containerd's
-                             socket; --root: the shim's runc root)
-"""
+_TARGETS = registry.targets_help()
 
 _EPILOG = (
     _TARGETS
@@ -203,8 +170,8 @@ interrupted. "cedana COMMAND --help" shows each command's options.
 """
 )
 
-#: Every runtime ``restore --into`` takes; a test checks it against what cedana.restore takes.
-_RESTORE_TARGETS = ("process", "runc", "containerd")
+#: Every runtime ``restore --into`` takes: the registry's.
+_RESTORE_TARGETS = tuple(r.name for r in registry.entries())
 
 
 def _common(c: argparse.ArgumentParser) -> None:

@@ -26,6 +26,8 @@ builtin that fits, so ``except ProcessLookupError`` keeps working::
     │   └── UnsupportedFormat           a format version this cedana does not read
     ├── ContainerError                  container runtimes
     │   ├── RuntimeUnavailable          the runtime or its API cannot be reached
+    │   ├── RuntimeTimeout              (TimeoutError) a runtime command hung; names the
+    │   │                               command and the timeout
     │   ├── ContainerNotFound           (LookupError)
     │   ├── ImageNotFound               (LookupError) a restore's image is not there
     │   ├── ContainerNotRunning
@@ -68,6 +70,7 @@ __all__ = [
     "PidInUse",
     "ProcessNotFound",
     "RestoreFailed",
+    "RuntimeTimeout",
     "RuntimeUnavailable",
     "SetupError",
     "SigningKeyError",
@@ -185,6 +188,10 @@ class ContainerError(CedanaError):
 
 class RuntimeUnavailable(ContainerError):
     """The container runtime (binary or API socket) cannot be reached."""
+
+
+class RuntimeTimeout(ContainerError, TimeoutError):
+    """A runtime's command (``runc ...``) did not finish in time and was killed."""
 
 
 class ContainerNotFound(ContainerError, LookupError):

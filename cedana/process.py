@@ -38,7 +38,7 @@ from typing import IO, Any, Literal
 
 import attrs
 
-from cedana import procfs
+from cedana import procfs, registry
 from cedana.artifact import (
     HostInfo,
     Manifest,
@@ -52,6 +52,7 @@ from cedana.artifact import (
 from cedana.artifact.signing import KeySource, Trust, signing_key
 from cedana.checkpoint import Checkpoint
 from cedana.criu import CriuBackend, CriuRequest, default_backend
+from cedana.criu import restore_failed as criu_restore_failed
 from cedana.errors import (
     CedanaError,
     InvalidOption,
@@ -176,16 +177,39 @@ class CheckpointOptions:
         leave_running: bool = False,
         tcp_established: bool = False,
         file_locks: bool = False,
-        **more: Any,
+        shell_job: bool | None = None,
+        compress: Literal["zstd", "none"] | None = None,
+        level: int | None = None,
+        threads: int | None = None,
+        directory: bool | None = None,
+        overwrite: bool | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        signing_key: str | os.PathLike[str] | None = None,
+        criu: Mapping[str, Any] | None = None,
     ) -> CheckpointOptions:
-        """``options`` (or the defaults) with a ``checkpoint()`` call's keywords applied."""
-        opts = options or cls()
+        """``options`` (or the defaults) with a ``checkpoint()`` call's keywords applied.
+
+        The three flags are turned on, never off; every other keyword left None keeps
+        the value of ``options`` (None means "as the options say": the default).
+        """
+        opts = options if options is not None else cls()
+        given: dict[str, Any] = {
+            "shell_job": shell_job,
+            "compress": compress,
+            "level": level,
+            "threads": threads,
+            "directory": directory,
+            "overwrite": overwrite,
+            "work_dir": work_dir,
+            "signing_key": signing_key,
+            "criu": criu,
+        }
         return attrs.evolve(
             opts,
             leave_running=leave_running or opts.leave_running,
             tcp_established=tcp_established or opts.tcp_established,
             file_locks=file_locks or opts.file_locks,
-            **more,
+            **{k: v for k, v in given.items() if v is not None},
         )
 
     def to_manifest(self) -> dict[str, Any]:
@@ -418,7 +442,7 @@ def checkpoint_tree(
     manifest's ``workload``). ``popen`` and ``root_is_ours`` say who reaps the killed root
     (see :func:`_reap_if_ours`).
     """
-    backend = backend or default_backend()  # callers ran preflight() before planning
+    backend = backend_or_default(backend)  # callers ran preflight() before planning
     path = Path(path)
     options.check_path(path)
     check_destination(path, overwrite=options.overwrite)
@@ -652,6 +676,23 @@ def inherited_fds(plan: Sequence[Inherit]) -> Iterator[list[tuple[str, int]]]:
             os.close(fd)
 
 
+def backend_or_default(backend: CriuBackend | None) -> CriuBackend:
+    """The CRIU backend to use: ``backend``, or when None (the default) the real one."""
+    return default_backend() if backend is None else backend
+
+
+def preflight(backend: CriuBackend | None = None) -> CriuBackend:
+    """Check that CRIU is usable (once per operation, before anything is looked at);
+    returns the backend checked."""
+    checked = backend_or_default(backend)
+    checked.preflight()
+    return checked
+
+
+#: A failed restore run by a runtime (runc, a shim), with the tail of CRIU's log.
+restore_failed = criu_restore_failed
+
+
 def check_pids_free(entries: Sequence[ProcessEntry]) -> None:
     """Raise PidInUse naming the holder when a pid of the tree is taken."""
     for entry in entries:
@@ -679,7 +720,7 @@ def restore_tree(
     backend: CriuBackend | None = None,
 ) -> int:
     """Unpack ``checkpoint`` (verifying it) and restore its tree; return the root pid."""
-    backend = backend or default_backend()
+    backend = backend_or_default(backend)
     backend.preflight()
     manifest = checkpoint.manifest
     workload = manifest.workload
@@ -744,6 +785,48 @@ class Process:
     _popen: subprocess.Popen[bytes] | None = attrs.field(default=None, alias="popen", repr=False)
     _restored: bool = attrs.field(default=False, alias="restored", repr=False)
 
+    @property
+    def backend(self) -> CriuBackend:
+        """The CRIU backend it is checkpointed with: the one handed in, or the real one."""
+        return backend_or_default(self._backend)
+
+    def preflight(self) -> None:
+        """Check, once per operation, that CRIU is usable before anything is looked at."""
+        self.backend.preflight()
+
+    def plan(
+        self, options: CheckpointOptions, *, layer: Mapping[str, Any] | None = None
+    ) -> DumpPlan:
+        """Look at the live tree and decide CRIU's options (:func:`plan_dump`); nothing is
+        frozen. ``layer`` holds what a layer above knows better (a container's runc options)."""
+        return plan_dump(self.pid, options, layer=layer)
+
+    def dump(
+        self,
+        plan: DumpPlan,
+        path: str | os.PathLike[str],
+        options: CheckpointOptions,
+        *,
+        kind: str = "process",
+        runtime: str | None = None,
+        workload: Mapping[str, Any] | None = None,
+        add_members: Callable[[Path], Mapping[str, Any] | None] | None = None,
+    ) -> Checkpoint:
+        """Dump ``plan`` with this tree's backend and write the artifact at ``path``
+        (:func:`checkpoint_tree`): a layer above passes its manifest facts and members."""
+        return checkpoint_tree(
+            plan,
+            Path(path),
+            options,
+            kind=kind,
+            runtime=runtime,
+            workload=workload,
+            add_members=add_members,
+            backend=self.backend,
+            popen=self._popen,
+            root_is_ours=self._restored,
+        )
+
     def checkpoint(
         self,
         path: str | os.PathLike[str],
@@ -751,13 +834,21 @@ class Process:
         leave_running: bool = False,
         tcp_established: bool = False,
         file_locks: bool = False,
+        shell_job: bool | None = None,
+        compress: Literal["zstd", "none"] | None = None,
+        level: int | None = None,
+        threads: int | None = None,
+        directory: bool | None = None,
+        overwrite: bool | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        signing_key: str | os.PathLike[str] | None = None,
+        criu: Mapping[str, Any] | None = None,
         options: CheckpointOptions | None = None,
-        **more: Any,
     ) -> Checkpoint:
         """Checkpoint the tree to ``path``; see :class:`CheckpointOptions`.
 
-        Keyword arguments beyond the three named ones set any other
-        :class:`CheckpointOptions` field (``compress``, ``level``, ``criu``...).
+        Every keyword but ``options`` sets the :class:`CheckpointOptions` field of the
+        same name, over ``options`` (None keeps that field as it is).
 
         Raises:
             InvalidOption: A bad option, or a ``.zst`` ``path`` for an uncompressed
@@ -780,20 +871,18 @@ class Process:
             leave_running=leave_running,
             tcp_established=tcp_established,
             file_locks=file_locks,
-            **more,
+            shell_job=shell_job,
+            compress=compress,
+            level=level,
+            threads=threads,
+            directory=directory,
+            overwrite=overwrite,
+            work_dir=work_dir,
+            signing_key=signing_key,
+            criu=criu,
         )
-        backend = self._backend or default_backend()
-        backend.preflight()
-        plan = plan_dump(self.pid, opts)
-        return checkpoint_tree(
-            plan,
-            Path(path),
-            opts,
-            kind="process",
-            backend=backend,
-            popen=self._popen,
-            root_is_ours=self._restored,
-        )
+        self.preflight()
+        return self.dump(self.plan(opts), path, opts)
 
     @classmethod
     def restore(
@@ -916,3 +1005,22 @@ def spawn(
         os.close(out)
     logger.debug("spawned pid %d: %s", popen.pid, " ".join(argv))
     return Process(popen.pid, popen=popen)
+
+
+def _parse_pid(ident: str) -> dict[str, Any]:
+    if not ident.isdigit():
+        raise ValueError(ident)
+    return {"pid": int(ident)}
+
+
+registry.register(
+    registry.Runtime(
+        name="process",
+        target="PID, process:PID",
+        help="a process tree, by the pid of its root",
+        cls=Process,
+        parse=_parse_pid,
+        restores_into=("process",),
+        bare=True,
+    )
+)

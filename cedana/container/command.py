@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from cedana.errors import ContainerError, RuntimeUnavailable
+from cedana.errors import ContainerError, RuntimeTimeout, RuntimeUnavailable
 
 __all__ = ["RuncCommand"]
 
@@ -65,7 +65,12 @@ class RuncCommand:
         stderr: Stdio = subprocess.PIPE,
         timeout: float = 120,
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run runc and return what it did, failed or not."""
+        """Run runc and return what it did, failed or not.
+
+        Raises:
+            RuntimeUnavailable: runc cannot be run.
+            RuntimeTimeout: It ran longer than ``timeout`` seconds (it was killed).
+        """
         argv = self.argv(*args, log=log)
         started = time.monotonic()
         logger.debug("runc: %s", " ".join(argv))
@@ -81,6 +86,11 @@ class RuncCommand:
             )
         except FileNotFoundError as exc:
             raise RuntimeUnavailable(f"cannot run runc: {exc}") from exc
+        except subprocess.TimeoutExpired as exc:  # subprocess.run killed it
+            raise RuntimeTimeout(
+                f"{' '.join(argv)} did not finish in {timeout:g}s and was killed; is runc (or "
+                "CRIU under it) hung? see its log, and retry"
+            ) from exc
         logger.debug(
             "runc %s: status %d in %.3fs",
             args[0] if args else "",

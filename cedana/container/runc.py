@@ -2,10 +2,12 @@
 
 A runc container is a process tree plus what runc set up around it: its
 bundle (``config.json``), namespaces, cgroups, mounts and root filesystem.
-:class:`RuncContainer` holds the runc side and hands the tree to the Process
-layer (:func:`cedana.process.checkpoint_tree`), so the artifact, its
+:class:`RuncContainer` holds the runc side and the :class:`~cedana.Process` of
+the container's init, which plans and dumps the tree, so the artifact, its
 integrity, the atomic write and "killed only once the artifact is verified"
-are the Process layer's, unchanged.
+are the Process layer's, unchanged. The checkpoint steps are one template,
+:meth:`RuncContainer.checkpoint_as`, that every runc-based runtime runs with its
+own part (:class:`RuntimeLayer`); plain runc is its first such runtime.
 
 Checkpoint, in order:
 
@@ -20,8 +22,10 @@ Checkpoint, in order:
 3. Without ``leave_running``, CRIU kills the container once the artifact is
    verified, and ``runc delete`` frees its id, as ``runc checkpoint`` does.
 
-Restore lays the artifact out so that ``runc restore --image-path`` can use it:
-CRIU's images and ``descriptors.json`` at the top. For an overlay rootfs it
+Restore is a plan (:func:`plan_restore`: every check, nothing made) and its
+execution (:meth:`RuncRestorePlan.execute`). It lays the artifact out so that
+``runc restore --image-path`` can use it: CRIU's images and ``descriptors.json``
+at the top. For an overlay rootfs it
 makes a new bundle (``/var/lib/cedana/bundles/NAME`` unless told otherwise):
 the checkpoint's ``config.json``, a fresh upper directory with the changes
 applied, an overlay of the same lower directories mounted as ``rootfs``. Then
@@ -44,10 +48,11 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import attrs
 
+from cedana import registry
 from cedana.artifact.manifest import Manifest, thaw
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
@@ -56,7 +61,8 @@ from cedana.container.command import RuncCommand, log_errors
 from cedana.container.mounts import is_bind
 from cedana.container.options import dump_options, gather_facts
 from cedana.container.state import DEFAULT_ROOT, LIVE, RuncState, check_id, read_state
-from cedana.criu import CriuBackend, default_backend, restore_failed
+from cedana.criu import CriuBackend
+from cedana.defaults import or_default
 from cedana.errors import (
     CedanaError,
     ContainerError,
@@ -68,13 +74,14 @@ from cedana.errors import (
 from cedana.process import (
     CheckpointOptions,
     DumpPlan,
+    Process,
     StdioTarget,
-    checkpoint_tree,
     open_stdio,
-    plan_dump,
+    preflight,
+    restore_failed,
     restores_tcp,
 )
-from cedana.rootfs import RootfsDiff, Snapshotter, snapshotter_for
+from cedana.rootfs import OVERLAY, RootfsDiff, Snapshotter, diff_format, snapshotter_for
 from cedana.rootfs.mounts import is_mountpoint, umount
 from cedana.rootfs.overlay import DIFF_NAME, OverlayLayers, OverlaySnapshotter
 from cedana.staging import scratch_dir
@@ -82,17 +89,19 @@ from cedana.staging import scratch_dir
 __all__ = [
     "DEFAULT_BUNDLES",
     "ContainerDump",
+    "DumpExtras",
     "RuncContainer",
+    "RuncRestorePlan",
+    "RuntimeLayer",
     "container_lines",
     "container_summary",
+    "plan_restore",
 ]
 
 logger = logging.getLogger("cedana.runc")
 
-#: Runtimes whose checkpoints are runc's: images dumped as runc dumps them.
-RUNC_BASED = ("runc", "containerd")
-#: Snapshotters whose rootfs diff is an overlay upper directory's tar.
-OVERLAY_DIFFS = ("overlay", "containerd")
+#: This runtime's name in the registry (the manifest's ``runtime``).
+RUNC = "runc"
 
 #: Where restore makes bundles unless given ``bundle=``.
 DEFAULT_BUNDLES = Path("/var/lib/cedana/bundles")
@@ -113,12 +122,14 @@ class ContainerDump:
     Attributes:
         state: runc's state of the container.
         config_bytes: Its ``config.json``, as the bundle has it.
+        process: The container's init as the Process layer holds it (it dumps the tree).
         plan: CRIU's plan, with runc's options for the container.
         workload: The manifest's ``container`` facts.
     """
 
     state: RuncState
     config_bytes: bytes
+    process: Process
     plan: DumpPlan
     workload: Mapping[str, Any]
 
@@ -127,7 +138,6 @@ class ContainerDump:
         path: str | os.PathLike[str],
         options: CheckpointOptions,
         *,
-        backend: CriuBackend,
         snapshotter: Snapshotter | None,
         workload: Mapping[str, Any] | None = None,
         rootfs: Mapping[str, Any] | None = None,
@@ -145,6 +155,7 @@ class ContainerDump:
             entry: dict[str, Any] = {
                 "captured": True,
                 "snapshotter": snapshotter.name,
+                "format": snapshotter.format,
                 "dir": CONTAINER_DIR,
                 **snapshotter.layers_json(),
                 **(rootfs or {}),
@@ -157,9 +168,9 @@ class ContainerDump:
                 "restore runs on the same bundle and sees its files as they are then",
             }
         container = self.workload["container"]
-        return checkpoint_tree(
+        return self.process.dump(
             self.plan,
-            Path(path),
+            path,
             options,
             kind="container",
             runtime=str(container["runtime"]),
@@ -167,7 +178,6 @@ class ContainerDump:
             add_members=partial(
                 self._add_members, snapshotter=snapshotter, rootfs=entry, extra=members
             ),
-            backend=backend,
         )
 
     def _add_members(
@@ -195,9 +205,55 @@ class ContainerDump:
         return {"rootfs": {**rootfs, "diff": diff.to_json()}}
 
 
+@attrs.frozen(kw_only=True)
+class DumpExtras:
+    """What a runtime adds to the checkpoint template (:meth:`RuncContainer.checkpoint_as`).
+
+    Attributes:
+        snapshotter: Captures the rootfs changes; None records them as not captured.
+        status: The status to record (the runtime's, e.g. its task's); runc's by default.
+        workload: The runtime's own manifest facts, beside ``container``.
+        rootfs: More facts for the manifest's ``rootfs`` entry.
+        members: More files for the artifact (name -> content), written while frozen.
+    """
+
+    snapshotter: Snapshotter | None
+    status: str | None = None
+    workload: Mapping[str, Any] | None = None
+    rootfs: Mapping[str, Any] | None = None
+    members: Mapping[str, bytes] | None = None
+
+
+class RuntimeLayer(Protocol):
+    """A runtime as the checkpoint template asks it: plain runc, or one above it
+    (:class:`~cedana.ContainerdContainer`) that holds its :class:`RuncContainer`."""
+
+    @property
+    def runtime_name(self) -> str:
+        """The runtime's registry name, recorded as the manifest's ``runtime``."""
+        ...
+
+    def live_state(self) -> RuncState:
+        """runc's state of the container, checked to be live by the runtime's own records.
+
+        Raises:
+            ContainerNotRunning: There is nothing running to checkpoint.
+        """
+        ...
+
+    def dump_extras(self, state: RuncState) -> DumpExtras:
+        """The runtime's snapshotter, facts and members for the artifact."""
+        ...
+
+    def after_dump(self) -> None:
+        """After a checkpoint that killed the container: free what the runtime keeps of it
+        (runc: its id; containerd: its task)."""
+        ...
+
+
 def _root_or_default(root: str | os.PathLike[str] | None) -> Path:
     """runc's state root; None (an option left unset) means runc's default."""
-    return DEFAULT_ROOT if root is None else Path(root)
+    return or_default(None if root is None else Path(root), DEFAULT_ROOT)
 
 
 @attrs.define(eq=False)
@@ -209,8 +265,11 @@ class RuncContainer:
         root: runc's state root (``runc --root``); None for runc's default.
         backend: The CRIU backend; the real one by default.
         runc: The runc binary; found on PATH by default.
+        command: The runc command to run (a :class:`~cedana.container.command.RuncCommand`
+            under ``root``); made from ``root`` and ``runc`` by default. Tests hand in fakes.
 
-    Every property reads runc's state afresh, so it follows the container.
+    Every property reads runc's state afresh, so it follows the container. It holds
+    the :class:`~cedana.Process` of the container's init, and plans and dumps through it.
 
     Raises:
         ContainerError: ``id`` is not a valid runc id.
@@ -220,15 +279,24 @@ class RuncContainer:
     root: Path = attrs.field(default=DEFAULT_ROOT, converter=_root_or_default)
     _backend: CriuBackend | None = attrs.field(default=None, alias="backend", repr=False)
     _runc: str | None = attrs.field(default=None, alias="runc", repr=False)
+    _command: RuncCommand = attrs.field(
+        default=attrs.Factory(lambda self: RuncCommand(self.root, self._runc), takes_self=True),
+        alias="command",
+        repr=False,
+    )
+    _process: Process | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         check_id(self.id)
 
     # --- what runc knows --------------------------------------------------------
 
-    @property
-    def _command(self) -> RuncCommand:
-        return RuncCommand(self.root, self._runc)
+    def process(self, state: RuncState | None = None) -> Process:
+        """The container's init as a :class:`~cedana.Process` (held while its pid stays)."""
+        pid = (state or self.state()).pid
+        if self._process is None or self._process.pid != pid:
+            self._process = Process(pid, backend=self._backend)
+        return self._process
 
     def state(self) -> RuncState:
         """runc's state of the container.
@@ -297,9 +365,8 @@ class RuncContainer:
         adds its own facts, its snapshotter and what follows the dump.
         """
         config_bytes, config = _load_config(state.bundle)
-        plan = plan_dump(
-            state.pid, options, layer=dump_options(config, gather_facts(state, config))
-        )
+        init = self.process(state)
+        plan = init.plan(options, layer=dump_options(config, gather_facts(state, config)))
         process = config.get("process") or {}
         container = {
             "id": self.id,
@@ -315,7 +382,11 @@ class RuncContainer:
             "ext_unix_sk": bool(plan.criu.get("ext_unix_sk")),
         }
         return ContainerDump(
-            state=state, config_bytes=config_bytes, plan=plan, workload={"container": container}
+            state=state,
+            config_bytes=config_bytes,
+            process=init,
+            plan=plan,
+            workload={"container": container},
         )
 
     def checkpoint(
@@ -325,13 +396,21 @@ class RuncContainer:
         leave_running: bool = False,
         tcp_established: bool = False,
         file_locks: bool = False,
+        shell_job: bool | None = None,
+        compress: Literal["zstd", "none"] | None = None,
+        level: int | None = None,
+        threads: int | None = None,
+        directory: bool | None = None,
+        overwrite: bool | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        signing_key: str | os.PathLike[str] | None = None,
+        criu: Mapping[str, Any] | None = None,
         options: CheckpointOptions | None = None,
-        **more: Any,
     ) -> Checkpoint:
         """Checkpoint the container, its root filesystem changes included, to ``path``.
 
-        Keyword arguments beyond the three named ones set any other
-        :class:`~cedana.CheckpointOptions` field (``compress``, ``level``, ``criu``...).
+        Every keyword but ``options`` sets the :class:`~cedana.CheckpointOptions` field
+        of the same name, over ``options`` (None keeps that field as it is).
 
         Without ``leave_running`` the container is killed once the artifact is
         written and verified, then deleted from runc (its id is free again).
@@ -351,27 +430,99 @@ class RuncContainer:
             leave_running=leave_running,
             tcp_established=tcp_established,
             file_locks=file_locks,
-            **more,
+            shell_job=shell_job,
+            compress=compress,
+            level=level,
+            threads=threads,
+            directory=directory,
+            overwrite=overwrite,
+            work_dir=work_dir,
+            signing_key=signing_key,
+            criu=criu,
         )
-        backend = self._backend or default_backend()
-        backend.preflight()
-        dump = self.prepare_dump(opts, self._live_state())
+        return self.checkpoint_as(self, path, opts)
+
+    def checkpoint_as(
+        self, runtime: RuntimeLayer, path: str | os.PathLike[str], options: CheckpointOptions
+    ) -> Checkpoint:
+        """The checkpoint template of every runc-based runtime, run for ``runtime``.
+
+        In order: CRIU's preflight (once), the runtime's live check, runc's plan through
+        the container's :class:`~cedana.Process` (:meth:`prepare_dump`), the runtime's
+        extras (snapshotter, facts, members), the dump, and without ``leave_running``
+        the runtime's cleanup of the killed container (a failure there is a warning: the
+        artifact is written).
+        """
+        preflight(self._backend)
+        state = runtime.live_state()
+        extras = runtime.dump_extras(state)
+        dump = self.prepare_dump(options, state, runtime=runtime.runtime_name, status=extras.status)
         started = time.monotonic()
-        logger.debug("checkpoint runc %s (pid %d) -> %s: start", self.id, dump.state.pid, path)
+        logger.debug(
+            "checkpoint %s %s (pid %d) -> %s: start",
+            runtime.runtime_name,
+            self.id,
+            state.pid,
+            path,
+        )
         ckpt = dump.checkpoint(
             path,
-            opts,
-            backend=backend,
-            snapshotter=snapshotter_for(dump.state.rootfs),
+            options,
+            snapshotter=extras.snapshotter,
+            workload=extras.workload,
+            rootfs=extras.rootfs,
+            members=extras.members,
         )
-        if not opts.leave_running:
-            # As runc checkpoint does: the dumped container is gone, free its id.
+        if not options.leave_running:
             try:
-                self._command.delete(self.id, force=True)
+                runtime.after_dump()
             except CedanaError as exc:
-                logger.warning("checkpoint of %s written, but runc delete failed: %s", self.id, exc)
-        logger.debug("checkpoint runc %s: complete in %.3fs", self.id, time.monotonic() - started)
+                logger.warning(
+                    "checkpoint of %s written, but freeing the killed container failed: %s",
+                    self.id,
+                    exc,
+                )
+        logger.debug(
+            "checkpoint %s %s: complete in %.3fs",
+            runtime.runtime_name,
+            self.id,
+            time.monotonic() - started,
+        )
         return ckpt
+
+    # --- plain runc as the template's runtime -------------------------------------
+
+    @property
+    def runtime_name(self) -> str:
+        """``"runc"``: the runtime a plain runc checkpoint records."""
+        return RUNC
+
+    def live_state(self) -> RuncState:
+        """runc's state of the container, which must be running or paused."""
+        return self._live_state()
+
+    def dump_extras(self, state: RuncState) -> DumpExtras:
+        """The overlay snapshotter of the container's rootfs, if it has a writable layer."""
+        return DumpExtras(snapshotter=snapshotter_for(state.rootfs))
+
+    def after_dump(self) -> None:
+        """As runc checkpoint does: the dumped container is gone, free its id."""
+        self._command.delete(self.id, force=True)
+
+    # --- for the runtimes above ---------------------------------------------------
+
+    @staticmethod
+    def member(name: str) -> str:
+        """The artifact member ``name`` among the container's own (``container/NAME``)."""
+        return f"{CONTAINER_DIR}/{name}"
+
+    @staticmethod
+    def preflight(backend: CriuBackend | None = None) -> None:
+        """CRIU's preflight check, run once per operation (the Process layer's)."""
+        preflight(backend)
+
+    restores_tcp = staticmethod(restores_tcp)
+    restore_failed = staticmethod(restore_failed)
 
     # --- restore ----------------------------------------------------------------
 
@@ -394,6 +545,7 @@ class RuncContainer:
         grants: confine.Grants | None = None,
         backend: CriuBackend | None = None,
         runc: str | None = None,
+        command: RuncCommand | None = None,
         trust: Trust = "trusted",
         trusted_keys: Iterable[KeySource] | None = None,
     ) -> RuncContainer:
@@ -436,6 +588,9 @@ class RuncContainer:
                 :meth:`cedana.Checkpoint.open`); by default it is refused first.
             trusted_keys: More public keys (PEM files) to trust.
             runc: The runc binary.
+            command: The runc command to run (a
+                :class:`~cedana.container.command.RuncCommand` under ``root``);
+                made from ``root`` and ``runc`` by default.
 
         Raises:
             ContainerExists: ``name`` is taken, or the bundle directory is not empty.
@@ -448,160 +603,29 @@ class RuncContainer:
             RestoreFailed: runc (or CRIU) failed; nothing is left behind.
         """
         ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
-        manifest = ckpt.manifest
-        if manifest.kind != "container" or manifest.runtime not in RUNC_BASED:
-            raise ContainerError(
-                f"{ckpt.path} holds a {manifest.runtime or manifest.kind} checkpoint, "
-                f"not one of a runc-based runtime ({', '.join(RUNC_BASED)})"
-            )
-        info = manifest.workload["container"]
-        rootfs_info = manifest.workload.get("rootfs") or {}
-        name = check_id(name or str(info["id"]))
-        recorded_root = root is None and manifest.runtime == "runc"
-        if root is None:  # another runtime's runc root (a shim's) is not runc's own
-            root = str(info["root"]) if manifest.runtime == "runc" else DEFAULT_ROOT
-        root_dir = Path(os.path.abspath(root))
-        if recorded_root and root_dir != DEFAULT_ROOT:
-            confine.check_runc_root(root_dir, recorded=True)
-        (backend or default_backend()).preflight()
-        command = RuncCommand(root_dir, runc)
-        if (root_dir / name).exists():
-            raise ContainerExists(
-                f"a runc container named {name!r} exists under {root_dir}; choose another name "
-                "(name=... / --name) or delete it first"
-            )
-        terminal = bool(info.get("terminal"))
-        if terminal and console_socket is None:
-            raise ContainerError(
-                f"{ckpt.path} holds a container with a terminal; pass console_socket= (the "
-                "socket that receives the new pty master, as for runc restore --console-socket; "
-                "Python API only, the command line has no such option)"
-            )
-        captured = bool(rootfs_info.get("captured"))
-        if captured and rootfs_info.get("snapshotter") not in OVERLAY_DIFFS:
-            raise ContainerError(
-                f"{ckpt.path} holds rootfs changes of a {rootfs_info.get('snapshotter')!r} "
-                "store, which this cedana cannot apply; upgrade"
-            )
-        members = [m.name for m in manifest.members]
-        config_member = confine.check_member(
-            info.get("config"), members, what="container.config", default=CONFIG_MEMBER
+        plan = plan_restore(
+            ckpt,
+            name=name,
+            bundle=bundle,
+            root=root,
+            tcp_established=tcp_established,
+            console_socket=console_socket,
+            lower=lower,
+            hooks=hooks,
+            grants=grants,
         )
-        new_config: dict[str, Any] | None = None
-        layers: tuple[str, ...] = ()
-        if captured:
-            bundle_dir = (
-                Path(os.path.abspath(bundle)) if bundle is not None else DEFAULT_BUNDLES / name
-            )
-            _check_new_bundle(bundle_dir)
-            diff_dir = confine.check_member(
-                rootfs_info.get("dir"), members, what="rootfs.dir", default=CONTAINER_DIR
-            )
-            confine.check_member(f"{diff_dir}/{DIFF_NAME}", members, what="rootfs.dir", default="")
-            layers = confine.check_lower(
-                list(rootfs_info.get("lower") or ()),
-                rootfs_info.get("lower_identity"),
-                given=lower,
-            )
-            new_config = confine.check_config(
-                _new_config(
-                    ckpt.read_member(config_member),
-                    original_bundle=str(info["bundle"]),
-                    old_id=str(info["id"]),
-                    name=name,
-                ),
-                name=name,
-                bundle=bundle_dir,
-                grants=grants,
-                hooks=hooks,
-            )
-        else:
-            if bundle is None:
-                raise ContainerError(
-                    f"{ckpt.path} did not capture the root filesystem (it was not an overlay), "
-                    f"so it restores on a bundle of yours: pass bundle= (--bundle); it records "
-                    f"{info.get('bundle')} (a checkpoint cannot choose a host directory)"
-                )
-            if lower is not None or hooks is not None:
-                raise ContainerError(
-                    f"{ckpt.path} restores on your bundle {bundle}, with its config.json: "
-                    "lower= and hooks= do not apply"
-                )
-            bundle_dir = Path(os.path.abspath(bundle))
-            if not (bundle_dir / "config.json").is_file():
-                raise ContainerError(
-                    f"{ckpt.path} did not capture the root filesystem (it was not an overlay), "
-                    f"so it restores on its bundle, but {bundle_dir}/config.json is gone"
-                )
-        opts = manifest.options
-        tcp = restores_tcp(tcp_established, manifest)
-
-        started = time.monotonic()
-        logger.debug("restore runc %s from %s: start", name, ckpt.path)
-        made: _MadeBundle | None = None
-        with scratch_dir(".cedana-restore-", parent=work_dir, fills="CRIU's images") as work:
-            images = work / "images"
-            try:
-                ckpt.extract(images)
-                confine.check_images(images, grants=grants)
-                if new_config is not None:
-                    made = _make_overlay_bundle(
-                        bundle_dir,
-                        images / diff_dir,
-                        new_config,
-                        layers,
-                        name=name,
-                        userxattr=bool(rootfs_info.get("userxattr")),
-                    )
-                args = [
-                    "restore",
-                    "--detach",
-                    "--image-path",
-                    os.fspath(images),
-                    "--work-path",
-                    os.fspath(work / "criu"),
-                    "--bundle",
-                    os.fspath(bundle_dir),
-                ]
-                if tcp:
-                    args.append("--tcp-established")
-                if opts.get("file_locks"):
-                    args.append("--file-locks")
-                if info.get("ext_unix_sk"):
-                    args.append("--ext-unix-sk")
-                if console_socket is not None:
-                    args += ["--console-socket", os.fspath(console_socket)]
-                args.append(name)
-                with open_stdio(stdin, stdout, stderr) as (fd0, fd1, fd2):
-                    done = command.run(
-                        *args, log=work / "runc.log", stdin=fd0, stdout=fd1, stderr=fd2
-                    )
-                criu_log = work / "criu" / "restore.log"  # scratch_dir keeps it on failure
-                if done.returncode != 0:
-                    raise restore_failed(
-                        f"runc restore of {name!r} failed: "
-                        f"{log_errors(work / 'runc.log') or 'see the CRIU log'}",
-                        criu_log,
-                    )
-                state = read_state(root_dir, name)
-                if state.status not in LIVE:
-                    raise restore_failed(
-                        f"runc restored {name!r} but it is {state.status}", criu_log
-                    )
-                config = new_config or json.loads((images / config_member).read_bytes())
-                namespaces.restore_loopback(config, state.pid)
-            except BaseException:
-                logger.debug("restore runc %s: failed, cleaning up", name)
-                if _restored_here(root_dir, name, bundle_dir):
-                    with contextlib.suppress(CedanaError, OSError):
-                        command.delete(name, force=True)
-                if made is not None:
-                    made.remove()
-                raise
-        logger.debug(
-            "restore runc %s: pid %d in %.3fs", name, state.pid, time.monotonic() - started
+        preflight(backend)
+        runc_command = or_default(command, RuncCommand(plan.root, runc))
+        plan.execute(
+            ckpt,
+            runc_command,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            work_dir=work_dir,
+            grants=grants,
         )
-        return cls(name, root=root_dir, backend=backend, runc=runc)
+        return cls(plan.name, root=plan.root, backend=backend, runc=runc, command=runc_command)
 
     # --- managing it ------------------------------------------------------------
 
@@ -630,6 +654,240 @@ class RuncContainer:
             _MadeBundle(bundle, created=True).remove()
 
 
+def plan_restore(
+    ckpt: Checkpoint,
+    *,
+    name: str | None = None,
+    bundle: str | os.PathLike[str] | None = None,
+    root: str | os.PathLike[str] | None = None,
+    tcp_established: bool | None = None,
+    console_socket: str | os.PathLike[str] | None = None,
+    lower: Sequence[str | os.PathLike[str]] | None = None,
+    hooks: Mapping[str, Any] | None = None,
+    grants: confine.Grants | None = None,
+) -> RuncRestorePlan:
+    """What restoring ``ckpt`` into runc will do, decided and checked before anything runs.
+
+    It reads the manifest and the config member and looks at the host (is the name
+    free, the bundle empty, the lower layers the recorded ones), and confines the
+    config (:mod:`cedana.container.confine`); it makes nothing. The keywords are
+    those of :meth:`RuncContainer.restore`, and so are the errors it raises (all of
+    them before anything is unpacked).
+    """
+    manifest = ckpt.manifest
+    source = registry.lookup(manifest.runtime) if manifest.kind == "container" else None
+    if source is None or RUNC not in source.restores_into:
+        based = [r.name for r in registry.entries() if RUNC in r.restores_into]
+        raise ContainerError(
+            f"{ckpt.path} holds a {manifest.runtime or manifest.kind} checkpoint, "
+            f"not one of a runc-based runtime ({', '.join(based)})"
+        )
+    info = manifest.workload["container"]
+    rootfs_info = manifest.workload.get("rootfs") or {}
+    name = check_id(name or str(info["id"]))
+    # Another runtime's runc root (a shim's) is that runtime's, not runc's own.
+    recorded_root = root is None and source.runc_root == DEFAULT_ROOT
+    if root is None:
+        root = str(info["root"]) if recorded_root else DEFAULT_ROOT
+    root_dir = Path(os.path.abspath(root))
+    if recorded_root and root_dir != DEFAULT_ROOT:
+        confine.check_runc_root(root_dir, recorded=True)
+    if (root_dir / name).exists():
+        raise ContainerExists(
+            f"a runc container named {name!r} exists under {root_dir}; choose another name "
+            "(name=... / --name) or delete it first"
+        )
+    terminal = bool(info.get("terminal"))
+    if terminal and console_socket is None:
+        raise ContainerError(
+            f"{ckpt.path} holds a container with a terminal; pass console_socket= (the "
+            "socket that receives the new pty master, as for runc restore --console-socket; "
+            "Python API only, the command line has no such option)"
+        )
+    captured = bool(rootfs_info.get("captured"))
+    if captured and diff_format(rootfs_info) != OVERLAY:
+        what = repr(rootfs_info.get("format") or rootfs_info.get("snapshotter"))
+        raise ContainerError(
+            f"{ckpt.path} holds rootfs changes in a {what} format, which this cedana "
+            "cannot apply; upgrade"
+        )
+    members = [m.name for m in manifest.members]
+    config_member = confine.check_member(
+        info.get("config"), members, what="container.config", default=CONFIG_MEMBER
+    )
+    new_config: dict[str, Any] | None = None
+    layers: tuple[str, ...] = ()
+    diff_dir: str | None = None
+    if captured:
+        bundle_dir = Path(os.path.abspath(bundle)) if bundle is not None else DEFAULT_BUNDLES / name
+        _check_new_bundle(bundle_dir)
+        diff_dir = confine.check_member(
+            rootfs_info.get("dir"), members, what="rootfs.dir", default=CONTAINER_DIR
+        )
+        confine.check_member(f"{diff_dir}/{DIFF_NAME}", members, what="rootfs.dir", default="")
+        layers = confine.check_lower(
+            list(rootfs_info.get("lower") or ()),
+            rootfs_info.get("lower_identity"),
+            given=lower,
+        )
+        new_config = confine.check_config(
+            _new_config(
+                ckpt.read_member(config_member),
+                original_bundle=str(info["bundle"]),
+                old_id=str(info["id"]),
+                name=name,
+            ),
+            name=name,
+            bundle=bundle_dir,
+            grants=grants,
+            hooks=hooks,
+        )
+    else:
+        if bundle is None:
+            raise ContainerError(
+                f"{ckpt.path} did not capture the root filesystem (it was not an overlay), "
+                f"so it restores on a bundle of yours: pass bundle= (--bundle); it records "
+                f"{info.get('bundle')} (a checkpoint cannot choose a host directory)"
+            )
+        if lower is not None or hooks is not None:
+            raise ContainerError(
+                f"{ckpt.path} restores on your bundle {bundle}, with its config.json: "
+                "lower= and hooks= do not apply"
+            )
+        bundle_dir = Path(os.path.abspath(bundle))
+        if not (bundle_dir / "config.json").is_file():
+            raise ContainerError(
+                f"{ckpt.path} did not capture the root filesystem (it was not an overlay), "
+                f"so it restores on its bundle, but {bundle_dir}/config.json is gone"
+            )
+    flags = []
+    if restores_tcp(tcp_established, manifest):
+        flags.append("--tcp-established")
+    if manifest.options.get("file_locks"):
+        flags.append("--file-locks")
+    if info.get("ext_unix_sk"):
+        flags.append("--ext-unix-sk")
+    if console_socket is not None:
+        flags += ["--console-socket", os.fspath(console_socket)]
+    return RuncRestorePlan(
+        source=ckpt.path,
+        name=name,
+        root=root_dir,
+        bundle=bundle_dir,
+        config_member=config_member,
+        new_config=new_config,
+        layers=layers,
+        diff_dir=diff_dir,
+        userxattr=bool(rootfs_info.get("userxattr")),
+        flags=tuple(flags),
+    )
+
+
+@attrs.frozen(kw_only=True)
+class RuncRestorePlan:
+    """A runc restore, decided (:func:`plan_restore`), to be executed.
+
+    Attributes:
+        source: The artifact.
+        name: The container id to restore as.
+        root: runc's state root.
+        bundle: The bundle: made (for captured rootfs changes) or the caller's.
+        config_member: The artifact's member holding the container's config.
+        new_config: The confined config of a bundle to make; None to use the caller's.
+        layers: The lower layers to mount the changes on (uppermost first).
+        diff_dir: The member directory of the rootfs changes; None when not captured.
+        userxattr: Overlay keeps its attributes as ``user.*``.
+        flags: runc restore's flags beyond the paths (``--tcp-established``...).
+    """
+
+    source: Path
+    name: str
+    root: Path
+    bundle: Path
+    config_member: str
+    new_config: Mapping[str, Any] | None
+    layers: tuple[str, ...] = ()
+    diff_dir: str | None = None
+    userxattr: bool = False
+    flags: tuple[str, ...] = ()
+
+    def runc_args(self, images: Path, work: Path) -> list[str]:
+        """``runc restore``'s arguments for images unpacked at ``images``."""
+        return [
+            "restore",
+            "--detach",
+            "--image-path",
+            os.fspath(images),
+            "--work-path",
+            os.fspath(work / "criu"),
+            "--bundle",
+            os.fspath(self.bundle),
+            *self.flags,
+            self.name,
+        ]
+
+    def execute(
+        self,
+        ckpt: Checkpoint,
+        command: RuncCommand,
+        *,
+        stdin: StdioTarget = None,
+        stdout: StdioTarget = None,
+        stderr: StdioTarget = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        grants: confine.Grants | None = None,
+    ) -> RuncState:
+        """Unpack the images (checked against ``grants``), make the bundle, run ``runc
+        restore`` and bring the loopback up; on any failure undo what was made, newest
+        first (the container runc made, the bundle). Returns runc's state of it."""
+        name = self.name
+        started = time.monotonic()
+        logger.debug("restore runc %s from %s: start", name, self.source)
+        with (
+            scratch_dir(".cedana-restore-", parent=work_dir, fills="CRIU's images") as work,
+            contextlib.ExitStack() as undo,
+        ):
+            images = work / "images"
+            ckpt.extract(images)
+            confine.check_images(images, grants=grants)
+            if self.new_config is not None and self.diff_dir is not None:
+                made = _make_overlay_bundle(
+                    self.bundle,
+                    images / self.diff_dir,
+                    self.new_config,
+                    self.layers,
+                    name=name,
+                    userxattr=self.userxattr,
+                )
+                undo.callback(made.remove)
+            undo.callback(_delete_if_restored_here, command, self.root, name, self.bundle)
+            with open_stdio(stdin, stdout, stderr) as (fd0, fd1, fd2):
+                done = command.run(
+                    *self.runc_args(images, work),
+                    log=work / "runc.log",
+                    stdin=fd0,
+                    stdout=fd1,
+                    stderr=fd2,
+                )
+            criu_log = work / "criu" / "restore.log"  # scratch_dir keeps it on failure
+            if done.returncode != 0:
+                raise restore_failed(
+                    f"runc restore of {name!r} failed: "
+                    f"{log_errors(work / 'runc.log') or 'see the CRIU log'}",
+                    criu_log,
+                )
+            state = read_state(self.root, name)
+            if state.status not in LIVE:
+                raise restore_failed(f"runc restored {name!r} but it is {state.status}", criu_log)
+            config = self.new_config or json.loads((images / self.config_member).read_bytes())
+            namespaces.restore_loopback(config, state.pid)
+            undo.pop_all()  # restored: nothing of it is undone
+        logger.debug(
+            "restore runc %s: pid %d in %.3fs", name, state.pid, time.monotonic() - started
+        )
+        return state
+
+
 # --- helpers ---------------------------------------------------------------------
 
 
@@ -647,6 +905,14 @@ def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with open(fd, "wb") as f:
         f.write(data)
+
+
+def _delete_if_restored_here(command: RuncCommand, root: Path, name: str, bundle: Path) -> None:
+    """A failed restore's cleanup: ``runc delete --force`` the container it made, if any."""
+    logger.debug("restore runc %s: failed, cleaning up", name)
+    if _restored_here(root, name, bundle):
+        with contextlib.suppress(CedanaError, OSError):
+            command.delete(name, force=True)
 
 
 def _restored_here(root: Path, name: str, bundle: Path) -> bool:
@@ -743,35 +1009,40 @@ def _make_overlay_bundle(
 ) -> _MadeBundle:
     """A new bundle: config.json, upper (the changes applied), work, rootfs (the overlay).
 
-    Every directory is root-only (0700), the bundle first: the upper directory
-    holds the container's files, setuid ones included (moby's CVE-2021-41091).
+    The writable layer is an overlay store's (:class:`~cedana.rootfs.overlay.OverlaySnapshotter`:
+    prepared, then the changes applied to it). Every directory is root-only (0700), the
+    bundle first: the upper directory holds the container's files, setuid ones included
+    (moby's CVE-2021-41091).
     """
     made = _MadeBundle(bundle, created=not bundle.exists())
-    _private_dir(bundle)
-    try:
-        upper, work, rootfs = bundle / "upper", bundle / "work", bundle / "rootfs"
-        for d in (upper, work, rootfs):
-            d.mkdir(mode=0o700)
-        applied: RootfsDiff = OverlaySnapshotter().apply(diff_dir, upper, userxattr=userxattr)
+    with contextlib.ExitStack() as undo:
+        undo.callback(made.remove)
+        _private_dir(bundle)
+        rootfs = bundle / "rootfs"
+        store: Snapshotter = OverlaySnapshotter(
+            OverlayLayers(
+                lower=lower,
+                upper=os.fspath(bundle / "upper"),
+                work=os.fspath(bundle / "work"),
+                userxattr=userxattr,
+            )
+        )
+        layers = store.prepare()
+        assert isinstance(layers, OverlayLayers)
+        undo.callback(store.remove)
+        rootfs.mkdir(mode=0o700)
+        applied: RootfsDiff = store.apply(diff_dir)
         logger.debug("bundle %s: rootfs changes applied: %s", bundle, applied.describe())
         fd = os.open(
             bundle / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
         )
         with open(fd, "w") as f:
             f.write(json.dumps(config, indent=2))
-        layers = OverlayLayers(
-            lower=lower,
-            upper=os.fspath(upper),
-            work=os.fspath(work),
-            userxattr=userxattr,
-        )
         layers.mount(rootfs)
         (bundle / BUNDLE_MARKER).write_text(
             json.dumps({"container": name, "overlay": "rootfs", "lower": list(layers.lower)})
         )
-    except BaseException:
-        made.remove()
-        raise
+        undo.pop_all()
     return made
 
 
@@ -779,20 +1050,23 @@ def container_summary(manifest: Manifest) -> dict[str, Any] | None:
     """What a container checkpoint's manifest says about the container (None for a process).
 
     Returns:
-        ``id``, ``runtime``, ``status`` (when checkpointed), ``bundle`` and
+        ``id``, ``runtime``, ``status`` (when checkpointed), ``bundle``,
         ``rootfs`` (``captured``, and the snapshotter, lower layers and diff
-        counts, or why it was not captured).
+        counts, or why it was not captured) and ``restores_into`` (the runtimes
+        this cedana restores it into, the default first; empty for one it cannot).
     """
     if manifest.kind != "container":
         return None
     info = manifest.workload.get("container") or {}
     rootfs = thaw(manifest.workload.get("rootfs") or {})
+    source = registry.lookup(manifest.runtime)
     return {
         "id": info.get("id"),
         "runtime": manifest.runtime,
         "status": info.get("status"),
         "bundle": info.get("bundle"),
         "rootfs": rootfs,
+        "restores_into": list(source.restores_into) if source is not None else [],
     }
 
 
@@ -806,8 +1080,31 @@ def container_lines(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
         what = f"{rootfs.get('snapshotter')} changes"
     else:
         what = f"not captured ({rootfs.get('reason', 'no writable layer')})"
+    into = summary.get("restores_into")
     return [
         ("container", f"{summary.get('id')} ({summary.get('runtime')}, {summary.get('status')})"),
         ("bundle", str(summary.get("bundle"))),
         ("rootfs", what),
+        ("restores", " or ".join(into) if into else "not by this cedana (upgrade)"),
     ]
+
+
+def _parse_id(ident: str) -> dict[str, Any]:
+    if not ident:
+        raise ValueError(ident)
+    return {"id": ident}
+
+
+registry.register(
+    registry.Runtime(
+        name=RUNC,
+        target="runc:ID",
+        help="a runc container (--root: runc's state root)",
+        cls=RuncContainer,
+        parse=_parse_id,
+        restores_into=(RUNC,),
+        flags={"root": "root"},
+        runc_root=DEFAULT_ROOT,
+        summary=lambda c: {"name": c.id},
+    )
+)

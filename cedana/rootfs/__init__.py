@@ -9,7 +9,12 @@ overlayfs snapshotter, containers/storage and docker's overlay2 keep, so their
 modules reuse it and add only how to find and create a layer in their store).
 
 The changes travel as member files of the artifact (``container/rootfs-diff.tar``
-for overlay), described by a :class:`RootfsDiff` recorded in the manifest.
+for overlay), described by a :class:`RootfsDiff` recorded in the manifest. The
+manifest records the diff's *format* (``"overlay"``: an overlay upper
+directory's tar, whiteouts and opaque directories included) apart from the
+*store* it came from (``"overlay"`` for a plain overlay mount, ``"containerd"``
+for a containerd snapshot...), so a layer that restores decides whether it can
+apply a diff from its format alone (:func:`diff_format`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,27 @@ import attrs
 
 from cedana.units import human_bytes
 
-__all__ = ["RootfsDiff", "Snapshotter", "snapshotter_for"]
+__all__ = ["OVERLAY", "RootfsDiff", "Snapshotter", "diff_format", "snapshotter_for"]
+
+#: The diff format of an overlay upper directory written as a tar (whiteouts as 0:0
+#: character devices, overlay's tree attributes as pax xattrs).
+OVERLAY = "overlay"
+
+#: Artifacts written before the format was recorded named only the store, in the field
+#: ``snapshotter``; these are the stores those cedanas had, and the format each wrote.
+_FORMAT_OF_OLD_STORE = {"overlay": OVERLAY, "containerd": OVERLAY}
+
+
+def diff_format(entry: Mapping[str, Any]) -> str | None:
+    """The diff format of a manifest's ``rootfs`` entry (or of a diff's record).
+
+    Read from ``format``; for an artifact that predates it, from the store it names
+    (``snapshotter``). None when neither says.
+    """
+    recorded = entry.get("format")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    return _FORMAT_OF_OLD_STORE.get(str(entry.get("snapshotter")))
 
 
 @attrs.frozen(kw_only=True)
@@ -31,7 +56,9 @@ class RootfsDiff:
     """What a snapshotter captured (or applied): its member files and a count of entries.
 
     Attributes:
-        snapshotter: The snapshotter's name (``"overlay"``).
+        snapshotter: The store it came from or went to (``"overlay"``, ``"containerd"``).
+        format: The diff's format (``"overlay"``); when a record predates it, the format
+            its store wrote (:func:`diff_format`), or empty if unknown.
         members: The member files, relative to the directory they were written to.
         files: Regular files (new or modified), hard links excluded.
         directories: Directories (new, or holding changes).
@@ -45,6 +72,11 @@ class RootfsDiff:
     """
 
     snapshotter: str
+    format: str = attrs.field(
+        default=attrs.Factory(
+            lambda self: diff_format({"snapshotter": self.snapshotter}) or "", takes_self=True
+        )
+    )
     members: tuple[str, ...] = ()
     files: int = 0
     directories: int = 0
@@ -88,13 +120,25 @@ class RootfsDiff:
 
 
 class Snapshotter(Protocol):
-    """Captures a container's root filesystem changes and applies them to a new layer.
+    """One store's writable layer: captures a container's changes, or receives them.
 
-    ``capture`` runs while the container is frozen (from CRIU's post-dump
-    callback), so what it reads is consistent with the process images.
+    Its two halves:
+
+    - **capture** (checkpoint): :meth:`layers_json` says which layers lie below the
+      writable one, :meth:`capture` writes the changes. ``capture`` runs while the
+      container is frozen (from CRIU's post-dump callback), so what it reads is
+      consistent with the process images.
+    - **restore**: :meth:`prepare` makes a new writable layer on the store,
+      :meth:`apply` writes the changes into it (before anything mounts it), and
+      :meth:`remove` takes it away again when the restore fails after ``prepare``.
+
+    Attributes:
+        name: The store (recorded as the ``rootfs`` entry's ``snapshotter``).
+        format: The diff format it writes and applies (:data:`OVERLAY`).
     """
 
     name: str
+    format: str
 
     def layers_json(self) -> dict[str, Any]:
         """The layers below the writable one, as the manifest's ``rootfs`` entry records
@@ -109,13 +153,22 @@ class Snapshotter(Protocol):
         """
         ...
 
-    def apply(self, diff: Path, target: Path) -> RootfsDiff:
-        """Apply the members in directory ``diff`` (from :meth:`capture`) to ``target``.
+    def prepare(self) -> object:
+        """Make the new, empty writable layer on the store; what the store says of it
+        (containerd: its mounts) is returned for the runtime to use."""
+        ...
 
-        ``target`` is a fresh writable layer (an empty overlay upper directory),
-        not yet mounted. Entries that would land outside ``target`` are refused
-        with :class:`~cedana.errors.UnsafeArtifact`.
+    def apply(self, diff: Path) -> RootfsDiff:
+        """Apply the members in directory ``diff`` (from :meth:`capture`) to the layer
+        :meth:`prepare` made, not yet mounted.
+
+        Entries that would land outside the layer are refused with
+        :class:`~cedana.errors.UnsafeArtifact`.
         """
+        ...
+
+    def remove(self) -> None:
+        """Remove the layer :meth:`prepare` made (a failed restore's cleanup)."""
         ...
 
 

@@ -20,15 +20,16 @@ layer passes its API client, unit tests a fake.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import attrs
 
 from cedana.errors import NotCheckpointable
-from cedana.rootfs import RootfsDiff
-from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter, layers_json
+from cedana.rootfs import OVERLAY, RootfsDiff
+from cedana.rootfs.overlay import DIFF_NAME, OverlayLayers, OverlaySnapshotter, layers_json
 
 __all__ = ["ContainerdSnapshotter", "Mount", "SnapshotStore", "overlay_layers"]
 
@@ -96,7 +97,12 @@ class ContainerdSnapshotter:
     store: SnapshotStore = attrs.field(repr=False)
     snapshotter: str
     key: str
+    parent: str | None = None
+    labels: Mapping[str, str] | None = attrs.field(default=None, repr=False)
+    #: The member files a diff of this store consists of.
+    diff_members: ClassVar[tuple[str, ...]] = (DIFF_NAME,)
     name: str = attrs.field(default="containerd", init=False)
+    format: str = attrs.field(default=OVERLAY, init=False)
     _layers: OverlayLayers | None = attrs.field(default=None, init=False, repr=False)
 
     def layers(self) -> OverlayLayers:
@@ -119,6 +125,21 @@ class ContainerdSnapshotter:
             self._layers = layers
         return self._layers
 
+    def check_mounted_at(self, rootfs: Path, *, what: str) -> None:
+        """Check that the overlay mounted at ``rootfs`` (container ``what``'s root) writes
+        into this snapshot.
+
+        Raises:
+            NotCheckpointable: It is another filesystem, or another snapshot.
+        """
+        live = OverlayLayers.of(rootfs)
+        upper = self.layers().upper
+        if live is None or os.path.realpath(str(live.upper)) != os.path.realpath(str(upper)):
+            raise NotCheckpointable(
+                f"the root filesystem of {what!r} ({rootfs}) is not containerd "
+                f"snapshot {self.key!r} of {self.snapshotter!r}"
+            )
+
     def upper(self) -> Path:
         """The snapshot's upper directory: the container's writable layer."""
         upper = self.layers().upper
@@ -138,15 +159,22 @@ class ContainerdSnapshotter:
             dest: The directory to write into (made if missing).
         """
         diff = OverlaySnapshotter(self.layers()).capture(rootfs, dest)
-        return attrs.evolve(diff, snapshotter=self.name)
+        return attrs.evolve(diff, snapshotter=self.name, format=self.format)
 
-    def prepare(self, parent: str, labels: Mapping[str, str] | None = None) -> list[Mount]:
-        """Make the active snapshot ``key`` on ``parent`` (an image's chain id); its mounts.
+    def prepare(
+        self, parent: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> list[Mount]:
+        """Make the active snapshot ``key`` on ``parent`` (an image's chain id; the one
+        given when it was made by default); its mounts.
 
         Raises:
             NotCheckpointable: containerd made something other than a writable overlay
                 (the new snapshot is removed again).
         """
+        parent = parent if parent is not None else self.parent
+        if parent is None:
+            raise ValueError("ContainerdSnapshotter.prepare needs the parent snapshot (chain id)")
+        labels = labels if labels is not None else self.labels
         mounts = self.store.prepare_snapshot(self.snapshotter, self.key, parent, labels)
         layers = overlay_layers(mounts)
         if layers is None:
@@ -165,7 +193,7 @@ class ContainerdSnapshotter:
         """
         where = target if target is not None else self.upper()
         result = OverlaySnapshotter().apply(diff, where, userxattr=self.layers().userxattr)
-        return attrs.evolve(result, snapshotter=self.name)
+        return attrs.evolve(result, snapshotter=self.name, format=self.format)
 
     def remove(self) -> None:
         """Remove the snapshot from containerd."""

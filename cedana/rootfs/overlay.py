@@ -43,6 +43,7 @@ import hashlib
 import logging
 import os
 import secrets
+import shutil
 import stat
 import tarfile
 import time
@@ -54,7 +55,7 @@ import attrs
 
 from cedana._safefs import SafeTree
 from cedana.errors import UnsafeArtifact
-from cedana.rootfs import RootfsDiff
+from cedana.rootfs import OVERLAY, RootfsDiff
 from cedana.rootfs.mounts import find_mount, mount, overlay_options
 
 __all__ = [
@@ -581,18 +582,22 @@ def _apply_one(
 
 @attrs.define
 class OverlaySnapshotter:
-    """Captures an overlay mount's upper directory; applies it to a fresh one.
+    """A plain overlay mount's writable layer: its upper directory, captured as a tar, or
+    made afresh and filled from one.
 
     Args:
-        layers: The overlay to capture from (:func:`cedana.rootfs.snapshotter_for` reads
-            it from the mount); applying needs none.
+        layers: The overlay: to capture from (:func:`cedana.rootfs.snapshotter_for` reads
+            it from the mount), or to restore into (its ``upper`` and ``work`` are made
+            by :meth:`prepare`, below a directory that exists).
     """
 
     layers: OverlayLayers | None = None
     name: str = "overlay"
+    format: str = OVERLAY
+    _made: list[Path] = attrs.field(factory=list, init=False, repr=False)
 
     def _writable_layers(self) -> tuple[OverlayLayers, Path]:
-        """The layers captured from, and their upper directory."""
+        """The layers captured from (or restored into), and their upper directory."""
         if self.layers is None or self.layers.upper is None:
             raise ValueError(
                 "OverlaySnapshotter captures the overlay it is given, with an upper directory: "
@@ -618,16 +623,38 @@ class OverlaySnapshotter:
             diff.describe(),
             time.monotonic() - started,
         )
-        return diff
+        return attrs.evolve(diff, snapshotter=self.name, format=self.format)
 
-    def apply(self, diff: Path, target: Path, *, userxattr: bool = False) -> RootfsDiff:
-        """Apply ``diff/rootfs-diff.tar`` to the upper directory ``target``."""
+    def prepare(self) -> OverlayLayers:
+        """Make the empty upper and work directories (root-only); the layers to mount."""
+        layers, upper = self._writable_layers()
+        for d in (upper, Path(layers.work) if layers.work else None):
+            if d is not None:
+                d.mkdir(mode=0o700)
+                self._made.append(d)
+        return layers
+
+    def apply(
+        self, diff: Path, target: Path | None = None, *, userxattr: bool | None = None
+    ) -> RootfsDiff:
+        """Apply ``diff/rootfs-diff.tar`` to the upper directory ``target`` (the prepared
+        one by default), with overlay's attributes as ``user.*`` when ``userxattr`` (by
+        default as the layers say)."""
+        if target is None:
+            target = self._writable_layers()[1]
+        if userxattr is None:
+            userxattr = self.layers.userxattr if self.layers is not None else False
         started = time.monotonic()
         result = apply_upper(diff / DIFF_NAME, target, userxattr=userxattr)
         logger.debug(
             "overlay apply %s: %s in %.3fs", target, result.describe(), time.monotonic() - started
         )
-        return result
+        return attrs.evolve(result, snapshotter=self.name, format=self.format)
+
+    def remove(self) -> None:
+        """Remove the directories :meth:`prepare` made (idempotent)."""
+        while self._made:
+            shutil.rmtree(self._made.pop(), ignore_errors=True)
 
 
 def layers_json(layers: OverlayLayers) -> dict[str, Any]:

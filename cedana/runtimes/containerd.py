@@ -41,16 +41,18 @@ import signal as signal_mod
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
+from cedana import registry
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
 from cedana.container import RuncContainer, cgroups, confine, namespaces
-from cedana.container.runc import CONTAINER_DIR
+from cedana.container.runc import DumpExtras
 from cedana.container.state import LIVE, RuncState
-from cedana.criu import CriuBackend, default_backend, restore_failed
+from cedana.criu import CriuBackend
+from cedana.defaults import or_default
 from cedana.errors import (
     CedanaError,
     ContainerError,
@@ -61,9 +63,9 @@ from cedana.errors import (
     NotCheckpointable,
     RestoreFailed,
 )
-from cedana.process import CheckpointOptions, restores_tcp
+from cedana.process import CheckpointOptions
+from cedana.rootfs import OVERLAY, Snapshotter, diff_format
 from cedana.rootfs.containerd import ContainerdSnapshotter
-from cedana.rootfs.overlay import DIFF_NAME, OverlayLayers
 from cedana.runtimes._containerd_api import (
     DEFAULT_ADDRESS,
     RUNC_OPTIONS_TYPE,
@@ -85,7 +87,9 @@ logger = logging.getLogger("cedana.containerd")
 #: The runc shims' default runc root; each namespace has its own directory below it.
 DEFAULT_RUNC_ROOT = Path("/run/containerd/runc")
 #: The member holding containerd's spec of the container.
-SPEC_MEMBER = f"{CONTAINER_DIR}/spec.json"
+SPEC_MEMBER = RuncContainer.member("spec.json")
+#: This runtime's name in the registry (the manifest's ``runtime``).
+CONTAINERD = "containerd"
 #: The label a restored container carries: ``NAMESPACE/ID`` of the checkpointed one.
 RESTORED_FROM_LABEL = "io.cedana.restored-from"
 
@@ -125,6 +129,14 @@ def new_spec(raw: bytes, *, old: tuple[str, str], new: tuple[str, str]) -> bytes
     return json.dumps(spec).encode()
 
 
+def _cleanup(name: str, step: Callable[..., object], *args: object) -> None:
+    """One step of a failed restore's cleanup: what fails is logged, the others still run."""
+    try:
+        step(*args)
+    except (CedanaError, OSError) as exc:
+        logger.warning("cleanup after a failed restore of %s: %s", name, exc)
+
+
 def _remove_task(client: ContainerdClient, container_id: str, timeout: float = 10) -> None:
     """Kill (if it runs) and delete a container's task."""
     task = client.task(container_id)
@@ -140,12 +152,12 @@ def _remove_task(client: ContainerdClient, container_id: str, timeout: float = 1
 
 def _namespace_or_default(namespace: str | None) -> str:
     """containerd's namespace; None (an option left unset) means ``default``."""
-    return "default" if namespace is None else namespace
+    return or_default(namespace, "default")
 
 
 def _address_or_default(address: str | None) -> str:
     """containerd's socket; None (an option left unset) means the default one."""
-    return DEFAULT_ADDRESS if address is None else address
+    return or_default(address, DEFAULT_ADDRESS)
 
 
 @attrs.define(eq=False)
@@ -160,8 +172,12 @@ class ContainerdContainer:
             container's runtime options (``/run/containerd/runc/NAMESPACE`` by
             default) when None.
         backend: The CRIU backend; the real one by default.
+        client: containerd's API client (a
+            :class:`~cedana.runtimes._containerd_api.ContainerdClient` for ``namespace``);
+            connected on first use by default. Tests hand in fakes.
 
-    It holds a connection to containerd: :meth:`close` it (or use it in a
+    It holds its :class:`~cedana.RuncContainer` (made once, on first use) and a connection
+    to containerd: :meth:`close` it (or use it in a
     ``with`` block). Every property asks containerd afresh.
 
     Raises:
@@ -179,7 +195,10 @@ class ContainerdContainer:
     _backend: CriuBackend | None = attrs.field(
         default=None, alias="backend", repr=False, kw_only=True
     )
-    _client: ContainerdClient | None = attrs.field(default=None, init=False, repr=False)
+    _client: ContainerdClient | None = attrs.field(
+        default=None, alias="client", repr=False, kw_only=True
+    )
+    _runc: RuncContainer | None = attrs.field(default=None, init=False, repr=False)
 
     # --- the connection ---------------------------------------------------------
 
@@ -251,12 +270,17 @@ class ContainerdContainer:
 
     @property
     def runc(self) -> RuncContainer:
-        """The runc container under the shim (its state root found from the runtime options)."""
-        return self._runc_for(self.info())
+        """The runc container under the shim (its state root found from the runtime options),
+        made once and held."""
+        return self._runc_for(None)
 
-    def _runc_for(self, record: ContainerRecord) -> RuncContainer:
-        root = self.runc_root or runc_root_for(record, self.namespace)
-        return RuncContainer(self.id, root=root, backend=self._backend)
+    def _runc_for(self, record: ContainerRecord | None) -> RuncContainer:
+        if self._runc is None:
+            root = self.runc_root
+            if root is None:
+                root = runc_root_for(record or self.info(), self.namespace)
+            self._runc = RuncContainer(self.id, root=root, backend=self._backend)
+        return self._runc
 
     # --- checkpoint -------------------------------------------------------------
 
@@ -300,13 +324,21 @@ class ContainerdContainer:
         leave_running: bool = False,
         tcp_established: bool = False,
         file_locks: bool = False,
+        shell_job: bool | None = None,
+        compress: Literal["zstd", "none"] | None = None,
+        level: int | None = None,
+        threads: int | None = None,
+        directory: bool | None = None,
+        overwrite: bool | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        signing_key: str | os.PathLike[str] | None = None,
+        criu: Mapping[str, Any] | None = None,
         options: CheckpointOptions | None = None,
-        **more: Any,
     ) -> Checkpoint:
         """Checkpoint the container, its writable snapshot included, to ``path``.
 
-        Keyword arguments beyond the three named ones set any other
-        :class:`~cedana.CheckpointOptions` field (``compress``, ``level``, ``criu``...).
+        Every keyword but ``options`` sets the :class:`~cedana.CheckpointOptions` field
+        of the same name, over ``options`` (None keeps that field as it is).
 
         The manifest records the image (reference, digest, chain id), the
         snapshotter and key, the runtime and its options and (as a member)
@@ -330,73 +362,19 @@ class ContainerdContainer:
             leave_running=leave_running,
             tcp_established=tcp_established,
             file_locks=file_locks,
-            **more,
+            shell_job=shell_job,
+            compress=compress,
+            level=level,
+            threads=threads,
+            directory=directory,
+            overwrite=overwrite,
+            work_dir=work_dir,
+            signing_key=signing_key,
+            criu=criu,
         )
-        backend = self._backend or default_backend()
-        backend.preflight()
-        client = self._api()
-        record, task, state = self._live(client)
-
-        snapshot = ContainerdSnapshotter(client, record.snapshotter, record.snapshot_key)
-        layers = snapshot.layers()
-        live = OverlayLayers.of(state.rootfs)
-        if live is None or os.path.realpath(str(live.upper)) != os.path.realpath(str(layers.upper)):
-            raise NotCheckpointable(
-                f"the root filesystem of {self.id!r} ({state.rootfs}) is not containerd "
-                f"snapshot {record.snapshot_key!r} of {record.snapshotter!r}"
-            )
-        parent = client.snapshot_parent(record.snapshotter, record.snapshot_key)
-        image: ImageRecord | None = None
-        try:
-            image = client.image(record.image)
-        except ContainerNotFound:
-            logger.warning("image %s of %s is gone; recording its name only", record.image, self.id)
-
-        dump = self._runc_for(record).prepare_dump(
-            opts, state, runtime="containerd", status=task.status
-        )
-        containerd = {
-            **record.to_json(),
-            "address": self.address,
-            "namespace": self.namespace,
-            "image": {
-                "name": record.image,
-                "digest": image.digest if image else None,
-                "media_type": image.media_type if image else None,
-                "manifest_digest": image.manifest_digest if image else None,
-                "chain_id": parent,
-            },
-            "spec": SPEC_MEMBER,
-        }
-        started = time.monotonic()
-        logger.debug(
-            "checkpoint containerd %s/%s (pid %d): start", self.namespace, self.id, task.pid
-        )
-        ckpt = dump.checkpoint(
-            path,
-            opts,
-            backend=backend,
-            snapshotter=snapshot,
-            workload={"containerd": containerd},
-            rootfs={"store": record.snapshotter},
-            members={SPEC_MEMBER: record.spec},
-        )
-        if not opts.leave_running:
-            try:  # the dump killed it; containerd keeps the task until it is deleted
-                _remove_task(client, self.id, timeout=30)
-            except CedanaError as exc:
-                logger.warning(
-                    "checkpoint of %s written, but its task was not deleted from containerd: %s",
-                    self.id,
-                    exc,
-                )
-        logger.debug(
-            "checkpoint containerd %s/%s: complete in %.3fs",
-            self.namespace,
-            self.id,
-            time.monotonic() - started,
-        )
-        return ckpt
+        run = _CheckpointRun(self, self._api())
+        # The one template every runc-based runtime runs, held by the runc layer.
+        return run.runc().checkpoint_as(run, path, opts)
 
     # --- restore ----------------------------------------------------------------
 
@@ -414,6 +392,7 @@ class ContainerdContainer:
         hooks: Mapping[str, Any] | None = None,
         grants: confine.Grants | None = None,
         backend: CriuBackend | None = None,
+        client: ContainerdClient | None = None,
         trust: Trust = "trusted",
         trusted_keys: Iterable[KeySource] | None = None,
     ) -> ContainerdContainer:
@@ -445,6 +424,8 @@ class ContainerdContainer:
             grants: Host namespaces, capabilities, bind sources and devices
                 the spec may have beyond the runtime's defaults.
             backend: The CRIU backend (for the preflight check).
+            client: containerd's API client for ``namespace`` (tests hand in fakes); a
+                connection to ``address`` by default. It is left open.
             trust: ``"any"`` accepts an artifact that no trusted key signed (see
                 :meth:`cedana.Checkpoint.open`); by default it is refused first.
             trusted_keys: More public keys (PEM files) to trust.
@@ -462,7 +443,7 @@ class ContainerdContainer:
         """
         ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
         manifest = ckpt.manifest
-        if manifest.kind != "container" or manifest.runtime != "containerd":
+        if manifest.kind != "container" or manifest.runtime != CONTAINERD:
             raise ContainerError(
                 f"{ckpt.path} holds a {manifest.runtime or manifest.kind} checkpoint, "
                 "not a containerd one"
@@ -473,16 +454,25 @@ class ContainerdContainer:
         old = (str(ctd["namespace"]), str(info["id"]))
         name = name or old[1]
         namespace = namespace or old[0]
-        address = address or DEFAULT_ADDRESS
+        address = or_default(address, DEFAULT_ADDRESS)
         _check_restorable(ckpt, info, tcp_established)
         members = [m.name for m in manifest.members]
         spec_member = confine.check_member(
             ctd.get("spec"), members, what="containerd.spec", default=SPEC_MEMBER
         )
         diff_dir = confine.check_member(
-            rootfs_info.get("dir"), members, what="rootfs.dir", default=CONTAINER_DIR
+            rootfs_info.get("dir"),
+            members,
+            what="rootfs.dir",
+            default=RuncContainer.member("")[:-1],
         )
-        confine.check_member(f"{diff_dir}/{DIFF_NAME}", members, what="rootfs.dir", default="")
+        for member in ContainerdSnapshotter.diff_members:
+            confine.check_member(f"{diff_dir}/{member}", members, what="rootfs.dir", default="")
+        if diff_format(rootfs_info) != OVERLAY:
+            raise ContainerError(
+                f"{ckpt.path} holds rootfs changes in a {rootfs_info.get('format')!r} format, "
+                "which containerd's overlayfs snapshots cannot take; upgrade"
+            )
         record = ContainerRecord.from_json(
             ctd,
             id=name,
@@ -497,15 +487,20 @@ class ContainerdContainer:
             hooks=hooks,
             grants=grants,
         )
-        (backend or default_backend()).preflight()
+        RuncContainer.preflight(backend)
 
         started = time.monotonic()
         logger.debug("restore containerd %s/%s from %s: start", namespace, name, ckpt.path)
-        with ContainerdClient(address, namespace) as client:
+        connection = (
+            contextlib.nullcontext(client)
+            if client is not None
+            else ContainerdClient(address, namespace)
+        )
+        with connection as api:
             snapshotter = str(ctd["snapshotter"])
-            _check_name_free(client, name, snapshotter)
-            image = _image_for(client, ctd, namespace)
-            if not client.snapshot_exists(snapshotter, image.chain_id):
+            _check_name_free(api, name, snapshotter)
+            image = _image_for(api, ctd, namespace)
+            if not api.snapshot_exists(snapshotter, image.chain_id):
                 raise ContainerError(
                     f"image {image.name!r} is not unpacked for snapshotter {snapshotter!r} in "
                     f"namespace {namespace!r} (its layers, chain id {image.chain_id}, are "
@@ -517,25 +512,29 @@ class ContainerdContainer:
 
             with (
                 scratch_dir(".cedana-restore-", parent=work_dir, fills="CRIU's images") as work,
-                client.lease(),
+                api.lease(),
             ):
-                undo: list[Callable[[], None]] = []
-                try:
+                undo = contextlib.ExitStack()
+                undo.callback(logger.debug, "restore containerd %s/%s: failed", namespace, name)
+                with undo:
                     images = work / "images"
                     ckpt.extract(images)
                     confine.check_images(images, grants=grants)
-                    snapshot = ContainerdSnapshotter(client, snapshotter, name)
-                    mounts = snapshot.prepare(image.chain_id)
-                    undo.append(snapshot.remove)
-                    applied = snapshot.apply(images / diff_dir)
+                    store: Snapshotter = ContainerdSnapshotter(
+                        api, snapshotter, name, parent=image.chain_id
+                    )
+                    mounts = store.prepare()
+                    assert isinstance(mounts, list)
+                    undo.callback(_cleanup, name, store.remove)
+                    applied = store.apply(images / diff_dir)
                     logger.debug("snapshot %s: changes applied: %s", name, applied.describe())
-                    client.create_container(attrs.evolve(record, spec=spec))
-                    undo.append(lambda: client.delete_container(name))
+                    api.create_container(attrs.evolve(record, spec=spec))
+                    undo.callback(_cleanup, name, api.delete_container, name)
                     criu_work = work / "criu"
                     criu_work.mkdir(mode=0o700)
-                    undo.append(lambda: _remove_task(client, name))
+                    undo.callback(_cleanup, name, _remove_task, api, name)
                     try:
-                        client.create_task(
+                        api.create_task(
                             name,
                             mounts,
                             options={
@@ -550,16 +549,9 @@ class ContainerdContainer:
                         raise RestoreFailed(
                             f"containerd could not create the task of {name!r}: {exc}"
                         ) from exc
-                    pid = _start(client, name, criu_work / "restore.log")
+                    pid = _start(api, name, criu_work / "restore.log")
                     namespaces.restore_loopback(json.loads(spec), pid)
-                except BaseException:
-                    logger.debug("restore containerd %s/%s: failed, cleaning up", namespace, name)
-                    for step in reversed(undo):
-                        try:
-                            step()
-                        except (CedanaError, OSError) as exc:
-                            logger.warning("cleanup after a failed restore of %s: %s", name, exc)
-                    raise
+                    undo.pop_all()  # restored: nothing of it is undone
         logger.debug(
             "restore containerd %s/%s: pid %d in %.3fs",
             namespace,
@@ -567,7 +559,7 @@ class ContainerdContainer:
             pid,
             time.monotonic() - started,
         )
-        return cls(name, namespace=namespace, address=address, backend=backend)
+        return cls(name, namespace=namespace, address=address, backend=backend, client=client)
 
     # --- managing it ------------------------------------------------------------
 
@@ -602,7 +594,7 @@ def _check_restorable(
     needs = []
     if info.get("terminal"):
         needs.append("a terminal (the container was started with a tty)")
-    if restores_tcp(tcp_established, ckpt.manifest):
+    if RuncContainer.restores_tcp(tcp_established, ckpt.manifest):
         needs.append("TCP repair (tcp_established, --tcp-established)")
     if ckpt.manifest.options.get("file_locks"):
         needs.append("file locks")
@@ -707,13 +699,95 @@ def _start(client: ContainerdClient, name: str, criu_log: Path) -> int:
     try:
         client.start_task(name)
     except CedanaError as exc:
-        raise restore_failed(
+        raise RuncContainer.restore_failed(
             f"containerd could not restore task {name!r}: {exc}", criu_log
         ) from exc
     task = client.task(name)
     if task is None or task.status not in LIVE:
-        raise restore_failed(
+        raise RuncContainer.restore_failed(
             f"containerd restored task {name!r} but it is {task.status if task else 'gone'}",
             criu_log,
         )
     return task.pid
+
+
+def _parse_ident(ident: str) -> dict[str, Any]:
+    namespace, _, cid = ident.rpartition("/")
+    if not cid:
+        raise ValueError(ident)
+    return {"id": cid, "namespace": namespace or None}
+
+
+registry.register(
+    registry.Runtime(
+        name=CONTAINERD,
+        target="containerd:[NAMESPACE/]ID",
+        help="a containerd container (--address: containerd's socket; --root: the shim's "
+        "runc root)",
+        cls=ContainerdContainer,
+        parse=_parse_ident,
+        restores_into=(CONTAINERD, "runc"),
+        flags={"address": "address", "root": "runc_root"},
+        runc_root=DEFAULT_RUNC_ROOT,
+        summary=lambda c: {"namespace": c.namespace, "name": c.id},
+    )
+)
+
+
+@attrs.define(eq=False)
+class _CheckpointRun:
+    """containerd's part of one checkpoint (a :class:`~cedana.container.runc.RuntimeLayer`):
+    the live check against containerd's records, the snapshot and facts, the task's end."""
+
+    container: ContainerdContainer
+    client: ContainerdClient
+    record: ContainerRecord | None = None
+    task: TaskRecord | None = None
+
+    @property
+    def runtime_name(self) -> str:
+        return CONTAINERD
+
+    def runc(self) -> RuncContainer:
+        return self.container._runc_for(self.record)
+
+    def live_state(self) -> RuncState:
+        self.record, self.task, state = self.container._live(self.client)
+        return state
+
+    def dump_extras(self, state: RuncState) -> DumpExtras:
+        record, task, client, cid = self.record, self.task, self.client, self.container.id
+        assert record is not None  # live_state() ran first
+        assert task is not None
+        snapshot = ContainerdSnapshotter(client, record.snapshotter, record.snapshot_key)
+        snapshot.check_mounted_at(state.rootfs, what=cid)
+        parent = client.snapshot_parent(record.snapshotter, record.snapshot_key)
+        image: ImageRecord | None = None
+        try:
+            image = client.image(record.image)
+        except ContainerNotFound:
+            logger.warning("image %s of %s is gone; recording its name only", record.image, cid)
+        containerd = {
+            **record.to_json(),
+            "address": self.container.address,
+            "namespace": self.container.namespace,
+            "image": {
+                "name": record.image,
+                "digest": image.digest if image else None,
+                "media_type": image.media_type if image else None,
+                "manifest_digest": image.manifest_digest if image else None,
+                "chain_id": parent,
+            },
+            "spec": SPEC_MEMBER,
+        }
+        return DumpExtras(
+            snapshotter=snapshot,
+            status=task.status,
+            workload={"containerd": containerd},
+            rootfs={"store": record.snapshotter},
+            members={SPEC_MEMBER: record.spec},
+        )
+
+    def after_dump(self) -> None:
+        # The dump killed it; containerd keeps the task until it is deleted.
+        _remove_task(self.client, self.container.id, timeout=30)

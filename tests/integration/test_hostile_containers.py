@@ -414,3 +414,47 @@ def test_restored_bundle_is_root_only(
         with contextlib.suppress(cedana.CedanaError):
             cedana.RuncContainer(name, root=containers.root).delete()
         shutil.rmtree(open_parent, ignore_errors=True)
+
+
+def _old_record(store: str) -> Edit:
+    """The ``rootfs`` entry as a cedana before the diff format was recorded wrote it: the
+    store's name in ``snapshotter``, no ``format`` (in the entry or in the diff's record)."""
+
+    def edit(workload: dict[str, Any], images: Path) -> None:
+        rootfs = workload["rootfs"]
+        rootfs.pop("format", None)
+        rootfs["snapshotter"] = store
+        rootfs["diff"].pop("format", None)
+        rootfs["diff"]["snapshotter"] = store
+
+    return edit
+
+
+@pytest.mark.parametrize("store", ["overlay", "containerd"])
+def test_old_rootfs_records_still_restore(
+    base: tuple[Path, Containers], tmp_path: Path, store: str
+) -> None:
+    """An artifact whose rootfs entry names only the store it came from (the form before the
+    diff format was recorded apart), a plain overlay's or a containerd snapshot's, restores
+    into runc: the runc layer reads the overlay format from the old store name."""
+    art, containers = base
+    assert cedana.open(art).manifest.workload["rootfs"]["format"] == "overlay"
+    old = craft(art, tmp_path / f"old-{store}.tar.zst", _old_record(store))
+    name = f"hostile-old-{store}-{os.getpid()}"
+    containers.track(name)
+    r = cedana.restore(old, name=name, root=containers.root, bundle=tmp_path / "bundle")
+    assert_counts_on(r, count(r))
+
+
+def test_unknown_diff_format_is_refused_before_runc_runs(
+    base: tuple[Path, Containers], tmp_path: Path, spy: Spy
+) -> None:
+    """A diff in a format this cedana cannot apply is refused by its format, naming it,
+    before runc runs or a bundle is made."""
+    art, containers = base
+    crafted = craft(art, tmp_path / "zfs.tar.zst", _set("rootfs.format", "zfs-send"))
+    bundle = tmp_path / "bundle"
+    with pytest.raises(cedana.ContainerError, match="in a 'zfs-send' format"):
+        cedana.restore(crafted, root=containers.root, bundle=bundle, runc=str(spy.path))
+    assert spy.calls == []
+    assert not bundle.exists()

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import pytest
 
 import cedana
-from cedana import api, cli
+from cedana import cli, registry
 from cedana.artifact import HostInfo, Manifest, ProcessEntry, check_destination, write_artifact
 from cedana.artifact.signing import host_key
 from cedana.errors import ArtifactCorrupt, ArtifactExists, CedanaError
@@ -75,7 +75,7 @@ def test_every_option_has_help() -> None:
 
 def test_into_lists_every_restore_target() -> None:
     """``restore --into``'s help names every runtime cedana.restore takes, and only those."""
-    targets = {t for by_kind in api._RESTORERS.values() for t in by_kind}
+    targets = {t for runtime in registry.entries() for t in runtime.restores_into}
     assert set(cli._RESTORE_TARGETS) == targets
     (into,) = [
         a

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import attrs
 import pytest
 
 from cedana.errors import NotCheckpointable
@@ -65,7 +66,7 @@ def test_it_is_a_snapshotter(tmp_path: Path) -> None:
     snap: Snapshotter = ContainerdSnapshotter(FakeSnapshots(tmp_path), "overlayfs", "c1")
     assert snap.name == "containerd"
     for snapshotter in (ContainerdSnapshotter, OverlaySnapshotter):
-        for method in ("layers_json", "capture", "apply"):  # the Protocol's, same parameters
+        for method in ("layers_json", "capture", "prepare", "apply", "remove"):  # the Protocol's
             want = list(inspect.signature(getattr(Snapshotter, method)).parameters)
             have = list(inspect.signature(getattr(snapshotter, method)).parameters)
             assert have[: len(want)] == want, (snapshotter.__name__, method, have)
@@ -128,3 +129,20 @@ def test_overlay_layers_of_mounts() -> None:
     assert overlay_layers([ro]) is None
     assert overlay_layers([rw, rw]) is None
     assert overlay_layers([]) is None
+
+
+def test_diff_format_is_recorded_apart_from_the_store() -> None:
+    """Both stores write the overlay format; a record from before the format was recorded
+    (the store's name only, as ``snapshotter``) reads as the format that store wrote, and
+    an unknown store as no known format."""
+    from cedana.rootfs import OVERLAY, RootfsDiff, diff_format
+
+    assert attrs.fields(ContainerdSnapshotter).format.default == OVERLAY
+    assert diff_format({"snapshotter": "containerd", "format": "overlay"}) == OVERLAY
+    assert diff_format({"snapshotter": "containerd"}) == OVERLAY
+    assert diff_format({"snapshotter": "overlay"}) == OVERLAY
+    assert diff_format({"snapshotter": "zfs"}) is None
+    assert diff_format({"snapshotter": "overlay", "format": "zfs-send"}) == "zfs-send"
+    old = RootfsDiff.from_json({"snapshotter": "containerd", "files": 1})
+    assert (old.snapshotter, old.format, old.files) == ("containerd", OVERLAY, 1)
+    assert RootfsDiff.from_json(old.to_json()) == old

@@ -397,3 +397,19 @@ def test_add_members_runs_while_frozen_and_extends_the_manifest(
     assert seen_frozen == [True]
     assert ckpt.manifest.workload["rootfs"]["captured"] is True
     assert ckpt.read_member("container/rootfs-diff.tar") == b"diff"
+
+
+def test_a_hung_runc_is_a_runtime_timeout(tmp_path: Path) -> None:
+    """A runc that does not finish in time is killed and reported as RuntimeTimeout (a
+    ContainerError and a TimeoutError) naming the command and the timeout, not as
+    subprocess's own exception."""
+    from cedana.container.command import RuncCommand
+    from cedana.errors import ContainerError, RuntimeTimeout
+
+    hung = tmp_path / "runc"
+    hung.write_text("#!/bin/sh\nexec sleep 60\n")
+    hung.chmod(0o755)
+    command = RuncCommand(tmp_path / "root", str(hung))
+    with pytest.raises(RuntimeTimeout, match=r"runc --root \S+ state c1 did not finish in 0.2s"):
+        command.run("state", "c1", timeout=0.2)
+    assert issubclass(RuntimeTimeout, ContainerError) and issubclass(RuntimeTimeout, TimeoutError)
