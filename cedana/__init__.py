@@ -3,7 +3,9 @@
 Layout, one concern per layer (each holds the one below)::
 
     api.py        check / open / restore: the top-level verbs
-    process.py    Process, spawn: a live process tree (uses procfs.py)
+    registry.py   the runtimes: CLI targets, what restores into what (each registers itself)
+    process.py    Process, spawn: a live process tree (uses procfs.py, descriptors.py: what
+                  leads outside the tree and how restore reattaches it)
     container/    RuncContainer: a runc container (runc state, cgroups, namespaces, mounts)
     rootfs/       snapshotters: a container's root filesystem changes (overlay, containerd)
     runtimes/     ContainerdContainer: runc + a snapshotter + the runtime's own API

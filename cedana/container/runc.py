@@ -63,6 +63,7 @@ from cedana.container.options import dump_options, gather_facts
 from cedana.container.state import DEFAULT_ROOT, LIVE, RuncState, check_id, read_state
 from cedana.criu import CriuBackend
 from cedana.defaults import or_default
+from cedana.descriptors import StdioTarget, open_stdio
 from cedana.errors import (
     CedanaError,
     ContainerError,
@@ -75,8 +76,6 @@ from cedana.process import (
     CheckpointOptions,
     DumpPlan,
     Process,
-    StdioTarget,
-    open_stdio,
     preflight,
     restore_failed,
     restores_tcp,

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from cedana.process import CheckpointOptions, Inherit, inherit_plan, inherited_fds, plan_dump
+from cedana.descriptors import Inherit, inherit_plan, inherited_fds
+from cedana.process import CheckpointOptions, plan_dump
 from tests.conftest import wait_for
 
 #: Sleeps until killed; with "pty", first opens a pty pair of its own and keeps both ends.
