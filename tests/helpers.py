@@ -21,7 +21,7 @@ import cedana
 from cedana import procfs
 from cedana.artifact import thaw, write_artifact
 from cedana.artifact.signing import host_key
-from cedana.container.runc import DEFAULT_BUNDLES
+from cedana.container.bundle import DEFAULT_BUNDLES
 from cedana.rootfs.mounts import is_mountpoint, umount
 from tests.capabilities import busybox_binary
 from tests.conftest import wait_for

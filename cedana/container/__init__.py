@@ -9,11 +9,13 @@ Layout::
     cgroups.py     cgroup v1 / hybrid / v2: freezer, v1 hierarchies
     command.py     the runc command (restore, delete, exec)
     runc.py        RuncContainer: checkpoint and restore, rootfs changes included
+    bundle.py      the bundles a restore makes: private dirs, overlay, new config.json
     confine.py     what a container checkpoint may ask of the host at restore (Grants)
 """
 
 from cedana.container.confine import Grants
-from cedana.container.runc import DEFAULT_BUNDLES, RuncContainer
+from cedana.container.bundle import DEFAULT_BUNDLES
+from cedana.container.runc import RuncContainer
 from cedana.container.state import RuncState
 
 __all__ = ["DEFAULT_BUNDLES", "Grants", "RuncContainer", "RuncState"]

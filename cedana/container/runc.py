@@ -42,7 +42,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal as signal_mod
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -56,9 +55,18 @@ from cedana import registry
 from cedana.artifact.manifest import Manifest, thaw
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
-from cedana.container import cgroups, confine, namespaces
+from cedana.container import confine, namespaces
+from cedana.container.bundle import (
+    BUNDLE_MARKER,
+    DEFAULT_BUNDLES,
+    MadeBundle,
+    bundle_config,
+    check_new_bundle,
+    load_config,
+    make_overlay_bundle,
+    write_private,
+)
 from cedana.container.command import RuncCommand, log_errors
-from cedana.container.mounts import is_bind
 from cedana.container.options import dump_options, gather_facts
 from cedana.container.state import DEFAULT_ROOT, LIVE, RuncState, check_id, read_state
 from cedana.criu import CriuBackend
@@ -70,7 +78,6 @@ from cedana.errors import (
     ContainerExists,
     ContainerNotFound,
     ContainerNotRunning,
-    UnsafeArtifact,
 )
 from cedana.process import (
     CheckpointOptions,
@@ -81,8 +88,7 @@ from cedana.process import (
     restores_tcp,
 )
 from cedana.rootfs import OVERLAY, RootfsDiff, Snapshotter, diff_format, snapshotter_for
-from cedana.rootfs.mounts import is_mountpoint, umount
-from cedana.rootfs.overlay import DIFF_NAME, OverlayLayers, OverlaySnapshotter
+from cedana.rootfs.overlay import DIFF_NAME
 from cedana.staging import scratch_dir
 
 __all__ = [
@@ -102,16 +108,11 @@ logger = logging.getLogger("cedana.runc")
 #: This runtime's name in the registry (the manifest's ``runtime``).
 RUNC = "runc"
 
-#: Where restore makes bundles unless given ``bundle=``.
-DEFAULT_BUNDLES = Path("/var/lib/cedana/bundles")
-
 #: runc's record of the init's stdio, in the images directory (runc's name for it).
 DESCRIPTORS = "descriptors.json"
 #: The directory of the artifact holding the container's own members.
 CONTAINER_DIR = "container"
 CONFIG_MEMBER = f"{CONTAINER_DIR}/config.json"
-#: Marks a bundle restore made, so :meth:`RuncContainer.delete` may remove it.
-BUNDLE_MARKER = "cedana-bundle.json"
 
 
 @attrs.frozen(kw_only=True)
@@ -190,14 +191,14 @@ class ContainerDump:
         """Write runc's ``descriptors.json``, the config, ``extra`` members and the rootfs
         changes into ``images``; called while the container is frozen, so they match the
         memory images. Returns the manifest's ``rootfs`` entry with the diff's summary."""
-        _write_private(
+        write_private(
             images / DESCRIPTORS, json.dumps(list(self.state.external_descriptors)).encode()
         )
         own = images / CONTAINER_DIR
         own.mkdir(mode=0o700, exist_ok=True)
-        _write_private(images / CONFIG_MEMBER, self.config_bytes)
+        write_private(images / CONFIG_MEMBER, self.config_bytes)
         for name, data in (extra or {}).items():
-            _write_private(images / name, data)
+            write_private(images / name, data)
         if snapshotter is None:
             return None
         diff = snapshotter.capture(self.state.rootfs, own)
@@ -363,7 +364,7 @@ class RuncContainer:
         The part of a checkpoint every runc-based runtime shares; the runtime
         adds its own facts, its snapshotter and what follows the dump.
         """
-        config_bytes, config = _load_config(state.bundle)
+        config_bytes, config = load_config(state.bundle)
         init = self.process(state)
         plan = init.plan(options, layer=dump_options(config, gather_facts(state, config)))
         process = config.get("process") or {}
@@ -650,7 +651,7 @@ class RuncContainer:
             bundle = self.state().bundle
             self._command.delete(self.id, force=force)
         if bundle is not None and (bundle / BUNDLE_MARKER).is_file():
-            _MadeBundle(bundle, created=True).remove()
+            MadeBundle(bundle, created=True).remove()
 
 
 def plan_restore(
@@ -719,7 +720,7 @@ def plan_restore(
     diff_dir: str | None = None
     if captured:
         bundle_dir = Path(os.path.abspath(bundle)) if bundle is not None else DEFAULT_BUNDLES / name
-        _check_new_bundle(bundle_dir)
+        check_new_bundle(bundle_dir)
         diff_dir = confine.check_member(
             rootfs_info.get("dir"), members, what="rootfs.dir", default=CONTAINER_DIR
         )
@@ -730,7 +731,7 @@ def plan_restore(
             given=lower,
         )
         new_config = confine.check_config(
-            _new_config(
+            bundle_config(
                 ckpt.read_member(config_member),
                 original_bundle=str(info["bundle"]),
                 old_id=str(info["id"]),
@@ -850,7 +851,7 @@ class RuncRestorePlan:
             ckpt.extract(images)
             confine.check_images(images, grants=grants)
             if self.new_config is not None and self.diff_dir is not None:
-                made = _make_overlay_bundle(
+                made = make_overlay_bundle(
                     self.bundle,
                     images / self.diff_dir,
                     self.new_config,
@@ -890,22 +891,6 @@ class RuncRestorePlan:
 # --- helpers ---------------------------------------------------------------------
 
 
-def _load_config(bundle: Path) -> tuple[bytes, dict[str, Any]]:
-    """The bundle's ``config.json``, as bytes and parsed."""
-    try:
-        raw = (bundle / "config.json").read_bytes()
-        config: dict[str, Any] = json.loads(raw)
-    except (OSError, ValueError) as exc:
-        raise ContainerError(f"cannot read {bundle}/config.json: {exc}") from exc
-    return raw, config
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with open(fd, "wb") as f:
-        f.write(data)
-
-
 def _delete_if_restored_here(command: RuncCommand, root: Path, name: str, bundle: Path) -> None:
     """A failed restore's cleanup: ``runc delete --force`` the container it made, if any."""
     logger.debug("restore runc %s: failed, cleaning up", name)
@@ -926,123 +911,6 @@ def _restored_here(root: Path, name: str, bundle: Path) -> bool:
         return False
     except CedanaError:
         return (root / name).exists()
-
-
-def _check_new_bundle(bundle: Path) -> None:
-    if bundle.is_symlink() or (bundle.exists() and (not bundle.is_dir() or any(bundle.iterdir()))):
-        raise ContainerExists(
-            f"bundle directory {bundle} exists and is not empty (left by an earlier restore? "
-            "delete that container with cedana, or remove the directory); or pass another bundle= "
-            "(--bundle)"
-        )
-
-
-@attrs.define
-class _MadeBundle:
-    """A bundle restore made: removed (overlay unmounted first) if restore fails."""
-
-    path: Path
-    created: bool
-
-    def remove(self) -> None:
-        rootfs = self.path / "rootfs"
-        with contextlib.suppress(OSError):
-            while is_mountpoint(rootfs):
-                umount(rootfs, detach=True)
-        if self.created:
-            shutil.rmtree(self.path, ignore_errors=True)
-        else:
-            for child in list(self.path.iterdir()) if self.path.is_dir() else []:
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
-
-
-def _new_config(raw: bytes, *, original_bundle: str, old_id: str, name: str) -> dict[str, Any]:
-    """The checkpoint's config.json for a new bundle: rootfs ``rootfs``, absolute bind sources.
-
-    Raises:
-        UnsafeArtifact: ``raw`` is not an OCI config.
-    """
-    try:
-        config: dict[str, Any] = json.loads(raw)
-        config["root"] = {**(config.get("root") or {}), "path": "rootfs"}
-        for m in config.get("mounts") or []:
-            source = m.get("source")
-            if is_bind(m) and source and not os.path.isabs(source):
-                m["source"] = os.path.join(original_bundle, source)
-        linux = config.get("linux") or {}
-        if linux.get("cgroupsPath"):
-            linux["cgroupsPath"] = cgroups.rename_path(str(linux["cgroupsPath"]), old_id, name)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise UnsafeArtifact(
-            f"the checkpoint's config.json is not an OCI config ({exc}), so nothing was "
-            "restored; do not use this checkpoint"
-        ) from None
-    return config
-
-
-def _private_dir(path: Path) -> None:
-    """Make ``path`` (and missing parents) root-only: a restored root filesystem holds
-    setuid files and file capabilities that no other user of the host may reach."""
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            d.mkdir(mode=0o700)
-    os.chmod(path, 0o700)
-
-
-def _make_overlay_bundle(
-    bundle: Path,
-    diff_dir: Path,
-    config: Mapping[str, Any],
-    lower: tuple[str, ...],
-    *,
-    name: str,
-    userxattr: bool,
-) -> _MadeBundle:
-    """A new bundle: config.json, upper (the changes applied), work, rootfs (the overlay).
-
-    The writable layer is an overlay store's (:class:`~cedana.rootfs.overlay.OverlaySnapshotter`:
-    prepared, then the changes applied to it). Every directory is root-only (0700), the
-    bundle first: the upper directory holds the container's files, setuid ones included
-    (moby's CVE-2021-41091).
-    """
-    made = _MadeBundle(bundle, created=not bundle.exists())
-    with contextlib.ExitStack() as undo:
-        undo.callback(made.remove)
-        _private_dir(bundle)
-        rootfs = bundle / "rootfs"
-        store: Snapshotter = OverlaySnapshotter(
-            OverlayLayers(
-                lower=lower,
-                upper=os.fspath(bundle / "upper"),
-                work=os.fspath(bundle / "work"),
-                userxattr=userxattr,
-            )
-        )
-        layers = store.prepare()
-        assert isinstance(layers, OverlayLayers)
-        undo.callback(store.remove)
-        rootfs.mkdir(mode=0o700)
-        applied: RootfsDiff = store.apply(diff_dir)
-        logger.debug("bundle %s: rootfs changes applied: %s", bundle, applied.describe())
-        fd = os.open(
-            bundle / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-        )
-        with open(fd, "w") as f:
-            f.write(json.dumps(config, indent=2))
-        layers.mount(rootfs)
-        (bundle / BUNDLE_MARKER).write_text(
-            json.dumps({"container": name, "overlay": "rootfs", "lower": list(layers.lower)})
-        )
-        undo.pop_all()
-    return made
 
 
 def container_summary(manifest: Manifest) -> dict[str, Any] | None:

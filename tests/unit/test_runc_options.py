@@ -17,12 +17,9 @@ import pytest
 from cedana import procfs
 from cedana.artifact.manifest import HostInfo, Manifest
 from cedana.container import cgroups, mounts, namespaces
+from cedana.container.bundle import bundle_config
 from cedana.container.options import ContainerFacts, dump_options
-from cedana.container.runc import (
-    _new_config,
-    container_lines,
-    container_summary,
-)
+from cedana.container.runc import container_lines, container_summary
 from cedana.container.state import check_id, read_state
 from cedana.criu import build_options
 from cedana.errors import ContainerError, ContainerNotFound
@@ -303,7 +300,7 @@ def test_new_bundle_config_points_at_the_new_rootfs() -> None:
         {"destination": "/data", "type": "bind", "source": "data", "options": ["rbind"]},
         {"destination": "/abs", "type": "bind", "source": "/srv/abs"},
     ]
-    new = _new_config(
+    new = bundle_config(
         json.dumps(config).encode(), original_bundle="/old/bundle", old_id="c1", name="c2"
     )
     assert new["root"] == {"path": "rootfs", "readonly": False}
