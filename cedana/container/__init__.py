@@ -13,8 +13,8 @@ Layout::
     confine.py     what a container checkpoint may ask of the host at restore (Grants)
 """
 
-from cedana.container.confine import Grants
 from cedana.container.bundle import DEFAULT_BUNDLES
+from cedana.container.confine import Grants
 from cedana.container.runc import RuncContainer
 from cedana.container.state import RuncState
 
