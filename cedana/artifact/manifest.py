@@ -37,11 +37,13 @@ __all__ = [
     "thaw",
 ]
 
-FORMAT_VERSION = 1
-"""The format version this cedana writes."""
+FORMAT_VERSION = 2
+"""The format version this cedana writes. Version 2 adds the ``manifest.sig`` member and
+the rootfs diff's ``format``; an older cedana then says to upgrade instead of taking the
+signature for an added member."""
 
-READABLE_FORMAT_VERSIONS = frozenset({1})
-"""The format versions this cedana reads."""
+READABLE_FORMAT_VERSIONS = frozenset({1, 2})
+"""The format versions this cedana reads (version 1: unsigned, written before signatures)."""
 
 MANIFEST_NAME = "manifest.json"
 """The name of the manifest member, always the first member of an artifact."""
@@ -275,7 +277,7 @@ class Manifest:
             readable = ", ".join(str(v) for v in sorted(READABLE_FORMAT_VERSIONS))
             raise UnsupportedFormat(
                 f"the checkpoint has format version {version}, but this cedana reads only "
-                f"version {readable}; upgrade cedana to restore it"
+                f"version(s) {readable}; upgrade cedana to restore it"
             )
         try:
             return cls(

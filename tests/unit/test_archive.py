@@ -25,6 +25,7 @@ import zstandard
 
 from cedana import procfs, staging
 from cedana.artifact import (
+    READABLE_FORMAT_VERSIONS,
     Artifact,
     HostInfo,
     Manifest,
@@ -578,12 +579,12 @@ def test_unknown_format_version(
     if form == "directory":
         path = dest / "manifest.json"
         document = json.loads(path.read_bytes())
-        document["format_version"] = 2
+        document["format_version"] = max(READABLE_FORMAT_VERSIONS) + 1
         path.write_text(json.dumps(document))
     else:
         entries = read_entries(dest)
         document = json.loads(entries[0][1])
-        document["format_version"] = 2
+        document["format_version"] = max(READABLE_FORMAT_VERSIONS) + 1
         entries[0] = regular("manifest.json", json.dumps(document).encode())
         build(dest, entries, compress=form == "zstd")
     with pytest.raises(UnsupportedFormat, match="upgrade cedana"):

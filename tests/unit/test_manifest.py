@@ -152,7 +152,7 @@ def test_rejects_values_json_cannot_carry(options: dict[object, object]) -> None
         {"created": "2026-11-28T23:59:59"},
         {"members": [Member(name="a", size=1, sha256=SHA), "b"]},
         {"tree": [{"pid": 1, "ppid": 0, "command": "x"}]},
-        {"format_version": 2},
+        {"format_version": 3},
     ],
 )
 def test_rejects_invalid_fields(changes: dict[str, object]) -> None:
@@ -217,7 +217,7 @@ def test_unknown_keys_are_ignored() -> None:
     assert Manifest.from_json(json.dumps(document).encode()) == make()
 
 
-@pytest.mark.parametrize("version", [0, 2, 99])
+@pytest.mark.parametrize("version", [0, 3, 99])
 def test_unknown_format_version(version: int) -> None:
     """An unknown format version raises UnsupportedFormat saying what is read and to upgrade."""
     document = json.loads(make().to_json())
@@ -226,7 +226,7 @@ def test_unknown_format_version(version: int) -> None:
         Manifest.from_json(json.dumps(document))
     message = str(caught.value)
     assert str(version) in message
-    assert "version 1" in message
+    assert "version(s) 1, 2" in message
     assert "upgrade cedana" in message
 
 
