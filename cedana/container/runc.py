@@ -82,7 +82,7 @@ from cedana.process import (
     restores_tcp,
 )
 from cedana.rootfs import OVERLAY, RootfsDiff, Snapshotter, diff_format, snapshotter_for
-from cedana.rootfs.mounts import is_mountpoint, make_shared, umount
+from cedana.rootfs.mounts import is_mountpoint, umount
 from cedana.rootfs.overlay import DIFF_NAME, OverlayLayers, OverlaySnapshotter
 from cedana.staging import scratch_dir
 
@@ -1039,9 +1039,6 @@ def _make_overlay_bundle(
         with open(fd, "w") as f:
             f.write(json.dumps(config, indent=2))
         layers.mount(rootfs)
-        # A container whose root was a slave of a shared mount (docker's, on a shared
-        # data root) restores only on a shared root: CRIU makes it a slave of it again.
-        make_shared(rootfs)
         (bundle / BUNDLE_MARKER).write_text(
             json.dumps({"container": name, "overlay": "rootfs", "lower": list(layers.lower)})
         )
