@@ -107,6 +107,6 @@ def _docker_sdk() -> bool:
 
 #: dockerd (Debian's docker.io) and the docker SDK (the ``docker`` extra) for DockerContainer.
 requires_docker = _need(
-    runtime_version("dockerd") is not None and _docker_sdk(),
+    shutil.which("dockerd") is not None and _docker_sdk(),
     "needs dockerd (run scripts/provision) and the docker SDK (pip install 'cedana[docker]')",
 )
