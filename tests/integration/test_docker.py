@@ -513,3 +513,61 @@ def test_daemon_not_experimental(
         assert plain.names() == set()
     finally:
         plain.stop()
+
+
+def test_loopback_server_in_the_container(
+    containers: Containers, dockerd: Dockerd, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A TCP server listening on the container's loopback answers again after restore
+    (its socket came back, and so did ``lo`` in the new network namespace)."""
+    server = "nc -ll -p 7000 -e echo pong & " + COUNTER
+    name, new = name_for(request), name_for(request, "-r")
+    c = containers.run(name, server)
+    wait_count(c, 3)
+    wait_for(
+        lambda: (
+            dockerd.docker("exec", name, "nc", "127.0.0.1", "7000", check=False).stdout == "pong\n"
+        ),
+        20,
+        "the server to answer",
+    )
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst")
+    r = containers.track(cedana.restore(ckpt, name=new, address=dockerd.address))
+    assert_counts_on(r, checkpointed_counts_int(ckpt))
+    assert dockerd.docker("exec", new, "nc", "127.0.0.1", "7000").stdout == "pong\n"
+
+
+def test_tcp_repair_restores_into_runc_only(
+    containers: Containers, dockerd: Dockerd, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A checkpoint taken with ``tcp_established`` is refused by the restore into docker
+    (whose runc shim passes CRIU no TCP repair), saying to restore it into runc, before
+    any container is made."""
+    name = name_for(request)
+    c = containers.run(name)
+    wait_count(c, 3)
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst", leave_running=True, tcp_established=True)
+    before = dockerd.names()
+    with pytest.raises(cedana.ContainerError, match="TCP repair.*into='runc'"):
+        cedana.restore(ckpt, name=name_for(request, "-r"), address=dockerd.address)
+    assert dockerd.names() == before
+
+
+def test_container_with_a_zombie(
+    containers: Containers, dockerd: Dockerd, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A container holding a zombie (a child its parent never reaps) restores: CRIU keeps
+    only the zombie's exit status, and confinement does not ask it for namespaces."""
+    script = f"({COUNTER}) & sleep 0.01 & exec sleep 100000"
+    name, new = name_for(request), name_for(request, "-r")
+    c = containers.run(name, script)
+    wait_count(c, 3)
+    wait_for(
+        lambda: "Z" in dockerd.docker("exec", name, "ps", "-o", "stat").stdout.split(),
+        20,
+        "the zombie",
+    )
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst")
+    assert "dead" in {p.state for p in ckpt.inspect().processes}  # CRIU's word for a zombie
+    r = containers.track(cedana.restore(ckpt, name=new, address=dockerd.address))
+    assert_counts_on(r, checkpointed_counts_int(ckpt))
