@@ -571,3 +571,25 @@ def test_container_with_a_zombie(
     assert "dead" in {p.state for p in ckpt.inspect().processes}  # CRIU's word for a zombie
     r = containers.track(cedana.restore(ckpt, name=new, address=dockerd.address))
     assert_counts_on(r, checkpointed_counts_int(ckpt))
+
+
+def test_a_64_mib_buffer_holds(
+    containers: Containers, dockerd: Dockerd, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A shell holding 64 MiB (48 MiB of random bytes as base64) in a variable has the
+    same checksum of it after restore as before: the memory came back intact."""
+    script = (
+        "a=$(head -c 50331648 /dev/urandom | base64 -w0); "
+        'echo -n "$a" | md5sum > /tmp/before; '
+        'while true; do if [ -e /tmp/check ]; then echo -n "$a" | md5sum > /tmp/after.new; '
+        "mv /tmp/after.new /tmp/after; rm /tmp/check; fi; sleep 0.05; done"
+    )
+    name, new = name_for(request), name_for(request, "-r")
+    c = containers.run(name, script)
+    wait_for(lambda: _read(c, "/tmp/before"), 60, "the buffer")
+    before = _read(c, "/tmp/before")
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst")
+    r = containers.track(cedana.restore(ckpt, name=new, address=dockerd.address))
+    dockerd.docker("exec", new, "touch", "/tmp/check")
+    wait_for(lambda: _read(r, "/tmp/after"), 60, "the checksum after restore")
+    assert _read(r, "/tmp/after") == before
