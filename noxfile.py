@@ -84,7 +84,7 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """cedana vs raw CRIU (and tar | zstd), same workload, same run; prints ratios."""
     provision(session)
-    install(session, "containerd")
+    install(session, "containerd", "docker")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 

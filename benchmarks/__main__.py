@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["process", "runc", "containerd"]
+BENCHMARKS = ["process", "runc", "containerd", "docker"]
 
 
 def main(argv: list[str]) -> int:

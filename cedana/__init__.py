@@ -7,8 +7,8 @@ Layout, one concern per layer (each holds the one below)::
     process.py    Process, spawn: a live process tree (uses procfs.py, descriptors.py: what
                   leads outside the tree and how restore reattaches it)
     container/    RuncContainer: a runc container (runc state, cgroups, namespaces, mounts)
-    rootfs/       snapshotters: a container's root filesystem changes (overlay, containerd)
-    runtimes/     ContainerdContainer: runc + a snapshotter + the runtime's own API
+    rootfs/       snapshotters: a container's rootfs changes (overlay, containerd, overlay2)
+    runtimes/     ContainerdContainer, DockerContainer: runc + a snapshotter + its own API
     checkpoint.py Checkpoint: an opened artifact (manifest, verify, inspect)
     artifact/     manifest, zstd tar archive, verification, signatures, image inspection
     criu.py       the CRIU boundary (the only importer of pycriu)
@@ -53,7 +53,7 @@ from cedana.errors import (
     UntrustedArtifact,
 )
 from cedana.process import CheckpointOptions, Process, RestoreOptions, spawn
-from cedana.runtimes import ContainerdContainer
+from cedana.runtimes import ContainerdContainer, DockerContainer
 
 __version__ = "0.1.0"
 
@@ -75,6 +75,7 @@ __all__ = [
     "CriuError",
     "CriuNotFound",
     "CriuReport",
+    "DockerContainer",
     "DumpFailed",
     "Grants",
     "ImageNotFound",

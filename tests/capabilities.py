@@ -95,3 +95,18 @@ requires_busybox = _need(
 
 
 integration = [pytest.mark.integration, requires_root, requires_criu()]
+
+
+def _docker_sdk() -> bool:
+    try:
+        import docker  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+#: dockerd (Debian's docker.io) and the docker SDK (the ``docker`` extra) for DockerContainer.
+requires_docker = _need(
+    shutil.which("dockerd") is not None and _docker_sdk(),
+    "needs dockerd (run scripts/provision) and the docker SDK (pip install 'cedana[docker]')",
+)

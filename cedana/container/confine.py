@@ -680,6 +680,16 @@ def _entries(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
+#: CRIU's task_state of a zombie (compel's TASK_DEAD: exited, not yet reaped).
+_TASK_DEAD = 2
+
+
+def _zombie(images: Path, pid: int) -> bool:
+    """True when the images record ``pid`` as a zombie (its core image says so)."""
+    core = _entries(images / f"core-{pid}.img")[0]
+    return int((core.get("tc") or {}).get("task_state") or 0) == _TASK_DEAD
+
+
 def _check_images(images: Path, g: Grants) -> None:
     fix = "if you trust the checkpoint, grant it at restore (grants=cedana.Grants(...))"
     host = _entries(images / "inventory.img")[0]["root_ids"]
@@ -689,6 +699,8 @@ def _check_images(images: Path, g: Grants) -> None:
     root_mnt_ns = None
     for task in _entries(images / "pstree.img"):
         pid = int(task["pid"])
+        if not (images / f"ids-{pid}.img").exists() and _zombie(images, pid):
+            continue  # CRIU keeps only a zombie's exit status: it restores running nothing
         ids = _entries(images / f"ids-{pid}.img")[0]
         if root_mnt_ns is None:
             root_mnt_ns = ids.get("mnt_ns_id")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import attrs
 
-__all__ = ["MountEntry", "find_mount", "mount", "mountinfo", "umount"]
+__all__ = ["MountEntry", "find_mount", "make_shared", "mount", "mountinfo", "umount"]
 
 MNT_DETACH = 2
 _ESCAPE = re.compile(r"\\([0-7]{3})")
@@ -110,6 +110,18 @@ def mount(source: str, target: str | os.PathLike[str], fstype: str, data: str = 
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {fstype} on {target}: {os.strerror(err)}", os.fspath(target))
+
+
+#: mount(2)'s flag that makes a mount (the peer group of) a shared one.
+MS_SHARED = 1 << 20
+
+
+def make_shared(target: str | os.PathLike[str]) -> None:
+    """mount(2) ``MS_SHARED`` on ``target`` (``mount --make-shared``); OSError on failure."""
+    rc = _libc().mount(None, os.fsencode(target), None, MS_SHARED, None)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"make-shared {target}: {os.strerror(err)}", os.fspath(target))
 
 
 def umount(target: str | os.PathLike[str], *, detach: bool = False) -> None:

@@ -56,7 +56,7 @@ import attrs
 from cedana._safefs import SafeTree
 from cedana.errors import UnsafeArtifact
 from cedana.rootfs import OVERLAY, RootfsDiff
-from cedana.rootfs.mounts import find_mount, mount, overlay_options
+from cedana.rootfs.mounts import find_mount, make_shared, mount, overlay_options
 
 __all__ = [
     "DIFF_NAME",
@@ -125,9 +125,15 @@ class OverlayLayers:
         return cls.from_options(entry.super_option_list())
 
     def mount(self, target: Path) -> None:
-        """Mount these layers as an overlay on ``target``."""
+        """Mount these layers as an overlay on ``target``, a shared mount.
+
+        Shared, because a container root that was a slave of a shared mount when it was
+        dumped (docker's, on a shared data root) restores only on a shared root: CRIU
+        makes the restored root a slave of it again. A private root restores on it too.
+        """
         data = overlay_options(self.lower, self.upper, self.work, userxattr=self.userxattr)
         mount("overlay", target, "overlay", data)
+        make_shared(target)
 
 
 def _split_lowerdir(value: str) -> list[str]:

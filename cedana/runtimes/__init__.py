@@ -10,10 +10,23 @@ Layout::
     _containerd_proto.py containerd's messages and methods, one table built into
                          descriptors at run time (any protobuf >= 3.20)
 
-Nothing here imports grpc until a containerd container is used.
+    docker.py            DockerContainer: lookup through docker's Engine API, checkpoint
+                         (runc dump + the overlay2 layer), restore as a docker container
+                         (or into plain runc)
+    _docker_api.py       docker's Engine API: the only importer of the docker SDK
+                         (optional: ``pip install 'cedana[docker]'``)
+
+Nothing here imports grpc or the docker SDK until a container of theirs is used.
 """
 
 from cedana.runtimes._containerd_api import ContainerRecord, ImageRecord, TaskRecord
 from cedana.runtimes.containerd import ContainerdContainer
+from cedana.runtimes.docker import DockerContainer
 
-__all__ = ["ContainerRecord", "ContainerdContainer", "ImageRecord", "TaskRecord"]
+__all__ = [
+    "ContainerRecord",
+    "ContainerdContainer",
+    "DockerContainer",
+    "ImageRecord",
+    "TaskRecord",
+]

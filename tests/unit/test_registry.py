@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
         ("runc:web", "runc", {"id": "web"}),
         ("containerd:web", "containerd", {"id": "web", "namespace": None}),
         ("containerd:k8s.io/web", "containerd", {"id": "web", "namespace": "k8s.io"}),
+        ("docker:web", "docker", {"name": "web"}),
     ],
 )
 def test_targets_parse_into_constructor_keywords(
@@ -48,9 +49,9 @@ def test_targets_parse_into_constructor_keywords(
         ("runc:", r"bad target 'runc:': expected runc:ID$"),
         ("containerd:ns/", r"expected containerd:\[NAMESPACE/\]ID$"),
         ("podman:web", r"^podman containers are not supported by this cedana yet$"),
-        ("docker:web", r"^docker containers are not supported by this cedana yet$"),
+        ("docker:", r"bad target 'docker:': expected docker:NAME$"),
         ("crio:abc", r"^crio containers are not supported by this cedana yet$"),
-        ("zone:web", r"expected PID, process:PID, runc:ID, .* docker:NAME or crio:ID$"),
+        ("zone:web", r"expected PID, process:PID, runc:ID, .*docker:NAME.* or crio:ID$"),
     ],
 )
 def test_bad_and_planned_targets_say_so(target: str, message: str) -> None:
