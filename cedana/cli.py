@@ -259,7 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="runc state root (runc: runc's default; containerd: the shim's)",
     )
-    c.add_argument("--address", metavar="SOCK", help="containerd's API socket (its default)")
+    c.add_argument(
+        "--address",
+        metavar="SOCK",
+        help="the runtime's API socket (containerd, docker; default: the runtime's own)",
+    )
     c.add_argument(
         "--signing-key", metavar="KEY", help="Ed25519 private key (PEM); default: this host's"
     )
@@ -283,7 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--root", metavar="DIR", help="runc state root (default: the checkpointed container's)"
     )
-    c.add_argument("--address", metavar="SOCK", help="containerd's API socket (its default)")
+    c.add_argument(
+        "--address",
+        metavar="SOCK",
+        help="the runtime's API socket (containerd, docker; default: the runtime's own)",
+    )
     c.add_argument(
         "--tcp-established",
         action="store_true",
