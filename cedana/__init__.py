@@ -52,6 +52,7 @@ from cedana.errors import (
 )
 from cedana.process import CheckpointOptions, Process, RestoreOptions, spawn
 from cedana.runtimes import ContainerdContainer
+from cedana.runtimes.podman import PodmanContainer
 
 __version__ = "0.1.0"
 
@@ -82,6 +83,7 @@ __all__ = [
     "NotCheckpointable",
     "NotPermitted",
     "PidInUse",
+    "PodmanContainer",
     "Process",
     "ProcessNotFound",
     "RestoreFailed",

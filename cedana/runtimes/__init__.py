@@ -9,11 +9,15 @@ Layout::
                          ``pip install 'cedana[containerd]'``)
     _containerd_proto.py containerd's messages and methods, one table built into
                          descriptors at run time (any protobuf >= 3.20)
+    podman.py            PodmanContainer: lookup through podman container inspect, checkpoint
+                         (runc dump + the containers/storage layer), restore through
+                         podman container restore --import (or into plain runc)
 
 Nothing here imports grpc until a containerd container is used.
 """
 
 from cedana.runtimes._containerd_api import ContainerRecord, ImageRecord, TaskRecord
 from cedana.runtimes.containerd import ContainerdContainer
+from cedana.runtimes.podman import PodmanContainer
 
-__all__ = ["ContainerRecord", "ContainerdContainer", "ImageRecord", "TaskRecord"]
+__all__ = ["ContainerRecord", "ContainerdContainer", "ImageRecord", "PodmanContainer", "TaskRecord"]

@@ -47,7 +47,7 @@ def test_targets_parse_into_constructor_keywords(
         ("process:x", r"bad target 'process:x': expected PID, process:PID$"),
         ("runc:", r"bad target 'runc:': expected runc:ID$"),
         ("containerd:ns/", r"expected containerd:\[NAMESPACE/\]ID$"),
-        ("podman:web", r"^podman containers are not supported by this cedana yet$"),
+        ("podman:", r"bad target 'podman:': expected podman:NAME$"),
         ("docker:web", r"^docker containers are not supported by this cedana yet$"),
         ("crio:abc", r"^crio containers are not supported by this cedana yet$"),
         ("zone:web", r"expected PID, process:PID, runc:ID, .* docker:NAME or crio:ID$"),
