@@ -38,7 +38,6 @@ removes the container podman made for it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -192,13 +191,15 @@ class PodmanCLI:
         return dict(records[0]) if records else None
 
     def remove(self, name: str) -> None:
-        """``podman rm --force`` (what is already gone is skipped)."""
-        self.run("rm", "--force", "--ignore", name, check=False)
+        """``podman rm --force`` without a grace period (what is already gone is skipped)."""
+        self.run("rm", "--force", "--time", "0", "--ignore", name, check=False)
 
 
 def _last_error(stderr: str) -> str:
+    """podman's error line (its last ``Error:`` line, else its last line)."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    return lines[-1] if lines else "no message"
+    errors = [line for line in lines if line.startswith("Error:")]
+    return (errors or lines or ["no message"])[-1]
 
 
 def _root(root: str | os.PathLike[str] | None) -> Path:
@@ -517,19 +518,16 @@ class PodmanContainer:
                 lower=_image_layers(image),
                 exclude={diff_dir.split("/")[0], *_CEDANA_FILES},
             )
-            done = api.run(
-                "container",
-                "restore",
-                "--import",
-                os.fspath(archive),
-                "--name",
-                name,
-                *flags,
-                check=False,
-            )
+            try:
+                done = api.run(
+                    "container", "restore", "--import", os.fspath(archive), "--name", name,
+                    *flags, check=False,
+                )  # fmt: skip
+            except CedanaError:
+                _remove_made(api, name)
+                raise
             if done.returncode != 0:
-                with contextlib.suppress(CedanaError):
-                    api.remove(name)
+                _remove_made(api, name)
                 raise RestoreFailed(
                     f"podman could not restore {name!r}: {_last_error(done.stderr)}"
                 )
@@ -557,6 +555,15 @@ class PodmanContainer:
     def remove(self) -> None:
         """Remove it from podman, killed if it runs (``podman rm --force``)."""
         self._api().remove(self.name)
+
+
+def _remove_made(api: PodmanCLI, name: str) -> None:
+    """A failed restore's cleanup: the container podman made for it, killed and removed
+    (with its storage layer); a failure here is logged, the restore's error is raised."""
+    try:
+        api.remove(name)
+    except CedanaError as exc:
+        logger.warning("cleanup after a failed restore of %s: %s", name, exc)
 
 
 #: cedana's own files beside CRIU's images in an unpacked artifact: not CRIU images.

@@ -7,6 +7,7 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from cedana import registry
 from cedana.container import cgroups
 from cedana.rootfs.containers_storage import DELETED_FILES, to_podman_diff
 from cedana.rootfs.overlay import DIFF_NAME
-from cedana.runtimes.podman import PODMAN, _checked_config, _checked_spec, podman_config
+from cedana.runtimes.podman import PODMAN, PodmanCLI, _checked_config, _checked_spec, podman_config
 
 
 def test_podman_cgroup_is_renamed_to_the_restored_container() -> None:
@@ -84,7 +85,7 @@ def test_config_fields_are_typed_and_others_dropped() -> None:
 def test_spec_leaves_podmans_own_mounts_to_podman_and_refuses_host_binds() -> None:
     """The mounts podman makes for every container (hosts, hostname, shm...) are dropped
     from the spec, the rest is confined: another host bind is refused."""
-    spec = {
+    spec: dict[str, Any] = {
         "root": {"path": "/old/merged"},
         "mounts": [
             {"destination": "/etc/hosts", "type": "bind", "source": "/run/x/hosts"},
@@ -127,3 +128,18 @@ def test_podman_is_registered() -> None:
     assert runtime.name == PODMAN and runtime.cls is cedana.PodmanContainer
     assert keywords == {"name": "web"}
     assert runtime.restores_into == ("podman", "runc")
+
+
+def test_crun_container_is_refused(tmp_path: Path) -> None:
+    """A container podman runs under another OCI runtime than runc is refused, naming it,
+    before anything is frozen or written."""
+    record = {"State": {"Status": "running", "Pid": 1}, "OCIRuntime": "crun", "Id": "x"}
+
+    class FakeCLI(PodmanCLI):
+        def container(self, name: str) -> dict[str, Any] | None:
+            copied: dict[str, Any] = json.loads(json.dumps(record))
+            return copied
+
+    with pytest.raises(cedana.NotCheckpointable, match="runs under 'crun'.*--runtime runc"):
+        cedana.PodmanContainer("web", client=FakeCLI()).checkpoint(tmp_path / "a.tar.zst")
+    assert not list(tmp_path.iterdir())
