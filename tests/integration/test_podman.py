@@ -144,6 +144,7 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     finally:
         p("rm", "--all", "--force", "--time", "0", check=False)
         p("rmi", "--all", "--force", check=False)
+        p("volume", "rm", "--all", "--force", check=False)
         env.undo()
         for mount in sorted(
             (m.mountpoint for m in mountinfo() if m.mountpoint.startswith(str(root))),
@@ -341,6 +342,25 @@ def test_name_taken_and_failed_restore_leave_nothing(
     with pytest.raises(cedana.RestoreFailed, match=f"podman could not restore '{new}'"):
         cedana.restore(crafted, name=new)
     assert podman.names() == before
+    assert podman.status(name) == "running"
+
+
+def test_named_volume_is_refused(
+    podman: Podman, made: list[str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A container with a named volume is refused naming the volume (cedana does not
+    capture volumes yet), before anything is frozen: it keeps running, its counter on."""
+    name = name_for(request)
+    podman.made.append(name)
+    volume = f"{name}-vol"
+    podman("run", "-d", "--name", name, "--network", "none", "-v", f"{volume}:/vol", IMAGE,
+           "/bin/sh", "-c", COUNTER)  # fmt: skip
+    c = cedana.PodmanContainer(name)
+    before = wait_count(c, 3)
+    with pytest.raises(cedana.NotCheckpointable, match=f"named volume '{volume}'.*/vol"):
+        c.checkpoint(tmp_path / "c.tar.zst")
+    assert not list(tmp_path.iterdir())
+    wait_count(c, len(before) + 3)
     assert podman.status(name) == "running"
 
 
