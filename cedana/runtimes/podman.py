@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import attrs
+import zstandard
 
 from cedana import registry
 from cedana.artifact.manifest import thaw
@@ -61,6 +62,7 @@ from cedana.container.runc import DumpExtras
 from cedana.container.state import RuncState
 from cedana.criu import CriuBackend
 from cedana.errors import (
+    ArtifactExists,
     CedanaError,
     ContainerError,
     ContainerExists,
@@ -434,68 +436,11 @@ class PodmanContainer:
             RestoreFailed: podman (conmon, runc, CRIU) failed; no container is left behind.
         """
         ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
-        manifest = ckpt.manifest
-        if manifest.kind != "container" or manifest.runtime != PODMAN:
-            raise ContainerError(
-                f"{ckpt.path} holds a {manifest.runtime or manifest.kind} checkpoint, "
-                "not a podman one"
-            )
-        info = manifest.workload["container"]
-        pod = manifest.workload.get("podman") or {}
-        rootfs_info = manifest.workload.get("rootfs") or {}
-        config = _checked_config(thaw(pod.get("config") or {}))
-        name = name or str(config.get("name") or "")
-        if not _NAME.match(name):
-            raise ContainerError(
-                f"{name!r} is not a podman container name (letters, digits, _ . -); choose "
-                "another (name=... / --name)"
-            )
-        if info.get("terminal"):
-            raise ContainerError(
-                f"{ckpt.path} holds a container with a terminal, which cedana does not "
-                "restore into podman yet; restore it into runc (into='runc', --into runc)"
-            )
-        if not rootfs_info.get("captured") or diff_format(rootfs_info) != OVERLAY:
-            raise ContainerError(
-                f"{ckpt.path} holds no rootfs changes in the overlay format, which a restore "
-                "into podman needs; restore it into runc (into='runc', --into runc)"
-            )
-        members = [m.name for m in manifest.members]
-        spec_member = confine.check_member(
-            info.get("config"),
-            members,
-            what="container.config",
-            default=RuncContainer.member("config.json"),
-        )
-        diff_dir = confine.check_member(
-            rootfs_info.get("dir"),
-            members,
-            what="rootfs.dir",
-            default=RuncContainer.member("")[:-1],
-        )
-        confine.check_member(f"{diff_dir}/{DIFF_NAME}", members, what="rootfs.dir", default="")
-        spec = _checked_spec(ckpt.read_member(spec_member), name=name, hooks=hooks, grants=grants)
-        flags = []
-        if RuncContainer.restores_tcp(tcp_established, manifest):
-            flags.append("--tcp-established")
-        if manifest.options.get("file_locks"):
-            flags.append("--file-locks")
-
         api = client if client is not None else PodmanCLI()
-        image_ref = str(config.get("rootfsImageName") or config.get("rootfsImageID") or "")
-        image = api.image(str(config.get("rootfsImageID") or image_ref)) or api.image(image_ref)
-        if image is None:
-            raise ImageNotFound(
-                f"image {image_ref!r} (id {config.get('rootfsImageID')}) is not in podman's "
-                "store; the checkpoint's root filesystem changes apply on top of it: load or "
-                "import it first (podman load / podman import)"
-            )
-        if config.get("rootfsImageID") and image.get("Id") != config["rootfsImageID"]:
-            raise ContainerError(
-                f"image {image_ref!r} in podman's store is {image.get('Id')}, not the "
-                f"checkpointed container's {config['rootfsImageID']}; the root filesystem "
-                "changes apply only on the same layers: load the image it was checkpointed with"
-            )
+        plan = _plan_import(
+            ckpt, name=name, tcp_established=tcp_established, hooks=hooks, grants=grants, api=api
+        )
+        name = plan.name
         if api.container(name) is not None:
             raise ContainerExists(
                 f"a podman container named {name!r} exists; choose another name (name=... / "
@@ -505,37 +450,73 @@ class PodmanContainer:
 
         started = time.monotonic()
         with scratch_dir(".cedana-restore-", parent=work_dir, fills="CRIU's images") as work:
-            images = work / "images"
-            ckpt.extract(images)
-            confine.check_images(images, grants=grants)
-            archive = work / "import.tar"
-            write_import(
-                images,
-                archive,
-                config={**config, "name": name},
-                spec=spec,
-                diff_dir=images / diff_dir,
-                lower=_image_layers(image),
-                exclude={diff_dir.split("/")[0], *_CEDANA_FILES},
-            )
+            archive = plan.write(ckpt, work, grants=grants)
             try:
                 done = api.run(
                     "container", "restore", "--import", os.fspath(archive), "--name", name,
-                    *flags, check=False,
+                    *plan.flags, check=False,
                 )  # fmt: skip
             except CedanaError:
                 _remove_made(api, name)
                 raise
             if done.returncode != 0:
+                log = _keep_restore_log(done.stderr, work)
                 _remove_made(api, name)
-                raise RestoreFailed(
-                    f"podman could not restore {name!r}: {_last_error(done.stderr)}"
-                )
+                message = f"podman could not restore {name!r}: {_last_error(done.stderr)}"
+                if log is None:
+                    raise RestoreFailed(message)
+                raise RuncContainer.restore_failed(message, log)
         restored = cls(name, backend=backend, client=client)
         logger.debug(
             "restore podman %s: pid %d in %.3fs", name, restored.pid, time.monotonic() - started
         )
         return restored
+
+    @staticmethod
+    def export(
+        checkpoint: Checkpoint | str | os.PathLike[str],
+        dest: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        compress: Literal["zstd", "none"] = "zstd",
+        hooks: Mapping[str, Any] | None = None,
+        grants: confine.Grants | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        client: PodmanCLI | None = None,
+        trust: Trust = "trusted",
+        trusted_keys: Iterable[KeySource] | None = None,
+    ) -> Path:
+        """Write a podman checkpoint as the archive ``podman container restore --import``
+        takes (what :meth:`restore` hands podman), for podman to restore itself.
+
+        The checkpoint is checked and confined as for :meth:`restore` (``name``,
+        ``hooks`` and ``grants`` as there); its image must be in this podman's store,
+        whose layers say which entries of a replaced directory are deleted.
+
+        Returns:
+            ``dest``: a tar, zstd-compressed unless ``compress="none"``.
+
+        Raises:
+            ArtifactExists: ``dest`` exists.
+            ImageNotFound: The image is not in podman's store.
+        """
+        target = Path(dest)
+        if target.exists():
+            raise ArtifactExists(f"{target} already exists; choose another path or remove it")
+        ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
+        api = client if client is not None else PodmanCLI()
+        plan = _plan_import(
+            ckpt, name=name, tcp_established=None, hooks=hooks, grants=grants, api=api
+        )
+        with scratch_dir(".cedana-export-", parent=work_dir, fills="CRIU's images") as work:
+            archive = plan.write(ckpt, work, grants=grants)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with open(fd, "wb") as out, open(archive, "rb") as src:
+                if compress == "zstd":
+                    zstandard.ZstdCompressor(level=3, threads=-1).copy_stream(src, out)
+                else:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        return target
 
     # --- managing it ------------------------------------------------------------
 
@@ -555,6 +536,133 @@ class PodmanContainer:
     def remove(self) -> None:
         """Remove it from podman, killed if it runs (``podman rm --force``)."""
         self._api().remove(self.name)
+
+
+@attrs.frozen(kw_only=True)
+class _ImportPlan:
+    """A podman import, decided and checked (:func:`_plan_import`), to be written."""
+
+    name: str
+    config: Mapping[str, Any]
+    spec: Mapping[str, Any]
+    flags: tuple[str, ...]
+    diff_dir: str
+    lower: tuple[str, ...]
+
+    def write(self, ckpt: Checkpoint, work: Path, *, grants: confine.Grants | None) -> Path:
+        """Unpack the images into ``work`` (checked against ``grants``) and write the import
+        archive there; its path."""
+        images = work / "images"
+        ckpt.extract(images)
+        confine.check_images(images, grants=grants)
+        archive = work / "import.tar"
+        write_import(
+            images,
+            archive,
+            config={**self.config, "name": self.name},
+            spec=self.spec,
+            diff_dir=images / self.diff_dir,
+            lower=self.lower,
+            exclude={self.diff_dir.split("/")[0], *_CEDANA_FILES},
+        )
+        return archive
+
+
+def _plan_import(
+    ckpt: Checkpoint,
+    *,
+    name: str | None,
+    tcp_established: bool | None,
+    hooks: Mapping[str, Any] | None,
+    grants: confine.Grants | None,
+    api: PodmanCLI,
+) -> _ImportPlan:
+    """What importing ``ckpt`` into podman will do, checked before anything is unpacked:
+    a podman checkpoint, a podman name, the members, the confined spec, the image."""
+    manifest = ckpt.manifest
+    if manifest.kind != "container" or manifest.runtime != PODMAN:
+        raise ContainerError(
+            f"{ckpt.path} holds a {manifest.runtime or manifest.kind} checkpoint, not a podman one"
+        )
+    info = manifest.workload["container"]
+    pod = manifest.workload.get("podman") or {}
+    rootfs_info = manifest.workload.get("rootfs") or {}
+    config = _checked_config(thaw(pod.get("config") or {}))
+    name = name or str(config.get("name") or "")
+    if not _NAME.match(name):
+        raise ContainerError(
+            f"{name!r} is not a podman container name (letters, digits, _ . -); choose "
+            "another (name=... / --name)"
+        )
+    if info.get("terminal"):
+        raise ContainerError(
+            f"{ckpt.path} holds a container with a terminal, which cedana does not "
+            "restore into podman yet; restore it into runc (into='runc', --into runc)"
+        )
+    if not rootfs_info.get("captured") or diff_format(rootfs_info) != OVERLAY:
+        raise ContainerError(
+            f"{ckpt.path} holds no rootfs changes in the overlay format, which a restore "
+            "into podman needs; restore it into runc (into='runc', --into runc)"
+        )
+    members = [m.name for m in manifest.members]
+    spec_member = confine.check_member(
+        info.get("config"),
+        members,
+        what="container.config",
+        default=RuncContainer.member("config.json"),
+    )
+    diff_dir = confine.check_member(
+        rootfs_info.get("dir"),
+        members,
+        what="rootfs.dir",
+        default=RuncContainer.member("")[:-1],
+    )
+    confine.check_member(f"{diff_dir}/{DIFF_NAME}", members, what="rootfs.dir", default="")
+    spec = _checked_spec(ckpt.read_member(spec_member), name=name, hooks=hooks, grants=grants)
+    flags = []
+    if RuncContainer.restores_tcp(tcp_established, manifest):
+        flags.append("--tcp-established")
+    if manifest.options.get("file_locks"):
+        flags.append("--file-locks")
+    image_ref = str(config.get("rootfsImageName") or config.get("rootfsImageID") or "")
+    image = api.image(str(config.get("rootfsImageID") or image_ref)) or api.image(image_ref)
+    if image is None:
+        raise ImageNotFound(
+            f"image {image_ref!r} (id {config.get('rootfsImageID')}) is not in podman's "
+            "store; the checkpoint's root filesystem changes apply on top of it: load or "
+            "import it first (podman load / podman import)"
+        )
+    if config.get("rootfsImageID") and image.get("Id") != config["rootfsImageID"]:
+        raise ContainerError(
+            f"image {image_ref!r} in podman's store is {image.get('Id')}, not the "
+            f"checkpointed container's {config['rootfsImageID']}; the root filesystem "
+            "changes apply only on the same layers: load the image it was checkpointed with"
+        )
+    return _ImportPlan(
+        name=name,
+        config=config,
+        spec=spec,
+        flags=tuple(flags),
+        diff_dir=diff_dir,
+        lower=tuple(_image_layers(image)),
+    )
+
+
+_RESTORE_LOG = re.compile(r"log file: (/\S+/restore\.log)")
+
+
+def _keep_restore_log(stderr: str, work: Path) -> Path | None:
+    """A copy, in the scratch dir ``work``, of the CRIU restore log podman names in its
+    error (it lies in the container's own directory, which the cleanup removes)."""
+    found = _RESTORE_LOG.search(stderr)
+    if found is None:
+        return None
+    copy = work / "restore.log"
+    try:
+        shutil.copyfile(found.group(1), copy)
+    except OSError:
+        return None
+    return copy
 
 
 def _remove_made(api: PodmanCLI, name: str) -> None:

@@ -197,7 +197,7 @@ def test_counter_and_files_come_back_in_podman(
     podman("exec", name, "sh", "-c", CHANGES)
     before = wait_count(c, 5)
     ckpt = c.checkpoint(tmp_path / "c.tar.zst")
-    assert podman.status(name) == "exited"
+    assert podman.status(name) in ("exited", "stopped")
     assert ckpt.manifest.runtime == "podman"
     assert ckpt.manifest.workload["podman"]["image"]["name"] == IMAGE
     podman("rm", name)
@@ -299,6 +299,28 @@ def test_restore_into_runc(
         remove_runc_container(new, Path("/run/runc"))
 
 
+def test_podman_restores_cedanas_export_itself(
+    podman: Podman, made: list[str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """``PodmanContainer.export`` writes podman's import format (zstd) from a cedana
+    checkpoint, and ``podman container restore --import`` alone restores it: counter and
+    rootfs changes as they were."""
+    name, new = name_for(request), name_for(request, "-2")
+    made.append(new)
+    c = podman.start(name)
+    podman("exec", name, "sh", "-c", CHANGES)
+    wait_count(c, 3)
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst", leave_running=True)
+    exported = cedana.PodmanContainer.export(ckpt.path, tmp_path / "web.podman.tar.zst")
+    with pytest.raises(cedana.ArtifactExists):
+        cedana.PodmanContainer.export(ckpt.path, exported)
+    podman("container", "restore", "--import", os.fspath(exported), "--name", new)
+    assert new in podman.running()
+    assert_changes_there(podman, new)
+    restored = cedana.PodmanContainer(new)
+    assert_counts_on(restored, count(restored)[:3])
+
+
 # --- bad input ------------------------------------------------------------------------
 
 
@@ -339,8 +361,9 @@ def test_name_taken_and_failed_restore_leave_nothing(
             image.unlink()
 
     crafted = craft(ckpt.path, tmp_path / "crafted.tar.zst", drop_fs_images)
-    with pytest.raises(cedana.RestoreFailed, match=f"podman could not restore '{new}'"):
+    with pytest.raises(cedana.RestoreFailed, match=f"podman could not restore '{new}'") as e:
         cedana.restore(crafted, name=new)
+    assert e.value.log_tail  # CRIU's log, kept although the container is gone
     assert podman.names() == before
     assert podman.status(name) == "running"
 
