@@ -53,7 +53,7 @@ from cedana.errors import (
     UntrustedArtifact,
 )
 from cedana.process import CheckpointOptions, Process, RestoreOptions, spawn
-from cedana.runtimes import ContainerdContainer, DockerContainer
+from cedana.runtimes import ContainerdContainer, DockerContainer, PodmanContainer
 
 __version__ = "0.1.0"
 
@@ -85,6 +85,7 @@ __all__ = [
     "NotCheckpointable",
     "NotPermitted",
     "PidInUse",
+    "PodmanContainer",
     "Process",
     "ProcessNotFound",
     "RestoreFailed",

@@ -55,7 +55,11 @@ def freezer_path(cgroup_paths: Mapping[str, str], *, unified: bool) -> str | Non
 
 def rename_path(path: str, old: str, new: str) -> str:
     """Point a config's ``cgroupsPath`` at container ``new`` when it ends with ``old``
-    (``/any/old``, or systemd's ``slice:prefix:old``); others are kept."""
+    (``/any/old``, or systemd's ``slice:prefix:old``); others are kept.
+
+    A runtime that names the cgroup ``PREFIX-old`` (podman's cgroupfs ``libpod-ID``)
+    gets ``/any/new``: the restored container's own, and not its runtime's name for it.
+    """
     if old == new:
         return path
     if ":" in path:  # systemd: slice:prefix:name
@@ -64,4 +68,6 @@ def rename_path(path: str, old: str, new: str) -> str:
             parts[-1] = new
         return ":".join(parts)
     head, sep, tail = path.rpartition("/")
-    return f"{head}{sep}{new}" if tail == old else path
+    if tail == old or (sep and tail.endswith(f"-{old}")):
+        return f"{head}{sep}{new}"
+    return path

@@ -9,6 +9,9 @@ Layout::
                          ``pip install 'cedana[containerd]'``)
     _containerd_proto.py containerd's messages and methods, one table built into
                          descriptors at run time (any protobuf >= 3.20)
+    podman.py            PodmanContainer: lookup through podman container inspect, checkpoint
+                         (runc dump + the containers/storage layer), restore through
+                         podman container restore --import (or into plain runc)
 
     docker.py            DockerContainer: lookup through docker's Engine API, checkpoint
                          (runc dump + the overlay2 layer), restore as a docker container
@@ -22,11 +25,13 @@ Nothing here imports grpc or the docker SDK until a container of theirs is used.
 from cedana.runtimes._containerd_api import ContainerRecord, ImageRecord, TaskRecord
 from cedana.runtimes.containerd import ContainerdContainer
 from cedana.runtimes.docker import DockerContainer
+from cedana.runtimes.podman import PodmanContainer
 
 __all__ = [
     "ContainerRecord",
     "ContainerdContainer",
     "DockerContainer",
     "ImageRecord",
+    "PodmanContainer",
     "TaskRecord",
 ]

@@ -1,0 +1,406 @@
+"""podman containers against a real podman (runc as its OCI runtime), conmon and CRIU.
+
+The module keeps podman away from the machine's own podman state: its storage
+(graphroot, runroot) and its containers.conf live in a temp dir, named through
+``CONTAINERS_STORAGE_CONF`` and ``CONTAINERS_CONF``, which podman (and the conmon
+exit commands it writes) read. containers.conf sets runc, cgroupfs and rlimits this
+machine can grant (no CAP_SYS_RESOURCE). The test image is a busybox-static tree,
+``podman import``-ed (no registry). ``podman`` is used to set up and to look at what
+podman shows; cedana itself talks to podman through ``podman container inspect`` and
+``podman container restore --import``. Every container and image a test makes is
+removed at teardown, and the storage is unmounted and deleted at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cedana
+from cedana.rootfs.mounts import mountinfo, umount
+from tests.capabilities import integration, requires_busybox, requires_runtime
+from tests.conftest import wait_for
+from tests.helpers import (
+    COUNTER,
+    assert_counts_on,
+    busybox_tree,
+    count,
+    craft,
+    name_for,
+    remove_runc_container,
+    run_cedana,
+    wait_count,
+)
+
+pytestmark = [*integration, requires_runtime("podman"), requires_runtime("runc"), requires_busybox]
+
+IMAGE = "localhost/cedana-busybox:test"
+CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+STORAGE_CONF = """\
+[storage]
+driver = "overlay"
+graphroot = "{root}/graph"
+runroot = "{root}/run"
+"""
+
+
+def _image_tar(extra: dict[str, bytes] | None = None) -> bytes:
+    """The busybox tree (plus ``extra`` files) as a tar podman import takes."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for kind, path, content, mode in busybox_tree():
+            info = tarfile.TarInfo(path)
+            info.mode = mode
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif kind == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, content
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+        for path, content in (extra or {}).items():
+            info = tarfile.TarInfo(path)
+            info.size, info.mode = len(content), 0o644
+            tar.addfile(info, io.BytesIO(content))
+    return out.getvalue()
+
+
+class Podman:
+    """podman with this module's storage and containers.conf (from the environment)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.graph = root / "graph"
+        self.run_dir = root / "run"
+        self.made: list[str] = []
+
+    def __call__(self, *args: str, check: bool = True) -> str:
+        done = subprocess.run(
+            ["podman", *args], capture_output=True, text=True, timeout=120, check=False
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"podman {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    def import_image(self, ref: str, extra: dict[str, bytes] | None = None) -> None:
+        tar = self.root / "image.tar"
+        tar.write_bytes(_image_tar(extra))
+        self("import", "--quiet", os.fspath(tar), ref)
+        tar.unlink()
+
+    def start(self, name: str, script: str = COUNTER, image: str = IMAGE) -> cedana.PodmanContainer:
+        """A detached container running ``script`` under busybox sh, no network."""
+        self.made.append(name)
+        self("run", "-d", "--name", name, "--network", "none", image, "/bin/sh", "-c", script)
+        return cedana.PodmanContainer(name)
+
+    def status(self, name: str) -> str | None:
+        out = self("container", "inspect", "--format", "{{.State.Status}}", name, check=False)
+        return out.strip() or None
+
+    def names(self) -> set[str]:
+        return set(self("ps", "--all", "--format", "{{.Names}}").split())
+
+    def running(self) -> set[str]:
+        return set(self("ps", "--format", "{{.Names}}").split())
+
+    def cat(self, name: str, *paths: str) -> str:
+        return self("exec", name, "cat", *paths)
+
+    def remove(self, name: str) -> None:
+        self("rm", "--force", "--time", "0", "--ignore", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
+    root = tmp_path_factory.mktemp("podman")
+    (root / "containers.conf").write_text(CONTAINERS_CONF)
+    (root / "storage.conf").write_text(STORAGE_CONF.format(root=root))
+    env = pytest.MonkeyPatch()
+    env.setenv("CONTAINERS_CONF", os.fspath(root / "containers.conf"))
+    env.setenv("CONTAINERS_STORAGE_CONF", os.fspath(root / "storage.conf"))
+    p = Podman(root)
+    try:
+        p.import_image(IMAGE)
+        yield p
+    finally:
+        p("rm", "--all", "--force", "--time", "0", check=False)
+        p("rmi", "--all", "--force", check=False)
+        p("volume", "rm", "--all", "--force", check=False)
+        env.undo()
+        for mount in sorted(
+            (m.mountpoint for m in mountinfo() if m.mountpoint.startswith(str(root))),
+            key=lambda m: -len(str(m)),
+        ):
+            with contextlib.suppress(OSError, cedana.CedanaError):
+                umount(Path(mount), detach=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def made(podman: Podman) -> Iterator[list[str]]:
+    """Names this test's containers get; each is removed from podman at teardown."""
+    names: list[str] = []
+    yield names
+    for name in names + podman.made:
+        podman.remove(name)
+    podman.made.clear()
+
+
+#: The counter, also saying each count on its stdout (podman's log).
+TICKING = COUNTER.replace("sleep", "echo tick $i; sleep")
+CHANGES = (
+    "echo new > /etc/new.txt; echo changed > /etc/image.txt; rm /etc/doomed.txt; "
+    "rm -r /www; mkdir /www; echo other > /www/other.html; mkdir -p /data/d; "
+    "echo deep > /data/d/f; ln /data/d/f /data/d/hard"
+)
+
+
+def assert_changes_there(podman: Podman, name: str) -> None:
+    """The files written, changed, deleted and the directory replaced before the
+    checkpoint are as they were (hard link included)."""
+    assert podman.cat(name, "/etc/new.txt", "/etc/image.txt") == "new\nchanged\n"
+    assert podman.cat(name, "/www/other.html", "/data/d/f") == "other\ndeep\n"
+    assert podman("exec", name, "ls", "/www").split() == ["other.html"]
+    assert "doomed.txt" not in podman("exec", name, "ls", "/etc").split()
+    inodes = podman("exec", name, "stat", "-c", "%i", "/data/d/f", "/data/d/hard").split()
+    assert inodes[0] == inodes[1]
+
+
+def test_counter_and_files_come_back_in_podman(
+    podman: Podman, made: list[str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A checkpoint kills the container (podman shows it exited); restored into podman
+    under its own name, podman runs it as its own: ``podman ps`` lists it, exec and logs
+    work, its counter goes on where it stopped and its rootfs changes are there; then
+    podman stops and removes it."""
+    name = name_for(request)
+    c = podman.start(name, TICKING)
+    podman("exec", name, "sh", "-c", CHANGES)
+    before = wait_count(c, 5)
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst")
+    assert podman.status(name) in ("exited", "stopped")
+    assert ckpt.manifest.runtime == "podman"
+    assert ckpt.manifest.workload["podman"]["image"]["name"] == IMAGE
+    podman("rm", name)
+
+    restored = cedana.restore(ckpt.path)
+    assert isinstance(restored, cedana.PodmanContainer) and restored.name == name
+    assert name in podman.running()
+    assert_changes_there(podman, name)
+    assert_counts_on(restored, before)
+    # Its output goes to a log of its own: podman's, which podman logs reads.
+    wait_for(lambda: "tick" in podman("logs", name), 10, f"{name} writing to its podman log")
+    podman("stop", "--time", "1", name)
+    assert podman.status(name) in ("exited", "stopped")
+    podman("rm", name)
+    assert name not in podman.names()
+
+
+def test_leave_running_and_restore_beside_the_original(
+    podman: Podman, made: list[str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """``cedana checkpoint podman:NAME --leave-running`` leaves the original running
+    (its counter goes on, unfrozen); ``cedana restore --name`` brings a second container
+    beside it, whose counter goes on from the checkpoint."""
+    name, new = name_for(request), name_for(request, "-2")
+    made.append(new)
+    c = podman.start(name)
+    wait_count(c, 3)
+    out = tmp_path / "c.tar.zst"
+    done = run_cedana("checkpoint", f"podman:{name}", "-o", os.fspath(out), "--leave-running")
+    assert done.returncode == 0, done.stderr
+    before = count(c)
+    wait_count(c, len(before) + 3)  # the original runs on
+    assert podman.status(name) == "running"
+
+    done = run_cedana("restore", os.fspath(out), "--name", new)
+    assert done.returncode == 0, done.stderr
+    assert {name, new} <= podman.running()
+    assert_counts_on(cedana.PodmanContainer(new), before[:3])
+
+
+def test_multi_process_container(
+    podman: Podman, made: list[str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A container with a shell, two background sleepers and the counter comes back with
+    all of them, in one process tree."""
+    name, new = name_for(request), name_for(request, "-2")
+    made.append(new)
+    c = podman.start(name, "sleep 1000 & sleep 1001 & " + COUNTER)
+    wait_count(c, 3)
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst", leave_running=True)
+    restored = cedana.PodmanContainer.restore(ckpt.path, name=new)
+    procs = podman("exec", new, "ps", "-o", "args")
+    assert "sleep 1000" in procs and "sleep 1001" in procs
+    assert_counts_on(restored, count(restored)[:3])
+
+
+def test_paused_container(
+    podman: Podman, made: list[str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A paused container is checkpointed paused: with leave_running it stays paused (its
+    counter does not move); the restored one runs and counts on."""
+    name, new = name_for(request), name_for(request, "-2")
+    made.append(new)
+    c = podman.start(name)
+    wait_count(c, 3)
+    podman("pause", name)
+    frozen = count(c)
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst", leave_running=True)
+    assert ckpt.manifest.workload["container"]["status"] == "paused"
+    assert podman.status(name) == "paused"
+    assert count(c) == frozen
+    restored = cedana.restore(ckpt.path, name=new)
+    assert podman.status(new) == "running"
+    assert_counts_on(restored, frozen)
+
+
+def test_restore_into_runc(
+    podman: Podman, made: list[str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The same podman artifact restores as a plain runc container (``into="runc"``) beside
+    the original, with its rootfs changes; podman's per-container files (hosts, hostname)
+    and its defaults are granted, as a checkpoint may not choose host paths."""
+    name, new = name_for(request), name_for(request, "-runc")
+    c = podman.start(name)
+    podman("exec", name, "sh", "-c", CHANGES)
+    wait_count(c, 3)
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst", leave_running=True)
+    grants = cedana.Grants(
+        binds=[podman.graph / "overlay-containers", podman.run_dir / "overlay-containers"],
+        unmasked=["/proc/asound"],
+    )
+    try:
+        restored = cedana.restore(ckpt.path, into="runc", name=new, grants=grants)
+        assert isinstance(restored, cedana.RuncContainer)
+        assert restored.exec(["cat", "/etc/new.txt", "/www/other.html"]) == b"new\nother\n"
+        assert_counts_on(restored, count(restored)[:3])
+        assert new not in podman.names()
+    finally:
+        remove_runc_container(new, Path("/run/runc"))
+
+
+def test_podman_restores_cedanas_export_itself(
+    podman: Podman, made: list[str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """``PodmanContainer.export`` writes podman's import format (zstd) from a cedana
+    checkpoint, and ``podman container restore --import`` alone restores it: counter and
+    rootfs changes as they were."""
+    name, new = name_for(request), name_for(request, "-2")
+    made.append(new)
+    c = podman.start(name)
+    podman("exec", name, "sh", "-c", CHANGES)
+    wait_count(c, 3)
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst", leave_running=True)
+    exported = cedana.PodmanContainer.export(ckpt.path, tmp_path / "web.podman.tar.zst")
+    with pytest.raises(cedana.ArtifactExists):
+        cedana.PodmanContainer.export(ckpt.path, exported)
+    podman("container", "restore", "--import", os.fspath(exported), "--name", new)
+    assert new in podman.running()
+    assert_changes_there(podman, new)
+    restored = cedana.PodmanContainer(new)
+    assert_counts_on(restored, count(restored)[:3])
+
+
+# --- bad input ------------------------------------------------------------------------
+
+
+def test_no_such_container_and_not_running(
+    podman: Podman, made: list[str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A container podman does not have, and one that is not running (created, never
+    started), are refused with clear errors, before anything is written."""
+    with pytest.raises(cedana.ContainerNotFound, match="podman has no container 'nope-x'"):
+        cedana.PodmanContainer("nope-x").checkpoint(tmp_path / "a.tar.zst")
+    name = name_for(request)
+    podman.made.append(name)
+    podman("create", "--name", name, "--network", "none", IMAGE, "/bin/sh", "-c", COUNTER)
+    with pytest.raises(cedana.ContainerNotRunning, match="is created.*podman start"):
+        cedana.PodmanContainer(name).checkpoint(tmp_path / "b.tar.zst")
+    assert not list(tmp_path.iterdir())
+    done = run_cedana("checkpoint", "podman:nope-x", "-o", os.fspath(tmp_path / "c.tar.zst"))
+    assert done.returncode != 0 and "podman has no container 'nope-x'" in done.stderr
+
+
+def test_name_taken_and_failed_restore_leave_nothing(
+    podman: Podman, made: list[str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A restore under a name podman has is refused before podman runs anything; a
+    restore that podman starts and CRIU fails (a crafted artifact without CRIU's fs
+    images) removes the container podman made; the original keeps running."""
+    name, new = name_for(request), name_for(request, "-2")
+    made.append(new)
+    c = podman.start(name)
+    wait_count(c, 3)
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst", leave_running=True)
+    with pytest.raises(cedana.ContainerExists, match=f"podman container named '{name}' exists"):
+        cedana.restore(ckpt.path, name=name)
+    before = podman.names()
+
+    def drop_fs_images(_workload: dict[str, Any], images: Path) -> None:
+        for image in images.glob("fs-*.img"):
+            image.unlink()
+
+    crafted = craft(ckpt.path, tmp_path / "crafted.tar.zst", drop_fs_images)
+    with pytest.raises(cedana.RestoreFailed, match=f"podman could not restore '{new}'") as e:
+        cedana.restore(crafted, name=new)
+    assert e.value.log_tail  # CRIU's log, kept although the container is gone
+    assert podman.names() == before
+    assert podman.status(name) == "running"
+
+
+def test_named_volume_is_refused(
+    podman: Podman, made: list[str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A container with a named volume is refused naming the volume (cedana does not
+    capture volumes yet), before anything is frozen: it keeps running, its counter on."""
+    name = name_for(request)
+    podman.made.append(name)
+    volume = f"{name}-vol"
+    podman("run", "-d", "--name", name, "--network", "none", "-v", f"{volume}:/vol", IMAGE,
+           "/bin/sh", "-c", COUNTER)  # fmt: skip
+    c = cedana.PodmanContainer(name)
+    before = wait_count(c, 3)
+    with pytest.raises(cedana.NotCheckpointable, match=f"named volume '{volume}'.*/vol"):
+        c.checkpoint(tmp_path / "c.tar.zst")
+    assert not list(tmp_path.iterdir())
+    wait_count(c, len(before) + 3)
+    assert podman.status(name) == "running"
+
+
+def test_image_missing_on_restore(
+    podman: Podman, made: list[str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A checkpoint whose image is no longer in podman's store is refused naming the image,
+    and no container is made."""
+    other = "localhost/cedana-busybox-other:test"
+    podman.import_image(other, {"etc/other.txt": b"other image\n"})
+    name = name_for(request)
+    c = podman.start(name, image=other)
+    wait_count(c, 3)
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst")
+    podman("rm", name)
+    podman("rmi", other)
+    before = podman.names()
+    with pytest.raises(cedana.ImageNotFound, match="cedana-busybox-other.*podman load"):
+        cedana.restore(ckpt.path)
+    assert podman.names() == before
