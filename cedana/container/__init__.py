@@ -9,6 +9,7 @@ Layout::
     cgroups.py     cgroup v1 / hybrid / v2: freezer, v1 hierarchies
     command.py     the runc command (restore, delete, exec)
     runc.py        RuncContainer: checkpoint and restore, rootfs changes included
+    restore.py     a runc restore: plan_restore (every check, nothing made), then execute
     bundle.py      the bundles a restore makes: private dirs, overlay, new config.json
     confine.py     what a container checkpoint may ask of the host at restore (Grants)
 """

@@ -173,7 +173,7 @@ def test_runc_restore_plan_runs_with_fake_clients(
 def test_runc_restore_plan_is_pure(tmp_path: Path, runc_artifact: Path) -> None:
     """Planning a runc restore decides the name, root, bundle, confined config, layers and
     runc's arguments, and makes nothing: no bundle, no state, no unpacked images."""
-    from cedana.container.runc import plan_restore
+    from cedana.container.restore import plan_restore
 
     ckpt = cedana.open(runc_artifact)
     plan = plan_restore(
