@@ -22,7 +22,7 @@ import attrs
 
 from cedana.errors import CedanaError
 
-__all__ = ["PLANNED", "Runtime", "entries", "lookup", "parse_target", "register"]
+__all__ = ["PLANNED", "Runtime", "entries", "lookup", "one_name", "parse_target", "register"]
 
 
 def _no_summary(_restored: Any) -> dict[str, Any]:
@@ -89,6 +89,19 @@ def entries() -> Iterator[Runtime]:
 def lookup(name: str | None) -> Runtime | None:
     """The runtime named ``name``; None when no such runtime is registered."""
     return _REGISTRY.get(name or "")
+
+
+def one_name(keyword: str, *, forbidden: str = "") -> Callable[[str], Mapping[str, Any]]:
+    """A ``parse`` for a target that is one non-empty name (``runc:ID``, ``podman:NAME``):
+    the name as ``cls``'s ``keyword``; empty, or holding a character of ``forbidden``,
+    is malformed."""
+
+    def parse(ident: str) -> Mapping[str, Any]:
+        if not ident or any(c in ident for c in forbidden):
+            raise ValueError(ident)
+        return {keyword: ident}
+
+    return parse
 
 
 def parse_target(target: str) -> tuple[Runtime, dict[str, Any]]:

@@ -691,19 +691,13 @@ def container_lines(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def _parse_id(ident: str) -> dict[str, Any]:
-    if not ident:
-        raise ValueError(ident)
-    return {"id": ident}
-
-
 registry.register(
     registry.Runtime(
         name=RUNC,
         target="runc:ID",
         help="a runc container (--root: runc's state root)",
         cls=RuncContainer,
-        parse=_parse_id,
+        parse=registry.one_name("id"),
         restores_into=(RUNC,),
         flags={"root": "root"},
         runc_root=DEFAULT_ROOT,

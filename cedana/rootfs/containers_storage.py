@@ -93,12 +93,8 @@ class ContainersStorageSnapshotter:
         Raises:
             NotCheckpointable: It is another filesystem, or another layer.
         """
-        live = OverlayLayers.of(rootfs)
-        if (
-            live is None
-            or live.upper is None
-            or (os.path.realpath(live.upper) != os.path.realpath(self.upper))
-        ):
+        live = OverlayLayers.writing_into(rootfs, self.upper)
+        if live is None:
             raise NotCheckpointable(
                 f"the root filesystem of podman container {what!r} ({rootfs}) is not its "
                 f"containers/storage layer {self.upper}"

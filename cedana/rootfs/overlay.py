@@ -124,6 +124,15 @@ class OverlayLayers:
             return None
         return cls.from_options(entry.super_option_list())
 
+    @classmethod
+    def writing_into(cls, rootfs: Path, upper: str | os.PathLike[str]) -> OverlayLayers | None:
+        """The layers of the overlay mounted at ``rootfs`` if it writes into ``upper`` (a
+        store's layer directory, as the store reports it); None otherwise."""
+        live = cls.of(rootfs)
+        if live is None or live.upper is None:
+            return None
+        return live if os.path.realpath(live.upper) == os.path.realpath(upper) else None
+
     def mount(self, target: Path) -> None:
         """Mount these layers as an overlay on ``target``, a shared mount.
 

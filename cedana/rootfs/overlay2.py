@@ -90,12 +90,7 @@ class Overlay2Snapshotter:
         Raises:
             NotCheckpointable: It is another filesystem, or another layer.
         """
-        live = OverlayLayers.of(rootfs)
-        if (
-            live is None
-            or live.upper is None
-            or (os.path.realpath(live.upper) != os.path.realpath(self.upper()))
-        ):
+        if OverlayLayers.writing_into(rootfs, self.upper()) is None:
             raise NotCheckpointable(
                 f"the root filesystem of docker container {what!r} ({rootfs}) is not the "
                 f"overlay2 layer docker reports ({self.upper()})"

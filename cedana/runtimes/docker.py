@@ -682,12 +682,6 @@ def _checked_host_config(host: Mapping[str, Any], grants: confine.Grants | None)
     return out
 
 
-def _parse_name(ident: str) -> dict[str, Any]:
-    if not ident or "/" in ident:
-        raise ValueError(ident)
-    return {"name": ident}
-
-
 registry.register(
     registry.Runtime(
         name=DOCKER,
@@ -695,7 +689,7 @@ registry.register(
         help="a docker container, by name or id (--address: the daemon's socket, "
         "DOCKER_HOST by default; --root: docker's runc root)",
         cls=DockerContainer,
-        parse=_parse_name,
+        parse=registry.one_name("name", forbidden="/"),
         restores_into=(DOCKER, "runc"),
         flags={"address": "address", "root": "runc_root"},
         runc_root=DEFAULT_RUNC_ROOT,

@@ -795,19 +795,13 @@ def write_import(
     shutil.rmtree(layout, ignore_errors=True)
 
 
-def _parse_name(ident: str) -> dict[str, Any]:
-    if not ident:
-        raise ValueError(ident)
-    return {"name": ident}
-
-
 registry.register(
     registry.Runtime(
         name=PODMAN,
         target="podman:NAME",
         help="a podman container run by runc (name or id; --root: podman's runc root)",
         cls=PodmanContainer,
-        parse=_parse_name,
+        parse=registry.one_name("name"),
         restores_into=(PODMAN, "runc"),
         flags={"root": "runc_root"},
         runc_root=DEFAULT_RUNC_ROOT,
