@@ -94,6 +94,24 @@ def killed(popen: subprocess.Popen[bytes], tree: list[int]) -> None:
         wait_for(lambda: procfs.holder_of(pid) is None, 10, f"pid {pid} to go")  # noqa: B023
 
 
+def out_and_err_checkpoint(
+    workloads: Workloads, tmp_path: Path, *args: str, stderr: int, until: bytes
+) -> cedana.Checkpoint:
+    """OUT_AND_ERR with stdout a pipe to this process (stderr as given), checkpointed once
+    it printed ``until``; returns once the killed process's pid is free again."""
+    p = start(
+        [sys.executable, str(script(tmp_path, OUT_AND_ERR)), *args],
+        workloads,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+    )
+    assert p.stdout is not None
+    read_until(p.stdout.fileno(), until)
+    ckpt = cedana.Process(p.pid).checkpoint(tmp_path / "out-and-err.tar.zst")
+    killed(p, [p.pid])
+    return ckpt
+
+
 def test_family_sharing_one_outside_pipe(workloads: Workloads, tmp_path: Path) -> None:
     """A parent and three children whose stdout and stderr are one pipe to this process
     (``Popen(stdout=PIPE, stderr=STDOUT)``): the checkpoint records the pipe once per holder,
@@ -123,16 +141,7 @@ def test_family_sharing_one_outside_pipe(workloads: Workloads, tmp_path: Path) -
 def test_stdout_and_stderr_one_pipe(workloads: Workloads, tmp_path: Path) -> None:
     """A process whose stdout and stderr are one pipe restores onto one file object given as
     both stdout and stderr."""
-    p = start(
-        [sys.executable, str(script(tmp_path, OUT_AND_ERR))],
-        workloads,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert p.stdout is not None
-    read_until(p.stdout.fileno(), b"err 2")
-    ckpt = cedana.Process(p.pid).checkpoint(tmp_path / "one.tar.zst")
-    killed(p, [p.pid])
+    ckpt = out_and_err_checkpoint(workloads, tmp_path, stderr=subprocess.STDOUT, until=b"err 2")
     out = tmp_path / "out.log"
     with open(out, "ab") as f:
         restored = cedana.restore(ckpt.path, stdout=f, stderr=f)
@@ -144,16 +153,7 @@ def test_stdout_and_stderr_one_pipe(workloads: Workloads, tmp_path: Path) -> Non
 def test_one_pipe_goes_to_one_destination(workloads: Workloads, tmp_path: Path) -> None:
     """One pipe at stdout and stderr stays one pipe: given separate stdout and stderr at
     restore, both streams go to the stdout given (the pipe's lowest fd decides)."""
-    p = start(
-        [sys.executable, str(script(tmp_path, OUT_AND_ERR))],
-        workloads,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert p.stdout is not None
-    read_until(p.stdout.fileno(), b"err 2")
-    ckpt = cedana.Process(p.pid).checkpoint(tmp_path / "one.tar.zst")
-    killed(p, [p.pid])
+    ckpt = out_and_err_checkpoint(workloads, tmp_path, stderr=subprocess.STDOUT, until=b"err 2")
     out, err = tmp_path / "out.log", tmp_path / "err.log"
     restored = cedana.restore(ckpt.path, stdout=out, stderr=err)
     workloads.track(restored.pid)
@@ -163,17 +163,8 @@ def test_one_pipe_goes_to_one_destination(workloads: Workloads, tmp_path: Path) 
 
 def test_same_file_object_for_stdout_and_stderr(workloads: Workloads, tmp_path: Path) -> None:
     """Two outside pipes (stdout, stderr) restored onto one file object given twice."""
-    p = start(
-        [sys.executable, str(script(tmp_path, OUT_AND_ERR))],
-        workloads,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert p.stdout is not None
-    read_until(p.stdout.fileno(), b"out 2")
-    ckpt = cedana.Process(p.pid).checkpoint(tmp_path / "two.tar.zst")
+    ckpt = out_and_err_checkpoint(workloads, tmp_path, stderr=subprocess.PIPE, until=b"out 2")
     assert len({e["key"] for e in ckpt.manifest.workload["external"]}) == 2
-    killed(p, [p.pid])
     log = tmp_path / "both.log"
     with open(log, "ab") as f:
         restored = cedana.restore(ckpt.path, stdout=f, stderr=f)
@@ -183,17 +174,10 @@ def test_same_file_object_for_stdout_and_stderr(workloads: Workloads, tmp_path: 
 
 def test_same_pipe_at_several_fds(workloads: Workloads, tmp_path: Path) -> None:
     """One outside pipe at fds 1, 2 and 5 of one process: all three reach the new stdout."""
-    p = start(
-        [sys.executable, str(script(tmp_path, OUT_AND_ERR)), "dup"],
-        workloads,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    ckpt = out_and_err_checkpoint(
+        workloads, tmp_path, "dup", stderr=subprocess.STDOUT, until=b"dup 2"
     )
-    assert p.stdout is not None
-    read_until(p.stdout.fileno(), b"dup 2")
-    ckpt = cedana.Process(p.pid).checkpoint(tmp_path / "dup.tar.zst")
     assert {e["fd"] for e in ckpt.manifest.workload["external"]} == {1, 2, 5}
-    killed(p, [p.pid])
     out = tmp_path / "out.log"
     restored = cedana.restore(ckpt.path, stdout=out)
     workloads.track(restored.pid)
