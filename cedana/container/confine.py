@@ -40,7 +40,7 @@ import os
 import stat
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -48,6 +48,9 @@ from cedana.container.mounts import is_bind
 from cedana.criu import load_image
 from cedana.errors import ContainerError, UnsafeArtifact
 from cedana.rootfs.overlay import same_layer
+
+if TYPE_CHECKING:
+    from cedana.checkpoint import Checkpoint
 
 __all__ = [
     "DEFAULT_CAPABILITIES",
@@ -64,6 +67,7 @@ __all__ = [
     "check_runc_root",
     "check_runtime_options",
     "refused",
+    "unpack_images",
 ]
 
 logger = logging.getLogger("cedana.confine")
@@ -646,6 +650,18 @@ _CRIU_READONLY_FS = {2: "sysfs", 12: "cgroup", 23: "cgroup2"}
 _CRIU_PSEUDO_FS = {**_CRIU_READONLY_FS, 1: "proc", 5: "tmpfs", 6: "devpts", 14: "mqueue"}
 _CRIU_TMPFS = 5
 _MS_RDONLY = 1
+
+
+def unpack_images(ckpt: Checkpoint, images: Path, *, grants: Grants | None = None) -> None:
+    """Unpack ``ckpt`` (verifying it) into ``images`` and hold its CRIU images to the
+    container's rules (:func:`check_images`): the one way a container restore gets its
+    images, so no runtime can hand CRIU unchecked ones.
+
+    Raises:
+        UnsafeArtifact: What the images ask for beyond the defaults and ``grants``.
+    """
+    ckpt.extract(images)
+    check_images(images, grants=grants)
 
 
 def check_images(images: Path, *, grants: Grants | None = None) -> None:

@@ -234,8 +234,7 @@ class RuncRestorePlan:
             contextlib.ExitStack() as undo,
         ):
             images = work / "images"
-            ckpt.extract(images)
-            confine.check_images(images, grants=grants)
+            confine.unpack_images(ckpt, images, grants=grants)
             if self.new_config is not None and self.diff_dir is not None:
                 made = make_overlay_bundle(
                     self.bundle,

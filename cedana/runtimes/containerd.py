@@ -518,8 +518,7 @@ class ContainerdContainer:
                 undo.callback(logger.debug, "restore containerd %s/%s: failed", namespace, name)
                 with undo:
                     images = work / "images"
-                    ckpt.extract(images)
-                    confine.check_images(images, grants=grants)
+                    confine.unpack_images(ckpt, images, grants=grants)
                     store: Snapshotter = ContainerdSnapshotter(
                         api, snapshotter, name, parent=image.chain_id
                     )

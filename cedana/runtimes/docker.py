@@ -475,8 +475,7 @@ class DockerContainer:
             ):
                 undo.callback(logger.debug, "restore docker %s: failed", name)
                 images = work / "images"
-                ckpt.extract(images)
-                confine.check_images(images, grants=grants)
+                confine.unpack_images(ckpt, images, grants=grants)
                 config = json.loads((images / config_member).read_bytes())
                 # The checkpoint directory docker reads holds CRIU's images only.
                 own = work / "container"

@@ -553,8 +553,7 @@ class _ImportPlan:
         """Unpack the images into ``work`` (checked against ``grants``) and write the import
         archive there; its path."""
         images = work / "images"
-        ckpt.extract(images)
-        confine.check_images(images, grants=grants)
+        confine.unpack_images(ckpt, images, grants=grants)
         archive = work / "import.tar"
         write_import(
             images,
