@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -47,6 +48,7 @@ __all__ = [
     "default_backend",
     "explain",
     "load_image",
+    "pagemap_image",
     "log_tail",
     "restore_failed",
 ]
@@ -173,6 +175,23 @@ def load_image(path: Path) -> dict[str, Any]:
     return image
 
 
+def pagemap_image(pages_id: int, entries: Sequence[tuple[int, int, int]]) -> bytes:
+    """The bytes of a ``pagemap-*.img`` as CRIU writes it: its magics, the head naming
+    ``pages-<pages_id>.img``, then one entry per ``(vaddr, nr_pages, flags)`` run."""
+    _, images = _import_pycriu()
+    magic = images.magic.by_name
+    out = [struct.pack("=ii", magic["IMG_COMMON"], magic["PAGEMAP"])]
+    messages = [images.pb.pagemap_head(pages_id=pages_id)]
+    messages += [
+        images.pb.pagemap_entry(vaddr=vaddr, compat_nr_pages=0, nr_pages=nr_pages, flags=flags)
+        for vaddr, nr_pages, flags in entries
+    ]
+    for message in messages:
+        data = message.SerializeToString()
+        out += [struct.pack("=I", len(data)), data]
+    return b"".join(out)
+
+
 def _first_error(tail: str) -> str:
     """CRIU's first real error line from a log tail ('' if none)."""
     for line in tail.splitlines():
@@ -283,6 +302,10 @@ def _set_options(opts: Any, rpc: Any, options: Mapping[str, Any]) -> None:
                 entry = opts.cg_root.add(path=path)
                 if ctrl:
                     entry.ctrl = ctrl
+        elif isinstance(value, Mapping):  # a message field: ps={"fd": 5}
+            message = getattr(opts, name)
+            for field, item in value.items():
+                setattr(message, field, item)
         elif name in _ENUMS:
             setattr(opts, name, getattr(rpc, _ENUMS[name]).Value(value.upper()))
         elif isinstance(value, list | tuple):

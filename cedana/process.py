@@ -38,6 +38,7 @@ import attrs
 
 from cedana import procfs, registry
 from cedana.artifact import (
+    ArtifactWriter,
     HostInfo,
     Manifest,
     ProcessEntry,
@@ -45,11 +46,10 @@ from cedana.artifact import (
     check_write_arguments,
     remove_path,
     sweep_temporaries,
-    write_artifact,
 )
 from cedana.artifact.signing import KeySource, Trust, signing_key
 from cedana.checkpoint import Checkpoint
-from cedana.criu import CriuBackend, CriuRequest, default_backend
+from cedana.criu import CriuBackend, CriuRequest, default_backend, load_image
 from cedana.criu import restore_failed as criu_restore_failed
 from cedana.descriptors import (
     StdioTarget,
@@ -67,6 +67,7 @@ from cedana.errors import (
     ProcessNotFound,
     RestoreFailed,
 )
+from cedana.pageserver import PageServer
 from cedana.staging import scratch_dir
 
 __all__ = ["CheckpointOptions", "Process", "RestoreOptions", "open_stdio", "spawn"]
@@ -419,33 +420,6 @@ def checkpoint_tree(
         if added is None:
             added = dict(add_members(images) or {}) if add_members is not None else {}
 
-    def finish(images: Path) -> None:
-        started = time.monotonic()
-        add(images)  # a no-op when the post-dump callback already added them
-        final = attrs.evolve(manifest, workload={**manifest.workload, **(added or {})})
-        written.append(
-            write_artifact(
-                images,
-                path,
-                final,
-                compress=options.compress,
-                level=options.level,
-                threads=options.threads,
-                directory=options.directory,
-                overwrite=options.overwrite,
-                signer=signer,
-            )
-        )
-        logger.debug("artifact %s: written and verified in %.3fs", path, time.monotonic() - started)
-
-    def on_notify(event: str, _pid: int) -> None:
-        # post-dump: images complete, tree still frozen; raising makes CRIU thaw it.
-        if event == "post-dump":
-            if options.leave_running:
-                add(images)
-            else:
-                finish(images)
-
     started = time.monotonic()
     logger.debug("checkpoint pid %d -> %s: start", plan.pid, path)
     try:
@@ -453,19 +427,57 @@ def checkpoint_tree(
         with (
             scratch_dir(".cedana-dump-", parent=options.work_dir, fills=_DUMPED) as work,
             scratch_dir(".cedana-log-") as logs,  # always the temp dir
+            ArtifactWriter(
+                path,
+                compress=options.compress,
+                level=options.level,
+                threads=options.threads,
+                directory=options.directory,
+                overwrite=options.overwrite,
+                signer=signer,
+                draft=manifest,
+            ) as writer,
         ):
             images = work / "images"
             images.mkdir(mode=0o700)
-            request = CriuRequest(
-                images_dir=images,
-                options=plan.criu,
-                log_file="dump.log",
-                log_dir=logs,
-                notify=on_notify,
-            )
-            backend.dump(request)
-            if options.leave_running:
-                finish(images)
+            # The pages go from CRIU straight into the artifact while it dumps; the other
+            # images land in the scratch dir and are added once the dump is complete.
+            pages = PageServer(writer, images)
+
+            def finish(images: Path) -> None:
+                began = time.monotonic()
+                pages.finish()
+                add(images)  # a no-op when the post-dump callback already added them
+                writer.add_tree(images)
+                final = attrs.evolve(manifest, workload={**manifest.workload, **(added or {})})
+                written.append(writer.finish(final))
+                logger.debug(
+                    "artifact %s: complete and verified %.3fs after the dump",
+                    path,
+                    time.monotonic() - began,
+                )
+
+            def on_notify(event: str, _pid: int) -> None:
+                # post-dump: images complete, tree still frozen; raising makes CRIU thaw it.
+                if event == "post-dump":
+                    if options.leave_running:
+                        add(images)
+                    else:
+                        finish(images)
+
+            with pages:
+                request = CriuRequest(
+                    images_dir=images,
+                    options={**plan.criu, "ps": {"fd": pages.criu_fd}},
+                    pass_fds=(pages.criu_fd,),
+                    log_file="dump.log",
+                    log_dir=logs,
+                    notify=on_notify,
+                )
+                backend.dump(request)
+                _log_dump_stats(logs)
+                if options.leave_running:
+                    finish(images)
     except BaseException:
         logger.debug("checkpoint pid %d: failed", plan.pid)
         if written:  # CRIU failed after the artifact was written: the tree runs on
@@ -476,6 +488,25 @@ def checkpoint_tree(
     logger.debug("checkpoint pid %d: complete in %.3fs", plan.pid, time.monotonic() - started)
     # Signed just now; whether this host trusts that key is for a restore to decide.
     return Checkpoint.open(path, verify=False, trust="any")
+
+
+def _log_dump_stats(logs: Path) -> None:
+    """Log CRIU's own account of the dump (it writes ``stats-dump`` in its work dir)."""
+    if not logger.isEnabledFor(logging.DEBUG):
+        return
+    try:
+        stats = load_image(logs / "stats-dump")["entries"][0]["dump"]
+    except (OSError, ValueError, KeyError, IndexError):
+        return
+    logger.debug(
+        "criu dump stats: freezing %.3fs, frozen %.3fs, memdump %.3fs, memwrite %.3fs, "
+        "%d pages written",
+        stats.get("freezing_time", 0) / 1e6,
+        stats.get("frozen_time", 0) / 1e6,
+        stats.get("memdump_time", 0) / 1e6,
+        stats.get("memwrite_time", 0) / 1e6,
+        stats.get("pages_written", 0),
+    )
 
 
 def _warn_live_connections(pid: int) -> None:

@@ -31,7 +31,9 @@ from cedana.artifact.manifest import (
 )
 from cedana.artifact.reader import Artifact, Form, open_artifact
 from cedana.artifact.writer import (
+    ArtifactWriter,
     Compression,
+    MemberStream,
     check_destination,
     check_write_arguments,
     sweep_temporaries,
@@ -43,6 +45,7 @@ __all__ = [
     "MANIFEST_NAME",
     "READABLE_FORMAT_VERSIONS",
     "Artifact",
+    "ArtifactWriter",
     "Compression",
     "FileInfo",
     "Form",
@@ -50,6 +53,7 @@ __all__ = [
     "Inspection",
     "Manifest",
     "Member",
+    "MemberStream",
     "ProcessEntry",
     "ProcessInfo",
     "SocketInfo",

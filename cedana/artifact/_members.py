@@ -7,14 +7,18 @@ here describe the file and say that it cannot be used, never what an operation d
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import attrs
+import blake3
 
 from cedana.artifact.manifest import MANIFEST_NAME, Manifest
 from cedana.artifact.signing import SIGNATURE_NAME
@@ -163,9 +167,34 @@ def _scan_tree(root: Path) -> tuple[list[_Entry], list[tuple[str, str]]]:
     return files, others
 
 
-#: Members at least this big are hashed on a second thread while the first reads, compresses
-#: or decompresses them (hashlib and zstd release the GIL): sha256 is otherwise the bottleneck.
+#: Members at least this big are hashed on more than one thread: sha256 on a helper thread
+#: while the caller reads, compresses or decompresses (hashlib and zstd release the GIL), BLAKE3
+#: with its own threads over each chunk.
 _THREADED_HASH = 8 << 20
+
+
+class _Hasher(Protocol):
+    def update(self, chunk: bytes, /) -> object: ...
+
+    def hexdigest(self) -> str: ...
+
+
+@contextlib.contextmanager
+def _hashing(algorithm: str, size: int) -> Iterator[_Hasher]:
+    """A hasher for a member of ``size`` bytes (``algorithm`` as :attr:`Member.algorithm`
+    names it); its threads, if any, are stopped on the way out. ``update`` takes bytes that
+    are not changed afterwards (the sha256 thread may read them later)."""
+    if algorithm == "blake3":
+        yield blake3.blake3(max_threads=blake3.blake3.AUTO if size >= _THREADED_HASH else 1)
+        return
+    if size < _THREADED_HASH:
+        yield hashlib.sha256()
+        return
+    background = _BackgroundSha256()
+    try:
+        yield background
+    finally:
+        background.close()
 
 
 class _BackgroundSha256:

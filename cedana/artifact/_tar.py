@@ -59,18 +59,48 @@ def _member_header(name: str, size: int, mtime: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
 
 
-def _head(manifest: Manifest, mtime: int, signer: SigningKey | None = None) -> bytes:
+def _slot_header(name: str, size: int, mtime: int) -> bytes:
+    """A member header that is one 512-byte block for any size, written after its data
+    (into the block left for it) when the size was not known in advance: ustar, with
+    GNU's base-256 size field from 8 GiB on, which GNU tar, bsdtar and Python's tarfile read.
+    ``name`` must fit the 100-byte ustar name field."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o600
+    info.mtime = mtime
+    header = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "strict")
+    if len(header) != _BLOCK:
+        raise ValueError(f"{name!r} is too long for a streamed member's one-block header")
+    return header
+
+
+def _head(
+    manifest: Manifest, mtime: int, signer: SigningKey | None = None, *, fill: int = 0
+) -> tuple[bytes, bytes]:
     """The tar header and padded content of ``manifest.json``, then of ``manifest.sig``
-    when signed (a signature has the same length for every manifest)."""
+    when signed (a signature has the same length for every manifest).
+
+    With ``fill``, the manifest is padded with spaces (which JSON allows) so that the head
+    is exactly ``fill`` bytes, the room a plain tar left for it; a manifest that does not
+    fit raises ValueError. The signature covers the padded bytes, as read. Returns the head
+    and the manifest's bytes as stored."""
     body = manifest.to_json()
+    sig = b"" if signer is None else signer.sign(body).to_json()
+    if fill:
+        sig_part = 0 if signer is None else _BLOCK + len(sig) + (-len(sig) % _BLOCK)
+        room = fill - _BLOCK - sig_part
+        if room < len(body) or room % _BLOCK:
+            raise ValueError("the manifest does not fit the room left for it")
+        body += b" " * (room - len(body))
+        if signer is not None:
+            sig = signer.sign(body).to_json()
     head = (
         _member_header(MANIFEST_NAME, len(body), mtime) + body + _ZERO_BLOCK[: -len(body) % _BLOCK]
     )
     if signer is not None:
-        sig = signer.sign(body).to_json()
         head += _member_header(SIGNATURE_NAME, len(sig), mtime) + sig
         head += _ZERO_BLOCK[: -len(sig) % _BLOCK]
-    return head
+    return head, body
 
 
 class _TarReader:

@@ -40,6 +40,7 @@ class _FrameTracker:
         self._need = 4
         self._field = bytearray()
         self._skip = 0
+        self._padding = False  # the bytes skipped are a skippable frame's: zeros, as written
         self._checksum = False
         self.frames = 0
 
@@ -54,6 +55,9 @@ class _FrameTracker:
         while position < end:
             if self._skip:
                 step = min(self._skip, end - position)
+                if self._padding and bytes(view[position : position + step]).count(0) != step:
+                    # cedana pads with zeros only: anything else is damage (or an edit).
+                    raise _Malformed("a zstd skippable frame holds data")
                 self._skip -= step
                 position += step
                 continue
@@ -71,6 +75,7 @@ class _FrameTracker:
     def _advance(self, field: bytes) -> None:
         value = int.from_bytes(field, "little")
         if self._state == self._MAGIC:
+            self._padding = False
             if field == _ZSTD_MAGIC:
                 self._expect(self._DESCRIPTOR, 1)
             elif value & 0xFFFFFFF0 == _SKIPPABLE_MAGIC:
@@ -92,6 +97,7 @@ class _FrameTracker:
         elif self._state == self._HEADER_REST:
             self._expect(self._BLOCK_HEADER, 3)
         elif self._state == self._BLOCK_HEADER:
+            self._padding = False
             block_type = (value >> 1) & 0x03
             if block_type == 3:
                 raise _Malformed("a zstd block has the reserved type")
@@ -106,6 +112,7 @@ class _FrameTracker:
             self._end_frame()
         else:  # _SKIPPABLE_SIZE
             self._skip = value
+            self._padding = True
             self._end_frame()
 
     def _end_frame(self) -> None:

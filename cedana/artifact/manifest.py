@@ -37,12 +37,15 @@ __all__ = [
     "thaw",
 ]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """The format version this cedana writes. Version 2 adds the ``manifest.sig`` member and
 the rootfs diff's ``format``; an older cedana then says to upgrade instead of taking the
-signature for an added member."""
+signature for an added member. Version 3 lists each member's BLAKE3 digest instead of its
+sha256 (BLAKE3 hashes a gigabyte in a fraction of sha256's time on CPUs without SHA
+instructions, so the digest keeps up with the compressor) and may store members in any
+order after the manifest (pages as CRIU sends them)."""
 
-READABLE_FORMAT_VERSIONS = frozenset({1, 2})
+READABLE_FORMAT_VERSIONS = frozenset({1, 2, 3})
 """The format versions this cedana reads (version 1: unsigned, written before signatures)."""
 
 MANIFEST_NAME = "manifest.json"
@@ -108,9 +111,9 @@ def _int(minimum: int) -> Any:
     return check
 
 
-def _sha256(_instance: object, _attribute: attrs.Attribute[str], value: object) -> None:
-    if not isinstance(value, str) or not _SHA256.fullmatch(value):
-        raise ValueError(f"sha256 must be 64 lowercase hex digits, not {value!r}")
+def _hex256(_instance: object, attribute: attrs.Attribute[str | None], value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not _SHA256.fullmatch(value)):
+        raise ValueError(f"{attribute.name} must be 64 lowercase hex digits, not {value!r}")
 
 
 def _utc_timestamp(_instance: object, _attribute: attrs.Attribute[str], value: object) -> None:
@@ -139,12 +142,30 @@ class Member:
         name: Path inside the artifact, ``/``-separated and relative (``pages-1.img``,
             ``rootfs/diff.tar``).
         size: Size in bytes.
-        sha256: Lowercase hex SHA-256 of the content.
+        blake3: Lowercase hex BLAKE3 (256 bits) of the content (format version 3).
+        sha256: Lowercase hex SHA-256 of the content (format versions 1 and 2).
+
+    A member has exactly one of the two digests.
     """
 
     name: str = attrs.field(validator=_str)
     size: int = attrs.field(validator=_int(0))
-    sha256: str = attrs.field(validator=_sha256)
+    blake3: str | None = attrs.field(default=None, validator=_hex256)
+    sha256: str | None = attrs.field(default=None, validator=_hex256)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.blake3 is None) == (self.sha256 is None):
+            raise ValueError(f"member {self.name!r} must have exactly one digest (blake3 or sha256)")
+
+    @property
+    def algorithm(self) -> str:
+        """The digest's algorithm: ``"blake3"`` or ``"sha256"``."""
+        return "blake3" if self.blake3 is not None else "sha256"
+
+    @property
+    def digest(self) -> str:
+        """The digest, lowercase hex."""
+        return self.blake3 if self.blake3 is not None else str(self.sha256)
 
 
 @attrs.frozen(kw_only=True)
@@ -244,7 +265,7 @@ class Manifest:
 
     def to_json(self) -> bytes:
         """Serialize to ``manifest.json`` bytes: sorted keys, 2-space indent, trailing newline."""
-        document = thaw(attrs.asdict(self, recurse=True))
+        document = thaw(attrs.asdict(self, recurse=True, filter=_listed))
         # ensure_ascii keeps a command line that is not valid UTF-8 (decoded with
         # surrogateescape) writable; the escapes read back to the same string.
         text = json.dumps(document, sort_keys=True, indent=2, ensure_ascii=True, allow_nan=False)
@@ -295,6 +316,11 @@ class Manifest:
             raise _malformed(f"field {exc.args[0]!r} is missing") from None
         except (TypeError, ValueError) as exc:
             raise _malformed(str(exc)) from None
+
+
+def _listed(attribute: attrs.Attribute[Any], value: object) -> bool:
+    """What ``to_json`` writes: all but the digest a member does not have."""
+    return not (attribute.name in ("blake3", "sha256") and value is None)
 
 
 def _fields(cls: type[Any], document: object) -> dict[str, Any]:

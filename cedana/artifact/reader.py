@@ -14,14 +14,13 @@ Files are 0600 and directories 0700: an artifact holds process memory.
 
 Reading checks everything on every path (:meth:`Artifact.verify`, :meth:`Artifact.extract`,
 :meth:`Artifact.read_member`): members must be regular files with safe relative names, listed
-once in the manifest, with the listed size and sha256; a cut or damaged file is reported as such.
+once in the manifest, with the listed size and digest; a cut or damaged file is reported as such.
 Nothing is trusted before it is checked, and extraction never follows a symlink.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import stat
@@ -37,11 +36,10 @@ from cedana.artifact._files import _BytesSink, _Sink, _TreeWriter
 from cedana.artifact._members import (
     _CHUNK,
     _O_READ,
-    _THREADED_HASH,
-    _BackgroundSha256,
     _check_manifest,
     _damaged,
     _file_kind,
+    _hashing,
     _name_problem,
     _not_a_checkpoint,
     _scan_tree,
@@ -161,7 +159,7 @@ class Artifact:
         """Read the whole artifact and check every member against the manifest.
 
         Args:
-            digests: Recompute every member's sha256. ``False`` is for an artifact this
+            digests: Recompute every member's digest. ``False`` is for an artifact this
                 process has just written, in the zstd form only: every zstd frame carries
                 a checksum of what the compressor was fed, which is what the manifest's
                 digests were computed from, so a clean decode proves the members match
@@ -169,7 +167,7 @@ class Artifact:
 
         Raises:
             ArtifactCorrupt: The artifact is truncated or damaged, or a member is missing,
-                added, listed twice, or differs in size or sha256 from the manifest.
+                added, listed twice, or differs in size or digest from the manifest.
             UnsafeArtifact: An entry is not a regular file, or its name is not safe.
         """
         started = time.perf_counter()
@@ -261,18 +259,16 @@ class Artifact:
             for _chunk in chunks:  # decoded (and frame-checksummed) but not hashed
                 pass
             return
-        hasher = _BackgroundSha256() if member.size >= _THREADED_HASH else hashlib.sha256()
-        try:
+        with _hashing(member.algorithm, member.size) as hasher:
             for chunk in chunks:
-                hasher.update(bytes(chunk))
+                hasher.update(chunk)
                 if sink is not None:
                     sink.write(chunk)
             digest = hasher.hexdigest()
-        finally:
-            if isinstance(hasher, _BackgroundSha256):
-                hasher.close()
-        if digest != member.sha256:
-            raise _damaged(self.path, f"member {member.name!r} does not match its sha256")
+        if digest != member.digest:
+            raise _damaged(
+                self.path, f"member {member.name!r} does not match its {member.algorithm}"
+            )
         if sink is not None:
             sink.finish()
 

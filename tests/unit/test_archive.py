@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import blake3
 import pytest
 import zstandard
 
@@ -27,6 +28,7 @@ from cedana import procfs, staging
 from cedana.artifact import (
     READABLE_FORMAT_VERSIONS,
     Artifact,
+    ArtifactWriter,
     HostInfo,
     Manifest,
     Member,
@@ -160,7 +162,7 @@ def manifest_entry(manifest: Manifest, members: dict[str, bytes]) -> Entry:
     listed = attrs.evolve(
         manifest,
         members=[
-            Member(name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+            Member(name=name, size=len(data), blake3=blake3.blake3(data).hexdigest())
             for name, data in sorted(members.items())
         ],
     )
@@ -201,7 +203,7 @@ def test_round_trip(form: str, images: Path, tmp_path: Path, manifest: Manifest)
     assert [m.name for m in written.members] == sorted(IMAGES)
     for member in written.members:
         assert member.size == len(IMAGES[member.name])
-        assert member.sha256 == hashlib.sha256(IMAGES[member.name]).hexdigest()
+        assert member.blake3 == blake3.blake3(IMAGES[member.name]).hexdigest()
     assert written.options == manifest.options
     assert written.tree == manifest.tree
 
@@ -489,7 +491,7 @@ def test_failed_write_keeps_errno(
     """An OSError while writing keeps its errno and leaves nothing; a full filesystem (here
     a faked ENOSPC or EDQUOT) is a NoSpace (a CedanaError and an OSError) naming the artifact
     and what to do, any other error propagates as it was."""
-    real_write = os.write
+    real_write, real_pwrite = os.write, os.pwrite
     calls = []
 
     def filling_up(fd: int, data: bytes) -> int:
@@ -498,7 +500,14 @@ def test_failed_write_keeps_errno(
             raise OSError(code, os.strerror(code))
         return real_write(fd, data)
 
+    def filling_up_at(fd: int, data: bytes, offset: int) -> int:
+        calls.append(fd)
+        if len(calls) >= 2:
+            raise OSError(code, os.strerror(code))
+        return real_pwrite(fd, data, offset)
+
     monkeypatch.setattr(os, "write", filling_up)
+    monkeypatch.setattr(os, "pwrite", filling_up_at)
     with pytest.raises(OSError) as caught:
         write(images, tmp_path, manifest, form)
     monkeypatch.undo()
@@ -518,15 +527,15 @@ def test_images_changing_during_write_are_refused(
     images: Path, tmp_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An image that grows after it was listed makes the write fail instead of lying."""
-    real_scan = writer._scan_images
+    real_scan = writer._scan_tree
 
-    def scan_then_grow(root: Path) -> list[Any]:
-        files = real_scan(root)
+    def scan_then_grow(root: Path) -> tuple[list[Any], list[Any]]:
+        listed = real_scan(root)
         with (root / "core-1.img").open("ab") as grow:
             grow.write(b"more")
-        return files
+        return listed
 
-    monkeypatch.setattr(writer, "_scan_images", scan_then_grow)
+    monkeypatch.setattr(writer, "_scan_tree", scan_then_grow)
     with pytest.raises(ArtifactError, match="changed while"):
         write(images, tmp_path, manifest, "zstd")
     assert leftovers(tmp_path) == []
@@ -726,7 +735,7 @@ def test_member_missing(form: str, tmp_path: Path, manifest: Manifest) -> None:
 @pytest.mark.parametrize("form", FILE_FORMS)
 @pytest.mark.parametrize(
     ("data", "message"),
-    [(b"PAGES", "does not match its sha256"), (b"pages!", "holds 6 bytes, the manifest says 5")],
+    [(b"PAGES", "does not match its blake3"), (b"pages!", "holds 6 bytes, the manifest says 5")],
 )
 def test_member_modified(
     form: str, data: bytes, message: str, tmp_path: Path, manifest: Manifest
@@ -762,7 +771,7 @@ def test_directory_form_tampering(images: Path, tmp_path: Path, manifest: Manife
     with pytest.raises(ArtifactCorrupt, match="'core-1.img' listed in the manifest is missing"):
         open_artifact(dest)
     (dest / "core-1.img").write_bytes(b"CORE")
-    with pytest.raises(ArtifactCorrupt, match="'core-1.img' does not match its sha256"):
+    with pytest.raises(ArtifactCorrupt, match="'core-1.img' does not match its blake3"):
         open_artifact(dest)
     (dest / "core-1.img").write_bytes(b"core")
     open_artifact(dest)
@@ -1086,7 +1095,7 @@ def test_frame_verify_catches_every_flip_in_the_data(
     def no_rehash(*_: object) -> None:
         raise AssertionError("verify(digests=False) must not hash the members")
 
-    monkeypatch.setattr("cedana.artifact.reader.hashlib.sha256", no_rehash)
+    monkeypatch.setattr("cedana.artifact.reader._hashing", no_rehash)
     open_artifact(dest, verify=False).verify(digests=False)
     offsets = range(len(data) // 10, len(data), len(data) // 10)
     assert len(offsets) >= 9
@@ -1108,7 +1117,7 @@ def test_frame_verify_still_hashes_forms_without_checksums(
     data = bytearray(dest.read_bytes())
     data[len(data) // 2] ^= 0x01
     dest.write_bytes(bytes(data))
-    with pytest.raises(ArtifactCorrupt, match="sha256"):
+    with pytest.raises(ArtifactCorrupt, match="blake3"):
         open_artifact(dest, verify=False).verify(digests=False)
 
 
@@ -1129,15 +1138,27 @@ def test_threaded_hash_matches_and_catches(
     data = bytearray(plain.read_bytes())
     data[len(data) // 2] ^= 0x01
     plain.write_bytes(bytes(data))
-    with pytest.raises(ArtifactCorrupt, match="pages-1.img.*sha256"):
+    with pytest.raises(ArtifactCorrupt, match="pages-1.img.*blake3"):
         open_artifact(plain, verify=False).verify()
 
 
+def test_file_is_anonymous_until_complete(images: Path, tmp_path: Path, manifest: Manifest) -> None:
+    """A file artifact has no name in its directory until it is complete (an ``O_TMPFILE``),
+    so a writer killed midway leaves nothing behind."""
+    with ArtifactWriter(tmp_path / "ckpt.tar.zst") as out:
+        out.add_tree(images)
+        assert leftovers(tmp_path) == []
+        out.finish(manifest)
+    assert leftovers(tmp_path) == ["ckpt.tar.zst"]
+
+
+@pytest.mark.parametrize("form", ["directory", "replacing"])
 def test_temporary_carries_its_owner(
-    images: Path, tmp_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
+    form: str, images: Path, tmp_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The temporary an artifact is built in is named for its writer's pid and start time,
-    so that what a killed writer leaves can be told apart from a live one's."""
+    """A named temporary (the directory form's, or a file's when it replaces another) is
+    named for its writer's pid and start time, so that what a killed writer leaves can be
+    told apart from a live one's."""
     seen: list[str] = []
     real_replace = writer._replace
 
@@ -1146,8 +1167,13 @@ def test_temporary_carries_its_owner(
         real_replace(tmp, dest)
 
     monkeypatch.setattr(writer, "_replace", replace)
-    write(images, tmp_path, manifest, "zstd")
-    assert re.fullmatch(rf"\.ckpt\.zstd\.tmp-{staging.owner_tag()}-[0-9a-f]{{12}}", seen[0])
+    name = dest_for(tmp_path, "directory" if form == "directory" else "zstd").name
+    if form == "replacing":
+        write(images, tmp_path, manifest, "zstd")
+        write_artifact(images, tmp_path / name, manifest, overwrite=True)
+    else:
+        write(images, tmp_path, manifest, "directory")
+    assert re.fullmatch(rf"\.{re.escape(name)}\.tmp-{staging.owner_tag()}-[0-9a-f]{{12}}", seen[0])
 
 
 def test_temporaries_of_dead_writers_are_removed(

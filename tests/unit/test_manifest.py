@@ -152,7 +152,7 @@ def test_rejects_values_json_cannot_carry(options: dict[object, object]) -> None
         {"created": "2026-11-28T23:59:59"},
         {"members": [Member(name="a", size=1, sha256=SHA), "b"]},
         {"tree": [{"pid": 1, "ppid": 0, "command": "x"}]},
-        {"format_version": 3},
+        {"format_version": 4},
     ],
 )
 def test_rejects_invalid_fields(changes: dict[str, object]) -> None:
@@ -171,6 +171,9 @@ def test_rejects_invalid_fields(changes: dict[str, object]) -> None:
         ({"name": "a", "size": 1, "sha256": SHA.upper()}, "sha256"),
         ({"name": "a", "size": 1, "sha256": "abc"}, "sha256"),
         ({"name": 3, "size": 1, "sha256": SHA}, "name"),
+        ({"name": "a", "size": 1, "blake3": "abc"}, "blake3"),
+        ({"name": "a", "size": 1}, "exactly one digest"),
+        ({"name": "a", "size": 1, "sha256": SHA, "blake3": SHA}, "exactly one digest"),
     ],
 )
 def test_member_validation(kwargs: dict[str, object], field: str) -> None:
@@ -178,6 +181,19 @@ def test_member_validation(kwargs: dict[str, object], field: str) -> None:
     the error names the field."""
     with pytest.raises((TypeError, ValueError), match=field):
         Member(**kwargs)  # type: ignore[arg-type]
+
+
+def test_member_digests_round_trip() -> None:
+    """A version 3 member lists its BLAKE3 digest and nothing of sha256 (and the reverse for
+    the older versions), and reads back the same."""
+    new = Member(name="pages-1.img", size=4096, blake3=SHA)
+    old = Member(name="pages-1.img", size=4096, sha256=SHA)
+    for member, key in ((new, "blake3"), (old, "sha256")):
+        manifest = make(members=[member])
+        document = json.loads(manifest.to_json())
+        assert document["members"] == [{"name": "pages-1.img", key: SHA, "size": 4096}]
+        assert Manifest.from_json(manifest.to_json()) == manifest
+        assert (member.algorithm, member.digest) == (key, SHA)
 
 
 def test_created_defaults_to_now_in_utc() -> None:
@@ -217,7 +233,7 @@ def test_unknown_keys_are_ignored() -> None:
     assert Manifest.from_json(json.dumps(document).encode()) == make()
 
 
-@pytest.mark.parametrize("version", [0, 3, 99])
+@pytest.mark.parametrize("version", [0, 4, 99])
 def test_unknown_format_version(version: int) -> None:
     """An unknown format version raises UnsupportedFormat saying what is read and to upgrade."""
     document = json.loads(make().to_json())

@@ -583,12 +583,12 @@ def test_signed_head_replayed_onto_other_content(
     head = members(first)[:2]
     forged = [(name, b"X" * len(data)) for name, data in members(first)[2:]]
     replayed = rebuild(dest_for(tmp_path, form, "replayed"), form, head + forged)
-    with pytest.raises(ArtifactCorrupt, match="does not match its sha256"):
+    with pytest.raises(ArtifactCorrupt, match="does not match its blake3"):
         cedana.open(replayed)
     work = tmp_path / "work"
     work.mkdir()
     backend = RecordingCriu()
-    with pytest.raises(ArtifactCorrupt, match="does not match its sha256"):
+    with pytest.raises(ArtifactCorrupt, match="does not match its blake3"):
         cedana.restore(replayed, backend=backend, work_dir=work)
     assert "restore" not in backend.calls
     assert list(work.iterdir()) == []
