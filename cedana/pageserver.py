@@ -147,6 +147,15 @@ class PageServer:
         if self._used and not self._closed:
             raise DumpFailed("CRIU stopped sending pages before it had sent them all")
 
+    def raise_failure(self, dump_error: BaseException) -> None:  # noqa: ARG002
+        """Raise what failed the receiver, if anything, from ``dump_error`` (CRIU failing
+        because the receiver told it to); return otherwise."""
+        self._theirs.close()
+        self._thread.join()
+        self._stop_writing()
+        if self._error is not None:
+            raise self._error from None
+
     # ----------------------------------------------------------------- the receiver
 
     def _serve(self) -> None:

@@ -60,6 +60,7 @@ from cedana.descriptors import (
 )
 from cedana.errors import (
     CedanaError,
+    DumpFailed,
     InvalidOption,
     LiveConnectionsWarning,
     NotCheckpointable,
@@ -474,7 +475,11 @@ def checkpoint_tree(
                     log_dir=logs,
                     notify=on_notify,
                 )
-                backend.dump(request)
+                try:
+                    backend.dump(request)
+                except DumpFailed as exc:
+                    pages.raise_failure(exc)  # a full disk made CRIU fail: say that
+                    raise
                 _log_dump_stats(logs)
                 if options.leave_running:
                     finish(images)

@@ -27,6 +27,7 @@ are swept away.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -36,7 +37,7 @@ import secrets
 import stat
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal, cast
@@ -259,14 +260,20 @@ class MemberStream:
         self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
 
     def write(self, data: bytes | memoryview) -> None:
-        """Add ``data`` (not kept: the caller may reuse its buffer)."""
+        """Add ``data`` (not kept: the caller may reuse its buffer).
+
+        Raises:
+            NoSpace: The artifact's filesystem filled up.
+        """
         self._hasher.update(data)
-        self._writer._write(data)
+        with self._writer._own_errors():
+            self._writer._write(data)
         self.size += len(data)
 
     def close(self) -> Member:
         """End the member: its header goes into its slot; returns what the manifest lists."""
-        return self._writer._close_member(self, self._hasher.hexdigest())
+        with self._writer._own_errors():
+            return self._writer._close_member(self, self._hasher.hexdigest())
 
 
 @attrs.define(eq=False)
@@ -385,6 +392,10 @@ class ArtifactWriter:
         """
         _check_member_name(name, str(path))
         self._start(name)
+        with self._own_errors():
+            return self._add_file(path, name, size)
+
+    def _add_file(self, path: Path, name: str, size: int | None) -> Member:
         fd = os.open(path, _O_READ)
         try:
             st = os.fstat(fd)
@@ -444,6 +455,10 @@ class ArtifactWriter:
         if len(name.encode()) > 100:
             raise ArtifactError(f"member name {name!r} is too long to be streamed")
         self._start(name)
+        with self._own_errors():
+            return self._open_member(name)
+
+    def _open_member(self, name: str) -> MemberStream:
         if self._tree is not None:
             self._tree_sink = self._tree.create(name)
             slot = 0
@@ -684,6 +699,15 @@ class ArtifactWriter:
             remove_path(self._tmp)
             self._tmp = None
 
+    @contextlib.contextmanager
+    def _own_errors(self) -> Iterator[None]:
+        """A full filesystem while this writer writes is NoSpace, naming the artifact."""
+        try:
+            yield
+        except OSError as exc:
+            self._raise_translated(exc)
+            raise
+
     def _raise_translated(self, exc: BaseException) -> None:
         """Raise a full filesystem as NoSpace; return for every other error."""
         if isinstance(exc, OSError) and exc.errno in _FULL and not isinstance(exc, NoSpace):
@@ -698,10 +722,10 @@ class ArtifactWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # Errors from this writer's own writes were made NoSpace where they were raised;
+        # anything else passing through the block is not the artifact's to rename.
         if not self._done or exc is not None:
             self.abort()
-        if exc is not None:
-            self._raise_translated(exc)
 
 
 def _changed(path: Path) -> ArtifactError:
