@@ -12,6 +12,7 @@ from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
 from cedana.criu import CriuReport, default_backend
 from cedana.errors import CedanaError, ContainerError
+from cedana.progress import ProgressArg, reporting
 
 __all__ = ["check", "open", "restore"]
 
@@ -47,6 +48,7 @@ def restore(
     into: str | None = None,
     trust: Trust = "trusted",
     trusted_keys: Iterable[KeySource] | None = None,
+    progress: ProgressArg = None,
     **options: Any,
 ) -> Any:
     """Restore a checkpoint; the workload runs again.
@@ -72,6 +74,9 @@ def restore(
     :meth:`~cedana.ContainerdContainer.restore`: ``name``, ``namespace``,
     ``address``, ``log``...) or, with ``into="runc"``, as a plain
     :class:`~cedana.RuncContainer`.
+
+    ``progress`` is called with a :class:`cedana.progress.Progress` as the images are
+    unpacked and the tree restored, or True shows a bar (see :mod:`cedana.progress`).
 
     Options left None mean "the default", so a caller (the command line) may pass
     every option it knows; one that the chosen restore does not take is a clear error.
@@ -106,7 +111,8 @@ def restore(
             f"{ckpt.path} holds a {source} checkpoint; restoring it into {target} does not "
             f"take {', '.join(_spelled(k) for k in unusable)}"
         )
-    return restorer(ckpt, trust=trust, trusted_keys=trusted_keys, **given)
+    with reporting(progress):
+        return restorer(ckpt, trust=trust, trusted_keys=trusted_keys, **given)
 
 
 #: How the command line spells the restore keywords it passes; the others are Python-only.

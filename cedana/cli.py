@@ -22,6 +22,7 @@ from cedana import registry
 from cedana.artifact import signing
 from cedana.container.runc import container_lines, container_summary
 from cedana.errors import CedanaError
+from cedana.progress import TerminalBar
 
 __all__ = ["build_parser", "main"]
 
@@ -61,6 +62,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         level=args.level,
         overwrite=args.overwrite,
         signing_key=args.signing_key or None,
+        progress=_progress(args),
     )
     _close(target)
     summary = ckpt.summary()
@@ -83,6 +85,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         bundle=args.bundle or None,
         root=args.root or None,
         trust="any" if args.insecure_accept_unsigned else "trusted",
+        progress=_progress(args),
     )
     data: dict[str, Any] = {"pid": restored.pid}
     text = f"restored {args.file}: pid {restored.pid}"
@@ -95,6 +98,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
     _close(restored)
     _emit(data, args.json, text)
     return 0
+
+
+def _progress(args: argparse.Namespace) -> TerminalBar | None:
+    """A bar on stderr with --progress, or by default when stderr is a terminal (and no
+    --json or -v output shares it)."""
+    wanted = args.progress
+    if wanted is None:
+        wanted = sys.stderr.isatty() and not args.json and not getattr(args, "verbose", False)
+    return TerminalBar() if wanted else None
 
 
 def _close(workload: Any) -> None:
@@ -185,6 +197,15 @@ def _common(c: argparse.ArgumentParser) -> None:
     )
 
 
+def _progress_flag(c: argparse.ArgumentParser) -> None:
+    c.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar on stderr (default: when stderr is a terminal)",
+    )
+
+
 def _json(c: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--json",
@@ -252,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="zstd",
         help="zstd (a .tar.zst, the default) or none (a plain tar)",
     )
-    c.add_argument("--level", type=int, default=3, metavar="N", help="zstd level (default 3)")
+    c.add_argument("--level", type=int, default=1, metavar="N", help="zstd level (default 1)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     c.add_argument(
         "--root",
@@ -267,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--signing-key", metavar="KEY", help="Ed25519 private key (PEM); default: this host's"
     )
+    _progress_flag(c)
     _json(c)
     _common(c)
     c.set_defaults(func=cmd_checkpoint)
@@ -299,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="restore established TCP connections (default: as checkpointed)",
     )
     c.add_argument("--insecure-accept-unsigned", action="store_true", help=_INSECURE)
+    _progress_flag(c)
     _json(c)
     _common(c)
     c.set_defaults(func=cmd_restore)

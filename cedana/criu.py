@@ -48,8 +48,8 @@ __all__ = [
     "default_backend",
     "explain",
     "load_image",
-    "pagemap_image",
     "log_tail",
+    "pagemap_image",
     "restore_failed",
 ]
 

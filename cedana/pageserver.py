@@ -26,10 +26,12 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
+from cedana import progress
 from cedana.artifact.writer import ArtifactWriter, MemberStream
 from cedana.criu import pagemap_image
 from cedana.errors import DumpFailed
@@ -50,9 +52,6 @@ _TYPE_PID, _TYPE_SHMEM = 1, 2
 _PIECE = 4 << 20
 _POOL = 16
 
-#: Called with the bytes of pages received so far.
-Progress = Callable[[int], None]
-
 
 #: What the writer thread is given: a piece for a member, or an event to set once it has
 #: written everything before it.
@@ -68,11 +67,12 @@ class PageServer:
     """
 
     def __init__(
-        self, writer: ArtifactWriter, images_dir: Path, *, progress: Progress | None = None
+        self, writer: ArtifactWriter, images_dir: Path, *, expected: int | None = None
     ) -> None:
         self._writer = writer
         self._images = Path(images_dir)
-        self._progress = progress
+        self._progress = progress.current()  # the receiver thread has a context of its own
+        self._expected = expected
         self._ours, self._theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._theirs.set_inheritable(True)
         self._error: BaseException | None = None
@@ -147,7 +147,7 @@ class PageServer:
         if self._used and not self._closed:
             raise DumpFailed("CRIU stopped sending pages before it had sent them all")
 
-    def raise_failure(self, dump_error: BaseException) -> None:  # noqa: ARG002
+    def raise_failure(self, dump_error: BaseException) -> None:
         """Raise what failed the receiver, if anything, from ``dump_error`` (CRIU failing
         because the receiver told it to); return otherwise."""
         self._theirs.close()
@@ -168,7 +168,7 @@ class PageServer:
                 self._used = True
                 if self._command(cmd, nr_pages, vaddr, dst_id):
                     return
-        except BaseException as exc:  # noqa: BLE001 - raised again by finish()
+        except BaseException as exc:
             if self._error is None:
                 self._error = exc
             _log.debug("page server: %r", exc)
@@ -235,7 +235,7 @@ class PageServer:
             else:
                 self._free.put(buffer)  # drained: CRIU is told at the end
             if self._progress is not None:
-                self._progress(self._received)
+                self._progress(progress.Progress("dump", self._received, self._expected))
 
     def _close_pagemap(self) -> None:
         if self._pagemap is None:
@@ -262,8 +262,7 @@ class PageServer:
                 job.set()
                 continue
             member, buffer, size = job
-            if self._error is None:
-                self._guarded(lambda m=member, v=buffer[:size]: m.write(v))
+            self._guarded(partial(member.write, buffer[:size]))
             self._free.put(buffer)
 
     def _guarded(self, work: Callable[[], _T]) -> _T | None:
@@ -273,7 +272,7 @@ class PageServer:
             return None
         try:
             return work()
-        except Exception as exc:  # noqa: BLE001 - raised again by finish()
+        except Exception as exc:
             if self._error is None:
                 self._error = exc
             _log.debug("page server: writing failed, draining the rest: %r", exc)

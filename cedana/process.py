@@ -69,6 +69,7 @@ from cedana.errors import (
     RestoreFailed,
 )
 from cedana.pageserver import PageServer
+from cedana.progress import ProgressArg, report, reporting, tree_memory
 from cedana.staging import scratch_dir
 
 __all__ = ["CheckpointOptions", "Process", "RestoreOptions", "open_stdio", "spawn"]
@@ -80,7 +81,7 @@ _IMAGES = "CRIU's images"
 _DUMPED = "CRIU's images (and, for a container, its root filesystem changes)"
 
 #: zstd's level when none is given: its own default, a good speed/size balance.
-DEFAULT_LEVEL = 3
+DEFAULT_LEVEL = 1
 
 
 def _check_compress(_options: object, _attribute: object, value: Any) -> None:
@@ -108,13 +109,16 @@ class CheckpointOptions:
         compress: ``"zstd"`` or ``"none"`` (a plain tar).
         level: zstd level: 1 (fastest) to 22 (smallest), or negative for zstd's faster
             modes; only with ``compress="zstd"``.
-        threads: zstd threads; 0 uses every core.
+        threads: zstd worker threads; 0 (the default) compresses on the writer's own thread,
+            beside the threads receiving and hashing the pages.
         directory: Write the directory form instead of one file (nothing compressed).
         overwrite: Replace an existing artifact at the path.
         work_dir: Where CRIU's images are staged; the system temp dir by default.
         signing_key: The Ed25519 private key (PEM) that signs the artifact; this host's
             key (made on first use) by default.
         criu: Any other ``criu_opts`` field (CRIU's RPC names), the escape hatch.
+        progress: Called with a :class:`cedana.progress.Progress` as the checkpoint goes
+            (from a helper thread while pages stream), or True for a bar; not recorded.
 
     Every value, and how they combine, is checked here, when the options are made:
 
@@ -135,6 +139,7 @@ class CheckpointOptions:
     work_dir: Path | None = None
     signing_key: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     criu: Mapping[str, Any] = attrs.field(factory=dict)
+    progress: ProgressArg = attrs.field(default=None, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         # Runs on construction and on every attrs.evolve, so a bad combination never
@@ -190,6 +195,7 @@ class CheckpointOptions:
         work_dir: str | os.PathLike[str] | None = None,
         signing_key: str | os.PathLike[str] | None = None,
         criu: Mapping[str, Any] | None = None,
+        progress: ProgressArg = None,
     ) -> CheckpointOptions:
         """``options`` (or the defaults) with a ``checkpoint()`` call's keywords applied.
 
@@ -207,6 +213,7 @@ class CheckpointOptions:
             "work_dir": work_dir,
             "signing_key": signing_key,
             "criu": criu,
+            "progress": progress,
         }
         return attrs.evolve(
             opts,
@@ -426,6 +433,7 @@ def checkpoint_tree(
     try:
         # The log lives apart from the images: when their disk fills up, it still says why.
         with (
+            reporting(options.progress),
             scratch_dir(".cedana-dump-", parent=options.work_dir, fills=_DUMPED) as work,
             scratch_dir(".cedana-log-") as logs,  # always the temp dir
             ArtifactWriter(
@@ -443,7 +451,7 @@ def checkpoint_tree(
             images.mkdir(mode=0o700)
             # The pages go from CRIU straight into the artifact while it dumps; the other
             # images land in the scratch dir and are added once the dump is complete.
-            pages = PageServer(writer, images)
+            pages = PageServer(writer, images, expected=tree_memory(p.pid for p in plan.tree))
 
             def finish(images: Path) -> None:
                 began = time.monotonic()
@@ -451,7 +459,9 @@ def checkpoint_tree(
                 add(images)  # a no-op when the post-dump callback already added them
                 writer.add_tree(images)
                 final = attrs.evolve(manifest, workload={**manifest.workload, **(added or {})})
-                written.append(writer.finish(final))
+                # Before a kill the artifact is read back; a workload left running can be
+                # checkpointed again, and restore verifies every byte before it runs.
+                written.append(writer.finish(final, verify=not options.leave_running))
                 logger.debug(
                     "artifact %s: complete and verified %.3fs after the dump",
                     path,
@@ -614,12 +624,14 @@ def restore_tree(
             terminal=terminal,
         )
         logger.debug("restore %s: start", checkpoint.path)
+        report("restore", 0, 1)
         try:
             pid = backend.restore(request)
         except RestoreFailed as exc:
             if exc.errno == 17:
                 check_pids_free(manifest.tree)  # name the holder if we can
             raise
+    report("restore", 1, 1)
     logger.debug("restore %s: pid %d in %.3fs", checkpoint.path, pid, time.monotonic() - started)
     return pid
 
@@ -700,6 +712,7 @@ class Process:
         work_dir: str | os.PathLike[str] | None = None,
         signing_key: str | os.PathLike[str] | None = None,
         criu: Mapping[str, Any] | None = None,
+        progress: ProgressArg = None,
         options: CheckpointOptions | None = None,
     ) -> Checkpoint:
         """Checkpoint the tree to ``path``; see :class:`CheckpointOptions`.
@@ -737,6 +750,7 @@ class Process:
             work_dir=work_dir,
             signing_key=signing_key,
             criu=criu,
+            progress=progress,
         )
         self.preflight()
         return self.dump(self.plan(opts), path, opts)

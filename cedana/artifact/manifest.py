@@ -155,7 +155,9 @@ class Member:
 
     def __attrs_post_init__(self) -> None:
         if (self.blake3 is None) == (self.sha256 is None):
-            raise ValueError(f"member {self.name!r} must have exactly one digest (blake3 or sha256)")
+            raise ValueError(
+                f"member {self.name!r} must have exactly one digest (blake3 or sha256)"
+            )
 
     @property
     def algorithm(self) -> str:

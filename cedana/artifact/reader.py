@@ -32,6 +32,7 @@ from typing import Literal
 
 import attrs
 
+from cedana import progress
 from cedana.artifact._files import _BytesSink, _Sink, _TreeWriter
 from cedana.artifact._members import (
     _CHUNK,
@@ -55,6 +56,7 @@ from cedana.artifact.signing import (
     verify_signature,
 )
 from cedana.errors import ArtifactError, UntrustedArtifact
+from cedana.progress import Phase
 
 __all__ = ["Artifact", "Form", "open_artifact"]
 
@@ -63,6 +65,7 @@ _log = logging.getLogger("cedana.artifact")
 Form = Literal["zstd", "tar", "directory"]
 
 _MAX_MANIFEST = 64 << 20
+_REPORT_STEP = 4 << 20
 
 #: Checks one member's bytes against the manifest on their way to a sink (or to none).
 _Consume = Callable[[Member, Iterator[bytes], _Sink | None], None]
@@ -171,7 +174,7 @@ class Artifact:
             UnsafeArtifact: An entry is not a regular file, or its name is not safe.
         """
         started = time.perf_counter()
-        self._pass(lambda _member: None, digests=digests or self.form != "zstd")
+        self._pass(lambda _member: None, digests=digests or self.form != "zstd", phase="verify")
         _log.debug("verified %s in %.3f s", self.path, time.perf_counter() - started)
 
     def extract(self, dest: Path, *, only: Callable[[str], bool] | None = None) -> None:
@@ -196,7 +199,10 @@ class Artifact:
         started = time.perf_counter()
         tree = _TreeWriter(dest, sync=False)
         try:
-            self._pass(lambda m: tree.create(m.name) if only is None or only(m.name) else None)
+            self._pass(
+                lambda m: tree.create(m.name) if only is None or only(m.name) else None,
+                phase="unpack",
+            )
         except BaseException as exc:
             tree.remove_created()
             _log.debug("extracting %s into %s failed: %r", self.path, dest, exc)
@@ -225,10 +231,15 @@ class Artifact:
         stop_at: str | None = None,
         *,
         digests: bool = True,
+        phase: Phase | None = None,
     ) -> None:
         """Read the artifact once, hashing each member (unless not ``digests`` and it goes to
-        no sink) and handing it to ``sink_for``'s sink."""
-        consume = partial(self._consume, digests=digests)
+        no sink) and handing it to ``sink_for``'s sink; the bytes read are reported as
+        ``phase`` (:mod:`cedana.progress`) when given."""
+        counter = None
+        if phase is not None and progress.current() is not None:
+            counter = _Counter(phase, sum(m.size for m in self.manifest.members))
+        consume = partial(self._consume, digests=digests, counter=counter)
         if self.form == "directory":
             self._pass_directory(sink_for, stop_at, consume)
         else:
@@ -253,8 +264,16 @@ class Artifact:
             raise _damaged(self.path, "its signature changed since it was opened")
 
     def _consume(
-        self, member: Member, chunks: Iterator[bytes], sink: _Sink | None, *, digests: bool
+        self,
+        member: Member,
+        chunks: Iterator[bytes],
+        sink: _Sink | None,
+        *,
+        digests: bool,
+        counter: _Counter | None,
     ) -> None:
+        if counter is not None:
+            chunks = counter.counted(chunks)
         if not digests and sink is None:
             for _chunk in chunks:  # decoded (and frame-checksummed) but not hashed
                 pass
@@ -368,6 +387,24 @@ class Artifact:
                 consume(member, chunks, sink_for(member))
             finally:
                 os.close(fd)
+
+
+class _Counter:
+    """Counts the member bytes of one pass and reports them as a phase of progress."""
+
+    def __init__(self, phase: Phase, total: int) -> None:
+        self._phase: Phase = phase
+        self._total = total
+        self._done = 0
+        self._reported = 0
+
+    def counted(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+            self._done += len(chunk)
+            if self._done - self._reported >= _REPORT_STEP or self._done == self._total:
+                self._reported = self._done
+                progress.report(self._phase, self._done, self._total)
 
 
 def open_artifact(path: Path, *, verify: bool = True) -> Artifact:

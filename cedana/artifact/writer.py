@@ -189,7 +189,10 @@ def check_write_arguments(compress: str, level: int, threads: int) -> None:
             f"zstd's faster modes, not {level}; 1 is the default"
         )
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
-        raise InvalidOption(f"threads must be 0 (all cores) or a positive count, not {threads!r}")
+        raise InvalidOption(
+            f"threads must be 0 (compress on the writing thread) or a count of zstd worker "
+            f"threads, not {threads!r}"
+        )
 
 
 def check_destination(dest: Path, *, overwrite: bool) -> None:
@@ -240,7 +243,7 @@ def _no_space(dest: Path, exc: OSError) -> NoSpace:
         "filesystem (nothing was kept); free space there, or write the checkpoint to "
         "another destination",
         filename=str(dest),
-        errno=exc.errno,
+        errno=exc.errno or errno.ENOSPC,
     )
 
 
@@ -257,7 +260,8 @@ class MemberStream:
         self.size = 0
         self._writer = writer
         self._slot = slot
-        self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        # One thread: the stream is already one stage of a pipeline (receive, hash+compress).
+        self._hasher = blake3.blake3()
 
     def write(self, data: bytes | memoryview) -> None:
         """Add ``data`` (not kept: the caller may reuse its buffer).
@@ -318,7 +322,9 @@ class ArtifactWriter:
     def __attrs_post_init__(self) -> None:
         check_write_arguments(self.compress, self.level, self.threads)
         check_destination(self.dest, overwrite=self.overwrite)
-        self._form = "directory" if self.directory else ("zstd" if self.compress == "zstd" else "tar")
+        self._form = (
+            "directory" if self.directory else ("zstd" if self.compress == "zstd" else "tar")
+        )
         _log.debug("writing %s artifact %s", self._form, self.dest)
         sweep_temporaries(self.dest.parent)
         try:
@@ -353,7 +359,7 @@ class ArtifactWriter:
         self._sink = _FdWriter(self._fd, self._room)
         if self.compress == "zstd":
             cctx = zstandard.ZstdCompressor(
-                level=self.level, threads=self.threads or -1, write_checksum=True
+                level=self.level, threads=self.threads, write_checksum=True
             )
             self._compressor = cctx.stream_writer(
                 cast(IO[bytes], self._sink), write_size=_CHUNK, closefd=False
@@ -685,12 +691,7 @@ class ArtifactWriter:
         """Discard everything written (idempotent); ``dest`` is left as it was."""
         self._done = True
         self._open = None
-        if self._compressor is not None:
-            compressor, self._compressor = self._compressor, None
-            try:
-                compressor.close()
-            except Exception:  # noqa: BLE001 - its output is being thrown away anyway
-                pass
+        self._compressor = None  # dropped, not flushed: its output is thrown away
         if self._tree is not None:
             self._tree.close()
             self._tree = None
@@ -766,7 +767,7 @@ def write_artifact(
         compress: ``"zstd"`` for a ``.tar.zst``, ``"none"`` for a plain tar.
         level: zstd level, 1 (fastest, the default) to 22; negative levels are zstd's faster
             modes.
-        threads: zstd worker threads; 0 means one per core.
+        threads: zstd worker threads; 0 compresses on the calling thread.
         directory: Write the directory form instead of a single file (``compress`` and
             ``level`` are then unused).
         overwrite: Replace ``dest`` if it exists. An existing directory is only replaced if it

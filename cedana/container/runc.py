@@ -83,6 +83,7 @@ from cedana.process import (
     restore_failed,
     restores_tcp,
 )
+from cedana.progress import ProgressArg
 from cedana.rootfs import RootfsDiff, Snapshotter, snapshotter_for
 
 __all__ = [
@@ -397,6 +398,7 @@ class RuncContainer:
         work_dir: str | os.PathLike[str] | None = None,
         signing_key: str | os.PathLike[str] | None = None,
         criu: Mapping[str, Any] | None = None,
+        progress: ProgressArg = None,
         options: CheckpointOptions | None = None,
     ) -> Checkpoint:
         """Checkpoint the container, its root filesystem changes included, to ``path``.
@@ -431,6 +433,7 @@ class RuncContainer:
             work_dir=work_dir,
             signing_key=signing_key,
             criu=criu,
+            progress=progress,
         )
         return self.checkpoint_as(self, path, opts)
 

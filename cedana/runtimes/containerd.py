@@ -64,6 +64,7 @@ from cedana.errors import (
     RestoreFailed,
 )
 from cedana.process import CheckpointOptions
+from cedana.progress import ProgressArg
 from cedana.rootfs import OVERLAY, Snapshotter, diff_format
 from cedana.rootfs.containerd import ContainerdSnapshotter
 from cedana.runtimes._containerd_api import (
@@ -333,6 +334,7 @@ class ContainerdContainer:
         work_dir: str | os.PathLike[str] | None = None,
         signing_key: str | os.PathLike[str] | None = None,
         criu: Mapping[str, Any] | None = None,
+        progress: ProgressArg = None,
         options: CheckpointOptions | None = None,
     ) -> Checkpoint:
         """Checkpoint the container, its writable snapshot included, to ``path``.
@@ -371,6 +373,7 @@ class ContainerdContainer:
             work_dir=work_dir,
             signing_key=signing_key,
             criu=criu,
+            progress=progress,
         )
         run = _CheckpointRun(self, self._api())
         # The one template every runc-based runtime runs, held by the runc layer.

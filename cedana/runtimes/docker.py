@@ -66,6 +66,7 @@ from cedana.errors import (
     SetupError,
 )
 from cedana.process import CheckpointOptions
+from cedana.progress import ProgressArg
 from cedana.rootfs import OVERLAY, diff_format
 from cedana.rootfs.overlay2 import Overlay2Snapshotter
 from cedana.runtimes._docker_api import DockerClient
@@ -293,6 +294,7 @@ class DockerContainer:
         work_dir: str | os.PathLike[str] | None = None,
         signing_key: str | os.PathLike[str] | None = None,
         criu: Mapping[str, Any] | None = None,
+        progress: ProgressArg = None,
         options: CheckpointOptions | None = None,
     ) -> Checkpoint:
         """Checkpoint the container, its overlay2 layer's changes included, to ``path``.
@@ -330,6 +332,7 @@ class DockerContainer:
             work_dir=work_dir,
             signing_key=signing_key,
             criu=criu,
+            progress=progress,
         )
         run = _CheckpointRun(self, self.info())
         # The one template every runc-based runtime runs, held by the runc layer.

@@ -75,6 +75,7 @@ from cedana.errors import (
     RuntimeUnavailable,
 )
 from cedana.process import CheckpointOptions
+from cedana.progress import ProgressArg
 from cedana.rootfs import OVERLAY, diff_format
 from cedana.rootfs.containers_storage import ContainersStorageSnapshotter, to_podman_diff
 from cedana.rootfs.overlay import DIFF_NAME
@@ -342,6 +343,7 @@ class PodmanContainer:
         work_dir: str | os.PathLike[str] | None = None,
         signing_key: str | os.PathLike[str] | None = None,
         criu: Mapping[str, Any] | None = None,
+        progress: ProgressArg = None,
         options: CheckpointOptions | None = None,
     ) -> Checkpoint:
         """Checkpoint the container, its containers/storage layer included, to ``path``.
@@ -379,6 +381,7 @@ class PodmanContainer:
             work_dir=work_dir,
             signing_key=signing_key,
             criu=criu,
+            progress=progress,
         )
         run = _CheckpointRun(self)
         record, _ = self._live()  # finds the runc side (and refuses early)

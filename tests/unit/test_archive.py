@@ -6,7 +6,6 @@ Needs no root: tampered artifacts (links, devices, traversal) are built by hand 
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import json
 import os
