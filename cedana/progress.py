@@ -11,11 +11,15 @@ The layers report through :func:`report`, which finds the callback of the call i
 
 Phases, in order:
 
-``dump``      pages received from CRIU while it dumps (``total``: the tree's anonymous memory,
-              an estimate: CRIU may send somewhat more or less)
-``verify``    the artifact read back before the workload is killed (``total``: its size)
-``unpack``    members decompressed, checked and unpacked for a restore (``total``: exact)
-``restore``   CRIU recreating the tree (no byte count: ``done`` 0 then 1, ``total`` 1)
+``dump``
+    pages received from CRIU while it dumps (``total``: the tree's anonymous memory, an
+    estimate: CRIU may send somewhat more or less)
+``verify``
+    the artifact read back before the workload is killed (``total``: the members' size)
+``unpack``
+    members decompressed, checked and unpacked for a restore (``total``: exact)
+``restore``
+    CRIU recreating the tree (no byte count: ``done`` 0 then 1, ``total`` 1)
 """
 
 from __future__ import annotations
