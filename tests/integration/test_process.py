@@ -535,6 +535,31 @@ def test_flipped_byte_restores_nothing(good_checkpoint, tmp_path: Path) -> None:
     _assert_refused(bad, pid, cedana.ArtifactError)
 
 
+def test_damaged_page_member_restores_nothing(good_checkpoint, tmp_path: Path) -> None:
+    """A page member whose bytes changed inside a well-formed zstd stream (the frames' own
+    checksums recomputed, as a rewrite would) is caught by its BLAKE3 digest while being
+    unpacked, before CRIU runs; nothing is restored and the unpack dir is gone."""
+    path, pid, _ = good_checkpoint
+    raw = zstandard.ZstdDecompressor().stream_reader(path.open("rb"), read_across_frames=True)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(raw.read())) as tin, tarfile.open(
+        fileobj=buf, mode="w", format=tarfile.PAX_FORMAT
+    ) as tout:
+        for m in tin.getmembers():
+            data = bytearray(tin.extractfile(m).read())  # type: ignore[union-attr]
+            if m.name.startswith("pages-"):
+                data[len(data) // 2] ^= 0x01
+            tout.addfile(m, io.BytesIO(bytes(data)))
+    bad = tmp_path / "pages-damaged.tar.zst"
+    bad.write_bytes(zstandard.ZstdCompressor(write_checksum=True).compress(buf.getvalue()))
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(cedana.ArtifactCorrupt, match=r"pages-\d+\.img' does not match its blake3"):
+        cedana.restore(bad, work_dir=work)
+    assert procfs.holder_of(pid) is None, "nothing may be restored from a bad artifact"
+    assert list(work.iterdir()) == []
+
+
 def test_added_member_restores_nothing(good_checkpoint, tmp_path: Path) -> None:
     """A member not in the manifest is refused."""
     path, pid, _ = good_checkpoint
