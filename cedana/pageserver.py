@@ -51,10 +51,12 @@ _TYPE_PID, _TYPE_SHMEM = 1, 2
 #: Pages are received in pieces this big, up to this many waiting to be written (64 MiB).
 _PIECE = 4 << 20
 _POOL = 16
+_SOCKET_BUFFER = 8 << 20
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # not in Python's socket module
 
 
-#: What the writer thread is given: a piece for a member, or an event to set once it has
-#: written everything before it.
+#: What the writer and hasher threads are given: a piece for a member, or an event to set
+#: once they are done with everything before it.
 _Job = tuple[MemberStream, memoryview, int] | threading.Event
 
 
@@ -75,6 +77,17 @@ class PageServer:
         self._expected = expected
         self._ours, self._theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._theirs.set_inheritable(True)
+        # A deep socket buffer lets CRIU splice whole runs of pages without waiting for each
+        # of our reads (the default, about 200 KiB, ping-pongs the two). Root may go past
+        # wmem_max with the FORCE options; otherwise the kernel caps it.
+        for sock, forced, plain in (
+            (self._theirs, _SO_SNDBUFFORCE, socket.SO_SNDBUF),
+            (self._ours, _SO_RCVBUFFORCE, socket.SO_RCVBUF),
+        ):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, forced, _SOCKET_BUFFER)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, plain, _SOCKET_BUFFER)
         self._error: BaseException | None = None
         self._member: MemberStream | None = None
         self._pagemap: tuple[str, list[tuple[int, int, int]]] | None = None
@@ -86,11 +99,12 @@ class PageServer:
         # Received pieces wait for the writer thread in a bounded pool: CRIU sends at the
         # speed of the socket while the writer compresses and hashes behind it.
         self._free: queue.Queue[memoryview] = queue.Queue()
-        for _ in range(_POOL):
-            self._free.put(memoryview(bytearray(_PIECE)))
+        self._pieces = 0  # allocated as needed: a small dump needs few
         self._work: queue.Queue[_Job | None] = queue.Queue()
+        self._hash_work: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._serve, name="cedana-pages", daemon=True)
         self._writing = threading.Thread(target=self._write, name="cedana-pages-write", daemon=True)
+        self._hashing = threading.Thread(target=self._hash, name="cedana-pages-hash", daemon=True)
 
     @property
     def criu_fd(self) -> int:
@@ -103,6 +117,7 @@ class PageServer:
         return self._received
 
     def __enter__(self) -> PageServer:
+        self._hashing.start()
         self._writing.start()
         self._thread.start()
         return self
@@ -126,8 +141,9 @@ class PageServer:
 
     def _stop_writing(self) -> None:
         if self._writing.is_alive():
-            self._work.put(None)
+            self._work.put(None)  # the writer passes it on to the hasher
             self._writing.join()
+        self._hashing.join()
 
     def finish(self) -> None:
         """Wait until CRIU has sent everything (its ``FORCE_CLOSE``), then raise what went
@@ -220,7 +236,7 @@ class PageServer:
             return
         remaining = nr_pages * _PAGE
         while remaining:
-            buffer = self._free.get()
+            buffer = self._piece()
             view = buffer[: min(remaining, _PIECE)]
             got = 0
             while got < len(view):
@@ -237,6 +253,16 @@ class PageServer:
             if self._progress is not None:
                 self._progress(progress.Progress("dump", self._received, self._expected))
 
+    def _piece(self) -> memoryview:
+        """A free piece of the pool, waiting for one when all are in use."""
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            if self._pieces < _POOL:
+                self._pieces += 1
+                return memoryview(bytearray(_PIECE))
+            return self._free.get()
+
     def _close_pagemap(self) -> None:
         if self._pagemap is None:
             return
@@ -250,19 +276,29 @@ class PageServer:
         self._guarded(lambda: _write_new(self._images / name, image))
 
     def _drained(self) -> None:
-        """Wait until the writer thread has written every piece received so far."""
+        """Wait until the writer and hasher threads are done with every piece so far."""
         done = threading.Event()
         self._work.put(done)
         done.wait()
 
     def _write(self) -> None:
-        """The writer thread: pieces into their members, in the order received."""
+        """The writer thread: pieces compressed into their members, in the order received,
+        then handed to the hasher (events too, so that they mean "both are done")."""
         while (job := self._work.get()) is not None:
+            if not isinstance(job, threading.Event):
+                member, buffer, size = job
+                self._guarded(partial(member.store, buffer[:size]))
+            self._hash_work.put(job)
+        self._hash_work.put(None)
+
+    def _hash(self) -> None:
+        """The hasher thread: pieces into their members' digests; then the piece is free."""
+        while (job := self._hash_work.get()) is not None:
             if isinstance(job, threading.Event):
                 job.set()
                 continue
             member, buffer, size = job
-            self._guarded(partial(member.write, buffer[:size]))
+            self._guarded(partial(member.hash, buffer[:size]))
             self._free.put(buffer)
 
     def _guarded(self, work: Callable[[], _T]) -> _T | None:

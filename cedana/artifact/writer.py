@@ -260,7 +260,7 @@ class MemberStream:
         self.size = 0
         self._writer = writer
         self._slot = slot
-        # One thread: the stream is already one stage of a pipeline (receive, hash+compress).
+        # One thread: the stream is already stages of a pipeline (receive, compress, hash).
         self._hasher = blake3.blake3()
 
     def write(self, data: bytes | memoryview) -> None:
@@ -269,10 +269,24 @@ class MemberStream:
         Raises:
             NoSpace: The artifact's filesystem filled up.
         """
-        self._hasher.update(data)
+        self.hash(data)
+        self.store(data)
+
+    def store(self, data: bytes | memoryview) -> None:
+        """The half of :meth:`write` that compresses and writes ``data``; a caller running
+        the two halves on two threads calls both for every piece, each in order, and
+        :meth:`close` after both are done with the last one.
+
+        Raises:
+            NoSpace: The artifact's filesystem filled up.
+        """
         with self._writer._own_errors():
             self._writer._write(data)
         self.size += len(data)
+
+    def hash(self, data: bytes | memoryview) -> None:
+        """The half of :meth:`write` that hashes ``data`` (see :meth:`store`)."""
+        self._hasher.update(data)
 
     def close(self) -> Member:
         """End the member: its header goes into its slot; returns what the manifest lists."""

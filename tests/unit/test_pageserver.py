@@ -111,7 +111,7 @@ def test_a_full_disk_fails_the_dump_at_its_end(
     def full(self: MemberStream, data: bytes) -> None:
         raise NoSpace("no space left on device: the artifact filled", errno=errno.ENOSPC)
 
-    monkeypatch.setattr(MemberStream, "write", full)
+    monkeypatch.setattr(MemberStream, "store", full)
     with ArtifactWriter(tmp_path / "a.tar.zst") as writer, PageServer(writer, images) as server:
         criu = Criu(server.criu_fd)
         criu.open(1 << 8 | 1)
