@@ -542,9 +542,10 @@ def test_damaged_page_member_restores_nothing(good_checkpoint, tmp_path: Path) -
     path, pid, _ = good_checkpoint
     raw = zstandard.ZstdDecompressor().stream_reader(path.open("rb"), read_across_frames=True)
     buf = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(raw.read())) as tin, tarfile.open(
-        fileobj=buf, mode="w", format=tarfile.PAX_FORMAT
-    ) as tout:
+    with (
+        tarfile.open(fileobj=io.BytesIO(raw.read())) as tin,
+        tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tout,
+    ):
         for m in tin.getmembers():
             data = bytearray(tin.extractfile(m).read())  # type: ignore[union-attr]
             if m.name.startswith("pages-"):

@@ -128,18 +128,20 @@ def test_what_it_does_not_serve_and_a_cut_stream_are_dump_failures(tmp_path: Pat
     for cut in ("get", "mid-run", "no-close"):
         images = tmp_path / cut
         images.mkdir()
-        with ArtifactWriter(tmp_path / f"{cut}.tar.zst") as writer:
-            with PageServer(writer, images) as server:
-                criu = Criu(server.criu_fd)
-                criu.open(1 << 8 | 1)
-                if cut == "get":
-                    criu.record(GET)
-                elif cut == "mid-run":
-                    criu.record(ADD_F | PE_PRESENT << 16, 2, 0, 1 << 8 | 1)
-                    criu.sock.sendall(bytes(4096))
-                criu.sock.close()
-                with pytest.raises(DumpFailed, match="page|pages"):
-                    server.finish()
+        with (
+            ArtifactWriter(tmp_path / f"{cut}.tar.zst") as writer,
+            PageServer(writer, images) as server,
+        ):
+            criu = Criu(server.criu_fd)
+            criu.open(1 << 8 | 1)
+            if cut == "get":
+                criu.record(GET)
+            elif cut == "mid-run":
+                criu.record(ADD_F | PE_PRESENT << 16, 2, 0, 1 << 8 | 1)
+                criu.sock.sendall(bytes(4096))
+            criu.sock.close()
+            with pytest.raises(DumpFailed, match="page|pages"):
+                server.finish()
 
 
 def test_progress_reports_the_pages_received(tmp_path: Path) -> None:
@@ -148,13 +150,16 @@ def test_progress_reports_the_pages_received(tmp_path: Path) -> None:
     seen: list[Progress] = []
     images = tmp_path / "images"
     images.mkdir()
-    with reporting(seen.append), ArtifactWriter(tmp_path / "a.tar.zst") as writer:
-        with PageServer(writer, images, expected=2 << 20) as server:
-            criu = Criu(server.criu_fd)
-            criu.open(1 << 8 | 1)
-            criu.add(0, bytes(2 << 20), 1 << 8 | 1)
-            criu.close()
-            server.finish()
+    with (
+        reporting(seen.append),
+        ArtifactWriter(tmp_path / "a.tar.zst") as writer,
+        PageServer(writer, images, expected=2 << 20) as server,
+    ):
+        criu = Criu(server.criu_fd)
+        criu.open(1 << 8 | 1)
+        criu.add(0, bytes(2 << 20), 1 << 8 | 1)
+        criu.close()
+        server.finish()
     assert seen and seen[-1] == Progress("dump", 2 << 20, 2 << 20)
     assert all(p.phase == "dump" for p in seen)
     assert cedana.progress.Progress("dump", 1, 2).fraction == 0.5
