@@ -48,9 +48,10 @@ _ADD, _HOLE, _OPEN, _OPEN2, _PARENT, _ADD_F, _GET = 1, 2, 3, 4, 5, 6, 7
 _CLOSE, _FORCE_CLOSE = 0x1023, 0x1024
 _PE_PARENT, _PE_PRESENT = 1, 4
 _TYPE_PID, _TYPE_SHMEM = 1, 2
-#: Pages are received in pieces this big, up to this many waiting to be written (64 MiB).
+#: Pages are received in pieces this big, up to this many waiting to be written (128 MiB:
+#: CRIU need not wait for the writer until then, and cedana stays well under 256 MiB).
 _PIECE = 4 << 20
-_POOL = 16
+_POOL = 32
 _SOCKET_BUFFER = 8 << 20
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # not in Python's socket module
 
