@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,11 @@ class Checkpoint:
 
     _artifact: Artifact = attrs.field(alias="artifact")
     _trust: TrustStatus = attrs.field(alias="trust")
+    #: CRIU's account of the dump that made this checkpoint, on the object a
+    #: ``checkpoint()`` call returns (None on one opened from a file): ``frozen_time``,
+    #: ``freezing_time``, ``memdump_time``, ``memwrite_time`` (microseconds),
+    #: ``pages_written``, ... as CRIU's ``stats-dump`` names them.
+    dump_stats: Mapping[str, int] | None = attrs.field(default=None, kw_only=True)
 
     @classmethod
     def open(
@@ -183,6 +188,7 @@ class Checkpoint:
             "members": len(m.members),
             "images_bytes": sum(x.size for x in m.members),
             "size": self.size,
+            **({"dump_stats": dict(self.dump_stats)} if self.dump_stats else {}),
         }
 
     def _repr_html_(self) -> str:

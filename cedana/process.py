@@ -492,7 +492,7 @@ def checkpoint_tree(
                 except DumpFailed as exc:
                     pages.raise_failure(exc)  # a full disk made CRIU fail: say that
                     raise
-                _log_dump_stats(logs)
+                stats = _dump_stats(logs)
                 if options.leave_running:
                     finish(images)
     except BaseException:
@@ -504,26 +504,24 @@ def checkpoint_tree(
         _reap_if_ours([p.pid for p in plan.tree], popen, root_is_ours=root_is_ours)
     logger.debug("checkpoint pid %d: complete in %.3fs", plan.pid, time.monotonic() - started)
     # Signed just now; whether this host trusts that key is for a restore to decide.
-    return Checkpoint.open(path, verify=False, trust="any")
+    return attrs.evolve(Checkpoint.open(path, verify=False, trust="any"), dump_stats=stats)
 
 
-def _log_dump_stats(logs: Path) -> None:
-    """Log CRIU's own account of the dump (it writes ``stats-dump`` in its work dir)."""
-    if not logger.isEnabledFor(logging.DEBUG):
-        return
+def _dump_stats(logs: Path) -> dict[str, int] | None:
+    """CRIU's own account of the dump (``stats-dump``, which it writes in its work dir)."""
     try:
-        stats = load_image(logs / "stats-dump")["entries"][0]["dump"]
-    except (OSError, ValueError, KeyError, IndexError):
-        return
+        raw = load_image(logs / "stats-dump")["entries"][0]["dump"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    stats = {k: int(v) for k, v in raw.items() if isinstance(v, int)}
     logger.debug(
-        "criu dump stats: freezing %.3fs, frozen %.3fs, memdump %.3fs, memwrite %.3fs, "
-        "%d pages written",
-        stats.get("freezing_time", 0) / 1e6,
+        "criu dump stats: frozen %.3fs (freezing %.3fs), memdump %.3fs, memwrite %.3fs",
         stats.get("frozen_time", 0) / 1e6,
+        stats.get("freezing_time", 0) / 1e6,
         stats.get("memdump_time", 0) / 1e6,
         stats.get("memwrite_time", 0) / 1e6,
-        stats.get("pages_written", 0),
     )
+    return stats
 
 
 def _warn_live_connections(pid: int) -> None:

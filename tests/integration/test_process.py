@@ -535,6 +535,24 @@ def test_flipped_byte_restores_nothing(good_checkpoint, tmp_path: Path) -> None:
     _assert_refused(bad, pid, cedana.ArtifactError)
 
 
+@pytest.mark.parametrize("leave_running", [True, False])
+def test_checkpoint_reports_criu_dump_stats(
+    workloads: Workloads, tmp_path: Path, leave_running: bool
+) -> None:
+    """The checkpoint a call returns carries CRIU's own account of the dump (how long the
+    tree was frozen, the pages written), in both modes, and its summary lists it."""
+    proc, log = workloads.python(COUNTER)
+    wait_count(log, 3)
+    ckpt = proc.checkpoint(tmp_path / "s.tar.zst", leave_running=leave_running)
+    stats = ckpt.dump_stats
+    assert stats is not None
+    assert stats["frozen_time"] > 0 and stats["pages_written"] > 0
+    assert ckpt.summary()["dump_stats"] == stats
+    assert cedana.open(ckpt.path).dump_stats is None  # not a fact of the file
+    if leave_running:
+        proc.kill()
+
+
 def test_damaged_page_member_restores_nothing(good_checkpoint, tmp_path: Path) -> None:
     """A page member whose bytes changed inside a well-formed zstd stream (the frames' own
     checksums recomputed, as a rewrite would) is caught by its BLAKE3 digest while being
