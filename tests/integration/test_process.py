@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import io
 import os
 import re
@@ -17,12 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import blake3
 import pytest
 import zstandard
 
 import cedana
 from cedana import procfs
+from cedana.artifact import signing
 from tests.capabilities import integration, requires_tool
 from tests.conftest import Workloads, reap_zombie_children, wait_for
 from tests.helpers import popen_in_session, read_until, tmpfs
@@ -533,6 +536,59 @@ def test_flipped_byte_restores_nothing(good_checkpoint, tmp_path: Path) -> None:
     bad = tmp_path / "flipped.tar.zst"
     bad.write_bytes(bytes(data))
     _assert_refused(bad, pid, cedana.ArtifactError)
+
+
+def _as_format_2(src: Path, dest: Path) -> None:
+    """Rewrite a checkpoint as cedana wrote them in format version 2: the manifest first
+    with sha256 digests, signed by this host's key, then the members, zstd-compressed."""
+    ckpt = cedana.open(src)
+    members = {}
+    for member in ckpt.manifest.members:
+        members[member.name] = ckpt.read_member(member.name)
+    old = attrs.evolve(
+        ckpt.manifest,
+        format_version=2,
+        members=tuple(
+            cedana.artifact.Member(
+                name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest()
+            )
+            for name, data in sorted(members.items())
+        ),
+    )
+    body = old.to_json()
+    signature = signing.signing_key(None).sign(body).to_json()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in [
+            ("manifest.json", body),
+            ("manifest.sig", signature),
+            *sorted(members.items()),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+    dest.write_bytes(zstandard.ZstdCompressor(write_checksum=True).compress(out.getvalue()))
+
+
+def test_format_2_checkpoint_still_restores(workloads: Workloads, tmp_path: Path) -> None:
+    """A checkpoint in format version 2 (sha256 digests, members sorted after the
+    manifest) opens, verifies and restores; its counter goes on."""
+    proc, log = workloads.python(COUNTER)
+    wait_count(log, 3)
+    new = tmp_path / "v3.tar.zst"
+    proc.checkpoint(new)
+    assert_gone(proc.pid)
+    old = tmp_path / "v2.tar.zst"
+    _as_format_2(new, old)
+    opened = cedana.open(old)  # verifies every member's sha256
+    assert opened.manifest.format_version == 2
+    assert all(m.algorithm == "sha256" for m in opened.manifest.members)
+    n = len(numbers(log))
+    restored = cedana.restore(old)
+    try:
+        wait_count(log, n + 3)
+    finally:
+        restored.kill()
 
 
 @pytest.mark.parametrize("leave_running", [True, False])
