@@ -526,7 +526,7 @@ def test_images_changing_during_write_are_refused(
     images: Path, tmp_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An image that grows after it was listed makes the write fail instead of lying."""
-    real_scan = writer._scan_tree
+    real_scan = _members._scan_tree
 
     def scan_then_grow(root: Path) -> tuple[list[Any], list[Any]]:
         listed = real_scan(root)

@@ -51,7 +51,7 @@ class Criu:
 
     def close(self) -> int:
         self.record(FORCE_CLOSE)
-        (status,) = struct.unpack("=i", self.sock.recv(4))
+        status: int = struct.unpack("=i", self.sock.recv(4))[0]
         self.sock.close()
         return status
 
