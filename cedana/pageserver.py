@@ -10,15 +10,17 @@ one streamed artifact member (``pages-N.img``: compressed and hashed as they arr
 staged on disk), and the ``pagemap-*.img`` image that CRIU's own page server would write is
 written into the images directory, to be added with the other images.
 
-Failure is always CRIU's to act on, so the tree is never left frozen: the receiver never
-closes its end early. Should writing fail (a full disk), it drains the rest of the pages
-and answers the final ``FORCE_CLOSE`` with a failure status, which makes CRIU fail the dump
-and thaw the tree; the error is raised by :meth:`PageServer.finish`. Should this process die,
-CRIU's next send fails (it ignores SIGPIPE) and it thaws the tree the same way.
+Failure is always CRIU's to act on, so the tree is never left frozen. Should writing fail (a
+full disk), the receiver drains the rest of the pages and answers the final ``FORCE_CLOSE``
+with a failure status, which makes CRIU fail the dump and thaw the tree; the error is raised
+by :meth:`PageServer.finish`. Should the stream itself go wrong (a record this receiver does
+not take), or this process die, its end of the socket closes: CRIU's next send fails (it
+ignores SIGPIPE) and it rolls back the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -185,10 +187,14 @@ class PageServer:
                 self._used = True
                 if self._command(cmd, nr_pages, vaddr, dst_id):
                     return
-        except BaseException as exc:
+        except BaseException as exc:  # raised again by finish()
             if self._error is None:
                 self._error = exc
             _log.debug("page server: %r", exc)
+            # Stop CRIU for sure: with nobody reading, its next send fails (it ignores
+            # SIGPIPE) and it rolls the dump back, thawing the tree, instead of waiting.
+            with contextlib.suppress(OSError):
+                self._ours.shutdown(socket.SHUT_RDWR)
 
     def _command(self, cmd: int, nr_pages: int, vaddr: int, dst_id: int) -> bool:
         """Act on one record; True at the end of the stream."""

@@ -123,8 +123,9 @@ def test_a_full_disk_fails_the_dump_at_its_end(
 
 
 def test_what_it_does_not_serve_and_a_cut_stream_are_dump_failures(tmp_path: Path) -> None:
-    """A GET (lazy pages) is refused as a DumpFailed naming it; a stream that stops in the
-    middle of a page run, or before its close, is a DumpFailed too."""
+    """A GET (lazy pages) is refused as a DumpFailed naming it, and CRIU's next sends fail;
+    a stream that stops in the middle of a page run, or before its close, is a DumpFailed
+    too."""
     for cut in ("get", "mid-run", "no-close"):
         images = tmp_path / cut
         images.mkdir()
@@ -136,6 +137,11 @@ def test_what_it_does_not_serve_and_a_cut_stream_are_dump_failures(tmp_path: Pat
             criu.open(1 << 8 | 1)
             if cut == "get":
                 criu.record(GET)
+                # The receiver stops reading and closes its end: CRIU's next sends fail
+                # (so it rolls back and thaws the tree) instead of blocking forever.
+                with pytest.raises(OSError):
+                    for _ in range(1000):
+                        criu.sock.sendall(bytes(1 << 20))
             elif cut == "mid-run":
                 criu.record(ADD_F | PE_PRESENT << 16, 2, 0, 1 << 8 | 1)
                 criu.sock.sendall(bytes(4096))
