@@ -411,8 +411,9 @@ def measure_call(
     fn: Callable[[], object], *, settled: bool = True, tmpdir: Path | None = None
 ) -> Sample:
     """Time ``fn`` in this process, after :func:`settle`; ``self`` is this process's peak
-    RSS during the call, ``criu`` that of the CRIU it ran. ``tmpdir`` is the temp dir
-    during the call, watched for CRIU's statistics."""
+    RSS during the call (``VmHWM`` reset first), ``criu`` that of the CRIU it ran, and the
+    commands it ran count under their names. ``tmpdir`` is the temp dir during the call,
+    watched for CRIU's statistics."""
     if settled:
         settle()
     reset_own_peak()
@@ -428,9 +429,8 @@ def measure_call(
             seconds = time.perf_counter() - start
     finally:
         tempfile.tempdir = saved
-    found = peaks(sampler.seen, me)
     stats = watcher.stats if watcher is not None else None
-    return Sample(seconds, {k: v for k, v in found.items() if k in ("self", "criu")}, stats)
+    return Sample(seconds, peaks(sampler.seen, me), stats)
 
 
 @attrs.define

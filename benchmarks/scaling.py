@@ -9,17 +9,20 @@ restore``. It prints, per size and method, the median seconds, seconds per GiB
 and the peak RSS of the method's own process (cedana's must stay flat), and with
 ``--plot FILE`` (``.svg`` or ``.png``; needs ``cedana[bench]``, i.e. matplotlib)
 draws seconds against GiB, one line per method, checkpoint and restore side by
-side.
+side. ``--json FILE`` saves the medians, and ``--replot FILE`` draws the picture
+again from them without measuring.
 
 A size the disk or memory cannot hold is skipped with a note (it needs about
 3.5x its size free under ``--dir`` and 1.5x in memory); a size that fails is
 reported and the next one runs. Whatever fails, the workload and its restored
 copies are killed. Run with ``python -m benchmarks.scaling [--sizes 256,1024]
-[--rounds N] [--level N] [--peer-level N] [--dir DIR] [--plot FILE]`` (as root).
+[--rounds N] [--level N] [--peer-level N] [--dir DIR] [--plot FILE] [--json
+FILE]`` (as root).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -104,6 +107,19 @@ def plot(points: Points, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def save(points: Points, title: str, path: Path) -> None:
+    path.write_text(json.dumps({"title": title, "points": points}, indent=1) + "\n")
+
+
+def load(path: Path) -> tuple[Points, str]:
+    data = json.loads(path.read_text())
+    points = {
+        phase: {label: [(g, s, p) for g, s, p in series] for label, series in methods.items()}
+        for phase, methods in data["points"].items()
+    }
+    return points, str(data["title"])
+
+
 def sizes(text: str) -> list[int]:
     return [int(s) for s in text.split(",") if s.strip()]
 
@@ -114,8 +130,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--sizes", type=sizes, default=[256, 1024, 2048, 4096, 8192], help="MiB, comma-separated"
     )
     p.add_argument("--plot", type=Path, default=None, help="draw the picture into this .svg/.png")
+    p.add_argument("--json", type=Path, default=None, help="save the medians to this file")
+    p.add_argument(
+        "--replot", type=Path, default=None, help="measure nothing: draw --plot from a --json file"
+    )
     p.set_defaults(rounds=1)
     args = p.parse_args(argv)
+    if args.replot is not None:
+        saved, title = load(args.replot)
+        print(title)
+        print(report(saved))
+        if args.plot is not None:
+            plot(saved, args.plot, title)
+        return 0
     become_subreaper()
     points: Points = {}
     status = 0
@@ -144,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(title)
     print(report(points))
+    if args.json is not None:
+        save(points, title, args.json)
     if args.plot is not None and points:
         plot(points, args.plot, title)
         print(f"picture: {args.plot}")

@@ -161,6 +161,13 @@ def test_scaling_report_gives_seconds_per_gib() -> None:
     assert lines[3].split() == ["cedana", "0.25", "1.000", "4.000", "-"]
 
 
+def test_scaling_medians_survive_a_json_round_trip(tmp_path: Path) -> None:
+    """--json saves what --replot draws again: the same points and title."""
+    points: scaling.Points = {"restore": {"cedana": [(1.0, 2.5, 64 << 20), (2.0, 5.0, None)]}}
+    scaling.save(points, "title", tmp_path / "s.json")
+    assert scaling.load(tmp_path / "s.json") == (points, "title")
+
+
 def test_bench_main_unknown_names(monkeypatch: pytest.MonkeyPatch) -> None:
     """A benchmark asked for by name that does not exist is an error; one in the default list
     that is not there yet (podman's, while it is written) is skipped."""
