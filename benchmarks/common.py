@@ -53,6 +53,11 @@ def level_flags(level: int | None) -> list[str]:
     return [] if level is None else ["--level", str(level)]
 
 
+def cedana_level(level: int | None) -> str:
+    """How a table's title says which zstd level cedana used."""
+    return "cedana's default zstd level" if level is None else f"cedana zstd level {level}"
+
+
 def cedana_cli(*args: str) -> list[str]:
     """``python -m cedana ARGS``: the command line a user runs, as a process of its own."""
     return [sys.executable, "-m", "cedana", *args]

@@ -53,6 +53,7 @@ from benchmarks.common import (
     arguments,
     become_subreaper,
     cedana_cli,
+    cedana_level,
     container_workload,
     du,
     level_flags,
@@ -336,10 +337,9 @@ def main(argv: list[str] | None = None) -> int:
                 container.close()
             daemon.stop()
             reap()
-    level = "its default" if args.level is None else args.level
     print(
         f"containerd container with {args.mib} MiB of memory and {args.fs_mib} MiB of new "
-        f"files, cedana zstd level {level} (ctr does not compress), {args.rounds} rounds, "
+        f"files, {cedana_level(args.level)} (ctr does not compress), {args.rounds} rounds, "
         f"on {args.dir}; ctr's CRIU runs under containerd's shim, out of this benchmark's "
         "sight: its peak memory and frozen time are not shown"
     )

@@ -45,6 +45,7 @@ from benchmarks.common import (
     arguments,
     become_subreaper,
     cedana_cli,
+    cedana_level,
     container_workload,
     du,
     level_flags,
@@ -245,10 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                 container.close()
             daemon.stop()
             reap()
-    level = "its default" if args.level is None else args.level
     print(
         f"docker container with {args.mib} MiB of memory and {args.fs_mib} MiB of new files, "
-        f"cedana zstd level {level} (docker does not compress), {args.rounds} rounds, "
+        f"{cedana_level(args.level)} (docker does not compress), {args.rounds} rounds, "
         f"on {args.dir}; docker's checkpoint holds no filesystem changes and stops the "
         "container, its restore reuses the same container's layer; cedana's holds the "
         "changes, leaves the container running and restores into a new container; docker's "

@@ -47,6 +47,7 @@ from benchmarks.common import (
     arguments,
     become_subreaper,
     cedana_cli,
+    cedana_level,
     du,
     kill_and_wait,
     level_flags,
@@ -275,9 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         rounds = Rounds(work, args.mib, args.level, args.peer_level)
         for r in range(args.rounds):
             rounds.round(r)
-    level = "its default" if args.level is None else args.level
     print(
-        f"process with {args.mib} MiB (half random), cedana zstd level {level}, one-liners "
+        f"process with {args.mib} MiB (half random), {cedana_level(args.level)}, one-liners "
         f"zstd -{args.peer_level} -T0, {args.rounds} rounds, on {args.dir}"
     )
     print(table("checkpoint", list(rounds.dump.values()), RAW_DUMP, one_liner=ONE_LINER))

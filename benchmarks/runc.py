@@ -43,6 +43,7 @@ from benchmarks.common import (
     arguments,
     become_subreaper,
     cedana_cli,
+    cedana_level,
     container_workload,
     du,
     level_flags,
@@ -261,10 +262,9 @@ def main(argv: list[str] | None = None) -> int:
             for m in reversed(mounts):
                 subprocess.run(["umount", "-l", str(m)], capture_output=True, check=False)
             reap()
-    level = "its default" if args.level is None else args.level
     print(
         f"runc container with {args.mib} MiB of memory and {args.fs_mib} MiB of new files, "
-        f"cedana zstd level {level}, one-liners zstd -{args.peer_level} -T0, "
+        f"{cedana_level(args.level)}, one-liners zstd -{args.peer_level} -T0, "
         f"{args.rounds} rounds, on {args.dir}"
     )
     print(table("checkpoint", list(dump.values()), RAW_DUMP, one_liner=ONE_LINER))

@@ -28,7 +28,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from benchmarks.common import Method, MiB, arguments, become_subreaper, scratch
+from benchmarks.common import Method, MiB, arguments, become_subreaper, cedana_level, scratch
 from benchmarks.process import Rounds
 
 #: Per phase, per method: (GiB, median seconds, peak RSS of the method's own process).
@@ -81,16 +81,20 @@ def report(points: Points) -> str:
 
 
 def plot(points: Points, path: Path, title: str) -> None:
-    """Seconds against GiB, one line per method, one panel per phase."""
+    """Seconds against GiB, one line per method, one panel per phase; then the peak memory
+    of cedana's own process against GiB (issue 12: at most 256 MiB whatever the size)."""
     import matplotlib
 
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.hashsalt"] = "cedana"  # the same data draws the same file
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: a small, diffable file
     from matplotlib import pyplot as plt
 
     phases = list(points)
-    fig, axes = plt.subplots(1, len(phases), figsize=(6.5 * len(phases), 4.8), squeeze=False)
-    for ax, phase in zip(axes[0], phases, strict=True):
+    fig, axes = plt.subplots(
+        1, len(phases) + 1, figsize=(5.2 * (len(phases) + 1), 4.8), squeeze=False
+    )
+    for ax, phase in zip(axes[0], phases, strict=False):
         for label, series in points[phase].items():
             xs, ys = [g for g, _, _ in series], [s for _, s, _ in series]
             ax.plot(xs, ys, marker="o", label=label)
@@ -101,6 +105,20 @@ def plot(points: Points, path: Path, title: str) -> None:
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
+    ax = axes[0][-1]
+    for phase in phases:
+        for label, series in points[phase].items():
+            peaks = [(g, p / MiB) for g, _, p in series if p is not None]
+            if label.startswith("cedana") and peaks:
+                ax.plot(*zip(*peaks, strict=True), marker="o", label=f"{phase}: {label}")
+    ax.axhline(256, color="grey", linestyle="--", label="issue 12's bound (256 MiB)")
+    ax.set_title("peak RSS of cedana's own process")
+    ax.set_xlabel("workload memory (GiB)")
+    ax.set_ylabel("MiB")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0, top=300)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
     fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, metadata={"Date": None} if path.suffix == ".svg" else None)
@@ -164,9 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         add_points(points, "checkpoint", mib / 1024, rounds.dump)
         add_points(points, "restore", mib / 1024, rounds.rest)
         print(f"scaling: {mib} MiB done", file=sys.stderr, flush=True)
-    level = "its default" if args.level is None else args.level
     title = (
-        f"process workload (half random), cedana zstd level {level}, one-liners zstd "
+        f"process workload (half random), {cedana_level(args.level)}, one-liners zstd "
         f"-{args.peer_level} -T0, {args.rounds} round(s) per size"
     )
     print(title)
