@@ -84,8 +84,20 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """cedana vs raw CRIU (and tar | zstd), same workload, same run; prints ratios."""
     provision(session)
-    install(session, "containerd", "docker")
+    install(session, "containerd", "docker", "bench")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_scaling(session: nox.Session) -> None:
+    """Seconds per GiB of cedana and raw CRIU at growing process sizes, drawn as a picture.
+
+    Not a default session (several minutes, and 8 GiB workloads need the memory and disk):
+    arguments pass to ``python -m benchmarks.scaling`` (``--sizes 256,1024``, ``--plot F``).
+    """
+    provision(session)
+    install(session, "bench")
+    session.run("python", "-m", "benchmarks.scaling", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -1,4 +1,10 @@
-"""Helpers shared by the benchmarks: timing, reaping, tables."""
+"""Helpers shared by the benchmarks: timing, peak memory, CRIU's dump statistics, reaping,
+tables.
+
+What a measurement holds (:class:`Sample`): the wall-clock seconds of one method, the peak
+resident memory (``VmHWM``) of the processes it ran, and CRIU's own account of how long the
+workload was frozen, from the ``stats-dump`` image CRIU leaves beside its images.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,18 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import attrs
 
 PR_SET_CHILD_SUBREAPER = 36
+MiB = 2**20
 
 
 def arguments(name: str, doc: str | None, *, mib: int) -> argparse.ArgumentParser:
@@ -22,9 +34,33 @@ def arguments(name: str, doc: str | None, *, mib: int) -> argparse.ArgumentParse
     p = argparse.ArgumentParser(prog=f"benchmarks.{name}", description=doc)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--mib", type=int, default=mib, help="workload memory in MiB")
-    p.add_argument("--level", type=int, default=3, help="zstd level (cedana, and zstd peers)")
+    p.add_argument(
+        "--level", type=int, default=None, help="cedana's zstd level (default: cedana's default)"
+    )
+    p.add_argument(
+        "--peer-level",
+        type=int,
+        default=1,
+        help="zstd level of the tar | zstd -T0 one-liners (default 1, as issue 12's targets)",
+    )
     p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where to write")
     return p
+
+
+def level_flags(level: int | None) -> list[str]:
+    """cedana's command-line ``--level``, none at all for cedana's own default (the API takes
+    ``level=None`` for that)."""
+    return [] if level is None else ["--level", str(level)]
+
+
+def cedana_level(level: int | None) -> str:
+    """How a table's title says which zstd level cedana used."""
+    return "cedana's default zstd level" if level is None else f"cedana zstd level {level}"
+
+
+def cedana_cli(*args: str) -> list[str]:
+    """``python -m cedana ARGS``: the command line a user runs, as a process of its own."""
+    return [sys.executable, "-m", "cedana", *args]
 
 
 def container_workload(mib: int, fs_mib: int) -> str:
@@ -121,17 +157,415 @@ def scratch(parent: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def table(title: str, rows: list[tuple[str, list[float], int | None]], baseline: str) -> str:
-    """Median times, sizes and the ratio of each row to ``baseline``."""
-    med = {name: statistics.median(times) for name, times, _ in rows}
-    base = med[baseline]
-    lines = [
-        title,
-        f"  {'method':44} {'median s':>9} {'min s':>7} {'size MiB':>9} {'vs ' + baseline[:18]:>22}",
-    ]
-    for name, times, size in rows:
-        size_s = f"{size / 2**20:9.1f}" if size is not None else f"{'':9}"
+# -- peak memory ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ProcSeen:
+    """What the sampler saw of one process: its name, its parent's name when first seen (a
+    process may exec another program later: bash its last command), peak RSS (bytes)."""
+
+    comm: str
+    parent: str
+    hwm: int
+
+
+def _status(pid: int) -> tuple[str, int | None] | None:
+    """Name and ``VmHWM`` of ``pid`` (None for a zombie: no memory); None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    hwm = fields.get("VmHWM")
+    return fields["Name"].strip(), int(hwm.split()[0]) * 1024 if hwm is not None else None
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                found += [
+                    int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+                ]
+    return found
+
+
+class TreeSampler:
+    """Polls the peak RSS (``VmHWM``, which only grows) of ``root`` and every descendant,
+    every ``interval`` seconds on a thread, keeping the largest value seen per pid.
+
+    ``VmHWM`` is the kernel's own high-water mark of a process's resident memory, so a
+    sample taken any time before the process exits holds every earlier peak; what can be
+    missed is growth in its last ``interval``, and a child that lives less than that.
+    """
+
+    def __init__(self, root: int, interval: float = 0.01):
+        self.root = root
+        self.interval = interval
+        self.seen: dict[int, ProcSeen] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        todo: list[tuple[int, str]] = [(self.root, "")]
+        while todo:
+            pid, parent = todo.pop()
+            now = _status(pid)
+            if now is None:
+                continue
+            comm, hwm = now
+            old = self.seen.get(pid)
+            if hwm is not None and (old is None or hwm > old.hwm):
+                self.seen[pid] = ProcSeen(comm, old.parent if old else parent, hwm)
+            todo += [(child, comm) for child in _children(pid)]
+
+
+def peaks(seen: Mapping[int, ProcSeen], root: int) -> dict[str, int]:
+    """Peak RSS per role, from what a :class:`TreeSampler` saw under ``root``.
+
+    ``"self"`` is ``root`` itself; ``"criu"`` the largest CRIU process whose parent is not a
+    CRIU process (CRIU's restore forks children that become the restored tree and hold its
+    memory: they are the workload, not CRIU); every other process counts under its name
+    (``tar``, ``zstd``...), the largest of that name. Restored processes, being children of
+    CRIU, are left out.
+    """
+    out: dict[str, int] = {}
+
+    def put(key: str, value: int) -> None:
+        out[key] = max(out.get(key, 0), value)
+
+    for pid, p in seen.items():
+        under_criu = p.parent == "criu"
+        if pid == root:
+            put("self", p.hwm)
+            if p.comm == "criu":
+                put("criu", p.hwm)
+        elif p.comm == "criu" and not under_criu:
+            put("criu", p.hwm)
+        elif not under_criu:
+            put(p.comm, p.hwm)
+    return out
+
+
+def reset_own_peak() -> None:
+    """Reset this process's ``VmHWM`` to its current RSS (``clear_refs`` 5), so the next
+    reading is the peak of what runs in between."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5\n")
+
+
+# -- CRIU's dump statistics --------------------------------------------------------------------
+
+
+@attrs.frozen
+class DumpStats:
+    """CRIU's ``stats-dump``, in microseconds: how long freezing the tree took, how long it
+    then stayed frozen (until thawed or killed), and the memory dump's share."""
+
+    freezing_us: int
+    frozen_us: int
+    memdump_us: int | None = None
+    memwrite_us: int | None = None
+
+    @property
+    def stopped_s(self) -> float:
+        """Seconds the workload did not run: freezing plus frozen time."""
+        return (self.freezing_us + self.frozen_us) / 1e6
+
+
+def decode_dump_stats(data: bytes) -> DumpStats | None:
+    """Decode a ``stats-dump`` image (pycriu, as cedana reads every image); None when it is
+    not one or holds no dump entry."""
+    import io
+
+    from pycriu import images
+
+    try:
+        image: dict[str, Any] = images.load(io.BytesIO(data), pretty=False)
+        dump = image["entries"][0]["dump"]
+        return DumpStats(
+            freezing_us=int(dump["freezing_time"]),
+            frozen_us=int(dump["frozen_time"]),
+            memdump_us=int(dump["memdump_time"]) if "memdump_time" in dump else None,
+            memwrite_us=int(dump["memwrite_time"]) if "memwrite_time" in dump else None,
+        )
+    except Exception:  # pycriu raises bare Exceptions
+        return None
+
+
+def stats_in_dir(images: Path) -> DumpStats | None:
+    """The ``stats-dump`` raw CRIU (and runc) leave in the images directory."""
+    try:
+        return decode_dump_stats((images / "stats-dump").read_bytes())
+    except OSError:
+        return None
+
+
+def stats_in_artifact(path: Path) -> DumpStats | None:
+    """The ``stats-dump`` member of a cedana artifact, if it carries one.
+
+    A leave-running checkpoint stores every file CRIU left, this one included; without
+    leave-running the artifact is written (from CRIU's post-dump callback) before CRIU
+    writes its statistics, so there is none; a later format may not carry it either.
+    """
+    import cedana
+
+    try:
+        data = cedana.open(path, verify=False, trust="any").read_member("stats-dump")
+    except (KeyError, OSError, TypeError, cedana.CedanaError):
+        return None
+    return decode_dump_stats(data)
+
+
+# -- measuring one method ----------------------------------------------------------------------
+
+
+class StatsWatcher:
+    """Catches the ``stats-dump`` CRIU writes into cedana's log directory.
+
+    CRIU writes its statistics into its work directory, which cedana points at a private
+    log directory (``.cedana-log-*`` in the temp dir) and removes when the dump is over: the
+    artifact of today does not carry them. Run with the temp dir set to ``directory``
+    (``TMPDIR`` for the command line), this thread polls for that file every millisecond and
+    keeps a copy. A leave-running checkpoint writes its artifact after CRIU wrote them, so
+    they are always caught; without leave-running CRIU writes them just before it exits and
+    the directory may be gone before the next poll (then there are none).
+    """
+
+    def __init__(self, directory: Path, interval: float = 0.001):
+        self.directory = directory
+        self.interval = interval
+        self.stats: DumpStats | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> StatsWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while self.stats is None and not self._stop.is_set():
+            for found in self.directory.glob(".cedana-log-*/stats-dump"):
+                with contextlib.suppress(OSError):
+                    self.stats = decode_dump_stats(found.read_bytes())
+            self._stop.wait(self.interval)
+
+
+@attrs.frozen
+class Sample:
+    """One timed run of one method."""
+
+    seconds: float
+    peaks: Mapping[str, int] = attrs.field(factory=dict)  # see peaks()
+    stats: DumpStats | None = None
+
+
+def measure_command(
+    cmd: Sequence[str],
+    *,
+    log: Path | None = None,
+    settled: bool = True,
+    tmpdir: Path | None = None,
+) -> Sample:
+    """Run ``cmd`` as a process of its own, after :func:`settle`; its seconds and the peak
+    RSS of it and its descendants (:func:`peaks`). Its output goes to ``log`` (or nowhere),
+    never to a pipe: a restored workload may inherit it. ``tmpdir`` is its ``TMPDIR``,
+    watched for CRIU's statistics (:class:`StatsWatcher`). Raises on a non-zero exit."""
+    if settled:
+        settle()
+    env = {**os.environ, "TMPDIR": str(tmpdir)} if tmpdir is not None else None
+    watch = StatsWatcher(tmpdir) if tmpdir is not None else contextlib.nullcontext(None)
+    out = open(log, "ab") if log is not None else open(os.devnull, "wb")  # noqa: SIM115
+    with out, watch as watcher:
+        start = time.perf_counter()
+        child = subprocess.Popen(
+            list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env
+        )
+        with TreeSampler(child.pid) as sampler:
+            _, status, _ = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:] if log is not None else ""
+        raise RuntimeError(f"{' '.join(cmd)} failed ({child.returncode}): {tail}")
+    stats = watcher.stats if watcher is not None else None
+    return Sample(seconds, peaks(sampler.seen, child.pid), stats)
+
+
+def measure_call(
+    fn: Callable[[], object], *, settled: bool = True, tmpdir: Path | None = None
+) -> Sample:
+    """Time ``fn`` in this process, after :func:`settle`; ``self`` is this process's peak
+    RSS during the call (``VmHWM`` reset first), ``criu`` that of the CRIU it ran, and the
+    commands it ran count under their names. ``tmpdir`` is the temp dir during the call,
+    watched for CRIU's statistics."""
+    if settled:
+        settle()
+    reset_own_peak()
+    me = os.getpid()
+    saved = tempfile.tempdir
+    watch = StatsWatcher(tmpdir) if tmpdir is not None else contextlib.nullcontext(None)
+    try:
+        if tmpdir is not None:
+            tempfile.tempdir = str(tmpdir)
+        with watch as watcher, TreeSampler(me) as sampler:
+            start = time.perf_counter()
+            fn()
+            seconds = time.perf_counter() - start
+    finally:
+        tempfile.tempdir = saved
+    stats = watcher.stats if watcher is not None else None
+    return Sample(seconds, peaks(sampler.seen, me), stats)
+
+
+@attrs.define
+class Method:
+    """One row of a table: a method's samples over the rounds.
+
+    ``own`` names the process whose peak RSS the row shows as the method's own: ``"self"``
+    (the process the method is: cedana, or this benchmark for the in-process API), or
+    process names (``("tar", "zstd")``: the largest of them).
+    """
+
+    label: str
+    own: tuple[str, ...] = ("self",)
+    samples: list[Sample] = attrs.field(factory=list)
+    size: int | None = None
+
+    @property
+    def times(self) -> list[float]:
+        return [s.seconds for s in self.samples]
+
+    def add(self, sample: Sample, stats: DumpStats | None = None) -> Sample:
+        if stats is not None:
+            sample = attrs.evolve(sample, stats=stats)
+        self.samples.append(sample)
+        return sample
+
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    def stopped(self) -> float | None:
+        """Median seconds the workload was frozen (CRIU's stats), None without stats."""
+        values = [s.stats.stopped_s for s in self.samples if s.stats is not None]
+        return statistics.median(values) if values else None
+
+    def peak(self, role: str | tuple[str, ...] | None = None) -> int | None:
+        """Largest peak RSS over the rounds of ``role`` (default: the method's own)."""
+        roles = (role,) if isinstance(role, str) else (role or self.own)
+        values = [s.peaks[r] for s in self.samples for r in roles if r in s.peaks]
+        return max(values) if values else None
+
+
+Row = tuple[str, list[float], int | None] | Method
+
+
+def _as_method(row: Row) -> Method:
+    if isinstance(row, Method):
+        return row
+    label, times, size = row
+    return Method(label, samples=[Sample(t) for t in times], size=size)
+
+
+def _mib(value: int | None) -> str:
+    return f"{value / MiB:.0f}" if value is not None else "-"
+
+
+def table(title: str, rows: Sequence[Row], baseline: str, *, one_liner: str | None = None) -> str:
+    """One phase's table: median, min and max seconds, size, the ratio of each median to
+    ``baseline``'s (and to ``one_liner``'s), and, when measured, the frozen time (CRIU's
+    freezing + frozen time, median) and peak RSS of the method's own process and of CRIU.
+
+    ``rows`` are :class:`Method` or plain ``(label, times, size_or_None)`` tuples.
+    """
+    methods = [_as_method(r) for r in rows]
+    by_label = {m.label: m for m in methods}
+    base = by_label[baseline].median()
+    liner = by_label[one_liner].median() if one_liner is not None else None
+    frozen = any(m.stopped() is not None for m in methods)
+    memory = any(m.samples and m.samples[0].peaks for m in methods)
+    width = max(44, *(len(m.label) for m in methods))
+    head = f"  {'method':{width}} {'median s':>9} {'min s':>7} {'max s':>7} {'size MiB':>9} {'x base':>7}"
+    if liner is not None:
+        head += f" {'x 1-liner':>9}"
+    if frozen:
+        head += f" {'frozen s':>8}"
+    if memory:
+        head += f" {'peak MiB':>8} {'criu MiB':>8}"
+    lines = [title, head]
+    for m in methods:
+        med = m.median()
+        size = f"{m.size / MiB:9.1f}" if m.size is not None else f"{'':9}"
+        line = (
+            f"  {m.label:{width}} {med:9.3f} {min(m.times):7.3f} {max(m.times):7.3f} {size}"
+            f" {med / base:6.2f}x"
+        )
+        if liner is not None:
+            line += f" {med / liner:8.2f}x"
+        if frozen:
+            stopped = m.stopped()
+            line += f" {stopped:8.3f}" if stopped is not None else f" {'-':>8}"
+        if memory:
+            line += f" {_mib(m.peak()):>8} {_mib(m.peak('criu')):>8}"
+        lines.append(line.rstrip())
+    legend = f"  x base: median / median of {baseline!r}"
+    if one_liner is not None:
+        legend += f"; x 1-liner: / median of {one_liner!r}"
+    lines.append(legend)
+    if frozen:
+        lines.append("  frozen: CRIU's stats-dump freezing + frozen time (median)")
+    if memory:
         lines.append(
-            f"  {name:44} {med[name]:9.3f} {min(times):7.3f} {size_s} {med[name] / base:21.2f}x"
+            "  peak: VmHWM of the method's own process, criu: of CRIU (largest over the rounds)"
         )
     return "\n".join(lines)
+
+
+@attrs.frozen
+class Target:
+    """A goal to check a measured ratio or size against: ``value <= limit``."""
+
+    what: str
+    value: float | None
+    limit: float
+    unit: str = "x"
+
+
+def targets(title: str, checks: Sequence[Target]) -> str:
+    """Each check on one line: the measured value, the limit, and whether it is met."""
+    width = max(len(c.what) for c in checks)
+    lines = [title]
+    for c in checks:
+        if c.value is None:
+            lines.append(f"  {c.what:{width}} {'n/a':>9}  target <= {c.limit:g}{c.unit}")
+            continue
+        verdict = "met" if c.value <= c.limit else "MISSED"
+        lines.append(
+            f"  {c.what:{width}} {c.value:8.2f}{c.unit}  target <= {c.limit:g}{c.unit}  {verdict}"
+        )
+    return "\n".join(lines)
+
+
+def ratio(a: Method, b: Method) -> float:
+    """Median of ``a`` over median of ``b``."""
+    return a.median() / b.median()

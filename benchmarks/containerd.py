@@ -12,12 +12,14 @@ disk, it times:
   writable layer and the spec as a checkpoint image in containerd's content
   store, uncompressed); the same then ``ctr images export`` of it to a file (to
   carry it elsewhere, as cedana's artifact is); ``ContainerdContainer.checkpoint``
-  (dump, the snapshot's changes captured while frozen, zstd tar, fsync, full
-  verification);
+  in this process and ``cedana checkpoint containerd:NS/NAME --leave-running``
+  as a command of its own (dump, the snapshot's changes captured while frozen,
+  zstd tar, fsync, full verification);
 - restore: ``ctr container restore --rw --live`` from the content store into a
-  new container; ``cedana.restore`` into containerd (verify, unpack, a new
-  snapshot on the image with the changes applied, a new container, its task
-  created from the images and started, so the shim runs ``runc restore``).
+  new container; ``cedana.restore`` and ``cedana restore`` into containerd
+  (verify, unpack, a new snapshot on the image with the changes applied, a new
+  container, its task created from the images and started, so the shim runs
+  ``runc restore``).
 
 Every checkpoint leaves the container running (``ctr`` does not stop it, cedana
 is given ``leave_running``), so one container serves every round; each restored
@@ -43,17 +45,25 @@ import time
 from functools import partial
 from pathlib import Path
 
+import attrs
+
 import cedana
 from benchmarks.common import (
+    Method,
     arguments,
     become_subreaper,
+    cedana_cli,
+    cedana_level,
     container_workload,
     du,
+    level_flags,
+    measure_call,
+    measure_command,
     reap,
     run,
     scratch,
+    stats_in_artifact,
     table,
-    timed,
     wait_until,
 )
 
@@ -241,24 +251,28 @@ class Daemon:
             Path("/run/containerd/runc", NAMESPACE).rmdir()
 
 
+CTR_DUMP = "ctr container checkpoint --rw --task"
+CTR_EXPORT = "ctr checkpoint + ctr images export (a file)"
+API_DUMP = "cedana API checkpoint (leave_running)"
+CLI_DUMP = "cedana checkpoint --leave-running (CLI)"
+CTR_RESTORE = "ctr container restore --rw --live"
+API_RESTORE = "cedana API restore (into containerd)"
+CLI_RESTORE = "cedana restore (CLI, into containerd)"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = arguments("containerd", __doc__, mib=256)
     p.add_argument("--fs-mib", type=int, default=64, help="MiB of files the container writes")
     args = p.parse_args(argv)
     become_subreaper()
-    dump: dict[str, list[float]] = {
-        "ctr container checkpoint --rw --task": [],
-        "ctr checkpoint + ctr images export (a file)": [],
-        "cedana checkpoint": [],
-    }
-    rest: dict[str, list[float]] = {
-        "ctr container restore --rw --live": [],
-        "cedana restore (into containerd)": [],
-    }
-    sizes: dict[str, int] = {}
+    dump = {k: Method(k) for k in (CTR_DUMP, CTR_EXPORT, API_DUMP, CLI_DUMP)}
+    rest = {k: Method(k) for k in (CTR_RESTORE, API_RESTORE, CLI_RESTORE)}
 
     with scratch(args.dir) as work:
         daemon = Daemon(work)
+        log = work / "commands.log"
+        tmp = work / "tmp"  # cedana's temp dir: on the same disk as the rest
+        tmp.mkdir()
         container: cedana.ContainerdContainer | None = None
         try:
             daemon.start()
@@ -272,35 +286,50 @@ def main(argv: list[str] | None = None) -> int:
             ready = Path(f"/proc/{container.pid}/root/tmp/ready")
             wait_until(ready.exists, "the container workload")
 
-            def ctr_checkpoint(ref: str) -> None:
-                run(daemon.ctr("containers", "checkpoint", "--rw", "--task", NAME, ref))
-
             for r in range(args.rounds):
                 ref, exported = f"ckpt/{NAME}:{r}", work / f"ctr{r}.tar"
-                took = timed(partial(ctr_checkpoint, ref))
+                checkpoint = daemon.ctr("containers", "checkpoint", "--rw", "--task", NAME, ref)
+                took = measure_command(checkpoint, log=log)
                 blobs = daemon.checkpoint_blobs(ref)  # refuses a checkpoint without the task
-                dump["ctr container checkpoint --rw --task"].append(took)
+                dump[CTR_DUMP].add(took)
                 export = ["images", "export", "--skip-manifest-json", str(exported), ref]
-                took += timed(partial(run, daemon.ctr(*export)), settled=False)
-                dump["ctr checkpoint + ctr images export (a file)"].append(took)
-                sizes["ctr checkpoint + ctr images export (a file)"] = du(exported)
+                more = measure_command(daemon.ctr(*export), log=log, settled=False)
+                dump[CTR_EXPORT].add(attrs.evolve(took, seconds=took.seconds + more.seconds))
+                dump[CTR_EXPORT].size = du(exported)
                 exported.unlink()
                 name = f"{NAME}-ctr{r}"
                 restore = daemon.ctr("containers", "restore", "--rw", "--live", name, ref)
-                rest["ctr container restore --rw --live"].append(timed(partial(run, restore)))
+                rest[CTR_RESTORE].add(measure_command(restore, log=log))
                 daemon.remove(name, init_only=True)
                 daemon.forget_checkpoint(ref, blobs)
 
                 artifact, name = work / f"cedana{r}.tar.zst", f"{NAME}-cedana{r}"
-                checkpoint = partial(
+                api_checkpoint = partial(
                     container.checkpoint, artifact, leave_running=True, level=args.level
                 )
-                dump["cedana checkpoint"].append(timed(checkpoint))
-                sizes["cedana checkpoint"] = du(artifact)
+                sample = measure_call(api_checkpoint, tmpdir=tmp)
+                dump[API_DUMP].add(sample, stats_in_artifact(artifact))
+                dump[API_DUMP].size = du(artifact)
                 restore_cedana = partial(
                     cedana.restore, artifact, name=name, address=daemon.address
                 )
-                rest["cedana restore (into containerd)"].append(timed(restore_cedana))
+                rest[API_RESTORE].add(measure_call(restore_cedana, tmpdir=tmp))
+                daemon.remove(name)
+                artifact.unlink()
+
+                artifact, name = work / f"cli{r}.tar.zst", f"{NAME}-cli{r}"
+                cli = cedana_cli(
+                    "checkpoint", f"containerd:{NAMESPACE}/{NAME}", "-o", str(artifact),
+                    "--leave-running", "--address", daemon.address, *level_flags(args.level),
+                )  # fmt: skip
+                sample = measure_command(cli, log=log, tmpdir=tmp)
+                dump[CLI_DUMP].add(sample, stats_in_artifact(artifact))
+                dump[CLI_DUMP].size = du(artifact)
+                cli = cedana_cli(
+                    "restore", str(artifact), "--name", f"{NAMESPACE}/{name}",
+                    "--address", daemon.address,
+                )  # fmt: skip
+                rest[CLI_RESTORE].add(measure_command(cli, log=log, tmpdir=tmp))
                 daemon.remove(name)
                 artifact.unlink()
         finally:
@@ -310,21 +339,12 @@ def main(argv: list[str] | None = None) -> int:
             reap()
     print(
         f"containerd container with {args.mib} MiB of memory and {args.fs_mib} MiB of new "
-        f"files, zstd level {args.level} (cedana; ctr does not compress), {args.rounds} rounds, "
-        f"on {args.dir}"
+        f"files, {cedana_level(args.level)} (ctr does not compress), {args.rounds} rounds, "
+        f"on {args.dir}; ctr's CRIU runs under containerd's shim, out of this benchmark's "
+        "sight: its peak memory and frozen time are not shown"
     )
-    print(
-        table(
-            "checkpoint",
-            [(k, v, sizes.get(k)) for k, v in dump.items()],
-            "ctr container checkpoint --rw --task",
-        )
-    )
-    print(
-        table(
-            "restore", [(k, v, None) for k, v in rest.items()], "ctr container restore --rw --live"
-        )
-    )
+    print(table("checkpoint", list(dump.values()), CTR_DUMP))
+    print(table("restore", list(rest.values()), CTR_RESTORE))
     return 0
 
 

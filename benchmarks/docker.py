@@ -10,11 +10,13 @@ scratch directory). In the same run, on the same container and disk, it times:
 - checkpoint: ``docker checkpoint create`` (CRIU images only, uncompressed, in
   the container's own directory: **no filesystem changes**, so the 64 MiB of
   files are not in it, and the container stops); ``DockerContainer.checkpoint``
-  with ``leave_running`` (dump, the overlay2 layer captured while frozen, zstd
-  tar, fsync, full verification: one file that holds everything);
+  with ``leave_running`` in this process, and ``cedana checkpoint docker:NAME
+  --leave-running`` as a command of its own (dump, the overlay2 layer captured
+  while frozen, zstd tar, fsync, full verification: one file that holds
+  everything);
 - restore: ``docker start --checkpoint`` of the same container (its layer is
   still there, which is why docker's checkpoint can omit it); ``cedana.restore``
-  into docker (verify, unpack, a new container from the image, its layer filled
+  and ``cedana restore`` into docker (verify, unpack, a new container from the image, its layer filled
   with the changes, started from the images through ``start --checkpoint``).
 
 Each cedana restore is removed before the next round. Prints medians, sizes
@@ -39,15 +41,21 @@ from pathlib import Path
 
 import cedana
 from benchmarks.common import (
+    Method,
     arguments,
     become_subreaper,
+    cedana_cli,
+    cedana_level,
     container_workload,
     du,
+    level_flags,
+    measure_call,
+    measure_command,
     reap,
     run,
     scratch,
+    stats_in_artifact,
     table,
-    timed,
     wait_until,
 )
 
@@ -150,19 +158,27 @@ class Daemon:
                 subprocess.run(["umount", "-l", mountpoint], capture_output=True, check=False)
 
 
+DOCKER_DUMP = "docker checkpoint create"
+API_DUMP = "cedana API checkpoint (leave_running)"
+CLI_DUMP = "cedana checkpoint --leave-running (CLI)"
+DOCKER_RESTORE = "docker start --checkpoint"
+API_RESTORE = "cedana API restore (new container)"
+CLI_RESTORE = "cedana restore (CLI, new container)"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = arguments("docker", __doc__, mib=256)
     p.add_argument("--fs-mib", type=int, default=64, help="MiB of files the container writes")
     args = p.parse_args(argv)
     become_subreaper()
-    docker_ck = "docker checkpoint create"
-    docker_rs = "docker start --checkpoint"
-    dump: dict[str, list[float]] = {docker_ck: [], "cedana checkpoint": []}
-    rest: dict[str, list[float]] = {docker_rs: [], "cedana restore (new container)": []}
-    sizes: dict[str, int] = {}
+    dump = {k: Method(k) for k in (DOCKER_DUMP, API_DUMP, CLI_DUMP)}
+    rest = {k: Method(k) for k in (DOCKER_RESTORE, API_RESTORE, CLI_RESTORE)}
 
     with scratch(args.dir) as work:
         daemon = Daemon(work)
+        log = work / "commands.log"
+        tmp = work / "tmp"  # cedana's temp dir: on the same disk as the rest
+        tmp.mkdir()
         container: cedana.DockerContainer | None = None
         try:
             daemon.start()
@@ -175,14 +191,19 @@ def main(argv: list[str] | None = None) -> int:
             ready = Path(f"/proc/{container.pid}/root/tmp/ready")
             wait_until(ready.exists, "the container workload")
 
+            def remove(restored: list[cedana.DockerContainer]) -> None:
+                for made in restored:
+                    made.remove()
+                    made.close()
+                reap()
+
             for r in range(args.rounds):
                 ck = f"ck{r}"
-                dump[docker_ck].append(
-                    timed(partial(run, daemon.docker("checkpoint", "create", NAME, ck)))
-                )
-                sizes[docker_ck] = du(daemon.checkpoint_dir(NAME, ck))
+                create = daemon.docker("checkpoint", "create", NAME, ck)
+                dump[DOCKER_DUMP].add(measure_command(create, log=log))
+                dump[DOCKER_DUMP].size = du(daemon.checkpoint_dir(NAME, ck))
                 start = daemon.docker("start", "--checkpoint", ck, NAME)
-                rest[docker_rs].append(timed(partial(run, start)))
+                rest[DOCKER_RESTORE].add(measure_command(start, log=log))
                 run(daemon.docker("checkpoint", "rm", NAME, ck))
                 wait_until(lambda: daemon.running(NAME), "docker's restore")
 
@@ -190,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                 checkpoint = partial(
                     container.checkpoint, artifact, leave_running=True, level=args.level
                 )
-                dump["cedana checkpoint"].append(timed(checkpoint))
-                sizes["cedana checkpoint"] = du(artifact)
+                sample = measure_call(checkpoint, tmpdir=tmp)
+                dump[API_DUMP].add(sample, stats_in_artifact(artifact))
+                dump[API_DUMP].size = du(artifact)
                 restored: list[cedana.DockerContainer] = []
 
                 def restore_cedana(
@@ -201,11 +223,23 @@ def main(argv: list[str] | None = None) -> int:
                 ) -> None:
                     restored.append(cedana.restore(artifact, name=name, address=daemon.address))
 
-                rest["cedana restore (new container)"].append(timed(restore_cedana))
-                for made in restored:
-                    made.remove()
-                    made.close()
-                reap()
+                rest[API_RESTORE].add(measure_call(restore_cedana, tmpdir=tmp))
+                remove(restored)
+                artifact.unlink()
+
+                artifact, name = work / f"cli{r}.tar.zst", f"{NAME}-cli{r}"
+                cli = cedana_cli(
+                    "checkpoint", f"docker:{NAME}", "-o", str(artifact), "--leave-running",
+                    "--address", daemon.address, *level_flags(args.level),
+                )  # fmt: skip
+                sample = measure_command(cli, log=log, tmpdir=tmp)
+                dump[CLI_DUMP].add(sample, stats_in_artifact(artifact))
+                dump[CLI_DUMP].size = du(artifact)
+                cli = cedana_cli(
+                    "restore", str(artifact), "--name", name, "--address", daemon.address
+                )
+                rest[CLI_RESTORE].add(measure_command(cli, log=log, tmpdir=tmp))
+                remove([cedana.DockerContainer(name, address=daemon.address)])
                 artifact.unlink()
         finally:
             if container is not None:
@@ -214,13 +248,14 @@ def main(argv: list[str] | None = None) -> int:
             reap()
     print(
         f"docker container with {args.mib} MiB of memory and {args.fs_mib} MiB of new files, "
-        f"zstd level {args.level} (cedana; docker does not compress), {args.rounds} rounds, "
+        f"{cedana_level(args.level)} (docker does not compress), {args.rounds} rounds, "
         f"on {args.dir}; docker's checkpoint holds no filesystem changes and stops the "
         "container, its restore reuses the same container's layer; cedana's holds the "
-        "changes, leaves the container running and restores into a new container"
+        "changes, leaves the container running and restores into a new container; docker's "
+        "CRIU runs under containerd's shim, out of this benchmark's sight"
     )
-    print(table("checkpoint", [(k, v, sizes.get(k)) for k, v in dump.items()], docker_ck))
-    print(table("restore", [(k, v, None) for k, v in rest.items()], docker_rs))
+    print(table("checkpoint", list(dump.values()), DOCKER_DUMP))
+    print(table("restore", list(rest.values()), DOCKER_RESTORE))
     return 0
 
 
