@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import statistics
@@ -41,7 +42,7 @@ def arguments(name: str, doc: str | None, *, mib: int) -> argparse.ArgumentParse
         "--peer-level",
         type=int,
         default=1,
-        help="zstd level of the tar | zstd -T0 one-liners (default 1, as issue 12's targets)",
+        help="zstd level of the tar | zstd -T0 one-liners (default 1, as the fast path's targets)",
     )
     p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where to write")
     return p
@@ -59,8 +60,10 @@ def cedana_level(level: int | None) -> str:
 
 
 def cedana_cli(*args: str) -> list[str]:
-    """``python -m cedana ARGS``: the command line a user runs, as a process of its own."""
-    return [sys.executable, "-m", "cedana", *args]
+    """``python -m cedana ARGS``: the command line a user runs, as a process of its own; a
+    checkpoint with ``--json``, whose report carries CRIU's statistics of the dump."""
+    json_flag = ["--json"] if args[:1] == ("checkpoint",) else []
+    return [sys.executable, "-m", "cedana", *args, *json_flag]
 
 
 def container_workload(mib: int, fs_mib: int) -> str:
@@ -317,58 +320,20 @@ def stats_in_dir(images: Path) -> DumpStats | None:
         return None
 
 
-def stats_in_artifact(path: Path) -> DumpStats | None:
-    """The ``stats-dump`` member of a cedana artifact, if it carries one.
-
-    A leave-running checkpoint stores every file CRIU left, this one included; without
-    leave-running the artifact is written (from CRIU's post-dump callback) before CRIU
-    writes its statistics, so there is none; a later format may not carry it either.
-    """
-    import cedana
-
-    try:
-        data = cedana.open(path, verify=False, trust="any").read_member("stats-dump")
-    except (KeyError, OSError, TypeError, cedana.CedanaError):
+def stats_from_cedana(stats: Mapping[str, Any] | None) -> DumpStats | None:
+    """DumpStats from cedana's report of the dump (``Checkpoint.dump_stats``, or
+    ``"dump_stats"`` in ``cedana checkpoint --json``): CRIU's ``stats-dump``, decoded."""
+    if not stats or "frozen_time" not in stats:
         return None
-    return decode_dump_stats(data)
+    return DumpStats(
+        freezing_us=int(stats.get("freezing_time", 0)),
+        frozen_us=int(stats["frozen_time"]),
+        memdump_us=stats.get("memdump_time"),
+        memwrite_us=stats.get("memwrite_time"),
+    )
 
 
 # -- measuring one method ----------------------------------------------------------------------
-
-
-class StatsWatcher:
-    """Catches the ``stats-dump`` CRIU writes into cedana's log directory.
-
-    CRIU writes its statistics into its work directory, which cedana points at a private
-    log directory (``.cedana-log-*`` in the temp dir) and removes when the dump is over: the
-    artifact of today does not carry them. Run with the temp dir set to ``directory``
-    (``TMPDIR`` for the command line), this thread polls for that file every millisecond and
-    keeps a copy. A leave-running checkpoint writes its artifact after CRIU wrote them, so
-    they are always caught; without leave-running CRIU writes them just before it exits and
-    the directory may be gone before the next poll (then there are none).
-    """
-
-    def __init__(self, directory: Path, interval: float = 0.001):
-        self.directory = directory
-        self.interval = interval
-        self.stats: DumpStats | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> StatsWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while self.stats is None and not self._stop.is_set():
-            for found in self.directory.glob(".cedana-log-*/stats-dump"):
-                with contextlib.suppress(OSError):
-                    self.stats = decode_dump_stats(found.read_bytes())
-            self._stop.wait(self.interval)
 
 
 @attrs.frozen
@@ -389,27 +354,38 @@ def measure_command(
 ) -> Sample:
     """Run ``cmd`` as a process of its own, after :func:`settle`; its seconds and the peak
     RSS of it and its descendants (:func:`peaks`). Its output goes to ``log`` (or nowhere),
-    never to a pipe: a restored workload may inherit it. ``tmpdir`` is its ``TMPDIR``,
-    watched for CRIU's statistics (:class:`StatsWatcher`). Raises on a non-zero exit."""
+    never to a pipe: a restored workload may inherit it. ``tmpdir`` is its ``TMPDIR``. A
+    ``cedana ... --json`` command's stdout goes to a file of its own instead, and CRIU's
+    statistics are read from its ``"dump_stats"``. Raises on a non-zero exit."""
     if settled:
         settle()
     env = {**os.environ, "TMPDIR": str(tmpdir)} if tmpdir is not None else None
-    watch = StatsWatcher(tmpdir) if tmpdir is not None else contextlib.nullcontext(None)
-    out = open(log, "ab") if log is not None else open(os.devnull, "wb")  # noqa: SIM115
-    with out, watch as watcher:
+    err = open(log, "ab") if log is not None else open(os.devnull, "wb")  # noqa: SIM115
+    report = tempfile.TemporaryFile() if "--json" in cmd else None  # noqa: SIM115
+    with err, report if report is not None else contextlib.nullcontext():
         start = time.perf_counter()
         child = subprocess.Popen(
-            list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env
+            list(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=report if report is not None else err,
+            stderr=err,
+            env=env,
         )
         with TreeSampler(child.pid) as sampler:
             _, status, _ = os.wait4(child.pid, 0)
         seconds = time.perf_counter() - start
+        said: dict[str, Any] = {}
+        if report is not None:
+            report.seek(0)
+            with contextlib.suppress(ValueError):
+                said = json.loads(report.read() or b"{}")
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         tail = log.read_text(errors="replace")[-2000:] if log is not None else ""
         raise RuntimeError(f"{' '.join(cmd)} failed ({child.returncode}): {tail}")
-    stats = watcher.stats if watcher is not None else None
-    return Sample(seconds, peaks(sampler.seen, child.pid), stats)
+    return Sample(
+        seconds, peaks(sampler.seen, child.pid), stats_from_cedana(said.get("dump_stats"))
+    )
 
 
 def measure_call(
@@ -417,24 +393,23 @@ def measure_call(
 ) -> Sample:
     """Time ``fn`` in this process, after :func:`settle`; ``self`` is this process's peak
     RSS during the call (``VmHWM`` reset first), ``criu`` that of the CRIU it ran, and the
-    commands it ran count under their names. ``tmpdir`` is the temp dir during the call,
-    watched for CRIU's statistics."""
+    commands it ran count under their names. ``tmpdir`` is the temp dir during the call.
+    When ``fn`` returns a checkpoint, CRIU's statistics are its ``dump_stats``."""
     if settled:
         settle()
     reset_own_peak()
     me = os.getpid()
     saved = tempfile.tempdir
-    watch = StatsWatcher(tmpdir) if tmpdir is not None else contextlib.nullcontext(None)
     try:
         if tmpdir is not None:
             tempfile.tempdir = str(tmpdir)
-        with watch as watcher, TreeSampler(me) as sampler:
+        with TreeSampler(me) as sampler:
             start = time.perf_counter()
-            fn()
+            result = fn()
             seconds = time.perf_counter() - start
     finally:
         tempfile.tempdir = saved
-    stats = watcher.stats if watcher is not None else None
+    stats = stats_from_cedana(getattr(result, "dump_stats", None))
     return Sample(seconds, peaks(sampler.seen, me), stats)
 
 

@@ -54,7 +54,6 @@ from benchmarks.common import (
     reap,
     run,
     scratch,
-    stats_in_artifact,
     table,
     wait_until,
 )
@@ -212,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                     container.checkpoint, artifact, leave_running=True, level=args.level
                 )
                 sample = measure_call(checkpoint, tmpdir=tmp)
-                dump[API_DUMP].add(sample, stats_in_artifact(artifact))
+                dump[API_DUMP].add(sample)
                 dump[API_DUMP].size = du(artifact)
                 restored: list[cedana.DockerContainer] = []
 
@@ -233,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--address", daemon.address, *level_flags(args.level),
                 )  # fmt: skip
                 sample = measure_command(cli, log=log, tmpdir=tmp)
-                dump[CLI_DUMP].add(sample, stats_in_artifact(artifact))
+                dump[CLI_DUMP].add(sample)
                 dump[CLI_DUMP].size = du(artifact)
                 cli = cedana_cli(
                     "restore", str(artifact), "--name", name, "--address", daemon.address

@@ -5,7 +5,7 @@ repeating pattern; 1 GiB by default). In the same run, on the same workload and
 disk, it times, round after round:
 
 - checkpoint (every peer with leave-running): ``criu dump -D dir`` (raw CRIU,
-  uncompressed images: the baseline of issue 12's targets); ``criu dump`` then
+  uncompressed images: the baseline of the fast path's targets); ``criu dump`` then
   ``tar -cf - . | zstd -T0`` (the one-liner one would script by hand, at
   ``--peer-level``, 1 by default), and the same followed by an fsync of the
   tarball (the honest peer of cedana's durable write); ``Process.checkpoint``
@@ -25,7 +25,7 @@ synced and dropped (``timed``/``measure_*`` do it), so no method pays for
 another's writeback or cached memory. For each method the tables show median,
 min and max seconds, the ratio to raw CRIU and to the one-liner, CRIU's frozen
 time (``stats-dump``: freezing + frozen time) and the peak RSS of the method's
-own process and of CRIU; then each of issue 12's targets, met or missed. Run
+own process and of CRIU; then each of the fast path's targets, met or missed. Run
 with ``python -m benchmarks.process [--rounds N] [--mib N] [--level N]
 [--peer-level N] [--dir DIR]`` (as root).
 """
@@ -55,7 +55,6 @@ from benchmarks.common import (
     measure_command,
     ratio,
     scratch,
-    stats_in_artifact,
     stats_in_dir,
     table,
     targets,
@@ -188,7 +187,7 @@ class Rounds:
         if self.api:
             checkpoint = partial(proc.checkpoint, api_file, leave_running=True, level=self.level)
             sample = measure_call(checkpoint, tmpdir=self.tmp)
-            d[API_DUMP].add(sample, stats_in_artifact(api_file))
+            d[API_DUMP].add(sample)
             d[API_DUMP].size = du(api_file)
 
         cli = cedana_cli(
@@ -196,14 +195,14 @@ class Rounds:
             *level_flags(self.level),
         )  # fmt: skip
         sample = measure_command(cli, log=self.log, tmpdir=self.tmp)
-        d[CLI_DUMP].add(sample, stats_in_artifact(cli_file))
+        d[CLI_DUMP].add(sample)
         d[CLI_DUMP].size = du(cli_file)
 
         if self.kill:  # last: it ends the workload
             kill_file = w / f"kill{r}.tar.zst"
             cli = cedana_cli("checkpoint", str(pid), "-o", str(kill_file), *level_flags(self.level))
             sample = measure_command(cli, log=self.log, tmpdir=self.tmp)
-            d[CLI_DUMP_KILL].add(sample, stats_in_artifact(kill_file))
+            d[CLI_DUMP_KILL].add(sample)
             d[CLI_DUMP_KILL].size = du(kill_file)
             kill_file.unlink()
 
@@ -265,7 +264,7 @@ def goals(rounds: Rounds) -> str:
             checks.append(
                 Target(f"peak RSS of cedana itself: {m.label}", peak / MiB if peak else None, 256, " MiB")
             )  # fmt: skip
-    return targets("issue 12's targets (stretch: checkpoint 1.25x raw)", checks)
+    return targets("the fast path's targets (stretch: checkpoint 1.25x raw)", checks)
 
 
 def main(argv: list[str] | None = None) -> int:

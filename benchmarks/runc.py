@@ -52,7 +52,6 @@ from benchmarks.common import (
     reap,
     run,
     scratch,
-    stats_in_artifact,
     stats_in_dir,
     table,
     wait_until,
@@ -216,14 +215,14 @@ def main(argv: list[str] | None = None) -> int:
                     container.checkpoint, api_file, leave_running=True, level=args.level
                 )
                 sample = measure_call(checkpoint, tmpdir=tmp)
-                dump[API_DUMP].add(sample, stats_in_artifact(api_file))
+                dump[API_DUMP].add(sample)
                 dump[API_DUMP].size = du(api_file)
                 cli = cedana_cli(
                     "checkpoint", f"runc:{NAME}", "-o", str(cli_file), "--leave-running",
                     "--root", str(state), *level_flags(args.level),
                 )  # fmt: skip
                 sample = measure_command(cli, log=log, tmpdir=tmp)
-                dump[CLI_DUMP].add(sample, stats_in_artifact(cli_file))
+                dump[CLI_DUMP].add(sample)
                 dump[CLI_DUMP].size = du(cli_file)
             delete()
             for r in range(args.rounds):

@@ -82,7 +82,7 @@ def report(points: Points) -> str:
 
 def plot(points: Points, path: Path, title: str) -> None:
     """Seconds against GiB, one line per method, one panel per phase; then the peak memory
-    of cedana's own process against GiB (issue 12: at most 256 MiB whatever the size)."""
+    of cedana's own process against GiB (the fast path's bound: at most 256 MiB whatever the size)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -39,28 +37,24 @@ def test_dump_stats_decode_freezing_and_frozen_time() -> None:
 
 
 def test_dump_stats_missing_or_damaged_are_none(tmp_path: Path) -> None:
-    """No stats, a damaged image, or an artifact that is not there: None, never an error."""
+    """No stats or a damaged image: None, never an error."""
     assert common.decode_dump_stats(b"not an image") is None
     assert common.decode_dump_stats(stats_image()[:10]) is None
     assert common.stats_in_dir(tmp_path) is None
-    assert common.stats_in_artifact(tmp_path / "nothing.tar.zst") is None
     (tmp_path / "stats-dump").write_bytes(stats_image(frozen_time=5))
     assert common.stats_in_dir(tmp_path) == DumpStats(
         freezing_us=0, frozen_us=5, memdump_us=0, memwrite_us=0
     )
 
 
-def test_stats_watcher_catches_stats_in_a_cedana_log_dir(tmp_path: Path) -> None:
-    """The watcher finds the stats-dump CRIU writes into a .cedana-log-* dir of the temp dir."""
-    with common.StatsWatcher(tmp_path) as watcher:
-        log = tmp_path / ".cedana-log-x"
-        log.mkdir()
-        (log / "stats-dump").write_bytes(stats_image(freezing_time=3, frozen_time=4))
-        deadline = time.monotonic() + 30
-        while watcher.stats is None and time.monotonic() < deadline:
-            threading.Event().wait(0.01)
-    assert watcher.stats is not None
-    assert (watcher.stats.freezing_us, watcher.stats.frozen_us) == (3, 4)
+def test_stats_from_cedanas_report() -> None:
+    """cedana's dump_stats (the API's Checkpoint.dump_stats, the command line's --json) give
+    the frozen time; a report without them gives None."""
+    stats = common.stats_from_cedana({"freezing_time": 3, "frozen_time": 4, "memwrite_time": 2})
+    assert stats is not None
+    assert (stats.freezing_us, stats.frozen_us, stats.memwrite_us) == (3, 4, 2)
+    assert common.stats_from_cedana(None) is None
+    assert common.stats_from_cedana({}) is None
 
 
 def test_peaks_count_criu_but_not_the_tree_it_restores() -> None:
