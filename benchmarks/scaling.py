@@ -111,7 +111,7 @@ def plot(points: Points, path: Path, title: str) -> None:
             peaks = [(g, p / MiB) for g, _, p in series if p is not None]
             if label.startswith("cedana") and peaks:
                 ax.plot(*zip(*peaks, strict=True), marker="o", label=f"{phase}: {label}")
-    ax.axhline(256, color="grey", linestyle="--", label="issue 12's bound (256 MiB)")
+    ax.axhline(256, color="grey", linestyle="--", label="the fast path's bound (256 MiB)")
     ax.set_title("peak RSS of cedana's own process")
     ax.set_xlabel("workload memory (GiB)")
     ax.set_ylabel("MiB")
