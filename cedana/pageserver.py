@@ -27,6 +27,7 @@ import queue
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -103,6 +104,7 @@ class PageServer:
         # speed of the socket while the writer compresses and hashes behind it.
         self._free: queue.Queue[memoryview] = queue.Queue()
         self._pieces = 0  # allocated as needed: a small dump needs few
+        self._cpu: dict[str, float] = {}  # each thread's CPU seconds, for the debug log
         self._work: queue.Queue[_Job | None] = queue.Queue()
         self._hash_work: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._serve, name="cedana-pages", daemon=True)
@@ -178,6 +180,12 @@ class PageServer:
     # ----------------------------------------------------------------- the receiver
 
     def _serve(self) -> None:
+        try:
+            self._serve_records()
+        finally:
+            self._cpu["receive"] = time.thread_time()
+
+    def _serve_records(self) -> None:
         try:
             while True:
                 header = self._exact(_HEADER.size)
@@ -297,6 +305,7 @@ class PageServer:
                 self._guarded(partial(member.store, buffer[:size]))
             self._hash_work.put(job)
         self._hash_work.put(None)
+        self._cpu["compress"] = time.thread_time()
 
     def _hash(self) -> None:
         """The hasher thread: pieces into their members' digests; then the piece is free."""
@@ -307,7 +316,12 @@ class PageServer:
             member, buffer, size = job
             self._guarded(partial(member.hash, buffer[:size]))
             self._free.put(buffer)
-
+        self._cpu["hash"] = time.thread_time()
+        _log.debug(
+            "page server: %d bytes; CPU seconds %s",
+            self._received,
+            ", ".join(f"{k} {v:.2f}" for k, v in sorted(self._cpu.items())),
+        )
     def _guarded(self, work: Callable[[], _T]) -> _T | None:
         """Run ``work`` unless something failed already; on failure keep the error and go on
         receiving (CRIU is told at the end), so the dump fails cleanly instead of stalling."""
