@@ -76,7 +76,12 @@ from cedana.errors import (
 )
 from cedana.process import CheckpointOptions
 from cedana.rootfs import OVERLAY, diff_format
-from cedana.rootfs.containers_storage import ContainersStorageSnapshotter, to_podman_diff
+from cedana.rootfs.containers_storage import (
+    PODMAN_FORMAT,
+    ContainersStorageSnapshotter,
+    from_podman_diff,
+    to_podman_diff,
+)
 from cedana.rootfs.overlay import DIFF_NAME
 from cedana.staging import scratch_dir
 
@@ -547,22 +552,28 @@ class _ImportPlan:
     spec: Mapping[str, Any]
     flags: tuple[str, ...]
     diff_dir: str
+    diff_format: str
     lower: tuple[str, ...]
+    devshm: str | None = None
 
     def write(self, ckpt: Checkpoint, work: Path, *, grants: confine.Grants | None) -> Path:
         """Unpack the images into ``work`` (checked against ``grants``) and write the import
         archive there; its path."""
         images = work / "images"
         confine.unpack_images(ckpt, images, grants=grants)
+        diff = images / self.diff_dir
+        if self.diff_format == PODMAN_FORMAT:  # podman's own export: through overlay's form
+            diff = from_podman_diff(diff, work / "overlay-diff", lower=self.lower)
         archive = work / "import.tar"
         write_import(
             images,
             archive,
             config={**self.config, "name": self.name},
             spec=self.spec,
-            diff_dir=images / self.diff_dir,
+            diff_dir=diff,
             lower=self.lower,
             exclude={self.diff_dir.split("/")[0], *_CEDANA_FILES},
+            extra={DEVSHM_NAME: images / self.devshm} if self.devshm else None,
         )
         return archive
 
@@ -580,13 +591,16 @@ def _plan_import(
     a podman checkpoint, a podman name, the members, the confined spec, the image."""
     manifest = ckpt.manifest
     if manifest.kind != "container" or manifest.runtime != PODMAN:
+        what = f"{manifest.runtime} container" if manifest.kind == "container" else "process"
         raise ContainerError(
-            f"{ckpt.path} holds a {manifest.runtime or manifest.kind} checkpoint, not a podman one"
+            f"{ckpt.path} holds a {what} checkpoint, not one of a podman container, which "
+            "is what podman restores; checkpoint a podman container (cedana checkpoint "
+            "podman:NAME), or restore this one with cedana restore"
         )
     info = manifest.workload["container"]
     pod = manifest.workload.get("podman") or {}
     rootfs_info = manifest.workload.get("rootfs") or {}
-    config = _checked_config(thaw(pod.get("config") or {}))
+    config = checked_config(thaw(pod.get("config") or {}))
     name = name or str(config.get("name") or "")
     if not _NAME.match(name):
         raise ContainerError(
@@ -598,7 +612,8 @@ def _plan_import(
             f"{ckpt.path} holds a container with a terminal, which cedana does not "
             "restore into podman yet; restore it into runc (into='runc', --into runc)"
         )
-    if not rootfs_info.get("captured") or diff_format(rootfs_info) != OVERLAY:
+    form = diff_format(rootfs_info)
+    if not rootfs_info.get("captured") or form not in (OVERLAY, PODMAN_FORMAT):
         raise ContainerError(
             f"{ckpt.path} holds no rootfs changes in the overlay format, which a restore "
             "into podman needs; restore it into runc (into='runc', --into runc)"
@@ -616,7 +631,8 @@ def _plan_import(
         what="rootfs.dir",
         default=RuncContainer.member("")[:-1],
     )
-    confine.check_member(f"{diff_dir}/{DIFF_NAME}", members, what="rootfs.dir", default="")
+    if form == OVERLAY:
+        confine.check_member(f"{diff_dir}/{DIFF_NAME}", members, what="rootfs.dir", default="")
     spec = _checked_spec(ckpt.read_member(spec_member), name=name, hooks=hooks, grants=grants)
     flags = []
     if RuncContainer.restores_tcp(tcp_established, manifest):
@@ -643,7 +659,9 @@ def _plan_import(
         spec=spec,
         flags=tuple(flags),
         diff_dir=diff_dir,
-        lower=tuple(_image_layers(image)),
+        diff_format=form or OVERLAY,
+        lower=tuple(image_layers(image)),
+        devshm=DEVSHM_MEMBER if DEVSHM_MEMBER in members else None,
     )
 
 
@@ -673,12 +691,20 @@ def _remove_made(api: PodmanCLI, name: str) -> None:
         logger.warning("cleanup after a failed restore of %s: %s", name, exc)
 
 
+#: podman's tar of the container's ``/dev/shm`` in its import layout, and the member an
+#: archive podman exported keeps it as (podman restores it into the new container's).
+DEVSHM_NAME = "devshm-checkpoint.tar"
+DEVSHM_MEMBER = RuncContainer.member(f"podman/{DEVSHM_NAME}")
 #: cedana's own files beside CRIU's images in an unpacked artifact: not CRIU images.
 _CEDANA_FILES = ("manifest.json", "manifest.sig")
 
 
-def _checked_config(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The recorded ContainerConfig fields, each of the type podman expects; others dropped."""
+def checked_config(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The recorded ContainerConfig fields, each of the type podman expects; others dropped.
+
+    Raises:
+        UnsafeArtifact: A field a restore uses has another type.
+    """
     out: dict[str, Any] = {}
     for key, kind in _CONFIG_FIELDS.items():
         value = raw.get(key)
@@ -729,7 +755,7 @@ def _checked_spec(
     )
 
 
-def _image_layers(image: Mapping[str, Any]) -> list[str]:
+def image_layers(image: Mapping[str, Any]) -> list[str]:
     """The image's layer directories, uppermost first (its ``GraphDriver``)."""
     data = (image.get("GraphDriver") or {}).get("Data") or {}
     layers = [str(data["UpperDir"])] if data.get("UpperDir") else []
@@ -770,13 +796,15 @@ def write_import(
     diff_dir: Path,
     lower: Sequence[str],
     exclude: Iterable[str] = (),
+    extra: Mapping[str, Path] | None = None,
 ) -> None:
     """Write podman's checkpoint-import layout as the tar ``archive``.
 
     ``checkpoint/`` holds CRIU's images (every file of ``images`` but ``exclude``),
     ``config.dump`` libpod's ContainerConfig (``config`` with ``spec``, runtime runc),
     ``spec.dump`` the OCI spec, ``rootfs-diff.tar`` and ``deleted.files`` the rootfs
-    changes in podman's form (:func:`~cedana.rootfs.containers_storage.to_podman_diff`).
+    changes in podman's form (:func:`~cedana.rootfs.containers_storage.to_podman_diff`);
+    ``extra`` more files at the top (name -> file: ``devshm-checkpoint.tar``).
     """
     skip = set(exclude)
     layout = archive.parent / "import"
@@ -784,6 +812,8 @@ def write_import(
     to_podman_diff(diff_dir, layout, lower=lower)
     (layout / "config.dump").write_text(json.dumps({**config, "spec": spec, "runtime": "runc"}))
     (layout / "spec.dump").write_text(json.dumps(spec))
+    for member, source in (extra or {}).items():
+        shutil.copyfile(source, layout / member)
     with tarfile.open(archive, "w:") as tar:
         for member in sorted(os.listdir(layout)):
             tar.add(layout / member, arcname=member)
