@@ -16,7 +16,7 @@ from cedana import registry
 from cedana.container import cgroups
 from cedana.rootfs.containers_storage import DELETED_FILES, to_podman_diff
 from cedana.rootfs.overlay import DIFF_NAME
-from cedana.runtimes.podman import PODMAN, PodmanCLI, checked_config, _checked_spec, podman_config
+from cedana.runtimes.podman import PODMAN, PodmanCLI, _checked_spec, checked_config, podman_config
 
 
 def test_podman_cgroup_is_renamed_to_the_restored_container() -> None:
