@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tarfile
@@ -57,7 +58,7 @@ from cedana import registry
 from cedana.artifact.manifest import thaw
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
-from cedana.container import RuncContainer, confine
+from cedana.container import RuncContainer, confine, namespaces
 from cedana.container.runc import DumpExtras
 from cedana.container.state import RuncState
 from cedana.criu import CriuBackend
@@ -458,7 +459,7 @@ class PodmanContainer:
             archive = plan.write(ckpt, work, grants=grants)
             try:
                 done = api.run(
-                    "container", "restore", "--import", os.fspath(archive), "--name", name,
+                    "container", "restore", "--import", os.fspath(archive),
                     *plan.flags, check=False,
                 )  # fmt: skip
             except CedanaError:
@@ -568,7 +569,9 @@ class _ImportPlan:
         write_import(
             images,
             archive,
-            config={**self.config, "name": self.name},
+            # A fresh id, and the name in the config rather than --name, which podman's
+            # restore refuses beside --tcp-established.
+            config={**self.config, "name": self.name, "id": secrets.token_hex(32)},
             spec=self.spec,
             diff_dir=diff,
             lower=self.lower,
@@ -637,6 +640,12 @@ def _plan_import(
     flags = []
     if RuncContainer.restores_tcp(tcp_established, manifest):
         flags.append("--tcp-established")
+        linux = spec.get("linux") or {}
+        if namespaces.private_network(linux.get("namespaces") or []):
+            # podman makes the namespace with lo down; CRIU repairs loopback TCP in it
+            # before cedana could bring lo up afterwards, so a hook of cedana's does.
+            hooks_of = spec.setdefault("hooks", {})
+            hooks_of["prestart"] = [namespaces.loopback_hook(), *hooks_of.get("prestart", [])]
     if manifest.options.get("file_locks"):
         flags.append("--file-locks")
     image_ref = str(config.get("rootfsImageName") or config.get("rootfsImageID") or "")

@@ -168,7 +168,12 @@ def test_unsigned_archive_is_refused_before_it_is_read(
     archive = write(tmp_path / "a.tar.zst", layout())
     opened: list[Path] = []
     real = _podman_archive.open_archive
-    monkeypatch.setattr(_podman_archive, "open_archive", lambda p: opened.append(p) or real(p))
+
+    def counted(path: Path) -> _podman_archive.PodmanArchive:
+        opened.append(path)
+        return real(path)
+
+    monkeypatch.setattr(_podman_archive, "open_archive", counted)
     with pytest.raises(cedana.UntrustedArtifact, match="podman checkpoint archive.*--insecure"):
         cedana.open(archive)
     with pytest.raises(cedana.UntrustedArtifact, match="podman checkpoint archive"):
@@ -332,8 +337,7 @@ HOSTILE: dict[str, tuple[Callable[[], list[Entry]], type[Exception], str]] = {
         "outside the root",
     ),
     "config not json": (
-        lambda: layout(extra=[], config=None, drop=("config.dump",))
-        + [(_info("config.dump"), b"{not json")],
+        lambda: layout(drop=("config.dump",), extra=[(_info("config.dump"), b"{not json")]),
         cedana.ArtifactCorrupt,
         "config.dump is not JSON",
     ),
@@ -341,9 +345,7 @@ HOSTILE: dict[str, tuple[Callable[[], list[Entry]], type[Exception], str]] = {
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_hostile_archive_is_refused_before_anything_is_presented(
-    tmp_path: Path, case: str
-) -> None:
+def test_hostile_archive_is_refused_before_anything_is_presented(tmp_path: Path, case: str) -> None:
     """Each hostile or broken archive is refused while it is opened, with an error naming
     what is wrong, so nothing of it is extracted or run."""
     entries, error, message = HOSTILE[case]
