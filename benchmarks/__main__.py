@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["process", "runc", "containerd", "docker"]
+BENCHMARKS = ["process", "runc", "containerd", "docker", "podman"]
 
 
 def main(argv: list[str]) -> int:

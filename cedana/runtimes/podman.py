@@ -44,6 +44,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import tarfile
 import time
@@ -462,12 +463,12 @@ class PodmanContainer:
                     "container", "restore", "--import", os.fspath(archive),
                     *plan.flags, check=False,
                 )  # fmt: skip
-            except CedanaError:
-                _remove_made(api, name)
+            except CedanaError:  # a timeout: conmon, runc and CRIU may still run
+                _remove_made(api, name, plan.cid)
                 raise
             if done.returncode != 0:
                 log = _keep_restore_log(done.stderr, work)
-                _remove_made(api, name)
+                _remove_made(api, name, plan.cid)
                 message = f"podman could not restore {name!r}: {_last_error(done.stderr)}"
                 if log is None:
                     raise RestoreFailed(message)
@@ -556,6 +557,8 @@ class _ImportPlan:
     diff_format: str
     lower: tuple[str, ...]
     devshm: str | None = None
+    #: The new container's id, fresh (cleanup after a failure finds its processes by it).
+    cid: str = attrs.field(factory=lambda: secrets.token_hex(32))
 
     def write(self, ckpt: Checkpoint, work: Path, *, grants: confine.Grants | None) -> Path:
         """Unpack the images into ``work`` (checked against ``grants``) and write the import
@@ -571,7 +574,7 @@ class _ImportPlan:
             archive,
             # A fresh id, and the name in the config rather than --name, which podman's
             # restore refuses beside --tcp-established.
-            config={**self.config, "name": self.name, "id": secrets.token_hex(32)},
+            config={**self.config, "name": self.name, "id": self.cid},
             spec=self.spec,
             diff_dir=diff,
             lower=self.lower,
@@ -691,13 +694,64 @@ def _keep_restore_log(stderr: str, work: Path) -> Path | None:
     return copy
 
 
-def _remove_made(api: PodmanCLI, name: str) -> None:
-    """A failed restore's cleanup: the container podman made for it, killed and removed
-    (with its storage layer); a failure here is logged, the restore's error is raised."""
+def _remove_made(api: PodmanCLI, name: str, cid: str | None = None) -> None:
+    """A failed restore's cleanup: what still runs for container ``cid`` killed
+    (:func:`_kill_named`), then the container podman made for it removed (with its
+    storage layer); a failure here is logged, the restore's error is raised."""
+    if cid is not None:
+        killed = _kill_named(cid)
+        if killed:
+            logger.warning("failed restore of %s: killed what still ran for it: %s", name, killed)
     try:
         api.remove(name)
     except CedanaError as exc:
         logger.warning("cleanup after a failed restore of %s: %s", name, exc)
+
+
+def _kill_named(cid: str, *, timeout: float = 10) -> list[int]:
+    """SIGKILL every process whose command line names the container id ``cid`` (its
+    conmon, ``runc restore``) and all their descendants (CRIU, the half-restored tree).
+
+    ``podman rm --force`` stops a container through its runtime's state, which a restore
+    still running under conmon has not written yet, so a CRIU spinning on a hostile image
+    (or one a timeout left behind) would run on. The id is the fresh one this restore
+    wrote into ``config.dump``, so nothing else names it. Repeated until none is left
+    (a process may fork meanwhile). Returns the pids killed.
+    """
+    needle = cid.encode()
+    killed: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        parents: dict[int, int] = {}
+        named: set[int] = set()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat_line = Path(f"/proc/{entry}/stat").read_bytes()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat_line.rsplit(b")", 1)[1].split()[1])
+            if needle in cmdline:
+                named.add(int(entry))
+        doomed = set(named)
+        grew = True
+        while grew:
+            more = {pid for pid, ppid in parents.items() if ppid in doomed} - doomed
+            doomed |= more
+            grew = bool(more)
+        doomed.discard(os.getpid())
+        if not doomed:
+            break
+        for pid in doomed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except OSError:
+                continue
+        time.sleep(0.05)
+    return sorted(set(killed))
 
 
 #: podman's tar of the container's ``/dev/shm`` in its import layout, and the member an

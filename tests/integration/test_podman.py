@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -505,8 +506,8 @@ def test_podmans_own_export_restores_into_runc(
             podman("exec", name, "stat", "-c", "%a", "/").strip()
         )
         # podman's --leave-running export takes the rootfs after the container runs on, so
-        # its log may hold a count or two more than its memory: the counter goes on from
-        # there (those counts written again), it never starts over.
+        # its log may hold a few counts more than its memory: the counter goes on from its
+        # memory (those counts written again, one rewind), it never starts over.
         after = wait_count(restored, len(before) + 10)
         assert after[: len(before)] == before
         rewinds = [(a, b) for a, b in itertools.pairwise(after) if b != a + 1]
@@ -704,3 +705,57 @@ def test_loopback_tcp_connection_continues(
     assert any(s.state == "ESTABLISHED" for s in ckpt.inspect().sockets)
     restored = cedana.restore(ckpt, name=new)
     assert_counts_on(restored, before)
+
+
+def _roots_under(graph: Path) -> dict[int, str]:
+    """Every process whose root directory lies in podman's storage ``graph``: pid -> root."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                root = os.readlink(f"/proc/{entry}/root")
+                if root.startswith(str(graph)):
+                    out[int(entry)] = root
+    return out
+
+
+def test_timed_out_restore_leaves_nothing_running(
+    podman: Podman, made: list[str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A restore into podman that runs out of time while podman, conmon, runc and CRIU
+    work (a podman client whose restore may take half as long as a restore of the same
+    checkpoint took) is a RuntimeTimeout that leaves nothing behind: no podman container
+    of that name, no process naming it, no process running in another root of podman's
+    storage than the original's, which runs on."""
+    name, probe, new = name_for(request), name_for(request, "-p"), name_for(request, "-2")
+    made += [probe, new]
+    c = podman.start(name, "a=$(head -c 33554432 /dev/urandom | base64 -w0); " + COUNTER)
+    wait_count(c, 3)
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst", leave_running=True)
+    started = time.monotonic()
+    cedana.restore(ckpt, name=probe)
+    took = time.monotonic() - started
+    podman.remove(probe)
+    original = set(_roots_under(podman.graph).values())
+
+    class Impatient(cedana.runtimes.podman.PodmanCLI):
+        def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+            if args[:2] != ("container", "restore"):
+                return super().run(*args, check=check)
+            base = cedana.runtimes.podman.PodmanCLI(self.binary, list(self.options), took / 2)
+            return base.run(*args, check=check)
+
+    with pytest.raises(cedana.RuntimeTimeout, match="took longer than"):
+        cedana.PodmanContainer.restore(ckpt, name=new, client=Impatient())
+    assert new not in podman.names()
+    named = [pid for pid in os.listdir("/proc") if pid.isdigit() and new.encode() in _cmdline(pid)]
+    assert named == []
+    assert set(_roots_under(podman.graph).values()) <= original
+    assert podman.status(name) == "running"
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
