@@ -742,7 +742,7 @@ def test_timed_out_restore_leaves_nothing_running(
         def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
             if args[:2] != ("container", "restore"):
                 return super().run(*args, check=check)
-            base = cedana.runtimes.podman.PodmanCLI(self.binary, list(self.options), took / 2)
+            base = cedana.runtimes.podman.PodmanCLI(timeout=took / 2)
             return base.run(*args, check=check)
 
     with pytest.raises(cedana.RuntimeTimeout, match="took longer than"):

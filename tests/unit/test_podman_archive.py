@@ -21,9 +21,11 @@ import zstandard
 
 import cedana
 from cedana.artifact import foreign
+from cedana.container.namespaces import loopback_hook
 from cedana.rootfs.containers_storage import from_podman_diff
 from cedana.runtimes import _podman_archive
 from cedana.runtimes._podman_archive import FORMAT, open_archive
+from cedana.runtimes.podman import PodmanCLI, _plan_import
 
 IMAGE_ID = "4d" * 32
 CONFIG = {
@@ -394,3 +396,66 @@ def test_podman_diff_becomes_an_overlay_diff(tmp_path: Path) -> None:
     assert entries["www"].pax_headers.get("SCHILY.xattr.trusted.overlay.opaque") == "y"
     assert "www/old" not in entries
     assert entries["www/other.html"].isreg() and entries["tmp/count"].isreg()
+
+
+# --- planning a restore into podman of such an archive -----------------------------------
+
+CONFINABLE_SPEC: dict[str, Any] = {
+    "process": {"terminal": False},
+    "root": {"path": "/old/merged"},
+    "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+    "linux": {
+        "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+        "maskedPaths": [
+            "/proc/acpi",
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/latency_stats",
+            "/proc/timer_list",
+            "/proc/timer_stats",
+            "/proc/sched_debug",
+            "/proc/scsi",
+            "/sys/firmware",
+        ],
+        "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+    },
+}
+
+
+class FakeCLI(PodmanCLI):
+    """A podman whose store has the archive's image (two layers)."""
+
+    def image(self, ref: str) -> dict[str, Any] | None:
+        data = {"UpperDir": "/store/top/diff", "LowerDir": "/store/base/diff"}
+        return {"Id": IMAGE_ID, "GraphDriver": {"Name": "overlay", "Data": data}}
+
+
+def test_import_plan_of_podmans_archive(tmp_path: Path) -> None:
+    """A restore into podman of podman's archive keeps its diff in podman's format (to be
+    converted), hands /dev/shm's tar back to podman, and takes the image's layers from
+    podman's store; restored with TCP repair, the spec gets cedana's prestart hook that
+    brings lo up (a Python program that compiles), before the caller's hooks; without it,
+    no hook."""
+    entries = [e for e in layout() if e[0].name != "spec.dump"]
+    entries.append((_info("spec.dump"), json.dumps(CONFINABLE_SPEC).encode()))
+    ckpt = cedana.open(write(tmp_path / "a.tar.zst", entries), trust="any")
+    plan = _plan_import(
+        ckpt, name="web2", tcp_established=None, hooks=None, grants=None, api=FakeCLI()
+    )
+    assert (plan.diff_format, plan.diff_dir, plan.name) == ("podman", "container", "web2")
+    assert plan.devshm == "container/podman/devshm-checkpoint.tar"
+    assert plan.lower == ("/store/top/diff", "/store/base/diff")
+    assert "hooks" not in plan.spec and plan.flags == ()
+    mine = {"path": "/bin/true", "args": ["true"]}
+    plan = _plan_import(
+        ckpt,
+        name="web2",
+        tcp_established=True,
+        hooks={"prestart": [mine]},
+        grants=None,
+        api=FakeCLI(),
+    )
+    assert plan.flags == ("--tcp-established",)
+    first, second = plan.spec["hooks"]["prestart"]
+    assert first == loopback_hook() and second == mine
+    compile(first["args"][2], "loopback-hook", "exec")
