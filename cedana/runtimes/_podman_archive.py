@@ -42,6 +42,7 @@ recorded with their identity, so a restore into runc mounts those very layers.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gzip
 import hashlib
@@ -382,7 +383,21 @@ class _Scan:
     checkpointed: float
 
 
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Map a decompressor's or tar reader's error, wherever a read hits it, to damage."""
+    try:
+        yield
+    except _READ_ERRORS as exc:
+        raise _damaged(path, str(exc) or type(exc).__name__) from None
+
+
 def _scan(path: Path, compression: Compression) -> _Scan:
+    with _reading(path):
+        return _scan_entries(path, compression)
+
+
+def _scan_entries(path: Path, compression: Compression) -> _Scan:
     members: list[Member] = []
     held: dict[str, bytes] = {}
     cores: dict[int, bytes] = {}
@@ -649,6 +664,10 @@ class PodmanArchive:
         tree.close()
 
     def _pass(self, sink_for: Callable[[str], Callable[[bytes], object] | None]) -> None:
+        with _reading(self.path):
+            self._pass_entries(sink_for)
+
+    def _pass_entries(self, sink_for: Callable[[str], Callable[[bytes], object] | None]) -> None:
         expected = {m.name: m for m in self.manifest.members}
         seen: set[str] = set()
         for entry, data in _entries(self.path, self.compression):

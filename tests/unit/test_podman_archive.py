@@ -459,3 +459,14 @@ def test_import_plan_of_podmans_archive(tmp_path: Path) -> None:
     first, second = plan.spec["hooks"]["prestart"]
     assert first == loopback_hook() and second == mine
     compile(first["args"][2], "loopback-hook", "exec")
+
+
+def test_archive_cut_inside_a_member_is_damaged(tmp_path: Path) -> None:
+    """An uncompressed archive cut in the middle of a member's data (the tar reader fails
+    while the member is read, not at a header) is reported damaged too."""
+    archive = write(tmp_path / "a.tar", layout(), "none")
+    raw = archive.read_bytes()
+    cut = raw.index(b"pages-1.img") + 512 + 4096  # inside the page image's data
+    archive.write_bytes(raw[:cut])
+    with pytest.raises(cedana.ArtifactCorrupt, match="damaged"):
+        open_archive(archive)
