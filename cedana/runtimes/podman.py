@@ -38,6 +38,7 @@ removes the container podman made for it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -60,6 +61,7 @@ from cedana.artifact.manifest import thaw
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
 from cedana.container import RuncContainer, confine, namespaces
+from cedana.container.command import RuncCommand
 from cedana.container.runc import DumpExtras
 from cedana.container.state import RuncState
 from cedana.criu import CriuBackend
@@ -84,6 +86,7 @@ from cedana.rootfs.containers_storage import (
     from_podman_diff,
     to_podman_diff,
 )
+from cedana.rootfs.mounts import mountinfo, umount
 from cedana.rootfs.overlay import DIFF_NAME
 from cedana.staging import scratch_dir
 
@@ -706,6 +709,28 @@ def _remove_made(api: PodmanCLI, name: str, cid: str | None = None) -> None:
         api.remove(name)
     except CedanaError as exc:
         logger.warning("cleanup after a failed restore of %s: %s", name, exc)
+    if cid is not None:
+        _delete_runc_state(cid)
+
+
+def _delete_runc_state(cid: str, root: Path = DEFAULT_RUNC_ROOT) -> None:
+    """What a ``runc restore`` killed midway leaves under runc's root for container
+    ``cid``: the root filesystem it mounted for CRIU (``criu-root``) unmounted, runc's
+    state deleted (``runc delete --force``), the directory removed if runc left it."""
+    state = root / cid
+    if not state.is_dir():
+        return
+    for mount in sorted(
+        (m.mountpoint for m in mountinfo() if str(m.mountpoint).startswith(f"{state}/")),
+        key=lambda m: -len(str(m)),
+    ):
+        with contextlib.suppress(OSError):
+            umount(Path(mount), detach=True)
+    with contextlib.suppress(CedanaError, OSError):
+        RuncCommand(root).delete(cid, force=True)
+    if state.is_dir():
+        shutil.rmtree(state, ignore_errors=True)
+    logger.warning("failed restore: removed runc's state of %s left under %s", cid, root)
 
 
 def _kill_named(cid: str, *, timeout: float = 10) -> list[int]:

@@ -737,6 +737,7 @@ def test_timed_out_restore_leaves_nothing_running(
     took = time.monotonic() - started
     podman.remove(probe)
     original = set(_roots_under(podman.graph).values())
+    runc_before = _dead_runc_states(podman.graph)
 
     class Impatient(cedana.runtimes.podman.PodmanCLI):
         def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -751,7 +752,26 @@ def test_timed_out_restore_leaves_nothing_running(
     named = [pid for pid in os.listdir("/proc") if pid.isdigit() and new.encode() in _cmdline(pid)]
     assert named == []
     assert set(_roots_under(podman.graph).values()) <= original
+    # runc's state of a restore killed midway (its CRIU root mount) is gone too
+    assert _dead_runc_states(podman.graph) - runc_before == set()
     assert podman.status(name) == "running"
+
+
+def _dead_runc_states(graph: Path) -> set[str]:
+    """runc's states under /run/runc of containers in podman's storage ``graph`` that run
+    nothing (or whose state a killed restore left half made: a ``criu-root`` mount)."""
+    out = set()
+    for d in Path("/run/runc").iterdir():
+        try:
+            state = json.loads((d / "state.json").read_text())
+        except (OSError, ValueError):
+            out.add(d.name)
+            continue
+        pid = int(state.get("init_process_pid") or 0)
+        in_graph = str(state.get("config", {}).get("rootfs", "")).startswith(str(graph))
+        if in_graph and ((d / "criu-root").exists() or not Path(f"/proc/{pid}").exists()):
+            out.add(d.name)
+    return out
 
 
 def _cmdline(pid: str) -> bytes:
