@@ -19,10 +19,10 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -719,38 +719,68 @@ def _roots_under(graph: Path) -> dict[int, str]:
     return out
 
 
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children first found, then theirs)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat_line = Path(f"/proc/{entry}/stat").read_bytes()
+                parents[int(entry)] = int(stat_line.rsplit(b")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, pp in parents.items() if pp in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
 def test_timed_out_restore_leaves_nothing_running(
     podman: Podman, made: list[str], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """A restore into podman that runs out of time while podman, conmon, runc and CRIU
-    work (a podman client whose restore may take half as long as a restore of the same
-    checkpoint took) is a RuntimeTimeout that leaves nothing behind: no podman container
-    of that name, no process naming it, no process running in another root of podman's
-    storage than the original's, which runs on."""
-    name, probe, new = name_for(request), name_for(request, "-p"), name_for(request, "-2")
-    made += [probe, new]
+    """A restore into podman whose CRIU hangs (stopped here, once conmon's runc runs it:
+    what a hostile image can make it do) runs out of time (a podman client that gives
+    up then, as its 120 s timeout would) and leaves nothing behind: the hung CRIU gone,
+    no process naming the container, no process in a root of podman's storage but the
+    original's (which runs on), no podman container of that name, no runc state."""
+    name, new = name_for(request), name_for(request, "-2")
+    made.append(new)
     c = podman.start(name, "a=$(head -c 33554432 /dev/urandom | base64 -w0); " + COUNTER)
     wait_count(c, 3)
     ckpt = c.checkpoint(tmp_path / "c.tar.zst", leave_running=True)
-    started = time.monotonic()
-    cedana.restore(ckpt, name=probe)
-    took = time.monotonic() - started
-    podman.remove(probe)
     original = set(_roots_under(podman.graph).values())
     runc_before = _dead_runc_states(podman.graph)
+    conmon_of_new = f"\0-n\0{new}\0".encode()
+    hung: list[int] = []
+
+    def criu_under_conmon() -> bool:
+        for conmon in [p for p in os.listdir("/proc") if conmon_of_new in _cmdline(p)]:
+            for pid in _descendants(int(conmon)):
+                if _cmdline(str(pid)).split(b"\0")[0].endswith(b"criu"):
+                    os.kill(pid, signal.SIGSTOP)
+                    hung.append(pid)
+                    return True
+        return False
 
     class Impatient(cedana.runtimes.podman.PodmanCLI):
         def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
             if args[:2] != ("container", "restore"):
                 return super().run(*args, check=check)
-            base = cedana.runtimes.podman.PodmanCLI(timeout=took / 2)
-            return base.run(*args, check=check)
+            restoring = subprocess.Popen(
+                [self.binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            try:
+                wait_for(criu_under_conmon, 60, "CRIU restoring under conmon")
+            finally:
+                restoring.kill()
+                restoring.wait()
+            raise cedana.RuntimeTimeout("podman container restore took longer than 120s")
 
     with pytest.raises(cedana.RuntimeTimeout, match="took longer than"):
         cedana.PodmanContainer.restore(ckpt, name=new, client=Impatient())
+    assert hung and not Path(f"/proc/{hung[0]}").exists()
     assert new not in podman.names()
-    named = [pid for pid in os.listdir("/proc") if pid.isdigit() and new.encode() in _cmdline(pid)]
-    assert named == []
+    assert [p for p in os.listdir("/proc") if new.encode() in _cmdline(p)] == []
     assert set(_roots_under(podman.graph).values()) <= original
     # runc's state of a restore killed midway (its CRIU root mount) is gone too
     assert _dead_runc_states(podman.graph) - runc_before == set()
