@@ -92,7 +92,7 @@ def plan_restore(
             "Python API only, the command line has no such option)"
         )
     captured = bool(rootfs_info.get("captured"))
-    form = diff_format(rootfs_info) or OVERLAY
+    form = diff_format(rootfs_info)
     if captured and form not in (OVERLAY, PODMAN_FORMAT):
         what = repr(rootfs_info.get("format") or rootfs_info.get("snapshotter"))
         raise ContainerError(
@@ -167,7 +167,7 @@ def plan_restore(
         new_config=new_config,
         layers=layers,
         diff_dir=diff_dir,
-        diff_format=form,
+        diff_format=form or OVERLAY,
         userxattr=bool(rootfs_info.get("userxattr")),
         flags=tuple(flags),
     )
