@@ -82,7 +82,8 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """cedana vs raw CRIU (and tar | zstd), same workload, same run; prints ratios."""
+    """cedana vs raw CRIU (and tar | zstd) and the runtimes' own checkpointing (containerd,
+    docker, podman), same workload, same run; prints ratios."""
     provision(session)
     install(session, "containerd", "docker", "bench")
     session.run("python", "-m", "benchmarks", *session.posargs)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from cedana.artifact import Artifact, Manifest, open_artifact, thaw
+from cedana.artifact import Manifest, foreign, open_artifact, thaw
+from cedana.artifact.foreign import ReadableArtifact
 from cedana.artifact.signing import KeySource, Trust, TrustStatus, check_trust, untrusted
 from cedana.errors import ArtifactCorrupt
 from cedana.staging import scratch_dir
@@ -34,7 +35,7 @@ class Checkpoint:
     Get one from :func:`cedana.open` or from a ``checkpoint()`` call.
     """
 
-    _artifact: Artifact = attrs.field(alias="artifact")
+    _artifact: ReadableArtifact = attrs.field(alias="artifact")
     _trust: TrustStatus = attrs.field(alias="trust")
     #: CRIU's account of the dump that made this checkpoint, on the object a
     #: ``checkpoint()`` call returns (None on one opened from a file): ``frozen_time``,
@@ -62,6 +63,11 @@ class Checkpoint:
             trusted_keys: More public keys to trust (PEM files or
                 :class:`~cedana.artifact.signing.PublicKey`).
 
+        An archive another tool wrote in a format cedana reads (podman's ``container
+        checkpoint --export``: :mod:`cedana.artifact.foreign`) opens as a checkpoint
+        too. It is unsigned, so it needs ``trust="any"``; it is then verified whole
+        whatever ``verify`` says.
+
         Raises:
             FileNotFoundError: Nothing at ``path``.
             UntrustedArtifact: Unsigned, an untrusted signer, or a bad signature; checked
@@ -69,6 +75,11 @@ class Checkpoint:
             ArtifactCorrupt, UnsafeArtifact, UnsupportedFormat: Not usable.
         """
         path = Path(path)
+        fmt = foreign.recognise(path)
+        if fmt is not None:
+            if trust != "any":
+                raise fmt.untrusted(path)
+            return cls(artifact=fmt.open(path), trust=TrustStatus(signature=None, trusted=False))
         artifact = open_artifact(path, verify=False)
         status = check_trust(path, artifact.signature, trust=trust, trusted_keys=trusted_keys)
         if verify:
@@ -95,6 +106,9 @@ class Checkpoint:
             return cls.open(checkpoint, verify=False, trust=trust, trusted_keys=trusted_keys)
         if checkpoint.trusted or trust == "any":
             return checkpoint
+        fmt = foreign.recognise(checkpoint.path) if checkpoint.signer.signature is None else None
+        if fmt is not None:  # another tool's archive: never signed
+            raise fmt.untrusted(checkpoint.path)
         if trusted_keys is not None:
             signature = checkpoint.signer.signature
             status = check_trust(checkpoint.path, signature, trusted_keys=trusted_keys)

@@ -135,6 +135,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    # --format has one choice so far: podman's checkpoint import archive.
+    out = cedana.PodmanContainer.export(
+        args.file,
+        args.output,
+        name=args.name or None,
+        compress=args.compress,
+        trust="any" if args.insecure_accept_unsigned else "trusted",
+    )
+    size = out.stat().st_size
+    data = {"path": str(out), "format": args.format, "size": size}
+    text = f"exported {args.file} to {out} ({size} bytes) for podman container restore --import"
+    _emit(data, args.json, text)
+    return 0
+
+
 def cmd_key(args: argparse.Namespace) -> int:
     if args.action == "trust":
         pem = sys.stdin.buffer.read() if args.file == "-" else None
@@ -175,6 +191,7 @@ Examples::
   cedana inspect job.tar.zst
   cedana restore job.tar.zst --json
   cedana restore web.tar.zst --into containerd --name default/web2
+  cedana export web.tar.zst --format podman -o web.podman.tar.zst
 
 Exit status 0 on success; 1 on an error, said in one line on stderr (with
 --json: one JSON object on stdout, {"error": ..., "type": ...}); 130 when
@@ -338,6 +355,33 @@ def build_parser() -> argparse.ArgumentParser:
     _json(c)
     _common(c)
     c.set_defaults(func=cmd_inspect)
+
+    c = sub.add_parser(
+        "export",
+        help="write a checkpoint in another tool's format (podman's checkpoint archive)",
+        description="Write a podman container checkpoint as the archive that podman "
+        "container restore --import takes (what podman container checkpoint --export "
+        "writes). The checkpoint is checked and confined as for a restore into podman, and "
+        "its image must be in this host's podman store.",
+    )
+    c.add_argument("file", metavar="FILE", help="the cedana checkpoint (or podman archive)")
+    c.add_argument(
+        "--format", required=True, choices=["podman"], help="podman: podman's import archive"
+    )
+    c.add_argument("-o", "--output", required=True, metavar="OUT", help="the archive to write")
+    c.add_argument(
+        "--name", help="the container name podman restores it as (default: the checkpointed one)"
+    )
+    c.add_argument(
+        "--compress",
+        choices=["zstd", "none"],
+        default="zstd",
+        help="zstd (the default, as podman's --compress) or none (a plain tar)",
+    )
+    c.add_argument("--insecure-accept-unsigned", action="store_true", help=_INSECURE)
+    _json(c)
+    _common(c)
+    c.set_defaults(func=cmd_export)
 
     c = sub.add_parser("key", help="show this host's signing key, or trust another host's")
     c.add_argument("action", choices=["show", "trust"], help="show: print the public key (PEM)")

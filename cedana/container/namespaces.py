@@ -20,6 +20,7 @@ import fcntl
 import os
 import socket
 import struct
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
     "EXTERNAL_KINDS",
     "external_key",
     "external_namespaces",
+    "loopback_hook",
     "loopback_up",
     "private_network",
     "restore_loopback",
@@ -125,3 +127,30 @@ def restore_loopback(config: Mapping[str, Any], pid: int) -> None:
     network namespace of its own (runc restores it empty; see :func:`loopback_up`)."""
     if private_network((config.get("linux") or {}).get("namespaces") or []):
         loopback_up(pid)
+
+
+#: The hook's program: the OCI state on stdin names the restored init; ``lo`` is brought up
+#: in its network namespace as :func:`_loopback_up_in` does. Self-contained (the runtime
+#: runs it with the host's cwd and environment, where cedana need not be importable).
+_LOOPBACK_HOOK = """\
+import ctypes, fcntl, json, os, socket, struct, sys
+pid = int(json.load(sys.stdin)["pid"])
+fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
+    sys.exit(f"setns: {os.strerror(ctypes.get_errno())}")
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, struct.pack("16sH14x", b"lo", 0)))[1]
+fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))
+"""
+
+
+def loopback_hook() -> dict[str, Any]:
+    """An OCI ``prestart`` hook bringing ``lo`` up in the container's new network namespace.
+
+    ``runc restore`` runs prestart hooks once CRIU has made the namespaces and before it
+    restores what is in them, so with this hook a TCP connection on the loopback can be
+    repaired (CRIU reconnects it: with ``lo`` down that fails, "Network is unreachable").
+    Used where cedana cannot bring ``lo`` up itself in time: a restore through podman,
+    whose conmon runs ``runc restore`` in a namespace podman makes with ``lo`` down.
+    """
+    return {"path": sys.executable, "args": [sys.executable, "-c", _LOOPBACK_HOOK]}

@@ -32,6 +32,7 @@ from cedana.descriptors import StdioTarget, open_stdio
 from cedana.errors import CedanaError, ContainerError, ContainerExists, ContainerNotFound
 from cedana.process import restore_failed, restores_tcp
 from cedana.rootfs import OVERLAY, diff_format
+from cedana.rootfs.containers_storage import PODMAN_FORMAT, from_podman_diff
 from cedana.rootfs.overlay import DIFF_NAME
 from cedana.staging import scratch_dir
 
@@ -91,7 +92,8 @@ def plan_restore(
             "Python API only, the command line has no such option)"
         )
     captured = bool(rootfs_info.get("captured"))
-    if captured and diff_format(rootfs_info) != OVERLAY:
+    form = diff_format(rootfs_info)
+    if captured and form not in (OVERLAY, PODMAN_FORMAT):
         what = repr(rootfs_info.get("format") or rootfs_info.get("snapshotter"))
         raise ContainerError(
             f"{ckpt.path} holds rootfs changes in a {what} format, which this cedana "
@@ -110,7 +112,8 @@ def plan_restore(
         diff_dir = confine.check_member(
             rootfs_info.get("dir"), members, what="rootfs.dir", default=CONTAINER_DIR
         )
-        confine.check_member(f"{diff_dir}/{DIFF_NAME}", members, what="rootfs.dir", default="")
+        if form == OVERLAY:
+            confine.check_member(f"{diff_dir}/{DIFF_NAME}", members, what="rootfs.dir", default="")
         layers = confine.check_lower(
             list(rootfs_info.get("lower") or ()),
             rootfs_info.get("lower_identity"),
@@ -164,6 +167,7 @@ def plan_restore(
         new_config=new_config,
         layers=layers,
         diff_dir=diff_dir,
+        diff_format=form or OVERLAY,
         userxattr=bool(rootfs_info.get("userxattr")),
         flags=tuple(flags),
     )
@@ -182,6 +186,7 @@ class RuncRestorePlan:
         new_config: The confined config of a bundle to make; None to use the caller's.
         layers: The lower layers to mount the changes on (uppermost first).
         diff_dir: The member directory of the rootfs changes; None when not captured.
+        diff_format: Their format: overlay's, or podman's (converted to overlay's first).
         userxattr: Overlay keeps its attributes as ``user.*``.
         flags: runc restore's flags beyond the paths (``--tcp-established``...).
     """
@@ -194,6 +199,7 @@ class RuncRestorePlan:
     new_config: Mapping[str, Any] | None
     layers: tuple[str, ...] = ()
     diff_dir: str | None = None
+    diff_format: str = OVERLAY
     userxattr: bool = False
     flags: tuple[str, ...] = ()
 
@@ -236,9 +242,12 @@ class RuncRestorePlan:
             images = work / "images"
             confine.unpack_images(ckpt, images, grants=grants)
             if self.new_config is not None and self.diff_dir is not None:
+                diff = images / self.diff_dir
+                if self.diff_format == PODMAN_FORMAT:
+                    diff = from_podman_diff(diff, work / "overlay-diff", lower=self.layers)
                 made = make_overlay_bundle(
                     self.bundle,
-                    images / self.diff_dir,
+                    diff,
                     self.new_config,
                     self.layers,
                     name=name,

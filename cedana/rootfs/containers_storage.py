@@ -12,7 +12,10 @@ mounted from and reuses the overlay snapshotter's capture and apply
 podman's own checkpoint archives carry the changes differently: ``rootfs-diff.tar``
 (new and changed files only, no whiteouts) plus ``deleted.files`` (a JSON list of
 removed paths, applied after the tar). :func:`to_podman_diff` converts an overlay diff
-into that layout, so podman's ``container restore --import`` can take it.
+into that layout, so podman's ``container restore --import`` can take it, and
+:func:`from_podman_diff` converts podman's layout (from an archive podman exported,
+recorded as the diff format :data:`PODMAN_FORMAT`) into an overlay diff, which every
+restore path applies with its checks.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -27,14 +31,24 @@ from typing import Any, ClassVar
 
 import attrs
 
-from cedana.errors import NotCheckpointable
+from cedana.errors import NotCheckpointable, UnsafeArtifact
 from cedana.rootfs import OVERLAY, RootfsDiff
 from cedana.rootfs.overlay import DIFF_NAME, OverlayLayers, OverlaySnapshotter, layers_json
 
-__all__ = ["DELETED_FILES", "ContainersStorageSnapshotter", "to_podman_diff"]
+__all__ = [
+    "DELETED_FILES",
+    "PODMAN_FORMAT",
+    "ContainersStorageSnapshotter",
+    "from_podman_diff",
+    "podman_diff_paths",
+    "to_podman_diff",
+]
 
 #: podman's list of deleted paths beside its ``rootfs-diff.tar``.
 DELETED_FILES = "deleted.files"
+#: The diff format of podman's own archives: ``rootfs-diff.tar`` (new and changed
+#: entries, no whiteouts) plus ``deleted.files``; both members optional.
+PODMAN_FORMAT = "podman"
 
 _OPAQUE_KEYS = ("SCHILY.xattr.trusted.overlay.opaque", "SCHILY.xattr.user.overlay.opaque")
 _OVERLAY_PAX = ("SCHILY.xattr.trusted.overlay.", "SCHILY.xattr.user.overlay.")
@@ -205,3 +219,133 @@ def to_podman_diff(diff: Path, dest: Path, *, lower: Sequence[str] = ()) -> list
                 deleted.append(f"/{directory}/{child}")
     (dest / DELETED_FILES).write_text(json.dumps(deleted))
     return deleted
+
+
+def podman_diff_paths(name: str) -> tuple[str, ...]:
+    """The components of a path in podman's diff (a tar entry or a deleted path), which
+    must stay inside the root: leading ``/`` and ``./`` are dropped, ``..`` is refused.
+
+    Raises:
+        UnsafeArtifact: The path climbs out of the root.
+    """
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts or "\0" in name:
+        raise UnsafeArtifact(
+            f"the checkpoint's rootfs changes name {name!r}, which leaves the root "
+            "filesystem, so nothing was restored; do not use this checkpoint"
+        )
+    return parts
+
+
+def _lower_dir(lower: Sequence[str], parts: tuple[str, ...]) -> os.stat_result | None:
+    """The uppermost image layer's directory ``parts`` (None if the image has none)."""
+    for layer in lower:
+        try:
+            st = os.lstat(os.path.join(layer, *parts))
+        except OSError:
+            continue
+        return st if stat.S_ISDIR(st.st_mode) else None
+    return None
+
+
+def from_podman_diff(src: Path, dest: Path, *, lower: Sequence[str] = ()) -> Path:
+    """Convert podman's diff in ``src`` (``rootfs-diff.tar`` and ``deleted.files``, each
+    optional) into an overlay diff, ``dest/rootfs-diff.tar``; returns ``dest``.
+
+    podman applies its tar and then removes the deleted paths, so a directory that
+    was removed and made again loses its new content (podman 4.3 lists such a
+    directory as deleted and its new files as added). The overlay diff says what the
+    container saw: a deleted path with new entries below it becomes an opaque
+    directory, any other a whiteout, and the tar's entries follow. Parent
+    directories the tar leaves out are written with the attributes they have in the
+    image's layers ``lower`` (uppermost first), so that the overlay shows them as
+    they were. overlay's own attributes in podman's tar are dropped. Every entry is
+    checked again when the diff is applied.
+
+    Raises:
+        UnsafeArtifact: A name leaves the root.
+    """
+    deleted_raw: list[str] = []
+    if (src / DELETED_FILES).is_file():
+        deleted_raw = json.loads((src / DELETED_FILES).read_text() or "[]") or []
+    tar_path = src / DIFF_NAME
+    names: dict[tuple[str, ...], bool] = {}  # entry -> it is a directory
+    if tar_path.is_file():
+        with tarfile.open(tar_path, "r:") as tar:
+            for info in tar:
+                names[podman_diff_paths(info.name)] = info.isdir()
+    below = {parts[:i] for parts in names for i in range(1, len(parts))}
+    deleted = sorted({podman_diff_paths(str(d)) for d in deleted_raw} - {()})
+    replaced = [d for d in deleted if d in names or d in below]
+    gone: list[tuple[str, ...]] = []
+    for d in deleted:
+        if d in replaced or any(d[: len(o)] == o for o in [*gone, *replaced] if o != d):
+            continue
+        gone.append(d)
+    new_dirs = set(replaced)  # below these the image's content is hidden
+
+    def image_dir(parts: tuple[str, ...]) -> os.stat_result | None:
+        if any(parts[:i] in new_dirs for i in range(1, len(parts))):
+            return None
+        return _lower_dir(lower, parts)
+
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    emitted: set[tuple[str, ...]] = set()
+    with tarfile.open(dest / DIFF_NAME, "w:", format=tarfile.PAX_FORMAT) as out:
+
+        def directory(parts: tuple[str, ...], like: tarfile.TarInfo | None = None) -> None:
+            info = like or tarfile.TarInfo()
+            info.name, info.type = "/".join(parts), tarfile.DIRTYPE
+            if like is None:
+                st = image_dir(parts)
+                info.mode = stat.S_IMODE(st.st_mode) if st else 0o755
+                info.uid, info.gid = (st.st_uid, st.st_gid) if st else (0, 0)
+                info.mtime = int(st.st_mtime) if st else 0
+            if parts in new_dirs:
+                info.pax_headers = {**info.pax_headers, _OPAQUE_KEYS[0]: "y"}
+            out.addfile(info)
+            emitted.add(parts)
+
+        def parents(parts: tuple[str, ...]) -> None:
+            for i in range(1, len(parts)):
+                if parts[:i] not in emitted and not names.get(parts[:i]):
+                    directory(parts[:i])
+
+        # The root first, as the image has it: overlay shows the upper directory's own
+        # mode, which CRIU checks against the one it dumped (c/storage gives a
+        # container's layer the mode of the image's top layer).
+        root = _lower_dir(lower[:1], ())
+        info = tarfile.TarInfo(".")
+        info.type, info.mode = tarfile.DIRTYPE, stat.S_IMODE(root.st_mode) if root else 0o555
+        info.uid, info.gid = (root.st_uid, root.st_gid) if root else (0, 0)
+        info.mtime = int(root.st_mtime) if root else 0
+        out.addfile(info)
+        for parts in replaced:
+            if not names.get(parts):
+                parents(parts)
+                directory(parts)
+        for parts in gone:
+            parents(parts)
+            info = tarfile.TarInfo("/".join(parts))
+            info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 0, 0
+            out.addfile(info)
+            emitted.add(parts)
+        if tar_path.is_file():
+            with tarfile.open(tar_path, "r:") as tar:
+                for info in tar:
+                    parts = podman_diff_paths(info.name)
+                    if not parts or parts in emitted:
+                        continue
+                    parents(parts)
+                    info.pax_headers = {
+                        k: v for k, v in info.pax_headers.items() if not k.startswith(_OVERLAY_PAX)
+                    }
+                    if info.islnk():
+                        info.linkname = "/".join(podman_diff_paths(info.linkname))
+                    if info.isdir():
+                        directory(parts, info)
+                        continue
+                    info.name = "/".join(parts)
+                    out.addfile(info, tar.extractfile(info) if info.isreg() else None)
+                    emitted.add(parts)
+    return dest

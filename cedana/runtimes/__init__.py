@@ -12,6 +12,8 @@ Layout::
     podman.py            PodmanContainer: lookup through podman container inspect, checkpoint
                          (runc dump + the containers/storage layer), restore through
                          podman container restore --import (or into plain runc)
+    _podman_archive.py   podman's own checkpoint archives (checkpoint --export) read as
+                         cedana checkpoints (registered with cedana.artifact.foreign)
 
     docker.py            DockerContainer: lookup through docker's Engine API, checkpoint
                          (runc dump + the overlay2 layer), restore as a docker container
@@ -22,6 +24,7 @@ Layout::
 Nothing here imports grpc or the docker SDK until a container of theirs is used.
 """
 
+from cedana.runtimes import _podman_archive  # noqa: F401 (registers its reader)
 from cedana.runtimes._containerd_api import ContainerRecord, ImageRecord, TaskRecord
 from cedana.runtimes.containerd import ContainerdContainer
 from cedana.runtimes.docker import DockerContainer

@@ -38,11 +38,14 @@ removes the container podman made for it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
+import signal
 import subprocess
 import tarfile
 import time
@@ -57,7 +60,8 @@ from cedana import registry
 from cedana.artifact.manifest import thaw
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
-from cedana.container import RuncContainer, confine
+from cedana.container import RuncContainer, confine, namespaces
+from cedana.container.command import RuncCommand
 from cedana.container.runc import DumpExtras
 from cedana.container.state import RuncState
 from cedana.criu import CriuBackend
@@ -77,7 +81,13 @@ from cedana.errors import (
 from cedana.process import CheckpointOptions
 from cedana.progress import ProgressArg
 from cedana.rootfs import OVERLAY, diff_format
-from cedana.rootfs.containers_storage import ContainersStorageSnapshotter, to_podman_diff
+from cedana.rootfs.containers_storage import (
+    PODMAN_FORMAT,
+    ContainersStorageSnapshotter,
+    from_podman_diff,
+    to_podman_diff,
+)
+from cedana.rootfs.mounts import mountinfo, umount
 from cedana.rootfs.overlay import DIFF_NAME
 from cedana.staging import scratch_dir
 
@@ -456,15 +466,15 @@ class PodmanContainer:
             archive = plan.write(ckpt, work, grants=grants)
             try:
                 done = api.run(
-                    "container", "restore", "--import", os.fspath(archive), "--name", name,
+                    "container", "restore", "--import", os.fspath(archive),
                     *plan.flags, check=False,
                 )  # fmt: skip
-            except CedanaError:
-                _remove_made(api, name)
+            except CedanaError:  # a timeout: conmon, runc and CRIU may still run
+                _remove_made(api, name, plan.cid)
                 raise
             if done.returncode != 0:
                 log = _keep_restore_log(done.stderr, work)
-                _remove_made(api, name)
+                _remove_made(api, name, plan.cid)
                 message = f"podman could not restore {name!r}: {_last_error(done.stderr)}"
                 if log is None:
                     raise RestoreFailed(message)
@@ -550,22 +560,32 @@ class _ImportPlan:
     spec: Mapping[str, Any]
     flags: tuple[str, ...]
     diff_dir: str
+    diff_format: str
     lower: tuple[str, ...]
+    devshm: str | None = None
+    #: The new container's id, fresh (cleanup after a failure finds its processes by it).
+    cid: str = attrs.field(factory=lambda: secrets.token_hex(32))
 
     def write(self, ckpt: Checkpoint, work: Path, *, grants: confine.Grants | None) -> Path:
         """Unpack the images into ``work`` (checked against ``grants``) and write the import
         archive there; its path."""
         images = work / "images"
         confine.unpack_images(ckpt, images, grants=grants)
+        diff = images / self.diff_dir
+        if self.diff_format == PODMAN_FORMAT:  # podman's own export: through overlay's form
+            diff = from_podman_diff(diff, work / "overlay-diff", lower=self.lower)
         archive = work / "import.tar"
         write_import(
             images,
             archive,
-            config={**self.config, "name": self.name},
+            # A fresh id, and the name in the config rather than --name, which podman's
+            # restore refuses beside --tcp-established.
+            config={**self.config, "name": self.name, "id": self.cid},
             spec=self.spec,
-            diff_dir=images / self.diff_dir,
+            diff_dir=diff,
             lower=self.lower,
             exclude={self.diff_dir.split("/")[0], *_CEDANA_FILES},
+            extra={DEVSHM_NAME: images / self.devshm} if self.devshm else None,
         )
         return archive
 
@@ -583,13 +603,16 @@ def _plan_import(
     a podman checkpoint, a podman name, the members, the confined spec, the image."""
     manifest = ckpt.manifest
     if manifest.kind != "container" or manifest.runtime != PODMAN:
+        what = f"{manifest.runtime} container" if manifest.kind == "container" else "process"
         raise ContainerError(
-            f"{ckpt.path} holds a {manifest.runtime or manifest.kind} checkpoint, not a podman one"
+            f"{ckpt.path} holds a {what} checkpoint, not one of a podman container, which "
+            "is what podman restores; checkpoint a podman container (cedana checkpoint "
+            "podman:NAME), or restore this one with cedana restore"
         )
     info = manifest.workload["container"]
     pod = manifest.workload.get("podman") or {}
     rootfs_info = manifest.workload.get("rootfs") or {}
-    config = _checked_config(thaw(pod.get("config") or {}))
+    config = checked_config(thaw(pod.get("config") or {}))
     name = name or str(config.get("name") or "")
     if not _NAME.match(name):
         raise ContainerError(
@@ -601,7 +624,8 @@ def _plan_import(
             f"{ckpt.path} holds a container with a terminal, which cedana does not "
             "restore into podman yet; restore it into runc (into='runc', --into runc)"
         )
-    if not rootfs_info.get("captured") or diff_format(rootfs_info) != OVERLAY:
+    form = diff_format(rootfs_info)
+    if not rootfs_info.get("captured") or form not in (OVERLAY, PODMAN_FORMAT):
         raise ContainerError(
             f"{ckpt.path} holds no rootfs changes in the overlay format, which a restore "
             "into podman needs; restore it into runc (into='runc', --into runc)"
@@ -619,11 +643,18 @@ def _plan_import(
         what="rootfs.dir",
         default=RuncContainer.member("")[:-1],
     )
-    confine.check_member(f"{diff_dir}/{DIFF_NAME}", members, what="rootfs.dir", default="")
+    if form == OVERLAY:
+        confine.check_member(f"{diff_dir}/{DIFF_NAME}", members, what="rootfs.dir", default="")
     spec = _checked_spec(ckpt.read_member(spec_member), name=name, hooks=hooks, grants=grants)
     flags = []
     if RuncContainer.restores_tcp(tcp_established, manifest):
         flags.append("--tcp-established")
+        linux = spec.get("linux") or {}
+        if namespaces.private_network(linux.get("namespaces") or []):
+            # podman makes the namespace with lo down; CRIU repairs loopback TCP in it
+            # before cedana could bring lo up afterwards, so a hook of cedana's does.
+            hooks_of = spec.setdefault("hooks", {})
+            hooks_of["prestart"] = [namespaces.loopback_hook(), *hooks_of.get("prestart", [])]
     if manifest.options.get("file_locks"):
         flags.append("--file-locks")
     image_ref = str(config.get("rootfsImageName") or config.get("rootfsImageID") or "")
@@ -646,7 +677,9 @@ def _plan_import(
         spec=spec,
         flags=tuple(flags),
         diff_dir=diff_dir,
-        lower=tuple(_image_layers(image)),
+        diff_format=form or OVERLAY,
+        lower=tuple(image_layers(image)),
+        devshm=DEVSHM_MEMBER if DEVSHM_MEMBER in members else None,
     )
 
 
@@ -667,21 +700,102 @@ def _keep_restore_log(stderr: str, work: Path) -> Path | None:
     return copy
 
 
-def _remove_made(api: PodmanCLI, name: str) -> None:
-    """A failed restore's cleanup: the container podman made for it, killed and removed
-    (with its storage layer); a failure here is logged, the restore's error is raised."""
+def _remove_made(api: PodmanCLI, name: str, cid: str | None = None) -> None:
+    """A failed restore's cleanup: what still runs for container ``cid`` killed
+    (:func:`_kill_named`), then the container podman made for it removed (with its
+    storage layer); a failure here is logged, the restore's error is raised."""
+    if cid is not None:
+        killed = _kill_named(cid)
+        if killed:
+            logger.warning("failed restore of %s: killed what still ran for it: %s", name, killed)
     try:
         api.remove(name)
     except CedanaError as exc:
         logger.warning("cleanup after a failed restore of %s: %s", name, exc)
+    if cid is not None:
+        _delete_runc_state(cid)
 
 
+def _delete_runc_state(cid: str, root: Path = DEFAULT_RUNC_ROOT) -> None:
+    """What a ``runc restore`` killed midway leaves under runc's root for container
+    ``cid``: the root filesystem it mounted for CRIU (``criu-root``) unmounted, runc's
+    state deleted (``runc delete --force``), the directory removed if runc left it."""
+    state = root / cid
+    if not state.is_dir():
+        return
+    for mount in sorted(
+        (m.mountpoint for m in mountinfo() if str(m.mountpoint).startswith(f"{state}/")),
+        key=lambda m: -len(str(m)),
+    ):
+        with contextlib.suppress(OSError):
+            umount(Path(mount), detach=True)
+    with contextlib.suppress(CedanaError, OSError):
+        RuncCommand(root).delete(cid, force=True)
+    if state.is_dir():
+        shutil.rmtree(state, ignore_errors=True)
+    logger.warning("failed restore: removed runc's state of %s left under %s", cid, root)
+
+
+def _kill_named(cid: str, *, timeout: float = 10) -> list[int]:
+    """SIGKILL every process whose command line names the container id ``cid`` (its
+    conmon, ``runc restore``) and all their descendants (CRIU, the half-restored tree).
+
+    ``podman rm --force`` stops a container through its runtime's state, which a restore
+    still running under conmon has not written yet, so a CRIU spinning on a hostile image
+    (or one a timeout left behind) would run on. The id is the fresh one this restore
+    wrote into ``config.dump``, so nothing else names it. Repeated until none is left
+    (a process may fork meanwhile). Returns the pids killed.
+    """
+    needle = cid.encode()
+    killed: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        parents: dict[int, int] = {}
+        named: set[int] = set()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat_line = Path(f"/proc/{entry}/stat").read_bytes()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat_line.rsplit(b")", 1)[1].split()[1])
+            if needle in cmdline:
+                named.add(int(entry))
+        doomed = set(named)
+        grew = True
+        while grew:
+            more = {pid for pid, ppid in parents.items() if ppid in doomed} - doomed
+            doomed |= more
+            grew = bool(more)
+        doomed.discard(os.getpid())
+        if not doomed:
+            break
+        for pid in doomed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except OSError:
+                continue
+        time.sleep(0.05)
+    return sorted(set(killed))
+
+
+#: podman's tar of the container's ``/dev/shm`` in its import layout, and the member an
+#: archive podman exported keeps it as (podman restores it into the new container's).
+DEVSHM_NAME = "devshm-checkpoint.tar"
+DEVSHM_MEMBER = RuncContainer.member(f"podman/{DEVSHM_NAME}")
 #: cedana's own files beside CRIU's images in an unpacked artifact: not CRIU images.
 _CEDANA_FILES = ("manifest.json", "manifest.sig")
 
 
-def _checked_config(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The recorded ContainerConfig fields, each of the type podman expects; others dropped."""
+def checked_config(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The recorded ContainerConfig fields, each of the type podman expects; others dropped.
+
+    Raises:
+        UnsafeArtifact: A field a restore uses has another type.
+    """
     out: dict[str, Any] = {}
     for key, kind in _CONFIG_FIELDS.items():
         value = raw.get(key)
@@ -732,7 +846,7 @@ def _checked_spec(
     )
 
 
-def _image_layers(image: Mapping[str, Any]) -> list[str]:
+def image_layers(image: Mapping[str, Any]) -> list[str]:
     """The image's layer directories, uppermost first (its ``GraphDriver``)."""
     data = (image.get("GraphDriver") or {}).get("Data") or {}
     layers = [str(data["UpperDir"])] if data.get("UpperDir") else []
@@ -773,13 +887,15 @@ def write_import(
     diff_dir: Path,
     lower: Sequence[str],
     exclude: Iterable[str] = (),
+    extra: Mapping[str, Path] | None = None,
 ) -> None:
     """Write podman's checkpoint-import layout as the tar ``archive``.
 
     ``checkpoint/`` holds CRIU's images (every file of ``images`` but ``exclude``),
     ``config.dump`` libpod's ContainerConfig (``config`` with ``spec``, runtime runc),
     ``spec.dump`` the OCI spec, ``rootfs-diff.tar`` and ``deleted.files`` the rootfs
-    changes in podman's form (:func:`~cedana.rootfs.containers_storage.to_podman_diff`).
+    changes in podman's form (:func:`~cedana.rootfs.containers_storage.to_podman_diff`);
+    ``extra`` more files at the top (name -> file: ``devshm-checkpoint.tar``).
     """
     skip = set(exclude)
     layout = archive.parent / "import"
@@ -787,6 +903,8 @@ def write_import(
     to_podman_diff(diff_dir, layout, lower=lower)
     (layout / "config.dump").write_text(json.dumps({**config, "spec": spec, "runtime": "runc"}))
     (layout / "spec.dump").write_text(json.dumps(spec))
+    for member, source in (extra or {}).items():
+        shutil.copyfile(source, layout / member)
     with tarfile.open(archive, "w:") as tar:
         for member in sorted(os.listdir(layout)):
             tar.add(layout / member, arcname=member)

@@ -43,7 +43,15 @@ def test_build_parser_is_the_command_line() -> None:
     assert "build_parser" in cli.__all__
     parser = cli.build_parser()
     assert parser.prog == "cedana"
-    assert set(subparsers(parser)) == {"check", "checkpoint", "restore", "inspect", "key", "demo"}
+    assert set(subparsers(parser)) == {
+        "check",
+        "checkpoint",
+        "restore",
+        "inspect",
+        "export",
+        "key",
+        "demo",
+    }
 
 
 def test_help_has_a_description_and_an_epilog() -> None:

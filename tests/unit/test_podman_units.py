@@ -16,7 +16,7 @@ from cedana import registry
 from cedana.container import cgroups
 from cedana.rootfs.containers_storage import DELETED_FILES, to_podman_diff
 from cedana.rootfs.overlay import DIFF_NAME
-from cedana.runtimes.podman import PODMAN, PodmanCLI, _checked_config, _checked_spec, podman_config
+from cedana.runtimes.podman import PODMAN, PodmanCLI, _checked_spec, checked_config, podman_config
 
 
 def test_podman_cgroup_is_renamed_to_the_restored_container() -> None:
@@ -77,9 +77,9 @@ def test_config_fields_are_typed_and_others_dropped() -> None:
     }
     config = podman_config(record)
     assert config["name"] == "web" and config["command"] == ["/bin/sh"]
-    assert _checked_config({**config, "logPath": "/etc/shadow"}) == config
+    assert checked_config({**config, "logPath": "/etc/shadow"}) == config
     with pytest.raises(cedana.UnsafeArtifact, match="podman.config.stopSignal"):
-        _checked_config({**config, "stopSignal": "15"})
+        checked_config({**config, "stopSignal": "15"})
 
 
 def test_spec_leaves_podmans_own_mounts_to_podman_and_refuses_host_binds() -> None:

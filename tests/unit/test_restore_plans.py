@@ -446,3 +446,33 @@ def test_a_failed_containerd_restore_undoes_what_it_made(
     assert client.calls == calls
     assert client.containers == {} and client.tasks == {} and client.snapshots == set()
     assert client.leases == 0
+
+
+@pytest.mark.parametrize(
+    "rootfs",
+    [
+        {"captured": True, "snapshotter": "zfs", "dir": "container"},  # no format recorded
+        {**_ROOTFS, "format": "btrfs"},
+    ],
+)
+def test_rootfs_changes_in_a_format_it_cannot_apply_are_refused(
+    tmp_path: Path, rootfs: dict[str, Any]
+) -> None:
+    """Captured rootfs changes whose format this cedana cannot apply (one it does not know,
+    or none recorded beside a store it does not know) are refused when the restore is
+    planned, before anything is made; overlay's and podman's are the formats it applies."""
+    from cedana.container.restore import plan_restore
+
+    container = {**_container(tmp_path / "old-root"), "runtime": "runc"}
+    artifact = _artifact(
+        tmp_path, runtime="runc", workload={"container": container, "rootfs": rootfs}
+    )
+    with pytest.raises(cedana.ContainerError, match="which this cedana cannot apply"):
+        plan_restore(
+            cedana.open(artifact),
+            name="c2",
+            root=tmp_path / "r",
+            bundle=tmp_path / "b",
+            lower=[tmp_path],
+        )
+    assert not (tmp_path / "b").exists()
