@@ -322,6 +322,7 @@ class PageServer:
             self._received,
             ", ".join(f"{k} {v:.2f}" for k, v in sorted(self._cpu.items())),
         )
+
     def _guarded(self, work: Callable[[], _T]) -> _T | None:
         """Run ``work`` unless something failed already; on failure keep the error and go on
         receiving (CRIU is told at the end), so the dump fails cleanly instead of stalling."""
