@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"podman container with {args.mib} MiB of memory and {args.fs_mib} MiB of new files, "
         f"{args.rounds} rounds, on {args.dir}; both checkpoints leave the container running "
-        f"and hold its filesystem changes, both zstd (cedana at level {args.level}); each "
+        f"and hold its filesystem changes, both zstd (cedana at "
+        f"{'its default level' if args.level is None else f'level {args.level}'}); each "
         "restore makes a new podman container from its own archive"
     )
     print(table("checkpoint", [(k, v, sizes.get(k)) for k, v in dump.items()], podman_ck))
