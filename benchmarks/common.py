@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import io
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -64,6 +66,31 @@ def cedana_cli(*args: str) -> list[str]:
     checkpoint with ``--json``, whose report carries CRIU's statistics of the dump."""
     json_flag = ["--json"] if args[:1] == ("checkpoint",) else []
     return [sys.executable, "-m", "cedana", *args, *json_flag]
+
+
+def busybox_image_tar(path: Path, who: str) -> None:
+    """busybox-static's tree as a tar, for ``docker import`` / ``podman import``: there is
+    no registry to pull an image from. ``who`` names the benchmark in the error."""
+    busybox = shutil.which("busybox", path="/bin:/usr/bin")
+    if busybox is None:
+        raise SystemExit(f"benchmarks.{who}: needs busybox-static (run scripts/provision)")
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
+    with tarfile.open(path, "w") as tar:
+
+        def add(name: str, kind: bytes, data: bytes = b"", mode: int = 0o755, link: str = ""):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.linkname = kind, mode, link
+            info.size = len(data) if kind == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+        for d in ("bin", "etc", "proc", "sys", "dev", "root", "data"):
+            add(d, tarfile.DIRTYPE)
+        add("tmp", tarfile.DIRTYPE, mode=0o1777)
+        add("bin/busybox", tarfile.REGTYPE, Path(busybox).read_bytes())
+        for applet in applets.stdout.split():
+            if applet != "busybox":
+                add(f"bin/{applet}", tarfile.SYMTYPE, link="busybox", mode=0o777)
+        add("etc/passwd", tarfile.REGTYPE, b"root:x:0:0:root:/root:/bin/sh\n", mode=0o644)
 
 
 def container_workload(mib: int, fs_mib: int) -> str:

@@ -28,13 +28,10 @@ busybox-static and ``cedana[docker]`` installed).
 from __future__ import annotations
 
 import contextlib
-import io
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from functools import partial
 from pathlib import Path
@@ -44,6 +41,7 @@ from benchmarks.common import (
     Method,
     arguments,
     become_subreaper,
+    busybox_image_tar,
     cedana_cli,
     cedana_level,
     container_workload,
@@ -64,26 +62,7 @@ IMAGE = "cedana-bench/busybox:1"
 
 def image_tar(path: Path) -> None:
     """busybox-static's tree as a tar for ``docker import``."""
-    busybox = shutil.which("busybox", path="/bin:/usr/bin")
-    if busybox is None:
-        raise SystemExit("benchmarks.docker: needs busybox-static (run scripts/provision)")
-    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
-    with tarfile.open(path, "w") as tar:
-
-        def add(name: str, kind: bytes, data: bytes = b"", mode: int = 0o755, link: str = ""):
-            info = tarfile.TarInfo(name)
-            info.type, info.mode, info.linkname = kind, mode, link
-            info.size = len(data) if kind == tarfile.REGTYPE else 0
-            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
-
-        for d in ("bin", "etc", "proc", "sys", "dev", "root", "data"):
-            add(d, tarfile.DIRTYPE)
-        add("tmp", tarfile.DIRTYPE, mode=0o1777)
-        add("bin/busybox", tarfile.REGTYPE, Path(busybox).read_bytes())
-        for applet in applets.stdout.split():
-            if applet != "busybox":
-                add(f"bin/{applet}", tarfile.SYMTYPE, link="busybox", mode=0o777)
-        add("etc/passwd", tarfile.REGTYPE, b"root:x:0:0:root:/root:/bin/sh\n", mode=0o644)
+    busybox_image_tar(path, "docker")
 
 
 class Daemon:
