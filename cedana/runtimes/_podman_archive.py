@@ -489,7 +489,8 @@ def _tree(path: Path, scan: _Scan) -> tuple[ProcessEntry, ...]:
 def _image_layers(image_id: str) -> tuple[list[str], list[str]]:
     """The layer directories of image ``image_id`` in this host's podman store (uppermost
     first) and their identities; empty when podman or the image is not there."""
-    from cedana.runtimes.podman import PodmanCLI, image_layers
+    from cedana.runtimes._podman_layout import image_layers
+    from cedana.runtimes.podman import PodmanCLI
 
     if not image_id:
         return [], []
@@ -509,7 +510,8 @@ def _image_layers(image_id: str) -> tuple[list[str], list[str]]:
 
 
 def _manifest(path: Path, scan: _Scan, compression: Compression) -> Manifest:
-    from cedana.runtimes.podman import DEFAULT_RUNC_ROOT, PODMAN, checked_config
+    from cedana.runtimes._podman_layout import checked_config
+    from cedana.runtimes.podman import DEFAULT_RUNC_ROOT, PODMAN
 
     config = _json(path, "config.dump", scan.held[CONFIG_MEMBER], dict)
     spec = _json(path, "spec.dump", scan.held[SPEC_MEMBER], dict)

@@ -16,7 +16,8 @@ from cedana import registry
 from cedana.container import cgroups
 from cedana.rootfs.containers_storage import DELETED_FILES, to_podman_diff
 from cedana.rootfs.overlay import DIFF_NAME
-from cedana.runtimes.podman import PODMAN, PodmanCLI, _checked_spec, checked_config, podman_config
+from cedana.runtimes._podman_layout import checked_config, checked_spec, podman_config
+from cedana.runtimes.podman import PODMAN, PodmanCLI
 
 
 def test_podman_cgroup_is_renamed_to_the_restored_container() -> None:
@@ -114,12 +115,12 @@ def test_spec_leaves_podmans_own_mounts_to_podman_and_refuses_host_binds() -> No
             ],
         },
     }
-    checked = _checked_spec(json.dumps(spec).encode(), name="w2", hooks=None, grants=None)
+    checked = checked_spec(json.dumps(spec).encode(), name="w2", hooks=None, grants=None)
     assert [m["destination"] for m in checked["mounts"]] == ["/proc"]
     assert checked["root"]["path"] == "rootfs" and "cgroupsPath" not in checked["linux"]
     spec["mounts"].append({"destination": "/data", "type": "bind", "source": "/srv"})
     with pytest.raises(cedana.UnsafeArtifact, match="/srv"):
-        _checked_spec(json.dumps(spec).encode(), name="w2", hooks=None, grants=None)
+        checked_spec(json.dumps(spec).encode(), name="w2", hooks=None, grants=None)
 
 
 def test_podman_is_registered() -> None:
