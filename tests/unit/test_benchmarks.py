@@ -84,7 +84,10 @@ def test_tree_sampler_sees_children_under_their_first_parent() -> None:
 
 def test_measure_command_reports_peaks_and_refuses_failures(tmp_path: Path) -> None:
     """A command's sample names its own peak ("self"); a failing one raises with its output."""
-    sample = common.measure_command([sys.executable, "-c", "x = bytes(8 << 20)"], settled=False)
+    # It stays a moment at its peak: the sampler polls, and growth in a process's last
+    # poll interval is not seen (TreeSampler's docstring).
+    script = "import time; x = bytes(8 << 20); time.sleep(0.3)"
+    sample = common.measure_command([sys.executable, "-c", script], settled=False)
     assert sample.peaks["self"] >= 8 << 20
     log = tmp_path / "log"
     with pytest.raises(RuntimeError, match="failed \\(3\\).*boom"):
