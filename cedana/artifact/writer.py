@@ -495,11 +495,8 @@ class ArtifactWriter:
         if self._open is not stream:
             raise ArtifactError(f"member {stream.name!r} is not the one being written")
         self._open = None
-        if self._tree is not None:
-            cast(_FileSink, self._tree_sink).finish()
-            self._tree_sink = None
-        else:
-            self._end_data(stream.size)
+        self._end_data(stream.size)
+        if self._tree is None:  # the header goes into the slot left for it
             header = _slot_header(stream.name, stream.size, self._mtime)
             if self._compressor is not None:
                 frame = zstandard.ZstdCompressor(level=1, write_checksum=True).compress(header)

@@ -1209,3 +1209,59 @@ def test_temporaries_of_dead_writers_are_removed(
     finally:
         live.kill()
         live.wait()
+
+
+# --- streamed members ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_streamed_members_read_back_in_every_form(
+    form: str, images: Path, tmp_path: Path, manifest: Manifest
+) -> None:
+    """Members whose size is known only when they end (CRIU's pages) read back whole in
+    every form, beside the files added after them, and ``tar`` lists them with their sizes."""
+    dest = dest_for(tmp_path, form)
+    pages = os.urandom(3 << 20) + bytes(2 << 20)
+    with ArtifactWriter(dest, **FORMS[form]) as out:
+        stream = out.open_member("pages-1.img")
+        for i in range(0, len(pages), 1 << 20):
+            stream.write(pages[i : i + (1 << 20)])
+        assert stream.close().size == len(pages)
+        second = out.open_member("pages-2.img")
+        second.write(b"x" * 4096)
+        second.close()
+        out.add_tree(images)
+        written = out.finish(manifest)
+    artifact = open_artifact(dest)
+    assert artifact.read_member("pages-1.img") == pages
+    assert artifact.read_member("pages-2.img") == b"x" * 4096
+    assert {m.name for m in written.members} == {"pages-1.img", "pages-2.img", *IMAGES}
+    if form != "directory":
+        raw = dest.read_bytes()
+        if form == "zstd":  # through the skippable frames, as every zstd decoder reads it
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+            raw = reader.read()
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            assert tar.getnames()[0] == "manifest.json"
+            assert tar.getmember("pages-1.img").size == len(pages)
+
+
+@pytest.mark.parametrize("form", ["zstd", "tar"])
+def test_manifest_that_outgrows_its_room_gets_a_bigger_one(
+    form: str, images: Path, tmp_path: Path, manifest: Manifest
+) -> None:
+    """A manifest longer than the room left for it (no draft, no spare here) moves the body
+    behind a bigger room: the artifact still opens, whole, manifest first."""
+    dest = dest_for(tmp_path, form)
+    big = attrs.evolve(manifest, workload={"note": "n" * 200_000})
+    with ArtifactWriter(dest, spare=0, **FORMS[form]) as out:
+        out.add_tree(images)
+        out.finish(big)
+    artifact = open_artifact(dest)
+    assert artifact.manifest.workload["note"] == "n" * 200_000
+    assert tree_of_artifact(artifact, tmp_path / "out") == IMAGES
+
+
+def tree_of_artifact(artifact: Any, out: Path) -> dict[str, bytes]:
+    artifact.extract(out)
+    return tree_of(out)
