@@ -150,6 +150,11 @@ class Checkpoint:
         return self.manifest.runtime
 
     @property
+    def images_size(self) -> int:
+        """The members' bytes: what unpacking it for a restore takes."""
+        return sum(m.size for m in self.manifest.members)
+
+    @property
     def size(self) -> int:
         """Bytes on disk."""
         if self.path.is_dir():
@@ -185,7 +190,7 @@ class Checkpoint:
                     f"{self.path} is damaged: {detail}; the checkpoint cannot be used"
                 ) from exc
         # Page contents were not unpacked; the manifest knows every member's size.
-        return attrs.evolve(inspection, images_bytes=sum(m.size for m in self.manifest.members))
+        return attrs.evolve(inspection, images_bytes=self.images_size)
 
     def summary(self) -> dict[str, Any]:
         """The manifest's key facts as a JSON-able dict."""
@@ -200,7 +205,7 @@ class Checkpoint:
             "options": thaw(m.options),
             "signature": self._trust.to_dict(),
             "members": len(m.members),
-            "images_bytes": sum(x.size for x in m.members),
+            "images_bytes": self.images_size,
             "size": self.size,
             **({"dump_stats": dict(self.dump_stats)} if self.dump_stats else {}),
         }

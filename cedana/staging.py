@@ -5,7 +5,8 @@ right after unpacking), then deleted, all within seconds: in the system temp
 directory they live in the page cache and are usually gone before writeback
 reaches the disk. (Staging them in /dev/shm was measured slower here: tmpfs
 pages cost more to fill and to free than page-cache pages of a file that is
-deleted unwritten.)
+deleted unwritten. For a 4 GiB restore too: the unpack into /dev/shm took 3.9 s
+instead of 10.7 s, but CRIU's restore from there 14.8 s instead of 3.8 s.)
 
 What a killed process leaves behind is removed by the next one: a scratch
 directory (and the artifact writer's temporary file) carries its owner's pid and
