@@ -288,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 ref, exported = f"ckpt/{NAME}:{r}", work / f"ctr{r}.tar"
                 checkpoint = daemon.ctr("containers", "checkpoint", "--rw", "--task", NAME, ref)
-                took = measure_command(checkpoint, log=log)
+                # ctr stages a checkpoint in its temp dir (ctrd-checkpoint*) and leaves it
+                # there: the benchmark's own temp dir, removed with the rest.
+                took = measure_command(checkpoint, log=log, tmpdir=tmp)
                 blobs = daemon.checkpoint_blobs(ref)  # refuses a checkpoint without the task
                 dump[CTR_DUMP].add(took)
                 export = ["images", "export", "--skip-manifest-json", str(exported), ref]
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 exported.unlink()
                 name = f"{NAME}-ctr{r}"
                 restore = daemon.ctr("containers", "restore", "--rw", "--live", name, ref)
-                rest[CTR_RESTORE].add(measure_command(restore, log=log))
+                rest[CTR_RESTORE].add(measure_command(restore, log=log, tmpdir=tmp))
                 daemon.remove(name, init_only=True)
                 daemon.forget_checkpoint(ref, blobs)
 
