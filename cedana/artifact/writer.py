@@ -355,13 +355,7 @@ class ArtifactWriter:
             self._tmp = self._temporary_name()
             self._tree = _TreeWriter(self._tmp, sync=True)
             return
-        try:
-            self._fd = os.open(self.dest.parent, _O_TMPFILE_FLAGS, 0o600)
-        except OSError as exc:  # no O_TMPFILE on this filesystem (or this kernel)
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
-                raise
-            self._tmp = self._temporary_name()
-            self._fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._open_file()
         os.fchmod(self._fd, 0o600)
         draft = 0
         if self.draft is not None:
@@ -624,7 +618,7 @@ class ArtifactWriter:
         self._fd = -1
         tmp, self._tmp = self._tmp, None
         try:
-            self._create_file_only()
+            self._open_file()
             offset = old_room
             target = room
             while offset < size:
@@ -639,10 +633,13 @@ class ArtifactWriter:
             if tmp is not None:
                 remove_path(tmp)
 
-    def _create_file_only(self) -> None:
+    def _open_file(self) -> None:
+        """The file the artifact is built in: anonymous where the filesystem can."""
         try:
             self._fd = os.open(self.dest.parent, _O_TMPFILE_FLAGS, 0o600)
-        except OSError:
+        except OSError as exc:  # no O_TMPFILE on this filesystem (or this kernel)
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                raise
             self._tmp = self._temporary_name()
             self._fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
