@@ -160,22 +160,18 @@ class PageServer:
                 receiver does not take.
             NoSpace, OSError: Writing the artifact failed.
         """
+        self.raise_error()
+        if self._used and not self._closed:
+            raise DumpFailed("CRIU stopped sending pages before it had sent them all")
+
+    def raise_error(self) -> None:
+        """Wait for the receiver, then raise what failed it (and so made CRIU fail the
+        dump: a full disk, say), if anything."""
         self._theirs.close()  # so a CRIU that died cannot leave the receiver waiting
         self._thread.join()
         self._stop_writing()
         if self._error is not None:
             raise self._error
-        if self._used and not self._closed:
-            raise DumpFailed("CRIU stopped sending pages before it had sent them all")
-
-    def raise_failure(self, dump_error: BaseException) -> None:
-        """Raise what failed the receiver, if anything, from ``dump_error`` (CRIU failing
-        because the receiver told it to); return otherwise."""
-        self._theirs.close()
-        self._thread.join()
-        self._stop_writing()
-        if self._error is not None:
-            raise self._error from None
 
     # ----------------------------------------------------------------- the receiver
 
