@@ -186,35 +186,18 @@ class CheckpointOptions:
         leave_running: bool = False,
         tcp_established: bool = False,
         file_locks: bool = False,
-        shell_job: bool | None = None,
-        compress: Literal["zstd", "none"] | None = None,
-        level: int | None = None,
-        threads: int | None = None,
-        directory: bool | None = None,
-        overwrite: bool | None = None,
-        work_dir: str | os.PathLike[str] | None = None,
-        signing_key: str | os.PathLike[str] | None = None,
-        criu: Mapping[str, Any] | None = None,
-        progress: ProgressArg = None,
+        **given: Any,
     ) -> CheckpointOptions:
         """``options`` (or the defaults) with a ``checkpoint()`` call's keywords applied.
 
-        The three flags are turned on, never off; every other keyword left None keeps
-        the value of ``options`` (None means "as the options say": the default).
+        The three flags are turned on, never off; every other keyword (a field's name)
+        left None keeps the value of ``options`` (None means "as the options say": the
+        default). The ``checkpoint()`` methods spell the keywords out, typed.
+
+        Raises:
+            TypeError: A keyword that is no field.
         """
         opts = options if options is not None else cls()
-        given: dict[str, Any] = {
-            "shell_job": shell_job,
-            "compress": compress,
-            "level": level,
-            "threads": threads,
-            "directory": directory,
-            "overwrite": overwrite,
-            "work_dir": work_dir,
-            "signing_key": signing_key,
-            "criu": criu,
-            "progress": progress,
-        }
         return attrs.evolve(
             opts,
             leave_running=leave_running or opts.leave_running,
@@ -489,8 +472,8 @@ def checkpoint_tree(
                 )
                 try:
                     backend.dump(request)
-                except DumpFailed as exc:
-                    pages.raise_failure(exc)  # a full disk made CRIU fail: say that
+                except DumpFailed:
+                    pages.raise_error()  # a full disk made CRIU fail: say that
                     raise
                 stats = _dump_stats(logs)
                 if options.leave_running:
