@@ -9,7 +9,7 @@ import types
 import attrs
 
 import cedana
-from cedana import errors
+from cedana import errors, registry
 
 
 def test_all_is_the_public_namespace() -> None:
@@ -40,7 +40,9 @@ def test_checkpoint_keywords_are_spelled_out() -> None:
     """Every ``checkpoint()`` takes each CheckpointOptions field by name (plus ``options``)
     and nothing through ``**kwargs``, so a typo is a TypeError and a mypy error."""
     fields = {f.name for f in attrs.fields(cedana.CheckpointOptions)}
-    for cls in (cedana.Process, cedana.RuncContainer, cedana.ContainerdContainer):
+    classes = {cedana.Process, cedana.RuncContainer, *(r.cls for r in registry.entries())}
+    assert {cedana.DockerContainer, cedana.PodmanContainer} <= classes
+    for cls in classes:
         params = inspect.signature(cls.checkpoint).parameters.values()
         assert not [p for p in params if p.kind is p.VAR_KEYWORD], cls
         keywords = {p.name for p in params if p.kind is p.KEYWORD_ONLY}
