@@ -69,7 +69,7 @@ from cedana.errors import (
     RestoreFailed,
 )
 from cedana.pageserver import PageServer
-from cedana.progress import ProgressArg, current, report, reporting, tree_memory
+from cedana.progress import ProgressArg, current, report, reporting
 from cedana.staging import scratch_dir
 
 __all__ = ["CheckpointOptions", "Process", "RestoreOptions", "open_stdio", "spawn"]
@@ -434,8 +434,9 @@ def checkpoint_tree(
             images.mkdir(mode=0o700)
             # The pages go from CRIU straight into the artifact while it dumps; the other
             # images land in the scratch dir and are added once the dump is complete.
-            # The estimate reads every process's smaps_rollup: only when someone is watching.
-            expected = tree_memory(p.pid for p in plan.tree) if current() is not None else None
+            # The estimate walks every process's page tables: only when someone is watching.
+            watched = current() is not None
+            expected = procfs.anonymous_memory(p.pid for p in plan.tree) if watched else None
             pages = PageServer(writer, images, expected=expected)
 
             def finish(images: Path) -> None:

@@ -20,6 +20,7 @@ __all__ = [
     "Descriptor",
     "ProcInfo",
     "TcpConnection",
+    "anonymous_memory",
     "check_not_traced",
     "children",
     "descriptors",
@@ -308,3 +309,20 @@ def check_not_traced(tree: Iterable[ProcInfo]) -> None:
                 f"pid {info.pid} is being checkpointed or traced by another process (pid "
                 f"{tracer}, {who}); wait for it to finish, then checkpoint again"
             )
+
+
+def anonymous_memory(pids: Iterable[int]) -> int | None:
+    """The anonymous memory (and swap) of ``pids`` in bytes, about what CRIU dumps of them
+    (``smaps_rollup``: the kernel walks their page tables, so only when it is wanted);
+    None when nothing could be read."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(PROC / str(pid) / "smaps_rollup", encoding="ascii") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key in ("Anonymous", "Swap"):
+                        total += int(value.split()[0]) << 10
+        except (OSError, ValueError, IndexError):
+            continue
+    return total or None

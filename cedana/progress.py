@@ -29,7 +29,7 @@ import contextvars
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, TextIO
 
 import attrs
@@ -44,7 +44,6 @@ __all__ = [
     "report",
     "reporting",
     "resolve",
-    "tree_memory",
 ]
 
 Phase = Literal["dump", "verify", "unpack", "restore"]
@@ -201,18 +200,3 @@ class TerminalBar:
                 self._stream.write("\r" + " " * (self._width + 30) + "\r")
                 self._stream.flush()
                 self._drawn = False
-
-
-def tree_memory(pids: Iterable[int]) -> int | None:
-    """The anonymous memory (and swap) of ``pids`` in bytes: about what CRIU will dump."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
-                for line in f:
-                    key, _, value = line.partition(":")
-                    if key in ("Anonymous", "Swap"):
-                        total += int(value.split()[0]) << 10
-        except (OSError, ValueError, IndexError):
-            continue
-    return total or None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cedana import progress
+from cedana import procfs
 from cedana.artifact import HostInfo, Manifest, open_artifact, write_artifact
 from cedana.progress import Progress, TerminalBar, report, reporting, resolve
 
@@ -60,8 +60,8 @@ def test_unpacking_reports_every_member_byte(tmp_path: Path) -> None:
     assert [p.done for p in seen] == sorted(p.done for p in seen)
 
 
-def test_tree_memory_of_this_process() -> None:
+def test_dump_estimate_is_anonymous_memory() -> None:
     """The estimate of what CRIU will dump is this process's anonymous memory: some."""
     import os
 
-    assert (progress.tree_memory([os.getpid()]) or 0) > 1 << 20
+    assert (procfs.anonymous_memory([os.getpid()]) or 0) > 1 << 20

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import types
+from typing import Any
 
 import attrs
 
@@ -40,7 +41,7 @@ def test_checkpoint_keywords_are_spelled_out() -> None:
     """Every ``checkpoint()`` takes each CheckpointOptions field by name (plus ``options``)
     and nothing through ``**kwargs``, so a typo is a TypeError and a mypy error."""
     fields = {f.name for f in attrs.fields(cedana.CheckpointOptions)}
-    classes = {cedana.Process, cedana.RuncContainer, *(r.cls for r in registry.entries())}
+    classes: set[Any] = {cedana.Process, cedana.RuncContainer, *(r.cls for r in registry.entries())}
     assert {cedana.DockerContainer, cedana.PodmanContainer} <= classes
     for cls in classes:
         params = inspect.signature(cls.checkpoint).parameters.values()
