@@ -288,9 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 ref, exported = f"ckpt/{NAME}:{r}", work / f"ctr{r}.tar"
                 checkpoint = daemon.ctr("containers", "checkpoint", "--rw", "--task", NAME, ref)
-                # ctr stages a checkpoint in its temp dir (ctrd-checkpoint*) and leaves it
-                # there: the benchmark's own temp dir, removed with the rest.
-                took = measure_command(checkpoint, log=log, tmpdir=tmp)
+                took = measure_command(checkpoint, log=log, tmpdir=tmp)  # ctr's temp files
                 blobs = daemon.checkpoint_blobs(ref)  # refuses a checkpoint without the task
                 dump[CTR_DUMP].add(took)
                 export = ["images", "export", "--skip-manifest-json", str(exported), ref]

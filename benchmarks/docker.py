@@ -78,6 +78,11 @@ class Daemon:
         return ["docker", "-H", self.address, *args]
 
     def start(self) -> None:
+        # dockerd unpacks each checkpoint it restores into a ctrd-checkpoint* dir of its
+        # temp dir and never removes it: keep those in the benchmark's scratch.
+        scratch = self.work / "dockerd-tmp"
+        scratch.mkdir(exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(scratch)}
         with open(self.work / "dockerd.log", "ab") as log:
             self.process = subprocess.Popen(
                 ["dockerd", "--experimental", "--data-root", str(self.work / "data"),
@@ -85,6 +90,7 @@ class Daemon:
                  "--host", self.address, "--iptables=false", "--bridge=none",
                  "--default-ulimit", "nofile=1024:1024", "--default-ulimit", "nproc=4096:4096"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                env=env,
             )  # fmt: skip
         deadline = time.monotonic() + 60
         while subprocess.run(self.docker("version"), capture_output=True, check=False).returncode:

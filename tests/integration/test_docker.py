@@ -64,6 +64,11 @@ class Dockerd:
 
     def start(self) -> None:
         flags = ["--experimental"] if self.experimental else []
+        # Restoring a checkpoint, dockerd (containerd's client) unpacks it into a
+        # ctrd-checkpoint* dir of its temp dir and never removes it: keep those here.
+        scratch = self.tmp / "tmp"
+        scratch.mkdir(exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(scratch)}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 ["dockerd", *flags, "--data-root", str(self.data_root),
@@ -71,6 +76,7 @@ class Dockerd:
                  "--host", self.address, "--iptables=false", "--bridge=none",
                  "--default-ulimit", "nofile=1024:1024", "--default-ulimit", "nproc=4096:4096"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                env=env,
             )  # fmt: skip
         deadline = time.monotonic() + 60
         while self.docker("version", check=False).returncode != 0:
