@@ -13,7 +13,7 @@ import attrs
 from cedana.artifact import Manifest, foreign, open_artifact, thaw
 from cedana.artifact.foreign import ReadableArtifact
 from cedana.artifact.signing import KeySource, Trust, TrustStatus, check_trust, untrusted
-from cedana.errors import ArtifactCorrupt
+from cedana.errors import ArtifactCorrupt, ArtifactError
 from cedana.staging import scratch_dir
 from cedana.units import human_bytes
 
@@ -141,7 +141,7 @@ class Checkpoint:
 
     @property
     def kind(self) -> str:
-        """``"process"`` or ``"container"``."""
+        """``"process"``, ``"container"`` or ``"vm"``."""
         return self.manifest.kind
 
     @property
@@ -172,6 +172,19 @@ class Checkpoint:
     def read_member(self, name: str) -> bytes:
         """One small member's bytes, verified."""
         return self._artifact.read_member(name)
+
+    def stream_member(self, name: str, write: Callable[[bytes], object]) -> None:
+        """Hand one member's bytes to ``write`` as they are read (a VM's saved state into
+        the QEMU that loads it); its digest is checked at its end (see
+        :meth:`cedana.artifact.Artifact.stream_member`).
+
+        Raises:
+            ArtifactError: The artifact's format cannot stream a member, or it is damaged.
+        """
+        stream = getattr(self._artifact, "stream_member", None)
+        if stream is None:
+            raise ArtifactError(f"{self.path} is not a cedana artifact: it cannot stream {name}")
+        stream(name, write)
 
     def inspect(self) -> Inspection:
         """Decode the CRIU images: processes, memory, files, sockets. Needs no root."""

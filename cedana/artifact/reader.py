@@ -225,6 +225,22 @@ class Artifact:
         self._pass(lambda m: sink if m.name == name else None, stop_at=name)
         return sink.value()
 
+    def stream_member(self, name: str, write: Callable[[bytes], object]) -> None:
+        """Hand one member's bytes to ``write`` as they are read, without a copy on disk.
+
+        Its digest is known only at its end: should it not match, :class:`ArtifactCorrupt`
+        is raised after the last ``write``, so a caller that consumes the bytes as they
+        come (a VM loading its state) verifies the artifact first and undoes what it
+        started on this error.
+
+        Raises:
+            KeyError: The manifest lists no such member.
+            ArtifactCorrupt, UnsafeArtifact: As for :meth:`read_member`.
+        """
+        self.manifest.member(name)
+        sink = _CallSink(write)
+        self._pass(lambda m: sink if m.name == name else None, stop_at=name)
+
     def _pass(
         self,
         sink_for: Callable[[Member], _Sink | None],
@@ -387,6 +403,19 @@ class Artifact:
                 consume(member, chunks, sink_for(member))
             finally:
                 os.close(fd)
+
+
+class _CallSink:
+    """A sink that hands each piece to a callable."""
+
+    def __init__(self, write: Callable[[bytes], object]) -> None:
+        self._write = write
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._write(bytes(data))
+
+    def finish(self) -> None:
+        pass
 
 
 class _Counter:

@@ -20,14 +20,20 @@ Layout::
                          (or into plain runc)
     _docker_api.py       docker's Engine API: the only importer of the docker SDK
                          (optional: ``pip install 'cedana[docker]'``)
+    kata.py              KataSandbox: a kata sandbox's QEMU VM saved whole over QMP
+                         (experimental), restored from an allow-listed command line
+    _qmp.py              QEMU's machine protocol: the only importer of qemu.qmp
+                         (optional: ``pip install 'cedana[kata]'``)
+    _qemu_spec.py        a QEMU command line parsed into what a restore may rebuild
 
-Nothing here imports grpc or the docker SDK until a container of theirs is used.
+Nothing here imports grpc, the docker SDK or qemu.qmp until a container of theirs is used.
 """
 
 from cedana.runtimes import _podman_archive  # noqa: F401 (registers its reader)
 from cedana.runtimes._containerd_api import ContainerRecord, ImageRecord, TaskRecord
 from cedana.runtimes.containerd import ContainerdContainer
 from cedana.runtimes.docker import DockerContainer
+from cedana.runtimes.kata import KataSandbox
 from cedana.runtimes.podman import PodmanContainer
 
 __all__ = [
@@ -35,6 +41,7 @@ __all__ = [
     "ContainerdContainer",
     "DockerContainer",
     "ImageRecord",
+    "KataSandbox",
     "PodmanContainer",
     "TaskRecord",
 ]

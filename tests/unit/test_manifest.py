@@ -146,7 +146,7 @@ def test_rejects_values_json_cannot_carry(options: dict[object, object]) -> None
 @pytest.mark.parametrize(
     "changes",
     [
-        {"kind": "vm"},
+        {"kind": "zone"},
         {"created": "yesterday"},
         {"created": "2026-11-28T23:59:59+02:00"},
         {"created": "2026-11-28T23:59:59"},
@@ -283,7 +283,7 @@ def _with(path: tuple[str | int, ...], value: object) -> bytes:
         pytest.param(_with(("members", 0, "sha256"), "x"), id="bad-sha"),
         pytest.param(_with(("members", 0), ["pages-1.img"]), id="member-array"),
         pytest.param(_with(("options",), [1]), id="options-array"),
-        pytest.param(_with(("kind",), "vm"), id="bad-kind"),
+        pytest.param(_with(("kind",), "zone"), id="bad-kind"),
         pytest.param(b"[" * 100000 + b"]" * 100000, id="deep-nesting"),
     ],
 )

@@ -1,0 +1,163 @@
+"""Kata without a VM: the QEMU command line's allow-list (what a restore rebuilds and what it
+refuses), the rebuilt command line (cedana's own sockets only), target parsing and the
+refusal of other hypervisors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import cedana
+from cedana import registry
+from cedana.errors import ContainerNotFound, InvalidOption, NotCheckpointable
+from cedana.runtimes._qemu_spec import UnsupportedVm, parse_command_line, split_options
+from cedana.runtimes.kata import KataSandbox
+
+KATA_LIKE = [
+    "/usr/bin/qemu-system-x86_64",
+    "-name", "sandbox-abc",
+    "-uuid", "0b8e7f3c-54a5-4c0e-9c3e-5b0d6f1e2a33",
+    "-machine", "q35,accel=tcg",
+    "-qmp", "unix:/run/vc/vm/abc/qmp.sock,server=on,wait=off",
+    "-m", "2048M,slots=10,maxmem=8G",
+    "-smp", "1,cores=1,threads=1,sockets=4,maxcpus=4",
+    "-object", "memory-backend-file,id=dimm1,size=2048M,mem-path=/dev/shm,share=on",
+    "-numa", "node,memdev=dimm1",
+    "-device", "pci-bridge,bus=pcie.0,id=pci-bridge-0,chassis_nr=1,shpc=off,addr=2",
+    "-device", "virtio-serial-pci,disable-modern=true,id=serial0",
+    "-device", "virtconsole,chardev=charconsole0,id=console0",
+    "-chardev", "socket,id=charconsole0,path=/run/vc/vm/abc/console.sock,server=on,wait=off",
+    "-object", "rng-random,id=rng0,filename=/dev/urandom",
+    "-device", "virtio-rng-pci,rng=rng0",
+    "-chardev", "socket,id=char-fs,path=/run/vc/vm/abc/vhost-fs.sock",
+    "-device", "vhost-user-fs-pci,chardev=char-fs,tag=kataShared,queue-size=1024",
+    "-rtc", "base=utc,driftfix=slew,clock=host",
+    "-global", "kvm-pit.lost_tick_policy=discard",
+    "-vga", "none", "-no-user-config", "-nodefaults", "-nographic", "--no-reboot",
+    "-kernel", "/usr/share/kata-containers/vmlinux.container",
+    "-append", "console=hvc0 quiet",
+    "-pidfile", "/run/vc/vm/abc/pid",
+]  # fmt: skip
+
+
+def test_a_kata_command_line_parses_into_its_description() -> None:
+    """kata's QEMU command line (as its QEMU driver writes it) is within the allow-list, and
+    the description keeps its machine, memory, devices and images."""
+    spec = parse_command_line(KATA_LIKE)
+    assert spec.sandbox_id == "abc"
+    assert spec.machine == "q35" and spec.accel == "tcg"
+    assert spec.qmp == "/run/vc/vm/abc/qmp.sock"
+    assert spec.device_models() == [
+        "pci-bridge",
+        "virtio-serial-pci",
+        "virtconsole",
+        "virtio-rng-pci",
+        "vhost-user-fs-pci",
+    ]
+    assert [tag for tag, _ in spec.virtiofs()] == ["kataShared"]
+    assert spec.kernel == "/usr/share/kata-containers/vmlinux.container"
+
+
+def test_the_rebuilt_command_line_uses_only_cedanas_own_sockets(tmp_path: Path) -> None:
+    """The restore's argv is built from the description: every socket and file in cedana's
+    run dir, none of the recorded host paths, plus -incoming on the given fd."""
+    spec = parse_command_line(KATA_LIKE)
+    argv = spec.command_line(
+        binary="/usr/bin/qemu-system-x86_64",
+        name="sandbox-new",
+        machine_type="pc-q35-10.0",
+        accel="tcg",
+        run_dir=tmp_path,
+        kernel="/k",
+        initrd=None,
+        incoming_fd=7,
+    )
+    text = " ".join(argv)
+    assert "/run/vc/vm/abc" not in text
+    assert f"path={tmp_path}/vhost-fs-0.sock" in text
+    assert f"unix:{tmp_path}/qmp.sock,server=on,wait=off" in text
+    assert argv[argv.index("-machine") + 1] == "pc-q35-10.0,accel=tcg"
+    assert argv[-2:] == ["-incoming", "fd:7"]
+    assert parse_command_line(argv).device_models() == spec.device_models()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-device", "vfio-pci,host=0000:00:02.0"], "device 'vfio-pci' is not one"),
+        (["-device", "virtio-rng-pci,romfile=/etc/passwd"], "is not a plain word"),
+        (["-object", "memory-backend-file,id=m,size=1M,mem-path=/etc"], "is a file at '/etc'"),
+        (["-object", "rng-random,id=r,filename=/dev/sda"], "reads '/dev/sda'"),
+        (["-drive", "file=/etc/shadow"], "option -drive is not one"),
+        (["-chardev", "pty,id=p"], "only socket and file chardevs"),
+        (["-chardev", "socket,id=lonely,path=/x"], "chardev 'lonely' is not used"),
+        (["-netdev", "tap,id=n0"], "option -netdev is not one"),
+        (["-serial", "stdio"], "-serial 'stdio' is not supported"),
+        (["-global", "virtio-pci.romfile=/x"], "-global"),
+        (["-kernel", "relative/vmlinux"], "not an absolute path"),
+        (["-machine", "q35,accel=xen"], "accelerator 'xen'"),
+    ],
+)
+def test_what_the_allow_list_refuses(extra: list[str], message: str) -> None:
+    """Host-facing options (host devices, files, drives, tap devices, stdio) and values
+    that are not plain words are refused, naming what."""
+    with pytest.raises(UnsupportedVm, match=message):
+        parse_command_line([*KATA_LIKE, *extra])
+
+
+def test_not_qemu_is_refused() -> None:
+    """A recorded program that is not a QEMU system emulator is refused."""
+    with pytest.raises(UnsupportedVm, match="not a QEMU system emulator"):
+        parse_command_line(["/usr/bin/cloud-hypervisor", "--api-socket", "/x"])
+    assert issubclass(UnsupportedVm, NotCheckpointable)
+
+
+def test_qemu_option_lists_split_like_qemu() -> None:
+    """``,,`` is a literal comma; the first bare item is the implied value."""
+    assert split_options("q35,accel=tcg") == ("q35", {"accel": "tcg"})
+    assert split_options("file,id=a,path=/x,,y") == ("file", {"id": "a", "path": "/x,y"})
+
+
+@pytest.mark.parametrize(
+    ("hypervisor", "socket"),
+    [("cloud-hypervisor", "clh-api.sock"), ("firecracker", "firecracker.socket")],
+)
+def test_other_hypervisors_are_refused_naming_qemu(
+    tmp_path: Path, hypervisor: str, socket: str
+) -> None:
+    """A sandbox whose runtime dir holds another hypervisor's API socket is refused, naming
+    the hypervisor and QEMU as the one supported; nothing else is touched."""
+    (tmp_path / "sb1").mkdir()
+    (tmp_path / "sb1" / socket).touch()
+    with pytest.raises(NotCheckpointable, match=rf"runs under {hypervisor}.*QEMU"):
+        KataSandbox("sb1", runtime_dir=tmp_path).checkpoint(tmp_path / "out.tar.zst")
+    assert not (tmp_path / "out.tar.zst").exists()
+
+
+def test_no_such_sandbox(tmp_path: Path) -> None:
+    """No QEMU with that guest name and no other hypervisor's socket: ContainerNotFound."""
+    with pytest.raises(ContainerNotFound, match="no kata sandbox sb2"):
+        KataSandbox("sb2", runtime_dir=tmp_path).checkpoint(tmp_path / "out.tar.zst")
+
+
+def test_criu_options_are_refused(tmp_path: Path) -> None:
+    """CRIU's options mean nothing to a VM save: refused before the sandbox is looked up."""
+    with pytest.raises(InvalidOption, match="CRIU's options"):
+        KataSandbox("sb3", runtime_dir=tmp_path).checkpoint(
+            tmp_path / "o.tar.zst", tcp_established=True
+        )
+    with pytest.raises(InvalidOption, match="sandbox_id or a qmp"):
+        KataSandbox()
+
+
+def test_kata_targets_are_registered() -> None:
+    """``kata:ID`` names a sandbox; its checkpoints restore into kata; --root is the
+    runtime dir."""
+    runtime, keywords = registry.parse_target("kata:abc")
+    assert runtime.cls is cedana.KataSandbox
+    assert keywords == {"sandbox_id": "abc"}
+    assert runtime.restores_into == ("kata",)
+    assert runtime.flags == {"root": "runtime_dir"}
+    with pytest.raises(cedana.CedanaError, match="expected kata:ID"):
+        registry.parse_target("kata:a/b")
