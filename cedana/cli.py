@@ -67,7 +67,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     _close(target)
     summary = ckpt.summary()
     ident = args.target.partition(":")[2] or args.target
-    what = f"pid {ident}" if runtime.bare else f"{runtime.name} container {ident}"
+    what = f"pid {ident}" if runtime.bare else f"{runtime.name} {runtime.noun} {ident}"
     text = f"checkpointed {what} to {ckpt.path} ({summary['size']} bytes)"
     _emit(summary, args.json, text)
     return 0
@@ -94,7 +94,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if runtime is not None and facts:
         data.update(runtime=runtime.name, **facts)
         where = "/".join(str(facts[k]) for k in ("namespace", "name") if k in facts)
-        text = f"restored {args.file}: {runtime.name} container {where}, pid {restored.pid}"
+        text = f"restored {args.file}: {runtime.name} {runtime.noun} {where}, pid {restored.pid}"
     _close(restored)
     _emit(data, args.json, text)
     return 0
@@ -119,6 +119,8 @@ def _close(workload: Any) -> None:
 def cmd_inspect(args: argparse.Namespace) -> int:
     # Inspecting runs and restores nothing, so it shows who signed rather than refusing.
     ckpt = cedana.open(args.file, trust="any")
+    if ckpt.kind == "vm":  # a VM's state, not CRIU images: what the manifest says of it
+        return _inspect_vm(ckpt, args)
     inspection = ckpt.inspect()
     s = ckpt.summary()
     data = {"checkpoint": s, "images": inspection.to_dict()}
@@ -132,6 +134,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         data["container"] = container
         head += "\n" + "\n".join(f"{k:10}{v}" for k, v in container_lines(container))
     _emit(data, args.json, head + "\n\n" + inspection.format_text())
+    return 0
+
+
+def _inspect_vm(ckpt: cedana.Checkpoint, args: argparse.Namespace) -> int:
+    from cedana.runtimes.kata import vm_lines, vm_summary
+
+    s = ckpt.summary()
+    vm = vm_summary(ckpt.manifest)
+    head = (
+        f"{s['path']}: vm ({s['runtime']}), created {s['created']}, host kernel "
+        f"{s['host']['kernel']}\nsigned by {ckpt.signer.describe()}"
+    )
+    text = head + "\n" + "\n".join(f"{k:10}{v}" for k, v in vm_lines(vm))
+    _emit({"checkpoint": s, "vm": vm}, args.json, text)
     return 0
 
 

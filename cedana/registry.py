@@ -49,6 +49,7 @@ class Runtime:
             runtime's shim root is that runtime's to manage.
         bare: A target without ``NAME:`` names one of these (a bare PID).
         summary: A restored ``cls`` -> the command line's ``runtime``/``name`` facts.
+        noun: What the command line calls one of its workloads (``container``).
     """
 
     name: str
@@ -61,6 +62,7 @@ class Runtime:
     runc_root: Path | None = None
     bare: bool = False
     summary: Callable[[Any], Mapping[str, Any]] = _no_summary
+    noun: str = "container"
 
     @property
     def restore(self) -> Callable[..., Any]:

@@ -1136,6 +1136,34 @@ def _wait_gone(pid: int, timeout: float, *, kill: bool = False) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def vm_summary(manifest: Manifest) -> dict[str, Any]:
+    """A VM checkpoint's facts for ``cedana inspect`` (from its manifest)."""
+    workload = thaw(manifest.workload)
+    qemu = workload.get("qemu") or {}
+    version = qemu.get("version") or {}
+    state = next((m.size for m in manifest.members if m.name == STATE_MEMBER), 0)
+    return {
+        "sandbox": (workload.get("sandbox") or {}).get("id"),
+        "qemu": ".".join(str(version.get(k, "?")) for k in ("major", "minor", "micro")),
+        "machine_type": qemu.get("machine_type"),
+        "accel": qemu.get("accel"),
+        "devices": list(qemu.get("devices") or []),
+        "shares": [s.get("tag") for s in workload.get("shares") or []],
+        "state_bytes": state,
+    }
+
+
+def vm_lines(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """:func:`vm_summary` as ``(label, value)`` lines for people."""
+    return [
+        ("sandbox", str(summary["sandbox"])),
+        ("qemu", f"{summary['qemu']}, machine {summary['machine_type']}, {summary['accel']}"),
+        ("devices", ", ".join(summary["devices"]) or "none"),
+        ("shares", ", ".join(str(t) for t in summary["shares"]) or "none"),
+        ("state", f"{summary['state_bytes']} bytes"),
+    ]
+
+
 def _summary(sandbox: KataSandbox) -> Mapping[str, Any]:
     return {"name": sandbox.sandbox_id, "qmp": str(sandbox.qmp)}
 
@@ -1151,5 +1179,6 @@ registry.register(
         restores_into=(KATA,),
         flags={"root": "runtime_dir"},
         summary=_summary,
+        noun="sandbox",
     )
 )

@@ -9,6 +9,7 @@ Under TCG (KVM guests do not run on this machine's nested hypervisor) a boot tak
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -226,8 +227,9 @@ def test_checkpoint_quits_vm_and_cli_restores_it(
     vm: Sandbox, work: Path, restored: list[KataSandbox]
 ) -> None:
     """Without leave_running the VM is quit once the artifact is written and verified
-    (through the command line: ``cedana checkpoint kata:ID``); ``cedana restore`` starts it
-    again, its counter going on."""
+    (through the command line: ``cedana checkpoint kata:ID``); ``cedana inspect`` shows the
+    recorded machine and devices; ``cedana restore`` starts it again, its counter going on
+    (the restored VM runs on after the command exits)."""
     out = work / "quit.tar.zst"
     run = subprocess.run(
         [sys.executable, "-m", "cedana", "checkpoint", f"kata:{vm.id}", "-o", str(out), "--json"],
@@ -241,12 +243,23 @@ def test_checkpoint_quits_vm_and_cli_restores_it(
     vm.qemu.wait(30)  # quit by cedana
     assert cedana.open(out).kind == "vm"
     run = subprocess.run(
+        [sys.executable, "-m", "cedana", "inspect", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    facts = json.loads(run.stdout)["vm"]
+    assert facts["sandbox"] == vm.id and facts["machine_type"].startswith("pc-q35-")
+    assert "vhost-user-fs-pci" in facts["devices"] and facts["state_bytes"] > 0
+    run = subprocess.run(
         [sys.executable, "-m", "cedana", "restore", str(out), "--name", f"{vm.id}-r2", "--json"],
         capture_output=True,
         text=True,
         check=False,
     )
     assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["runtime"] == "kata"
     box = KataSandbox(f"{vm.id}-r2")
     restored.append(attrs.evolve(box, owned_dirs=(RUNTIME_DIR / f"{vm.id}-r2",)))
     console = RUNTIME_DIR / f"{vm.id}-r2" / "console.log"
