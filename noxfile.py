@@ -85,7 +85,7 @@ def bench(session: nox.Session) -> None:
     """cedana vs raw CRIU (and tar | zstd) and the runtimes' own checkpointing (containerd,
     docker, podman), same workload, same run; prints ratios."""
     provision(session)
-    install(session, "containerd", "docker", "bench")
+    install(session, "containerd", "docker", "kata", "bench")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 
