@@ -6,7 +6,8 @@ memory shared with a virtiofsd, the rootfs share on vhost-user-fs-pci).
 The guest's init loads the virtio, virtiofs and 9p modules, mounts the share (virtiofs, or
 9p with ``cedana.fs=9p`` on its command line), writes ``before.txt`` into it, then runs a
 counter on the serial console (``cedana-counter N`` a second) and another that writes
-``count`` into the share.
+``count`` into the share (and into ``ctr/rootfs/``, when the share holds a container
+rootfs: an overlay mounted there, as kata mounts a container's rootfs in its share).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ else
 fi
 echo "cedana-guest: share mounted" > /dev/ttyS0
 echo "written by the guest before the checkpoint" > /shared/before.txt
+[ -d /shared/ctr/rootfs ] && echo "written into the container rootfs" > /shared/ctr/rootfs/guest.txt
 (i=0; while :; do echo $i > /shared/count.tmp && mv /shared/count.tmp /shared/count
+  [ -d /shared/ctr/rootfs ] && echo $i > /shared/ctr/rootfs/count
   i=$((i+1)); sleep 1; done) &
 i=0
 while :; do echo "cedana-counter $i" > /dev/ttyS0; i=$((i+1)); sleep 1; done
@@ -155,17 +158,42 @@ class Sandbox:
     qemu: subprocess.Popen[bytes]
     virtiofsd: subprocess.Popen[bytes] | None
 
+    rootfs: Path | None = None
+
     def stop(self) -> None:
         for proc in (self.qemu, self.virtiofsd):
             if proc is not None and proc.poll() is None:
                 proc.kill()
             if proc is not None:
                 proc.wait()
+        if self.rootfs is not None:
+            subprocess.run(["umount", "-l", str(self.rootfs)], check=False)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
+def mount_rootfs(workdir: Path, shared: Path, ident: str) -> Path:
+    """An overlay at ``shared/ctr/rootfs`` (an image layer holding ``hello.txt``, an upper
+    and a work dir in ``workdir``), as kata mounts a container's rootfs in its share."""
+    lower = workdir / f"{ident}-lower"
+    (lower / "etc").mkdir(parents=True)
+    (lower / "hello.txt").write_text("from the image layer\n")
+    for d in ("upper", "work"):
+        (workdir / f"{ident}-{d}").mkdir()
+    rootfs = shared / "ctr" / "rootfs"
+    rootfs.mkdir(parents=True)
+    upper, work = workdir / f"{ident}-upper", workdir / f"{ident}-work"
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(rootfs)], check=True)
+    return rootfs
+
+
 def start_sandbox(
-    workdir: Path, initrd: Path, *, fs: str = "virtiofs", memory: int = 256
+    workdir: Path,
+    initrd: Path,
+    *,
+    fs: str = "virtiofs",
+    memory: int = 256,
+    rootfs: bool = False,
 ) -> Sandbox:
     """Boot a sandbox as kata's QEMU driver would; returns once its counter runs."""
     kernel = guest_kernel()
@@ -176,6 +204,7 @@ def start_sandbox(
     shared = workdir / f"{ident}-shared"
     shared.mkdir()
     console = workdir / f"{ident}-console.log"
+    mounted = mount_rootfs(workdir, shared, ident) if rootfs else None
     virtiofsd = None
     fs_args: list[str]
     if fs == "virtiofs":
@@ -238,7 +267,13 @@ def start_sandbox(
         start_new_session=True,
     )
     box = Sandbox(
-        id=ident, run_dir=run_dir, shared=shared, console=console, qemu=qemu, virtiofsd=virtiofsd
+        id=ident,
+        run_dir=run_dir,
+        shared=shared,
+        console=console,
+        qemu=qemu,
+        virtiofsd=virtiofsd,
+        rootfs=mounted,
     )
     try:
         wait_for(lambda: (last_count(console) or 0) >= 2 or qemu.poll() is not None, 120, "boot")

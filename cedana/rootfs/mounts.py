@@ -124,6 +124,19 @@ def make_shared(target: str | os.PathLike[str]) -> None:
         raise OSError(err, f"make-shared {target}: {os.strerror(err)}", os.fspath(target))
 
 
+#: mount(2)'s flag for a bind mount (without ``MS_REC``: the mounts below are not carried).
+MS_BIND = 1 << 12
+
+
+def bind_mount(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """mount(2) ``MS_BIND`` ``source`` on ``target``, not recursive: the mounts below
+    ``source`` are not seen there (``mount --bind``); OSError on failure."""
+    rc = _libc().mount(os.fsencode(source), os.fsencode(target), None, MS_BIND, None)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bind {source} on {target}: {os.strerror(err)}", os.fspath(target))
+
+
 def umount(target: str | os.PathLike[str], *, detach: bool = False) -> None:
     """umount2(2) ``target``; OSError with errno on failure."""
     rc = _libc().umount2(os.fsencode(target), MNT_DETACH if detach else 0)

@@ -12,10 +12,11 @@ runtime takes the VM-level snapshot instead, over QEMU's machine protocol (QMP,
 - **check** before anything is stopped: the command line must be one a restore can rebuild
   (:mod:`._qemu_spec`'s allow-list), QEMU must report no migration blocker
   (``query-migrate``'s ``blocked-reasons``: a mounted 9p share is one), and a shared
-  directory must hold no mounts.
-- **save**: ``stop``; each virtiofs shared directory's contents (found from the virtiofsd
-  serving the device's socket) are captured while the VM is paused, as the overlay
-  snapshotter captures a container's upper directory; then ``migrate`` to ``fd:`` on a pipe
+  directory may hold writable overlay mounts (a container's rootfs) and no other mounts.
+- **save**: ``stop``; each virtiofs shared directory (found from the virtiofsd serving the
+  device's socket) is captured while the VM is paused, as for runc with the overlay
+  snapshotter: its own contents, and each container rootfs overlay in it as its upper
+  directory's changes with its lower layers' identities; then ``migrate`` to ``fd:`` on a pipe
   (its write end passed to QEMU with ``getfd``, ``SCM_RIGHTS``), whose bytes go straight
   into the artifact's zstd stream as member ``vm/state`` (no raw copy on disk);
   ``query-migrate`` must say ``completed``. The manifest (kind ``"vm"``) records QEMU's
@@ -29,7 +30,8 @@ Restore verifies the whole artifact first (a damaged ``vm/state`` is refused bef
 QEMU starts), rebuilds the command line from the parsed, allow-listed description (never
 the recorded argv: kernel and initrd must be the recorded files, by digest; the machine
 type and every device model must exist in this host's QEMU), puts each shared directory
-back into a new directory, starts a fresh ``virtiofsd`` for it, starts QEMU with
+back into a new directory (its overlays mounted again on their checked lower layers),
+starts a fresh ``virtiofsd`` for it, starts QEMU with
 ``-incoming fd:N`` fed from the artifact's member, waits for the load to complete,
 ``cont``, and hands back a :class:`KataSandbox` for the new VM (``pid``, ``qmp_socket``,
 ``stop()``). A restore that fails stops what it started and removes what it made.
@@ -78,7 +80,14 @@ from cedana.errors import (
 )
 from cedana.process import CheckpointOptions
 from cedana.progress import ProgressArg, reporting
-from cedana.rootfs.overlay import apply_upper, capture_upper
+from cedana.rootfs.mounts import bind_mount, umount
+from cedana.rootfs.overlay import (
+    OverlayLayers,
+    apply_upper,
+    capture_upper,
+    layers_json,
+    same_layer,
+)
 from cedana.runtimes._qemu_spec import UnsupportedVm, VmSpec, parse_command_line, split_options
 from cedana.runtimes._qmp import QmpConnection
 from cedana.staging import scratch_dir
@@ -94,6 +103,7 @@ DEFAULT_RUNTIME_DIR = Path("/run/vc/vm")
 #: The VM's saved state (QEMU's migration stream) in the artifact.
 STATE_MEMBER = "vm/state"
 _SHARE_MEMBER = "vm/share-{}.tar"
+_OVERLAY_MEMBER = "vm/share-{}-overlay-{}.tar"
 _MIGRATION_FD = "cedana-migration"
 _F_SETPIPE_SZ = 1031
 _CHUNK = 1 << 20
@@ -192,12 +202,52 @@ def _other_hypervisor(sandbox_id: str, runtime_dir: Path) -> str | None:
 
 
 @attrs.frozen
+class _Overlay:
+    """An overlay mounted inside a share (a container's rootfs, as kata mounts it)."""
+
+    path: str  # relative to the share
+    mountpoint: Path
+    layers: OverlayLayers
+
+
+@attrs.frozen
 class _Share:
-    """One virtiofs share of the VM: its tag and the host directory virtiofsd serves."""
+    """One virtiofs share of the VM: its tag, the host directory virtiofsd serves, and the
+    overlays mounted in it."""
 
     tag: str
     directory: Path
     cache: str
+    overlays: tuple[_Overlay, ...] = ()
+
+    def record(self, n: int) -> dict[str, Any]:
+        """What the manifest says of it (the overlays' lower layers with their identity)."""
+        return {
+            "tag": self.tag,
+            "member": _SHARE_MEMBER.format(n),
+            "cache": self.cache,
+            "overlays": [
+                {"path": o.path, "member": _OVERLAY_MEMBER.format(n, k), **layers_json(o.layers)}
+                for k, o in enumerate(self.overlays)
+            ],
+        }
+
+    def capture(self, writer: ArtifactWriter, n: int) -> None:
+        """Its own contents (seen through a non-recursive bind mount, so the mounts in it
+        are empty directories), then each overlay's upper directory, as members."""
+        with scratch_dir(".cedana-kata-view-") as view:
+            bind_mount(self.directory, view)
+            try:
+                member = writer.open_member(_SHARE_MEMBER.format(n))
+                capture_upper(view, _TarOut(member))  # type: ignore[arg-type]
+                member.close()
+            finally:
+                umount(view, detach=True)
+        for k, overlay in enumerate(self.overlays):
+            member = writer.open_member(_OVERLAY_MEMBER.format(n, k))
+            upper = Path(str(overlay.layers.upper))
+            capture_upper(upper, _TarOut(member), merged=overlay.mountpoint)  # type: ignore[arg-type]
+            member.close()
 
 
 def _virtiofsd_for(socket_path: str) -> tuple[Path, str] | None:
@@ -236,6 +286,34 @@ def _mounts_under(directory: Path) -> list[str]:
             if point != top and point.startswith(top.rstrip("/") + "/"):
                 found.append(point)
     return found
+
+
+def _overlays_in(directory: Path) -> tuple[_Overlay, ...]:
+    """The overlay mounts in a shared directory (each with an upper directory, none inside
+    another mount of it).
+
+    Raises:
+        NotCheckpointable: Another kind of mount, a read-only overlay, or nested mounts.
+    """
+    top = os.path.realpath(directory)
+    points = sorted(_mounts_under(directory))
+    found = []
+    for point in points:
+        if any(point.startswith(other + "/") for other in points if other != point):
+            raise NotCheckpointable(
+                f"the VM's shared directory {directory} holds a mount inside a mount ({point}); "
+                "cedana saves one level of overlay mounts in a share"
+            )
+        layers = OverlayLayers.of(Path(point))
+        if layers is None or layers.upper is None or layers.work is None:
+            raise NotCheckpointable(
+                f"{point}, in the VM's shared directory, is a mount cedana cannot save: only "
+                "writable overlay mounts (a container's rootfs) are captured in a share"
+            )
+        found.append(
+            _Overlay(path=os.path.relpath(point, top), mountpoint=Path(point), layers=layers)
+        )
+    return tuple(found)
 
 
 def _file_digest(path: str) -> str:
@@ -334,6 +412,7 @@ class KataSandbox:
         default=(), alias="helpers", repr=False
     )
     _owned_dirs: tuple[Path, ...] = attrs.field(default=(), alias="owned_dirs", repr=False)
+    _mounts: tuple[Path, ...] = attrs.field(default=(), alias="mounts", repr=False)
     _pid: int | None = attrs.field(default=None, alias="pid", repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -555,10 +634,7 @@ class KataSandbox:
                         "was_running": was_running,
                     },
                     "images": {k: {"path": p, "blake3": d} for k, (p, d) in images.items() if p},
-                    "shares": [
-                        {"tag": s.tag, "member": _SHARE_MEMBER.format(n), "cache": s.cache}
-                        for n, s in enumerate(shares)
-                    ],
+                    "shares": [share.record(n) for n, share in enumerate(shares)],
                 },
             )
             with ArtifactWriter(
@@ -575,9 +651,7 @@ class KataSandbox:
                 try:
                     qmp.execute("stop")
                     for n, share in enumerate(shares):
-                        member = writer.open_member(_SHARE_MEMBER.format(n))
-                        capture_upper(share.directory, _TarOut(member))  # type: ignore[arg-type]
-                        member.close()
+                        share.capture(writer, n)
                     self._migrate(qmp, writer, _MIGRATION_TIMEOUT)
                     if opts.leave_running and was_running:
                         qmp.execute("cont")
@@ -610,14 +684,8 @@ class KataSandbox:
                     "cedana saves a shared directory's contents from the virtiofsd that serves it"
                 )
             directory, cache = found
-            mounts = _mounts_under(directory)
-            if mounts:
-                raise NotCheckpointable(
-                    f"the VM's shared directory {directory} holds mounts ({mounts[0]}...); "
-                    "cedana saves a shared directory's own contents only, not container "
-                    "rootfs mounts inside it yet"
-                )
-            shares.append(_Share(tag=tag, directory=directory, cache=cache))
+            overlays = _overlays_in(directory)
+            shares.append(_Share(tag=tag, directory=directory, cache=cache, overlays=overlays))
         return shares
 
     def _migrate(self, qmp: QmpConnection, writer: ArtifactWriter, timeout: float) -> None:
@@ -714,7 +782,7 @@ class KataSandbox:
                     "pass another name="
                 ) from None
             undo.callback(shutil.rmtree, run_dir, ignore_errors=True)
-            helpers = _restore_shares(
+            helpers, mounts = _restore_shares(
                 ckpt,
                 workload=workload,
                 spec=spec,
@@ -751,14 +819,15 @@ class KataSandbox:
             qemu=qemu,
             helpers=tuple(helpers),
             owned_dirs=(run_dir,),
+            mounts=tuple(mounts),
             pid=qemu.pid,
         )
 
     # ----------------------------------------------------------------- ending it
 
     def stop(self, *, timeout: float = 20.0) -> None:
-        """End the VM: QMP ``quit`` (killed if it does not go), its virtiofsds, and the
-        directories a restore made for it (idempotent)."""
+        """End the VM: QMP ``quit`` (killed if it does not go), its virtiofsds, the overlays
+        and directories a restore made for it (idempotent)."""
         pid = self._pid
         if pid is None:
             with contextlib.suppress(CedanaError):
@@ -777,7 +846,15 @@ class KataSandbox:
             _end(self._qemu)
         for helper in self._helpers:
             _end(helper)
+        for point in reversed(self._mounts):
+            with contextlib.suppress(OSError):
+                umount(point, detach=True)
+        self._mounts = ()
         for directory in self._owned_dirs:
+            # A share's overlays first (deepest first): never remove through a mount.
+            for inner in sorted(_mounts_under(directory), reverse=True):
+                with contextlib.suppress(OSError):
+                    umount(inner, detach=True)
             shutil.rmtree(directory, ignore_errors=True)
         self._owned_dirs = ()
         self._helpers = ()
@@ -898,16 +975,78 @@ def _empty_dir(target: Path) -> bool:
         return False
 
 
-def _put_back(ckpt: Checkpoint, member: str, target: Path) -> None:
+def _checked_lower(recorded: Any, identities: Any) -> tuple[str, ...]:
+    """A share's overlay's recorded lower layers, if each is still the same directory (its
+    :func:`~cedana.rootfs.overlay.layer_identity`): a crafted manifest names no host
+    directory it did not read.
+
+    Raises:
+        UnsafeArtifact: A layer is not a plain absolute path or not the same directory.
+        ContainerError: A layer is gone.
+    """
+    layers = [str(p) for p in recorded or ()]
+    ids = list(identities or ())
+    if not layers or len(ids) != len(layers):
+        raise UnsafeArtifact("a share's overlay records no lower layers with their identity")
+    for layer, identity in zip(layers, ids, strict=True):
+        if not os.path.isabs(layer) or os.path.realpath(layer) != os.path.normpath(layer):
+            raise UnsafeArtifact(f"a share's overlay layer {layer!r} is not a plain absolute path")
+        if not os.path.isdir(layer):
+            raise ContainerError(
+                f"the image layer {layer} a share's overlay is mounted on is not on this host"
+            )
+        if not same_layer(layer, str(identity)):
+            raise UnsafeArtifact(
+                f"{layer} is not the image layer the share's overlay was checkpointed on"
+            )
+    return tuple(layers)
+
+
+def _mount_overlay(
+    ckpt: Checkpoint,
+    overlay: Mapping[str, Any],
+    share: Path,
+    base: Path,
+    undo: contextlib.ExitStack,
+) -> Path:
+    """Mount a share's overlay again: its recorded lower layers (checked), a new upper
+    directory filled with the captured changes, at the same place in the share."""
+    rel = str(overlay.get("path") or "")
+    parts = Path(rel).parts
+    if not parts or Path(rel).is_absolute() or any(p in ("..", ".") for p in parts):
+        raise UnsafeArtifact(f"{ckpt.path}: a share's overlay path {rel!r} is not relative")
+    point = share / rel
+    if os.path.realpath(point) != os.path.join(os.path.realpath(share), *parts) or not (
+        point.is_dir()
+    ):
+        raise UnsafeArtifact(f"{ckpt.path}: the overlay's mount point {rel!r} is not a directory")
+    lower = _checked_lower(overlay.get("lower"), overlay.get("lower_identity"))
+    member = str(overlay.get("member") or "")
+    if not re.fullmatch(r"vm/share-\d+-overlay-\d+\.tar", member):
+        raise UnsafeArtifact(f"{ckpt.path}: overlay member {member!r} is not one cedana writes")
+    userxattr = bool(overlay.get("userxattr"))
+    base.mkdir(mode=0o700)
+    upper, work = base / "upper", base / "work"
+    upper.mkdir(mode=0o755)
+    work.mkdir(mode=0o700)
+    _put_back(ckpt, member, upper, userxattr=userxattr)
+    layers = OverlayLayers(lower=lower, upper=str(upper), work=str(work), userxattr=userxattr)
+    layers.mount(point)
+    undo.callback(umount, point, detach=True)
+    logger.debug("overlay on %s: lower %s, upper %s", point, ":".join(lower), upper)
+    return point
+
+
+def _put_back(ckpt: Checkpoint, member: str, target: Path, *, userxattr: bool = False) -> None:
     """Write a share's captured contents into ``target`` (checked as a rootfs diff is)."""
-    if not re.fullmatch(r"vm/share-\d+\.tar", member):
+    if not re.fullmatch(r"vm/share-\d+(-overlay-\d+)?\.tar", member):
         raise UnsafeArtifact(f"{ckpt.path}: share member {member!r} is not one cedana writes")
     with scratch_dir(".cedana-kata-") as tmp:
         diff = tmp / "share.tar"
         with open(diff, "wb") as out:
             ckpt.stream_member(member, out.write)
         try:
-            apply_upper(diff, target)
+            apply_upper(diff, target, userxattr=userxattr)
         except tarfile.TarError as exc:
             raise ArtifactCorrupt(f"{ckpt.path}: {member} is not a readable tar ({exc})") from exc
 
@@ -953,9 +1092,11 @@ def _restore_shares(
     run_dir: Path,
     shared_dir: str | os.PathLike[str] | None,
     undo: contextlib.ExitStack,
-) -> list[subprocess.Popen[bytes]]:
-    """Put each share's contents back and start a virtiofsd for it (undone by ``undo``)."""
+) -> tuple[list[subprocess.Popen[bytes]], list[Path]]:
+    """Put each share's contents (and overlays) back and start a virtiofsd for it (undone
+    by ``undo``); the virtiofsds and the overlays mounted."""
     helpers = []
+    mounts: list[Path] = []
     shares = list(workload.get("shares") or [])
     sockets = spec.virtiofs_sockets(run_dir)
     if len(shares) != len(sockets):
@@ -967,13 +1108,15 @@ def _restore_shares(
         if _empty_dir(target):
             undo.callback(shutil.rmtree, target, ignore_errors=True)
         _put_back(ckpt, str(share["member"]), target)
+        for k, overlay in enumerate(share.get("overlays") or []):
+            mounts.append(_mount_overlay(ckpt, overlay, target, run_dir / f"overlay-{n}-{k}", undo))
         proc = _start_virtiofsd(
             plan.virtiofsd, sock, target, cache=str(share.get("cache")), run_dir=run_dir, n=n
         )
         undo.callback(_end, proc)
         helpers.append(proc)
         logger.debug("virtiofsd for %r on %s: pid %d", tag, sock, proc.pid)
-    return helpers
+    return helpers, mounts
 
 
 def _start_qemu(argv: list[str], run_dir: Path, read_fd: int) -> subprocess.Popen[bytes]:

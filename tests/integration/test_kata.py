@@ -85,7 +85,7 @@ def initrd(work: Path) -> Path:
 @pytest.fixture(scope="module")
 def vm(work: Path, initrd: Path) -> Iterator[Sandbox]:
     """One sandbox VM for the module's tests (the last one quits it through cedana)."""
-    box = start_sandbox(work, initrd)
+    box = start_sandbox(work, initrd, rootfs=True)
     try:
         yield box
     finally:
@@ -123,7 +123,8 @@ def test_leave_running_then_restore_continues_counter_and_share(
     """leave_running saves the VM and continues it; the restored VM's serial counter goes on
     from where it was saved, the file the guest wrote through virtiofs before the checkpoint
     is in its new shared directory, and the restored guest keeps writing there (its
-    fresh virtiofsd serves it)."""
+    fresh virtiofsd serves it); the container rootfs overlay in the share is mounted again
+    on its image layer with the guest's changes, and unmounted when the VM is stopped."""
     out = work / "leave.tar.zst"
     ckpt = KataSandbox(vm.id).checkpoint(out, leave_running=True)
     saved = last_count(vm.console)
@@ -152,9 +153,23 @@ def test_leave_running_then_restore_continues_counter_and_share(
         30,
         "the restored guest writing through virtiofs",
     )
+    # The container rootfs in the share: an overlay again, on the same image layer, with
+    # what the guest wrote into it before, and what it goes on writing.
+    rootfs = shared / "ctr" / "rootfs"
+    assert os.path.ismount(rootfs)
+    assert (rootfs / "hello.txt").read_text() == "from the image layer\n"
+    assert (rootfs / "guest.txt").read_text() == "written into the container rootfs\n"
+    in_rootfs = int((rootfs / "count").read_text())
+    wait_for(
+        lambda: int((rootfs / "count").read_text() or 0) > in_rootfs,
+        30,
+        "the restored guest writing into its rootfs overlay",
+    )
     box.stop()
     assert not box.running
     assert not (RUNTIME_DIR / f"{vm.id}-r1").exists()
+    assert not os.path.ismount(rootfs)
+    assert (vm.shared / "ctr" / "rootfs" / "hello.txt").exists()  # the original's is untouched
 
 
 def test_damaged_state_is_refused_before_qemu_starts(
