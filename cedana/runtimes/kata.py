@@ -106,6 +106,7 @@ _SHARE_MEMBER = "vm/share-{}.tar"
 _OVERLAY_MEMBER = "vm/share-{}-overlay-{}.tar"
 _MIGRATION_FD = "cedana-migration"
 _F_SETPIPE_SZ = 1031
+_MIGRATING = ("setup", "active", "device", "pre-switchover", "wait-unplug")
 _CHUNK = 1 << 20
 #: Seconds a VM's save or load may take.
 _MIGRATION_TIMEOUT = 600.0
@@ -600,7 +601,7 @@ class KataSandbox:
                     "A 9p share blocks it while mounted: share the rootfs through virtiofs "
                     "(kata's shared_fs = virtio-fs)"
                 )
-            if migration.get("status") in ("setup", "active", "device", "pre-switchover"):
+            if migration.get("status") in _MIGRATING:
                 raise NotCheckpointable(
                     f"a migration of kata sandbox {self._what()} is already running"
                 )
@@ -660,6 +661,7 @@ class KataSandbox:
                     # can be saved again, and restore verifies every byte first.
                     writer.finish(manifest, verify=not opts.leave_running)
                 except BaseException:
+                    _cancel_migration(qmp)
                     if was_running and not resumed:
                         with contextlib.suppress(CedanaError):
                             qmp.execute("cont")
@@ -1049,6 +1051,19 @@ def _put_back(ckpt: Checkpoint, member: str, target: Path, *, userxattr: bool = 
             apply_upper(diff, target, userxattr=userxattr)
         except tarfile.TarError as exc:
             raise ArtifactCorrupt(f"{ckpt.path}: {member} is not a readable tar ({exc})") from exc
+
+
+def _cancel_migration(qmp: QmpConnection, timeout: float = 30.0) -> None:
+    """Cancel a migration still going (the artifact failed, not QEMU) and wait until it
+    has ended, so the VM can continue."""
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(CedanaError):
+        if qmp.execute("query-migrate").get("status") in _MIGRATING:
+            qmp.execute("migrate_cancel")
+        while qmp.execute("query-migrate").get("status") in (*_MIGRATING, "cancelling"):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
 
 
 class _Pipe:

@@ -190,6 +190,24 @@ def test_damaged_state_is_refused_before_qemu_starts(
     assert vm.qemu.poll() is None
 
 
+def test_a_full_disk_leaves_the_vm_running(vm: Sandbox, work: Path) -> None:
+    """The artifact's filesystem fills up while the VM state streams in: NoSpace, nothing is
+    left at the destination, and the VM (paused for the save) runs on."""
+    small = work / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    try:
+        with pytest.raises(cedana.NoSpace):
+            KataSandbox(vm.id).checkpoint(small / "full.tar.zst")
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    with KataSandbox(vm.id).connect() as qmp:
+        assert qmp.execute("query-status")["status"] == "running"
+    before = last_count(vm.console) or 0
+    wait_for(lambda: (last_count(vm.console) or 0) > before, 30, "the counter after NoSpace")
+
+
 def _edited(work: Path, source: Path, name: str, edit: Callable[[Any], None]) -> Path:
     """A copy of ``source`` with its recorded QEMU facts changed, re-signed by this host
     (as a hostile or mismatched artifact could be)."""
