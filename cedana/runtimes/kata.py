@@ -991,7 +991,8 @@ def _checked_lower(recorded: Any, identities: Any) -> tuple[str, ...]:
     if not layers or len(ids) != len(layers):
         raise UnsafeArtifact("a share's overlay records no lower layers with their identity")
     for layer, identity in zip(layers, ids, strict=True):
-        if not os.path.isabs(layer) or os.path.realpath(layer) != os.path.normpath(layer):
+        plain = os.path.isabs(layer) and ".." not in Path(layer).parts
+        if not plain or os.path.realpath(layer) != os.path.normpath(layer):
             raise UnsafeArtifact(f"a share's overlay layer {layer!r} is not a plain absolute path")
         if not os.path.isdir(layer):
             raise ContainerError(

@@ -161,3 +161,48 @@ def test_kata_targets_are_registered() -> None:
     assert runtime.flags == {"root": "runtime_dir"}
     with pytest.raises(cedana.CedanaError, match="expected kata:ID"):
         registry.parse_target("kata:a/b")
+
+
+def test_recorded_kernel_and_initrd_are_checked(tmp_path: Path) -> None:
+    """A recorded image path is handed to QEMU only as an absolute path to a regular file
+    only root may write, whose digest is the recorded one: the rest is refused."""
+    from cedana.errors import ContainerError, UnsafeArtifact
+    from cedana.runtimes.kata import _checked_image, _file_digest
+
+    with pytest.raises(UnsafeArtifact, match="not a plain absolute path"):
+        _checked_image("boot/vmlinuz", "0" * 64, "kernel")
+    with pytest.raises(UnsafeArtifact, match="not a file cedana hands QEMU"):
+        _checked_image("/proc/kcore", "0" * 64, "kernel")
+    with pytest.raises(ContainerError, match="not on this host"):
+        _checked_image(str(tmp_path / "gone"), "0" * 64, "kernel")
+    writable = tmp_path / "vmlinuz"
+    writable.write_bytes(b"kernel")
+    writable.chmod(0o666)
+    with pytest.raises(UnsafeArtifact, match="only root may write"):
+        _checked_image(str(writable), _file_digest(str(writable)), "kernel")
+    with pytest.raises(ContainerError, match="digest differs"):
+        _checked_image("/bin/sh", "0" * 64, "kernel")
+    assert _checked_image("/bin/sh", _file_digest("/bin/sh"), "kernel") == "/bin/sh"
+
+
+def test_a_shares_overlay_layers_must_be_the_recorded_directories(tmp_path: Path) -> None:
+    """A share's overlay is mounted again only on lower layers that are plain absolute
+    paths of the same directories (by identity) the checkpoint recorded."""
+    from cedana.errors import ContainerError, UnsafeArtifact
+    from cedana.rootfs.overlay import layer_identity
+    from cedana.runtimes.kata import _checked_lower
+
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    (layer / "a").write_text("a")
+    identity = layer_identity(layer)
+    assert _checked_lower([str(layer)], [identity]) == (str(layer),)
+    with pytest.raises(UnsafeArtifact, match="no lower layers"):
+        _checked_lower([str(layer)], [])
+    with pytest.raises(UnsafeArtifact, match="not a plain absolute path"):
+        _checked_lower([f"{tmp_path}/x/../layer"], [identity])
+    with pytest.raises(ContainerError, match="not on this host"):
+        _checked_lower([str(tmp_path / "gone")], [identity])
+    (layer / "b").write_text("b")
+    with pytest.raises(UnsafeArtifact, match="not the image layer"):
+        _checked_lower([str(layer)], [identity])
