@@ -117,6 +117,29 @@ def test_no_such_sandbox_is_refused() -> None:
         KataSandbox("kata-none").checkpoint("/tmp/kata-none.tar.zst")
 
 
+def test_found_by_id_or_by_qmp_socket(vm: Sandbox) -> None:
+    """A sandbox is found by its id (QEMU's ``-name sandbox-<id>``) or by an explicit
+    QMP socket; either way the same QEMU, whose QMP answers."""
+    by_id = KataSandbox(vm.id)
+    by_qmp = KataSandbox(qmp=vm.run_dir / "qmp.sock")
+    assert by_id.pid == by_qmp.pid == vm.qemu.pid
+    assert by_id.qmp_socket == vm.run_dir / "qmp.sock"
+    with by_qmp.connect() as qmp:
+        assert qmp.execute("query-status")["status"] == "running"
+
+
+def test_restore_into_a_sandbox_dir_in_use_is_refused(vm: Sandbox, work: Path) -> None:
+    """Restoring under the name of a sandbox whose runtime dir exists (the original's) is
+    ContainerExists before anything starts; the original's dir is left as it was."""
+    source = work / "inuse.tar.zst"
+    KataSandbox(vm.id).checkpoint(source, leave_running=True)
+    before = sorted(p.name for p in vm.run_dir.iterdir())
+    with pytest.raises(cedana.ContainerExists, match="pass another name"):
+        KataSandbox.restore(source)  # the recorded id: the original's
+    assert sorted(p.name for p in vm.run_dir.iterdir()) == before
+    assert vm.qemu.poll() is None
+
+
 def test_leave_running_then_restore_continues_counter_and_share(
     vm: Sandbox, work: Path, restored: list[KataSandbox]
 ) -> None:
