@@ -75,6 +75,31 @@ def requires_tool(*names: str) -> pytest.MarkDecorator:
     return _need(not missing, f"needs {', '.join(missing)}; run scripts/provision")
 
 
+def qemu_version() -> tuple[int, ...] | None:
+    """``qemu-system-x86_64``'s version, or None."""
+    text = runtime_version("qemu-system-x86_64")
+    found = text.split("version ")[-1].split()[0] if text and "version " in text else ""
+    parts = tuple(int(x) for x in found.split(".") if x.isdigit())
+    return parts or None
+
+
+def requires_kata() -> pytest.MarkDecorator:
+    """A kata-style sandbox VM: QEMU >= 8.2 (vhost-user-fs migrates), a virtiofsd, Debian's
+    guest kernel extracted by scripts/provision, busybox-static for the initramfs."""
+    from tests.kata_guest import guest_kernel
+
+    version = qemu_version()
+    return _need(
+        version is not None
+        and version >= (8, 2)
+        and shutil.which("virtiofsd") is not None
+        and guest_kernel() is not None
+        and busybox_binary() is not None,
+        f"needs QEMU >= 8.2 (found {version}), virtiofsd and the guest kernel; run "
+        "scripts/provision",
+    )
+
+
 def zdtm_source() -> Path | None:
     """CRIU's source tree with its zdtm tests (scripts/provision unpacks it), or None."""
     from tests.zdtm.suite import source_tree

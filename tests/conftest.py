@@ -30,6 +30,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"kernel: {platform.release()}  arch: {platform.machine()}  root: {os.geteuid() == 0}",
         f"criu: {'.'.join(map(str, crv)) if crv else 'not found'}",
         f"runc: {runtime_version('runc')}; containerd: {runtime_version('containerd')}",
+        f"qemu: {runtime_version('qemu-system-x86_64')}",
         f"strict capabilities (CI): {STRICT}",
     ]
 

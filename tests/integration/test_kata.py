@@ -33,43 +33,19 @@ from cedana.errors import (
 )
 from cedana.runtimes._qemu_spec import UnsupportedVm
 from cedana.runtimes.kata import STATE_MEMBER, KataSandbox
-from tests.capabilities import _need, busybox_binary, requires_root
+from tests.capabilities import requires_kata, requires_root
+from tests.helpers import tmpfs
 from tests.kata_guest import (
     RUNTIME_DIR,
     Sandbox,
     build_initrd,
-    guest_kernel,
     last_count,
     sandbox,
     start_sandbox,
     wait_for,
 )
 
-
-def _qemu_ok() -> bool:
-    out = (
-        subprocess.run(
-            ["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False
-        )
-        if shutil.which("qemu-system-x86_64")
-        else None
-    )
-    if out is None:
-        return False
-    words = out.stdout.split()
-    version = words[3] if len(words) > 3 else "0"
-    return tuple(int(x) for x in version.split(".")[:2]) >= (8, 2)
-
-
-requires_kata = _need(
-    _qemu_ok()
-    and shutil.which("virtiofsd") is not None
-    and guest_kernel() is not None
-    and busybox_binary() is not None,
-    "needs QEMU >= 8.2, virtiofsd >= 1.11 and the guest kernel; run scripts/provision",
-)
-
-pytestmark = [pytest.mark.integration, requires_root, requires_kata]
+pytestmark = [pytest.mark.integration, requires_root, requires_kata()]
 
 
 @pytest.fixture(scope="module")
@@ -216,15 +192,10 @@ def test_damaged_state_is_refused_before_qemu_starts(
 def test_a_full_disk_leaves_the_vm_running(vm: Sandbox, work: Path) -> None:
     """The artifact's filesystem fills up while the VM state streams in: NoSpace, nothing is
     left at the destination, and the VM (paused for the save) runs on."""
-    small = work / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
-    try:
+    with tmpfs(work / "small", "4m") as small:
         with pytest.raises(cedana.NoSpace):
             KataSandbox(vm.id).checkpoint(small / "full.tar.zst")
         assert list(small.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
     with KataSandbox(vm.id).connect() as qmp:
         assert qmp.execute("query-status")["status"] == "running"
     before = last_count(vm.console) or 0
