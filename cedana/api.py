@@ -75,6 +75,10 @@ def restore(
     ``address``, ``log``...) or, with ``into="runc"``, as a plain
     :class:`~cedana.RuncContainer`.
 
+    A kata sandbox checkpoint (a whole VM) comes back as a :class:`~cedana.KataSandbox`
+    running in a new QEMU (options of :meth:`~cedana.KataSandbox.restore`: ``name``,
+    ``root``, ``shared_dir``...).
+
     ``progress`` is called with a :class:`cedana.progress.Progress` as the images are
     unpacked and the tree restored, or True shows a bar (see :mod:`cedana.progress`).
 

@@ -187,8 +187,19 @@ class Checkpoint:
         stream(name, write)
 
     def inspect(self) -> Inspection:
-        """Decode the CRIU images: processes, memory, files, sockets. Needs no root."""
+        """Decode the CRIU images: processes, memory, files, sockets. Needs no root.
+
+        Raises:
+            ArtifactError: A VM checkpoint (kind ``"vm"``) holds QEMU's state, not CRIU
+                images; its manifest says what it holds.
+        """
         from cedana.artifact import inspect_images
+
+        if self.kind == "vm":
+            raise ArtifactError(
+                f"{self.path} is a VM checkpoint: it holds QEMU's saved state, not CRIU "
+                "images; its manifest (cedana inspect) says what it holds"
+            )
 
         with scratch_dir(".cedana-inspect-", fills="the checkpoint's images") as tmp:
             images = tmp / "images"
