@@ -58,7 +58,7 @@ from typing import Any, Literal
 import attrs
 import blake3
 
-from cedana import registry
+from cedana import progress, registry
 from cedana.artifact.manifest import HostInfo, Manifest, ProcessEntry, thaw
 from cedana.artifact.signing import KeySource, Trust
 from cedana.artifact.signing import signing_key as load_signing_key
@@ -108,6 +108,7 @@ _MIGRATION_FD = "cedana-migration"
 _F_SETPIPE_SZ = 1031
 _MIGRATING = ("setup", "active", "device", "pre-switchover", "wait-unplug")
 _CHUNK = 1 << 20
+_REPORT_STEP = 8 << 20
 #: Seconds a VM's save or load may take.
 _MIGRATION_TIMEOUT = 600.0
 _SUPPORTED = "QEMU (kata's configuration-qemu.toml)"
@@ -119,6 +120,7 @@ _OTHER_HYPERVISORS = {
 }
 _VIRTIOFSD_PATHS = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
 _CACHE_MODES = ("auto", "always", "never", "metadata")
+_SANDBOX_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 # --------------------------------------------------------------------------- the host
@@ -381,7 +383,7 @@ def _runtime_dir(value: str | os.PathLike[str] | None) -> Path:
 
 
 def _sandbox_keyword(ident: str) -> Mapping[str, Any]:
-    if not ident or "/" in ident or ident in (".", ".."):
+    if not _SANDBOX_ID.fullmatch(ident):
         raise ValueError(ident)
     return {"sandbox_id": ident}
 
@@ -550,7 +552,8 @@ class KataSandbox:
             compress, level, threads, directory, overwrite, signing_key, options: As for
                 :class:`~cedana.CheckpointOptions`.
             work_dir: Unused: nothing is staged, the VM state streams into the artifact.
-            progress: Accepted for the command line; a VM save reports no progress yet.
+            progress: Called with a :class:`cedana.progress.Progress` as the state streams
+                (phase ``dump``, ``total`` the guest's RAM: an estimate), or True for a bar.
 
         Raises:
             ContainerNotFound: No such sandbox.
@@ -701,12 +704,20 @@ class KataSandbox:
                 qmp.pass_fd(write_fd, _MIGRATION_FD)
             finally:
                 os.close(write_fd)
+            watched = progress.current() is not None
+            ram = _guest_memory(qmp) if watched else None
             member = writer.open_member(STATE_MEMBER)
             qmp.execute("migrate", {"uri": f"fd:{_MIGRATION_FD}"})
             began = time.monotonic()
+            reported = 0
             while chunk := os.read(read_fd, _CHUNK):
                 member.write(chunk)
+                if watched and member.size - reported >= _REPORT_STEP:
+                    reported = member.size
+                    progress.report("dump", member.size, ram)
             member.close()
+            if watched:
+                progress.report("dump", member.size, ram)
         finally:
             os.close(read_fd)
         deadline = time.monotonic() + timeout
@@ -770,8 +781,10 @@ class KataSandbox:
         spec = parse_command_line([str(a) for a in qemu_facts.get("argv") or []])
         plan = _plan_restore(spec, workload)
         new_id = name or (workload.get("sandbox") or {}).get("id") or spec.sandbox_id
-        if not new_id or "/" in new_id or new_id in (".", ".."):
-            raise InvalidOption("name= must be a sandbox id (no '/')")
+        if not isinstance(new_id, str) or not _SANDBOX_ID.fullmatch(new_id):
+            raise InvalidOption(
+                f"{new_id!r} is not a sandbox id (letters, digits, '.', '_', '-'): pass name="
+            )
         runtime_dir = Path(root) if root is not None else DEFAULT_RUNTIME_DIR
         run_dir = runtime_dir / new_id
         with contextlib.ExitStack() as undo:
@@ -1054,6 +1067,15 @@ def _put_back(ckpt: Checkpoint, member: str, target: Path, *, userxattr: bool = 
             raise ArtifactCorrupt(f"{ckpt.path}: {member} is not a readable tar ({exc})") from exc
 
 
+def _guest_memory(qmp: QmpConnection) -> int | None:
+    """The guest's RAM in bytes: what a progress bar takes as the state's size (an
+    estimate: QEMU skips zero pages, and adds its devices' state)."""
+    try:
+        return int(qmp.execute("query-memory-size-summary")["base-memory"])
+    except (CedanaError, KeyError, TypeError, ValueError):
+        return None
+
+
 def _cancel_migration(qmp: QmpConnection, timeout: float = 30.0) -> None:
     """Cancel a migration still going (the artifact failed, not QEMU) and wait until it
     has ended, so the VM can continue."""
@@ -1199,9 +1221,20 @@ def _feed_and_load(
     """
     failure: list[BaseException] = []
 
+    total = next((m.size for m in ckpt.manifest.members if m.name == STATE_MEMBER), None)
+    fed = 0
+    notify = progress.current()
+
+    def write(data: bytes) -> None:
+        nonlocal fed
+        pipe.write(data)
+        fed += len(data)
+        if notify is not None and (fed == total or fed % _REPORT_STEP < len(data)):
+            notify(progress.Progress("unpack", fed, total))
+
     def feed() -> None:
         try:
-            ckpt.stream_member(STATE_MEMBER, pipe.write)
+            ckpt.stream_member(STATE_MEMBER, write)
         except BrokenPipeError:
             pass  # QEMU stopped reading: its log says why
         except BaseException as exc:

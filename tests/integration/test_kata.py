@@ -31,6 +31,7 @@ from cedana.errors import (
     ContainerNotFound,
     NotCheckpointable,
 )
+from cedana.progress import Progress
 from cedana.runtimes._qemu_spec import UnsupportedVm
 from cedana.runtimes.kata import STATE_MEMBER, KataSandbox
 from tests.capabilities import requires_kata, requires_root
@@ -125,21 +126,27 @@ def test_leave_running_then_restore_continues_counter_and_share(
     fresh virtiofsd serves it); the container rootfs overlay in the share is mounted again
     on its image layer with the guest's changes, and unmounted when the VM is stopped."""
     out = work / "leave.tar.zst"
-    ckpt = KataSandbox(vm.id).checkpoint(out, leave_running=True)
+    seen: list[Progress] = []
+    ckpt = KataSandbox(vm.id).checkpoint(out, leave_running=True, progress=seen.append)
     saved = last_count(vm.console)
     assert saved is not None
     assert ckpt.kind == "vm" and ckpt.runtime == "kata"
     qemu = ckpt.manifest.workload["qemu"]
     assert qemu["machine_type"].startswith("pc-q35-")
     assert "vhost-user-fs-pci" in qemu["devices"]
-    assert STATE_MEMBER in {m.name for m in ckpt.manifest.members}
+    state = ckpt.manifest.member(STATE_MEMBER).size
+    assert seen and {p.phase for p in seen} == {"dump"} and seen[-1].done == state
     # The original runs on.
     wait_for(lambda: (last_count(vm.console) or 0) > saved + 1, 30, "the original's counter")
     assert vm.qemu.poll() is None
 
     shared = work / "leave-shared"
-    box = KataSandbox.restore(out, name=f"{vm.id}-r1", shared_dir=shared)
+    seen.clear()
+    box = cedana.restore(out, name=f"{vm.id}-r1", shared_dir=shared, progress=seen.append)
+    assert isinstance(box, KataSandbox)
     restored.append(box)
+    assert [p.phase for p in seen if p.phase != seen[0].phase][-1] == "unpack"
+    assert seen[0].phase == "verify" and seen[-1].done == state
     console = RUNTIME_DIR / f"{vm.id}-r1" / "console.log"
     assert box.pid > 0 and box.qmp_socket.exists()
     wait_for(lambda: last_count(console) is not None, 30, "the restored console")

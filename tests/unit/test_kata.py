@@ -161,6 +161,8 @@ def test_kata_targets_are_registered() -> None:
     assert runtime.flags == {"root": "runtime_dir"}
     with pytest.raises(cedana.CedanaError, match="expected kata:ID"):
         registry.parse_target("kata:a/b")
+    with pytest.raises(cedana.CedanaError, match="expected kata:ID"):
+        registry.parse_target("kata:a,debug-threads=on")
 
 
 def test_recorded_kernel_and_initrd_are_checked(tmp_path: Path) -> None:
