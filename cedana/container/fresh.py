@@ -209,6 +209,7 @@ class FreshPlan:
                 shift=self.shift,
             )
             undo.callback(made.remove)
+            _let_mapped_root_in(self.bundle, self.config)
             undo.callback(_delete_if_made_here, command, self.root, name, self.bundle)
             with open_stdio(stdin, stdout, stderr) as (fd0, fd1, fd2):
                 done = command.run(
@@ -226,6 +227,19 @@ class FreshPlan:
             undo.pop_all()
         logger.debug("fresh runc %s: pid %d in %.3fs", name, state.pid, time.monotonic() - started)
         return state
+
+
+def _let_mapped_root_in(bundle: Path, config: Mapping[str, Any]) -> None:
+    """A container in a user namespace reaches its rootfs as its own root, a host id the
+    bundle's owner is not: the bundle becomes 0710 with that root's host group, as moby
+    does for remapped roots, so it passes through it without listing it (nobody else
+    does). Its parents must let it through too (``bundle=`` in such a directory)."""
+    shift = IdShift.of_config(config, what="the config")
+    if shift is None:
+        return
+    _, gid = shift.outside(0, 0)
+    os.chown(bundle, -1, gid)
+    os.chmod(bundle, 0o710)
 
 
 def _delete_if_made_here(command: RuncCommand, root: Path, name: str, bundle: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ import cedana
 from cedana.container import DEFAULT_BUNDLES
 from tests.capabilities import integration, requires_busybox, requires_runtime
 from tests.conftest import wait_for
-from tests.helpers import count, craft, name_for, wait_count
+from tests.helpers import COUNTER, count, craft, name_for, wait_count
 from tests.integration import test_containerd as ctd
 from tests.integration import test_docker as dkr
 from tests.integration import test_podman as pdm
@@ -214,6 +215,62 @@ def test_runc_cli_checkpoint_inspect_restore(
     assert done.returncode == 0, done.stderr
     restored = cedana.RuncContainer(new, root=runc_containers.root)
     assert_changes_in(Path(f"/proc/{restored.pid}/root"))
+
+
+def test_runc_user_namespace_owners_shifted(
+    runc_containers: rnc.Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """In a container whose root is host uid 100000 (a user namespace), ``shift_owners``
+    records the files its root made as owned by 0 (as the container sees them), and the
+    manifest keeps the mappings; without it the diff holds the host's 100000. Started
+    fresh under the same mappings, the files are the host's 100000 again, root's inside."""
+    import json
+
+    name, new = name_for(request), name_for(request, "-2")
+    # The container's root (host uid 100000) must reach its rootfs: the test's directories
+    # are root's 0700 ones, so let others through (not list) them.
+    for path in (tmp_path, runc_containers.lower):
+        for step in (path, *path.parents):
+            step.chmod(step.stat().st_mode | 0o001)
+    bundle = runc_containers.bundle(name, COUNTER)
+    config = json.loads((bundle / "config.json").read_text())
+    mapping = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    config["linux"]["namespaces"].append({"type": "user"})
+    config["linux"]["uidMappings"] = config["linux"]["gidMappings"] = mapping
+    (bundle / "config.json").write_text(json.dumps(config))
+    (bundle / "upper").chmod(0o755)  # the lower is root's; the container's root is 100000
+    runc_containers.names.append(name)
+    subprocess.run(
+        ["runc", "--root", str(runc_containers.root), "run", "-d", "--bundle", str(bundle), name],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        check=True, timeout=60,
+    )  # fmt: skip
+    c = cedana.RuncContainer(name, root=runc_containers.root)
+    c.exec(["sh", "-c", "mkdir /tmp/d && echo mine > /tmp/d/f"])
+    assert (bundle / "upper/tmp/d/f").stat().st_uid == 100000
+
+    def owners(ckpt: cedana.Checkpoint) -> tuple[int, int]:
+        data = ckpt.read_member("container/rootfs-diff.tar")
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            member = tar.getmember("tmp/d/f")
+            return member.uid, member.gid
+
+    plain = c.checkpoint(tmp_path / "host.tar.zst", rootfs_only=True)
+    assert owners(plain) == (100000, 100000)
+    assert plain.manifest.workload["rootfs"]["owners"] == "host"
+    shifted = checkpoint_while_running(c, c, tmp_path / "in.tar.zst", shift_owners=True)
+    assert owners(shifted) == (0, 0)
+    rootfs = shifted.manifest.workload["rootfs"]
+    assert rootfs["owners"] == "container"
+    assert rootfs["mappings"]["uidMappings"][0]["hostID"] == 100000
+
+    runc_containers.track(new)
+    restored = cedana.restore(
+        shifted.path, name=new, root=runc_containers.root, bundle=tmp_path / "fresh"
+    )
+    made = Path(f"/proc/{restored.pid}/root/tmp/d/f")
+    assert made.read_text() == "mine\n" and made.stat().st_uid == 100000
+    assert restored.exec(["stat", "-c", "%u", "/tmp/d/f"]).split() == [b"0"]
 
 
 def test_runc_bad_inputs(
