@@ -318,3 +318,40 @@ def test_restore_of_a_rootfs_checkpoint_stays_in_its_runtime(tmp_path: Path) -> 
     with pytest.raises(UnsafeArtifact, match="not one of its members"):  # no diff member
         cedana.RuncContainer.restore_fresh(artifact, name="n", bundle=tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_the_criu_restores_refuse_a_rootfs_checkpoint(tmp_path: Path) -> None:
+    """Handed to a restore that runs CRIU (a process's, runc's, a runtime's), a rootfs-only
+    checkpoint is refused, saying what starts it instead; nothing runs."""
+    artifact = _rootfs_artifact(tmp_path, "runc")
+    with pytest.raises(cedana.RestoreFailed, match="rootfs-only checkpoint"):
+        cedana.Process.restore(artifact)
+    for cls in (cedana.RuncContainer, cedana.PodmanContainer, cedana.DockerContainer):
+        with pytest.raises(ContainerError, match="restore_fresh"):
+            cls.restore(artifact)
+    with pytest.raises(ContainerError, match="restore_fresh"):
+        cedana.ContainerdContainer.restore(artifact, client=None)
+
+
+def test_check_upper_refuses_before_anything_is_written(tmp_path: Path) -> None:
+    """check_upper refuses the entries apply_upper would (an escaping symlink, a device
+    node), and a file that is no tar, by reading headers only."""
+    from cedana.errors import ArtifactCorrupt
+    from cedana.rootfs.overlay import check_upper
+
+    for name, info in (
+        ("link", tarfile.TarInfo("etc/x")),
+        ("dev", tarfile.TarInfo("dev/sda")),
+    ):
+        if name == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, "../../../../etc/passwd"
+        else:
+            info.type, info.devmajor = tarfile.BLKTYPE, 8
+        diff = tmp_path / f"{name}.tar"
+        with tarfile.open(diff, "w") as tar:
+            tar.addfile(info)
+        with pytest.raises(UnsafeArtifact):
+            check_upper(diff)
+    (tmp_path / "junk.tar").write_bytes(b"junk" * 200)
+    with pytest.raises(ArtifactCorrupt):
+        check_upper(tmp_path / "junk.tar")
