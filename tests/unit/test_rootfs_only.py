@@ -135,6 +135,15 @@ def test_frozen_v2_that_never_freezes_is_thawed_again(tmp_path: Path) -> None:
     assert (tmp_path / "cgroup.freeze").read_text() == "0"
 
 
+def test_a_cgroup_gone_meanwhile_says_the_container_exited(tmp_path: Path) -> None:
+    """A container that exited between its live check and the freeze (its cgroup gone)
+    is ContainerNotRunning, not a bare OSError."""
+    paths = _v1(tmp_path)
+    Path(paths["freezer"], "freezer.state").unlink()
+    with pytest.raises(cedana.ContainerNotRunning), frozen(paths, what="c", unified=False):
+        pytest.fail("the block ran")
+
+
 def test_no_freezer_is_refused(tmp_path: Path) -> None:
     """A container without a freezer cgroup cannot be captured consistently: refused."""
     with pytest.raises(NotCheckpointable, match="freeze"), frozen({}, what="c", unified=False):
@@ -309,6 +318,8 @@ def test_restore_of_a_rootfs_checkpoint_stays_in_its_runtime(tmp_path: Path) -> 
     runtime's fresh-start keywords; another ``into``, a keyword it does not take, or a
     runtime this cedana does not know is a clear error before anything runs."""
     artifact = _rootfs_artifact(tmp_path, "runc")
+    inspection = cedana.open(artifact).inspect()  # no CRIU images: nothing of processes
+    assert inspection.processes == () and inspection.memory_bytes == 0
     with pytest.raises(ContainerError, match="not into 'containerd'"):
         cedana.restore(artifact, into="containerd")
     with pytest.raises(ContainerError, match="namespace="):
