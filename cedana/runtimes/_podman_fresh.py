@@ -131,6 +131,9 @@ def restore_fresh(
             "checkpoint's root filesystem changes apply on top of it: load or import it "
             "first (podman load / podman import)"
         )
+    # By its name where the name still means that image (podman ps shows it so).
+    named = api.image(image_ref) if image_ref != image_id else None
+    image = image_ref if named is not None and named.get("Id") == image_id else image_id
     if api.container(name) is not None:
         raise ContainerExists(
             f"a podman container named {name!r} exists; choose another name (name=... / "
@@ -143,7 +146,7 @@ def restore_fresh(
         wanted = f"{diff_dir}/{DIFF_NAME}"
         ckpt.extract(work / "members", only=lambda member: member == wanted)
         check_upper(work / "members" / wanted)  # before anything is made for it
-        api.run("create", "--name", name, *flags, image_id)
+        api.run("create", "--name", name, *flags, image)
         try:
             record = api.container(name) or {}
             layer = ContainersStorageSnapshotter.from_graph_driver(

@@ -482,6 +482,8 @@ def test_podman_rootfs_only_and_fresh_restore(
     assert isinstance(restored, cedana.PodmanContainer) and restored.name == new
     assert {name, new} <= podman.running()
     assert podman.cat(new, "/etc/new.txt") == "new\n"
+    shown = podman("container", "inspect", "--format", "{{.ImageName}}", new).strip()
+    assert shown == pdm.IMAGE
     assert_changes_in(Path(f"/proc/{restored.pid}/root"))
     assert_started_fresh(restored, checkpointed_counts(ckpt))
     with pytest.raises(cedana.ContainerExists):
