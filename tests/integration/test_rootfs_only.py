@@ -1,7 +1,7 @@
 """Rootfs-only checkpoints against real runc, containerd, docker and podman: no CRIU.
 
 Each runtime's container runs the counter, then changes its root filesystem (files written,
-changed and deleted, a directory replaced, a symlink, a hard link, owners changed). A
+changed and deleted, a directory replaced, a symlink, a hard link, an owner changed, an extended attribute). A
 rootfs-only checkpoint must leave it running throughout (its counter advances, its cgroup is
 thawed afterwards) and record those changes; a restore must start a *new* container of the
 same runtime from the image plus the changes: the files are there, and its counter starts
@@ -50,9 +50,11 @@ CHANGES = (
 
 def change(container: Any, run: Callable[[str], object]) -> None:
     """Make the :data:`CHANGES` in ``container`` (``run`` runs a shell line inside), and
-    change an owner from the host (runc's default capabilities have no CAP_CHOWN)."""
+    change an owner and set an extended attribute from the host (runc's default
+    capabilities have no CAP_CHOWN)."""
     run(CHANGES)
     os.chown(f"/proc/{container.pid}/root/data/owned", 4321, 8765)
+    os.setxattr(f"/proc/{container.pid}/root/data/owned", "user.cedana", b"kept")
 
 
 def assert_changes_in(root: Path) -> None:
@@ -66,6 +68,7 @@ def assert_changes_in(root: Path) -> None:
     assert os.readlink(root / "data/link") == "../etc/new.txt"
     owned = (root / "data/owned").stat()
     assert (owned.st_uid, owned.st_gid) == (4321, 8765)
+    assert os.getxattr(root / "data/owned", "user.cedana") == b"kept"
 
 
 def freezer_state(runc: cedana.RuncContainer) -> str:
