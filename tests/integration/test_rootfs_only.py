@@ -1,13 +1,13 @@
 """Rootfs-only checkpoints against real runc, containerd, docker and podman: no CRIU.
 
 Each runtime's container runs the counter, then changes its root filesystem (files written,
-changed and deleted, a directory replaced, a symlink, a hard link, an owner changed, an extended attribute). A
-rootfs-only checkpoint must leave it running throughout (its counter advances, its cgroup is
-thawed afterwards) and record those changes; a restore must start a *new* container of the
-same runtime from the image plus the changes: the files are there, and its counter starts
-again from 1 (no memory was carried). The daemons and images are the runtime modules' own
-fixtures (containerd and dockerd started in temp dirs, podman on a temp storage), imported
-here; every container a test makes is removed at teardown.
+changed and deleted, a directory replaced, a symlink, a hard link, an owner changed, an
+extended attribute). A rootfs-only checkpoint must leave it running throughout (its counter
+advances, its cgroup is thawed afterwards) and record those changes; a restore must start a
+*new* container of the same runtime from the image plus the changes: the files are there,
+and its counter starts again from 1 (no memory was carried). The daemons and images are the
+runtime modules' own fixtures (containerd and dockerd started in temp dirs, podman on a temp
+storage), imported here; every container a test makes is removed at teardown.
 """
 
 from __future__ import annotations
