@@ -25,7 +25,7 @@ import pytest
 
 import cedana
 from cedana.container import DEFAULT_BUNDLES
-from tests.capabilities import integration, requires_busybox, requires_runtime
+from tests.capabilities import integration, requires_busybox, requires_docker, requires_runtime
 from tests.conftest import wait_for
 from tests.helpers import COUNTER, count, craft, name_for, wait_count
 from tests.integration import test_containerd as ctd
@@ -371,6 +371,7 @@ def ctd_containers(containerd: ctd.Containerd, image: str) -> Iterator[ctd.Conta
 
 
 @requires_runtime("containerd")
+@requires_runtime("ctr")
 def test_containerd_rootfs_only_and_fresh_restore(
     ctd_containers: ctd.Containers, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -425,7 +426,7 @@ def docker_containers(dockerd: dkr.Dockerd) -> Iterator[dkr.Containers]:  # noqa
         c.cleanup()
 
 
-@requires_runtime("dockerd")
+@requires_docker
 def test_docker_rootfs_only_and_fresh_restore(
     docker_containers: dkr.Containers, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
