@@ -25,6 +25,9 @@ import pytest
 
 import cedana
 from cedana.container import DEFAULT_BUNDLES
+from cedana.rootfs.containerd import ContainerdSnapshotter
+from cedana.rootfs.containers_storage import ContainersStorageSnapshotter
+from cedana.rootfs.overlay2 import Overlay2Snapshotter
 from tests.capabilities import integration, requires_busybox, requires_docker, requires_runtime
 from tests.conftest import wait_for
 from tests.helpers import COUNTER, count, craft, name_for, wait_count
@@ -285,7 +288,9 @@ def test_runc_bad_inputs(
     """A container that does not exist is a clear error and writes nothing; a capture that
     fails leaves the container running and thawed, and no artifact; a diff with an escaping
     symlink or a device node, or recorded layers that are not the ones on this host, are
-    refused before anything is made (no container, no bundle)."""
+    refused before anything is made (no container, no bundle); a restore that fails once
+    its bundle is made removes it; a container on a plain directory has no writable layer
+    to capture (refused, left running and thawed)."""
     root = runc_containers.root
     with pytest.raises(cedana.ContainerNotFound):
         cedana.RuncContainer("cedana-nope", root=root).checkpoint(
@@ -334,6 +339,32 @@ def test_runc_bad_inputs(
     assert not (root / new).exists() and not (DEFAULT_BUNDLES / new).exists()
     assert c.status == "running"
 
+    from cedana.rootfs.overlay import OverlaySnapshotter as Overlay
+
+    with monkeypatch.context() as patch:
+        failing_apply(patch, Overlay)
+        new = name_for(request, "-full")
+        runc_containers.track(new)
+        with pytest.raises(OSError, match="(?i)no space"):
+            cedana.restore(good, name=new, root=root)
+    assert not (root / new).exists() and not (DEFAULT_BUNDLES / new).exists()
+
+    plain = runc_containers.run(name_for(request, "-plain"), overlay=False)
+    wait_count(plain, 3)
+    with pytest.raises(cedana.NotCheckpointable, match="no writable layer"):
+        plain.checkpoint(tmp_path / "plain.tar.zst", rootfs_only=True)
+    assert plain.status == "running" and freezer_state(plain) == "THAWED"
+
+
+def failing_apply(monkeypatch: pytest.MonkeyPatch, cls: type[Any]) -> None:
+    """Make ``cls.apply`` (a store's) fail as a full disk does, after the store's new layer
+    or container was made: what a restore made must then be removed again."""
+
+    def broken(self: object, diff: Path, *args: object, **kw: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cls, "apply", broken)
+
 
 def _symlink(name: str, target: str) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
@@ -373,11 +404,15 @@ def ctd_containers(containerd: ctd.Containerd, image: str) -> Iterator[ctd.Conta
 @requires_runtime("containerd")
 @requires_runtime("ctr")
 def test_containerd_rootfs_only_and_fresh_restore(
-    ctd_containers: ctd.Containers, tmp_path: Path, request: pytest.FixtureRequest
+    ctd_containers: ctd.Containers,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A running containerd container keeps running through a rootfs-only checkpoint; the
     restore is a new containerd container (its own task, started fresh) with the changes;
-    an image whose layers differ from the recorded chain id is refused, nothing made."""
+    an image whose layers differ from the recorded chain id, or an escaping symlink, is
+    refused with nothing made; a restore that fails once its snapshot is made removes it."""
     name, new = name_for(request), name_for(request, "-2")
     c = ctd_containers.run(name)
     change(
@@ -407,6 +442,11 @@ def test_containerd_rootfs_only_and_fresh_restore(
     with pytest.raises(cedana.UnsafeArtifact, match="outside the root"):
         cedana.restore(escaping, name=other, address=address)
     assert other not in ctd_containers.daemon.lines("containers", "ls", "-q")
+    with monkeypatch.context() as patch:
+        failing_apply(patch, ContainerdSnapshotter)
+        with pytest.raises(OSError, match="(?i)no space"):
+            cedana.restore(ckpt.path, name=other, address=address)
+    assert other not in ctd_containers.daemon.lines("containers", "ls", "-q")
     keys = {line.split()[0] for line in ctd.snapshot_keys(ctd_containers.daemon) if line}
     assert other not in keys and new in keys
     with pytest.raises(cedana.ContainerNotFound):
@@ -428,11 +468,15 @@ def docker_containers(dockerd: dkr.Dockerd) -> Iterator[dkr.Containers]:  # noqa
 
 @requires_docker
 def test_docker_rootfs_only_and_fresh_restore(
-    docker_containers: dkr.Containers, tmp_path: Path, request: pytest.FixtureRequest
+    docker_containers: dkr.Containers,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A running docker container keeps running through a rootfs-only checkpoint; the
     restore is a new docker container (``docker ps`` lists it) started fresh with the
-    changes in its overlay2 layer."""
+    changes in its overlay2 layer; a device node in the diff is refused with nothing made,
+    and a restore that fails once docker made the container removes it."""
     name, new = name_for(request), name_for(request, "-2")
     c = docker_containers.run(name)
     change(c, lambda line: docker_containers.daemon.docker("exec", name, "sh", "-c", line))
@@ -449,6 +493,11 @@ def test_docker_rootfs_only_and_fresh_restore(
     other = name_for(request, "-3")
     with pytest.raises(cedana.UnsafeArtifact, match="device node"):
         cedana.restore(device, name=other, address=docker_containers.daemon.address)
+    assert other not in docker_containers.daemon.names()
+    with monkeypatch.context() as patch:
+        failing_apply(patch, Overlay2Snapshotter)
+        with pytest.raises(OSError, match="(?i)no space"):
+            cedana.restore(ckpt.path, name=other, address=docker_containers.daemon.address)
     assert other not in docker_containers.daemon.names()
     with pytest.raises(cedana.ContainerNotFound):
         docker_containers.handle("cedana-nope").checkpoint(tmp_path / "n.tar.zst", rootfs_only=True)
@@ -472,10 +521,13 @@ def test_podman_rootfs_only_and_fresh_restore(
     podman_made: list[str],
     tmp_path: Path,
     request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A running podman container keeps running through a rootfs-only checkpoint; the
     restore is a new podman container (``podman ps`` lists it, ``exec`` works) started fresh
-    with the changes in its containers/storage layer; a name that is taken is refused."""
+    with the changes in its containers/storage layer; a taken name, an escaping symlink or
+    a missing image is refused with nothing made, and a restore that fails once podman made
+    the container removes it."""
     name, new = name_for(request), name_for(request, "-2")
     c = podman.start(name)
     change(c, lambda line: podman("exec", name, "sh", "-c", line))
@@ -501,6 +553,11 @@ def test_podman_rootfs_only_and_fresh_restore(
     def other_image(workload: dict[str, Any], _images: Path) -> None:
         workload["podman"]["config"]["rootfsImageID"] = "0" * 64
 
+    with monkeypatch.context() as patch:
+        failing_apply(patch, ContainersStorageSnapshotter)
+        with pytest.raises(OSError, match="(?i)no space"):
+            cedana.restore(ckpt.path, name=other)
+    assert other not in podman.names()
     missing = craft(ckpt.path, tmp_path / "img.tar.zst", other_image)
     with pytest.raises(cedana.ImageNotFound):
         cedana.restore(missing, name=other)
