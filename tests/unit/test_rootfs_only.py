@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -366,3 +367,91 @@ def test_check_upper_refuses_before_anything_is_written(tmp_path: Path) -> None:
     (tmp_path / "junk.tar").write_bytes(b"junk" * 200)
     with pytest.raises(ArtifactCorrupt):
         check_upper(tmp_path / "junk.tar")
+
+
+# --- the runc fresh plan ------------------------------------------------------------------
+
+
+def _fresh_artifact(
+    tmp_path: Path, config: dict[str, Any], *, owners: str = "host", **container: Any
+) -> Path:
+    """A rootfs-only runc artifact on a lower layer of ``tmp_path`` (its identity recorded),
+    with ``config`` as its config.json and an empty diff."""
+    from cedana.rootfs.overlay import layer_identity
+
+    lower = (tmp_path / "lower").resolve()
+    (lower / "bin").mkdir(parents=True, exist_ok=True)
+    members = tmp_path / "fresh-members"
+    shutil.rmtree(members, ignore_errors=True)
+    (members / "container").mkdir(parents=True)
+    (members / "container" / "config.json").write_text(json.dumps(config))
+    with tarfile.open(members / "container" / DIFF_NAME, "w"):
+        pass
+    manifest = Manifest(
+        host=HostInfo.current(criu_version="none"),
+        kind="rootfs",
+        runtime="runc",
+        options={},
+        tree=(),
+        workload={
+            "container": {
+                "id": "web",
+                "root": str(tmp_path / "root"),
+                "bundle": str(tmp_path / "old-bundle"),
+                "config": "container/config.json",
+                **container,
+            },
+            "rootfs": {
+                "captured": True,
+                "format": "overlay",
+                "snapshotter": "overlay",
+                "dir": "container",
+                "lower": [str(lower)],
+                "lower_identity": [layer_identity(lower)],
+                "owners": owners,
+            },
+        },
+    )
+    dest = tmp_path / "fresh.tar.zst"
+    dest.unlink(missing_ok=True)
+    write_artifact(members, dest, manifest, signer=host_key())
+    return dest
+
+
+def test_fresh_plan_checks_everything_and_makes_nothing(tmp_path: Path) -> None:
+    """plan_fresh takes the name, the caller's root and bundle, the recorded lower layer
+    (its identity matching) and the confined config, with the config's mappings as the
+    shift when the diff records owners as the container saw them; it makes nothing. A
+    hook, a taken name, a changed layer and a terminal are refused."""
+    from cedana.container.fresh import plan_fresh
+    from tests.unit.test_confine import config as oci_config
+
+    root = tmp_path / "root"
+    root.mkdir()
+    mapped = oci_config(linux__uidMappings=MAPPED.to_json()["uidMappings"])
+    mapped["linux"]["gidMappings"] = MAPPED.to_json()["gidMappings"]
+    mapped["linux"]["namespaces"].append({"type": "user"})
+    ckpt = cedana.open(_fresh_artifact(tmp_path, mapped, owners="container"))
+    plan = plan_fresh(ckpt, name="web2", bundle=tmp_path / "b", root=root)
+    assert (plan.name, plan.root, plan.bundle) == ("web2", root, tmp_path / "b")
+    assert plan.layers == (str((tmp_path / "lower").resolve()),)
+    assert plan.shift == MAPPED and plan.diff_dir == "container"
+    assert plan.config["root"]["path"] == "rootfs"
+    assert not (tmp_path / "b").exists()
+    assert plan_fresh(ckpt, name="web3", bundle=tmp_path / "b", root=root).name == "web3"
+
+    plain = cedana.open(_fresh_artifact(tmp_path, oci_config()))
+    assert plan_fresh(plain, bundle=tmp_path / "b", root=root).shift is None  # owners: host
+    (root / "web").mkdir()
+    with pytest.raises(cedana.ContainerExists):
+        plan_fresh(plain, bundle=tmp_path / "b", root=root)
+    hooked = oci_config(hooks={"prestart": [{"path": "/bin/evil"}]})
+    with pytest.raises(UnsafeArtifact, match="hooks"):
+        plan_fresh(cedana.open(_fresh_artifact(tmp_path, hooked)), name="x", root=root)
+    terminal = cedana.open(_fresh_artifact(tmp_path, oci_config(), terminal=True))
+    with pytest.raises(ContainerError, match="terminal"):
+        plan_fresh(terminal, name="x", root=root)
+    ckpt = cedana.open(_fresh_artifact(tmp_path, oci_config()))
+    (tmp_path / "lower" / "new-file").write_text("the layer changed")
+    with pytest.raises(UnsafeArtifact, match="identity differs"):
+        plan_fresh(ckpt, name="x", bundle=tmp_path / "b2", root=root)
