@@ -156,7 +156,9 @@ def checkpoint_rootfs(
     started = time.monotonic()
     logger.debug("rootfs-only checkpoint %s %s -> %s: start", name, container_id, dest)
     with scratch_dir(
-        ".cedana-rootfs-", parent=options.work_dir, fills="the rootfs changes"
+        ".cedana-rootfs-",
+        parent=options.work_dir,
+        fills="the rootfs changes (the size of its writable layer)",
     ) as work:
         members = work / "members"
         own = members / CONTAINER_DIR
