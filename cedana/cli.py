@@ -199,8 +199,10 @@ interrupted. "cedana COMMAND --help" shows each command's options.
 """
 )
 
-#: Every runtime ``restore --into`` takes: the registry's.
-_RESTORE_TARGETS = tuple(r.name for r in registry.entries())
+#: Every runtime ``restore --into`` takes: the registry's that some checkpoint restores into.
+_RESTORE_TARGETS = tuple(
+    r.name for r in registry.entries() if any(r.name in e.restores_into for e in registry.entries())
+)
 
 
 def _common(c: argparse.ArgumentParser) -> None:
