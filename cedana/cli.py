@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--address",
         metavar="SOCK",
-        help="the runtime's API socket (containerd, docker; default: the runtime's own)",
+        help="the runtime's API socket (containerd, docker, crio; default: the runtime's own)",
     )
     c.add_argument(
         "--signing-key", metavar="KEY", help="Ed25519 private key (PEM); default: this host's"
