@@ -141,7 +141,7 @@ class Checkpoint:
 
     @property
     def kind(self) -> str:
-        """``"process"`` or ``"container"``."""
+        """``"process"``, ``"container"`` or ``"rootfs"`` (root filesystem changes only)."""
         return self.manifest.kind
 
     @property

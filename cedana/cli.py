@@ -58,6 +58,8 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         leave_running=args.leave_running,
         tcp_established=args.tcp_established,
         file_locks=args.file_locks,
+        rootfs_only=args.rootfs_only or None,
+        shift_owners=args.shift_owners or None,
         compress=args.compress,
         level=args.level,
         overwrite=args.overwrite,
@@ -119,9 +121,10 @@ def _close(workload: Any) -> None:
 def cmd_inspect(args: argparse.Namespace) -> int:
     # Inspecting runs and restores nothing, so it shows who signed rather than refusing.
     ckpt = cedana.open(args.file, trust="any")
-    inspection = ckpt.inspect()
+    rootfs_only = ckpt.kind == "rootfs"  # no CRIU images to decode
+    inspection = None if rootfs_only else ckpt.inspect()
     s = ckpt.summary()
-    data = {"checkpoint": s, "images": inspection.to_dict()}
+    data: dict[str, Any] = {"checkpoint": s, "images": inspection and inspection.to_dict()}
     head = (
         f"{s['path']}: {s['kind']}{' (' + s['runtime'] + ')' if s['runtime'] else ''}, "
         f"created {s['created']}, kernel {s['host']['kernel']}, CRIU {s['host']['criu']}\n"
@@ -131,7 +134,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if container is not None:
         data["container"] = container
         head += "\n" + "\n".join(f"{k:10}{v}" for k, v in container_lines(container))
-    _emit(data, args.json, head + "\n\n" + inspection.format_text())
+    body = "" if inspection is None else "\n\n" + inspection.format_text()
+    _emit(data, args.json, head + body)
     return 0
 
 
@@ -286,6 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="dump established TCP connections with TCP repair (default: refuse them)",
     )
     c.add_argument("--file-locks", action="store_true", help="dump held file locks too")
+    c.add_argument(
+        "--rootfs-only",
+        action="store_true",
+        help="a container's root filesystem changes only, no CRIU: it keeps running (frozen "
+        "while they are read) and restores as a new container started fresh",
+    )
+    c.add_argument(
+        "--shift-owners",
+        action="store_true",
+        help="with --rootfs-only: record owners as the container's user namespace sees them",
+    )
     c.add_argument(
         "--compress",
         choices=["zstd", "none"],

@@ -52,7 +52,9 @@ MANIFEST_NAME = "manifest.json"
 """The name of the manifest member, always the first member of an artifact."""
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_KINDS = ("process", "container")
+#: ``rootfs``: a container's root filesystem changes only (no process images), which a
+#: cedana reading only the first two kinds refuses as malformed: never as a process's.
+_KINDS = ("process", "container", "rootfs")
 
 _T = TypeVar("_T")
 
@@ -224,7 +226,8 @@ class Manifest:
         created: When the checkpoint was taken, ISO 8601 in UTC (``2026-11-28T23:59:59Z``);
             defaults to now.
         host: The machine it was taken on.
-        kind: ``"process"`` or ``"container"``.
+        kind: ``"process"``, ``"container"`` (processes and their container), or
+            ``"rootfs"`` (a container's root filesystem changes only, no processes).
         runtime: For containers, the name of the runtime that ran it, as that runtime
             names itself; this layer stores it and never reads a meaning into it.
         options: The checkpoint options used, as JSON.

@@ -33,6 +33,7 @@ import attrs
 
 from cedana.errors import ContainerError, NotCheckpointable, UnsafeArtifact
 from cedana.rootfs import OVERLAY, RootfsDiff
+from cedana.rootfs.idmap import IdShift
 from cedana.rootfs.overlay import DIFF_NAME, OverlayLayers, OverlaySnapshotter, layers_json
 
 __all__ = [
@@ -129,9 +130,9 @@ class ContainersStorageSnapshotter:
         """The image's layers (and ``userxattr``), as the manifest records them."""
         return layers_json(self.layers())
 
-    def capture(self, rootfs: Path, dest: Path) -> RootfsDiff:
+    def capture(self, rootfs: Path, dest: Path, *, shift: IdShift | None = None) -> RootfsDiff:
         """Write the layer's changes as ``dest/rootfs-diff.tar`` (the overlay format)."""
-        diff = OverlaySnapshotter(self.layers()).capture(rootfs, dest)
+        diff = OverlaySnapshotter(self.layers()).capture(rootfs, dest, shift=shift)
         return attrs.evolve(diff, snapshotter=self.name, format=self.format)
 
     def prepare(self) -> Path:
@@ -150,9 +151,11 @@ class ContainersStorageSnapshotter:
             )
         return self.upper
 
-    def apply(self, diff: Path) -> RootfsDiff:
+    def apply(self, diff: Path, *, shift: IdShift | None = None) -> RootfsDiff:
         """Apply ``diff/rootfs-diff.tar`` to the layer's diff directory (not yet mounted)."""
-        result = OverlaySnapshotter().apply(diff, self.upper, userxattr=self.layers().userxattr)
+        result = OverlaySnapshotter().apply(
+            diff, self.upper, userxattr=self.layers().userxattr, shift=shift
+        )
         return attrs.evolve(result, snapshotter=self.name, format=self.format)
 
     def remove(self) -> None:
