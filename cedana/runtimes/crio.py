@@ -24,8 +24,11 @@ and CRI-O (a pod made from a checkpoint archive or image, KEP-2008), which canno
 installed or tested here, so cedana does not offer it.
 
 System containers (sysbox, or a systemd init) virtualise ``/proc`` in ways that make a
-process checkpoint impractical; for them cedana saves the filesystem changes only.
+process checkpoint impractical; for them cedana saves the filesystem changes only: a
+rootfs-only checkpoint (:mod:`cedana.container.rootfs_only`) is the default.
 :func:`wants_rootfs_only` is that decision, from the container's ``config.json``.
+cedana does not start a CRI-O container afresh from one (no ``restore_fresh``): that is
+CRI-O's and the kubelet's.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from cedana.errors import (
     ContainerError,
     ContainerNotFound,
     ContainerNotRunning,
+    InvalidOption,
     NotCheckpointable,
 )
 from cedana.process import CheckpointOptions
@@ -447,9 +451,9 @@ class CrioContainer:
 
     # --- checkpoint -------------------------------------------------------------
 
-    def _live(self) -> tuple[CriContainerStatus, StoredContainer, CrioConfig, RuncState]:
-        """CRI-O's status, the store entry, CRI-O's config and runc's state, checked to be
-        a running container that a process checkpoint can take."""
+    def _found(self) -> tuple[CriContainerStatus, StoredContainer, CrioConfig]:
+        """CRI-O's status, the store entry and CRI-O's config, checked to be a running
+        container of a pod (not its sandbox)."""
         status = self.status()
         if status.state not in _LIVE:
             raise ContainerNotRunning(
@@ -462,13 +466,11 @@ class CrioContainer:
                 f"CRI-O container {status.id} is a pod's sandbox (infra) container; "
                 "checkpoint the pod's containers (crictl ps lists them)"
             )
-        why = system_container(config, runtime_handler=self.runtime_handler(config))
-        if why is not None:
-            raise NotCheckpointable(
-                f"CRI-O container {status.id} is a system container ({why}): its process "
-                "state cannot be checkpointed, only its filesystem changes (a rootfs-only "
-                "checkpoint), which this cedana does not make yet"
-            )
+        return status, entry, config
+
+    def _live(self) -> tuple[CriContainerStatus, StoredContainer, CrioConfig, RuncState]:
+        """:meth:`_found`'s facts and runc's state, whose pid must be CRI-O's."""
+        status, entry, config = self._found()
         runc = self._runc_for(status.id)
         try:
             state = runc.state()
@@ -501,17 +503,24 @@ class CrioContainer:
         signing_key: str | os.PathLike[str] | None = None,
         criu: Mapping[str, Any] | None = None,
         progress: ProgressArg = None,
+        rootfs_only: bool | None = None,
+        shift_owners: bool | None = None,
         options: CheckpointOptions | None = None,
     ) -> Checkpoint:
         """Checkpoint the container, its containers/storage layer included, to ``path``.
 
         Every keyword but ``options`` sets the :class:`~cedana.CheckpointOptions` field
-        of the same name, over ``options`` (None keeps that field as it is).
+        of the same name, over ``options`` (None keeps that field as it is), but for
+        ``rootfs_only``: None (and ``options`` not asking for it) means **auto**, a
+        rootfs-only checkpoint for a system container (:func:`wants_rootfs_only`: sysbox,
+        a systemd init) and a process checkpoint otherwise; ``False`` forces a process
+        checkpoint of a system container too.
 
-        The manifest records CRI-O's facts (:meth:`CrioConfig.to_json`) and, as a
-        member, the OCI spec. Without ``leave_running`` the container is killed once
-        the artifact is written and verified; CRI-O then shows it exited. The
-        checkpoint restores into runc.
+        The manifest records CRI-O's facts (:meth:`CrioConfig.to_json`, and why it is a
+        system container) and, as a member, the OCI spec. Without ``leave_running`` a
+        process checkpoint kills the container once the artifact is written and
+        verified; CRI-O then shows it exited. A process checkpoint restores into runc;
+        a rootfs-only one keeps the container running and holds its changes only.
 
         Raises:
             ContainerNotFound: CRI-O has no such container.
@@ -524,25 +533,50 @@ class CrioContainer:
             DumpFailed: CRIU failed; the container keeps running, unfrozen.
             ArtifactExists: ``path`` exists and ``overwrite`` was not set.
         """
-        opts = CheckpointOptions.merged(
-            options,
-            leave_running=leave_running,
-            tcp_established=tcp_established,
-            file_locks=file_locks,
-            shell_job=shell_job,
-            compress=compress,
-            level=level,
-            threads=threads,
-            directory=directory,
-            overwrite=overwrite,
-            work_dir=work_dir,
-            signing_key=signing_key,
-            criu=criu,
-            progress=progress,
-        )
-        run = _CheckpointRun(self)
+        status, _, config = self._found()
+        why = system_container(config, runtime_handler=self.runtime_handler(config))
+        auto = rootfs_only is None and not (options is not None and options.rootfs_only)
+        if auto and why is not None:
+            rootfs_only = True
+            logger.info(
+                "CRI-O container %s is a system container (%s): rootfs only", status.id, why
+            )
+        elif why is not None and rootfs_only is False:
+            logger.warning(
+                "CRI-O container %s is a system container (%s): a process checkpoint was "
+                "asked for (rootfs_only=False), which CRIU may not manage",
+                status.id,
+                why,
+            )
+        try:
+            opts = CheckpointOptions.merged(
+                options,
+                leave_running=leave_running,
+                tcp_established=tcp_established,
+                file_locks=file_locks,
+                shell_job=shell_job,
+                compress=compress,
+                level=level,
+                threads=threads,
+                directory=directory,
+                overwrite=overwrite,
+                work_dir=work_dir,
+                signing_key=signing_key,
+                criu=criu,
+                progress=progress,
+                rootfs_only=rootfs_only,
+                shift_owners=shift_owners,
+            )
+        except InvalidOption as exc:
+            if not (auto and why is not None):
+                raise
+            raise InvalidOption(
+                f"CRI-O container {status.id} is a system container ({why}), so its "
+                f"checkpoint is rootfs-only by default (rootfs_only=False forces a process "
+                f"checkpoint): {exc}"
+            ) from exc
         status, *_ = self._live()  # finds the runc side (and refuses early)
-        return self._runc_for(status.id).checkpoint_as(run, path, opts)
+        return self._runc_for(status.id).checkpoint_as(_CheckpointRun(self), path, opts)
 
 
 @attrs.define(eq=False)
@@ -570,7 +604,16 @@ class _CheckpointRun:
         layer.check_mounted_at(state.rootfs, what=entry.id)
         return DumpExtras(
             snapshotter=layer,
-            workload={"crio": {**config.to_json(), "id": entry.id, "store_image": entry.image}},
+            workload={
+                "crio": {
+                    **config.to_json(),
+                    "id": entry.id,
+                    "store_image": entry.image,
+                    "system_container": system_container(
+                        config, runtime_handler=self.container.runtime_handler(config)
+                    ),
+                }
+            },
             rootfs={"store": layer.name},
         )
 

@@ -44,6 +44,7 @@ from cedana.rootfs.mounts import mountinfo, umount
 from cedana.runtimes._cri_api import CriClient, CriContainerStatus
 from cedana.runtimes.crio import CrioConfig
 from tests.capabilities import integration, requires_busybox, requires_runtime, requires_tool
+from tests.conftest import wait_for
 from tests.helpers import (
     COUNTER,
     assert_counts_on,
@@ -367,7 +368,8 @@ def test_list_and_verbose_status_of_a_container_made_through_cri(
         assert (status.id, status.name, status.state) == (pod.container_id, "loop", "running")
         assert status.sandbox_id == pod.pod_id
         assert status.pid > 0
-        assert _cmdline(status.pid) == ["/bin/sh", "-c", LOOP]
+        # runc start returns once the init is told to exec: the command line follows.
+        wait_for(lambda: _cmdline(status.pid) == ["/bin/sh", "-c", LOOP], 10, "the exec")
         assert status.runtime_spec["process"]["args"] == ["/bin/sh", "-c", LOOP]
 
         terse = cri.container_status(pod.container_id, verbose=False)
@@ -606,30 +608,37 @@ def test_checkpoint_through_runc_and_restore_into_runc(
 
 
 @requires_runtime("podman")
-def test_system_container_is_refused_and_store_entry_missing(
+def test_system_container_gets_a_rootfs_only_checkpoint_and_bad_input(
     crio_like: tuple[str, cedana.CrioContainer, dict[str, Any]],
     podman: Podman,
     tmp_path: Path,
 ) -> None:
-    """A container whose config shows a systemd init is refused before anything is
-    frozen (a rootfs-only checkpoint is what it wants); a container whose store entry
-    is gone is a clear error naming ``storage_root=``; one that is not under the runc
-    root given (as a crun-run one would not be) names crun and ``--root``; the
-    container runs on, and nothing is written."""
-    cid, container, _ = crio_like
+    """A container whose config shows a systemd init gets a rootfs-only checkpoint by
+    default (no CRIU: the manifest's kind is rootfs, the reason is recorded, the changes
+    are in the diff, the container runs on), and CRIU's options are refused for it
+    naming why; a container whose store entry is gone is a clear error naming
+    ``storage_root=``; one that is not under the runc root given (as a crun-run one would
+    not be) names crun and ``--root``; nothing is written for those."""
+    cid, container, record = crio_like
+    podman("exec", record["Name"], "sh", "-c", "echo system > /etc/new.txt")
     config_path = podman.graph / "overlay-containers" / cid / "userdata" / "config.json"
-    original = config_path.read_text()
-    spec = json.loads(original)
+    spec = json.loads(config_path.read_text())
     spec["process"]["args"] = ["/sbin/init"]
     config_path.write_text(json.dumps(spec))
-    try:
-        with pytest.raises(
-            cedana.NotCheckpointable, match=r"system container \(its init is /sbin/init"
-        ):
-            container.checkpoint(tmp_path / "c.tar.zst")
-    finally:
-        config_path.write_text(original)
-    assert not (tmp_path / "c.tar.zst").exists()
+    with pytest.raises(
+        cedana.InvalidOption,
+        match=r"system container \(its init is /sbin/init \(systemd\)\), so its checkpoint is rootfs-only by default",
+    ):
+        container.checkpoint(tmp_path / "t.tar.zst", tcp_established=True)
+    ckpt = container.checkpoint(tmp_path / "r.tar.zst")
+    assert (ckpt.manifest.kind, ckpt.manifest.runtime) == ("rootfs", "crio")
+    assert ckpt.manifest.workload["crio"]["system_container"] == "its init is /sbin/init (systemd)"
+    with tarfile.open(fileobj=io.BytesIO(ckpt.read_member("container/rootfs-diff.tar"))) as tar:
+        names = {m.name.lstrip("./") for m in tar}
+    assert "etc/new.txt" in names
+    assert container.running
+    assert podman("exec", record["Name"], "cat", "/etc/new.txt") == "system\n"
+    assert not (tmp_path / "t.tar.zst").exists()
     elsewhere = tmp_path / "other-store"
     (elsewhere / "overlay-containers").mkdir(parents=True)
     (elsewhere / "overlay-containers" / "containers.json").write_text("[]")

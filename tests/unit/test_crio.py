@@ -27,6 +27,7 @@ from cedana.errors import (
     ContainerError,
     ContainerNotFound,
     ContainerNotRunning,
+    InvalidOption,
     NotCheckpointable,
     RuntimeUnavailable,
 )
@@ -34,6 +35,7 @@ from cedana.rootfs.containers_storage import find_container
 from cedana.runtimes import _cri_api, _cri_descriptor, crio
 from cedana.runtimes._cri_api import CriClient, CriContainerStatus, cri_error, cri_schema
 from cedana.runtimes.crio import CrioConfig, system_container, wants_rootfs_only
+from tests.fakes import FakeCriu
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "crio"
 CID = "8c8a7f7b0b5d2f4e3c6a1d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c"
@@ -373,15 +375,24 @@ def test_status_and_pid_come_from_crios_verbose_info(tmp_path: Path) -> None:
             example("container"),
             _with(example("sandbox"), {"io.kubernetes.cri-o.RuntimeHandler": "sysbox-runc"}),
             "running",
-            NotCheckpointable,
-            r"is a system container \(its runtime handler is 'sysbox-runc' \(sysbox\)\).*rootfs-only",
+            InvalidOption,
+            r"is a system container \(its runtime handler is 'sysbox-runc' \(sysbox\)\), so "
+            r"its checkpoint is rootfs-only by default .*tcp_established",
         ),
         (
             _with(example("container"), args=["/sbin/init"]),
             None,
             "running",
-            NotCheckpointable,
-            r"is a system container \(its init is /sbin/init \(systemd\)\)",
+            InvalidOption,
+            r"is a system container \(its init is /sbin/init \(systemd\)\), so its checkpoint "
+            r"is rootfs-only by default \(rootfs_only=False forces a process checkpoint\)",
+        ),
+        (
+            example("container"),
+            None,
+            "running",
+            ContainerError,
+            r"not in runc's state under .*no-runc: .*crun.*--root",
         ),
     ],
 )
@@ -393,14 +404,17 @@ def test_checkpoint_refuses_before_anything_is_frozen(
     error: type[CedanaError],
     match: str,
 ) -> None:
-    """What a process checkpoint cannot take is refused from CRI-O's answer and the store
-    alone, before runc or CRIU is asked anything: an exited container, a pod's sandbox, a
-    system container (sysbox by its sandbox's handler, systemd by its init)."""
+    """What a checkpoint cannot take is refused from CRI-O's answer and the store before
+    anything is frozen: an exited container, a pod's sandbox, CRIU's options for a system
+    container (sysbox by its sandbox's handler, systemd by its init), whose checkpoint is
+    rootfs-only by default, and a container not in runc's state under the root given."""
     store = crio_store(tmp_path, container, sandbox)
     cri = FakeCri({CID: status(CID, state)})
-    c = cedana.CrioContainer(CID, client=cri, storage_root=store, runc_root=tmp_path / "no-runc")
+    c = cedana.CrioContainer(
+        CID, client=cri, storage_root=store, runc_root=tmp_path / "no-runc", backend=FakeCriu()
+    )
     with pytest.raises(error, match=match):
-        c.checkpoint(tmp_path / "c.tar.zst")
+        c.checkpoint(tmp_path / "c.tar.zst", tcp_established=True)
     assert not (tmp_path / "c.tar.zst").exists()
 
 
@@ -514,3 +528,15 @@ def test_grpc_errors_become_cedana_errors(
     error = cri_error(_RpcError(code, "gone"), what="container status x", address="/s")
     assert type(error) is expected
     assert re.search(match, str(error))
+
+
+def test_rootfs_only_false_forces_a_process_checkpoint(tmp_path: Path) -> None:
+    """``rootfs_only=False`` overrides the default for a system container: CRIU's options are
+    taken and the checkpoint goes on to runc's state (here: none under the root given)."""
+    store = crio_store(tmp_path, _with(example("container"), args=["/sbin/init"]))
+    c = cedana.CrioContainer(
+        CID, client=FakeCri({CID: status(CID)}), storage_root=store, runc_root=tmp_path / "r"
+    )
+    with pytest.raises(ContainerError, match=r"not in runc's state"):
+        c.checkpoint(tmp_path / "c.tar.zst", tcp_established=True, rootfs_only=False)
+    assert not (tmp_path / "c.tar.zst").exists()
