@@ -58,6 +58,9 @@ DEFAULT_ADDRESS = "/var/run/crio/crio.sock"
 CRI_SERVICE = "runtime.v1.RuntimeService"
 #: How long one call may take (seconds).
 CALL_TIMEOUT = 30.0
+#: The largest reply taken (the kubelet's limit: a node's container list can outgrow
+#: gRPC's default 4 MiB).
+MAX_MESSAGE = 16 * 1024 * 1024
 
 #: ContainerState (api.proto) -> cedana's word for it.
 _STATES = {0: "created", 1: "running", 2: "exited", 3: "unknown"}
@@ -302,7 +305,10 @@ class CriClient:
                 f"CRI-O is not listening at {path} (no such socket); start CRI-O, or pass "
                 "the socket it listens on as address= (--address)"
             )
-        self._channel = self._grpc.insecure_channel(f"unix://{os.path.abspath(path)}")
+        self._channel = self._grpc.insecure_channel(
+            f"unix://{os.path.abspath(path)}",
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE)],
+        )
 
     def close(self) -> None:
         """Close the channel (idempotent)."""

@@ -393,6 +393,9 @@ def test_unknown_container_and_a_container_missing_from_the_store(
     container = cedana.CrioContainer(
         pod.container_id, address=cri_daemon.address, storage_root=store
     )
+    with CriClient(cri_daemon.address) as cri:
+        pid = cri.container_status(pod.container_id).pid
+    assert container.running and container.pid == pid
     with (
         container,
         pytest.raises(
@@ -589,6 +592,8 @@ def test_checkpoint_through_runc_and_restore_into_runc(
     assert container.running
     with pytest.raises(cedana.ContainerError, match=r"restores into runc, not into 'crio'"):
         cedana.restore(ckpt.path, into="crio")
+    shown = json.loads(run_cedana("inspect", str(ckpt.path), "--json").stdout)
+    assert shown["container"]["restores_into"] == ["runc"]
     new = name_for(request, "-runc")
     grants = cedana.Grants(
         binds=[podman.graph / "overlay-containers", podman.run_dir / "overlay-containers"],
@@ -638,6 +643,10 @@ def test_system_container_gets_a_rootfs_only_checkpoint_and_bad_input(
     assert "etc/new.txt" in names
     assert container.running
     assert podman("exec", record["Name"], "cat", "/etc/new.txt") == "system\n"
+    with pytest.raises(
+        cedana.ContainerError, match=r"crio container, which this cedana cannot start afresh"
+    ):
+        cedana.restore(ckpt.path, name="never")
     assert not (tmp_path / "t.tar.zst").exists()
     elsewhere = tmp_path / "other-store"
     (elsewhere / "overlay-containers").mkdir(parents=True)
