@@ -174,8 +174,22 @@ class Checkpoint:
         return self._artifact.read_member(name)
 
     def inspect(self) -> Inspection:
-        """Decode the CRIU images: processes, memory, files, sockets. Needs no root."""
-        from cedana.artifact import inspect_images
+        """Decode the CRIU images: processes, memory, files, sockets. Needs no root.
+
+        A rootfs-only checkpoint has no CRIU images: its inspection is empty (no processes,
+        no memory); :func:`cedana.container.runc.container_summary` says what it holds.
+        """
+        from cedana.artifact import Inspection, inspect_images
+
+        if self.kind == "rootfs":
+            return Inspection(
+                processes=(),
+                files=(),
+                sockets=(),
+                memory_pages=0,
+                memory_bytes=0,
+                images_bytes=self.images_size,
+            )
 
         with scratch_dir(".cedana-inspect-", fills="the checkpoint's images") as tmp:
             images = tmp / "images"

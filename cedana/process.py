@@ -607,8 +607,14 @@ def restore_tree(
 ) -> int:
     """Unpack ``checkpoint`` (verifying it) and restore its tree; return the root pid."""
     backend = backend_or_default(backend)
-    backend.preflight()
     manifest = checkpoint.manifest
+    if manifest.kind == "rootfs":
+        raise RestoreFailed(
+            f"{checkpoint.path} is a rootfs-only checkpoint (a container's root filesystem "
+            "changes, no processes): cedana.restore (cedana restore) starts it as a new "
+            "container of its runtime"
+        )
+    backend.preflight()
     workload = manifest.workload
     check_pids_free(manifest.tree)
     terminal = bool(workload.get("terminal", False))

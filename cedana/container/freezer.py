@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from cedana.container import cgroups
-from cedana.errors import ContainerError, NotCheckpointable
+from cedana.errors import ContainerError, ContainerNotRunning, NotCheckpointable
 
 __all__ = ["frozen"]
 
@@ -92,6 +92,7 @@ def frozen(
     Raises:
         NotCheckpointable: The container has no freezer cgroup to freeze.
         ContainerError: It did not freeze within ``timeout`` seconds (it is thawed again).
+        ContainerNotRunning: Its cgroup is gone (it exited meanwhile).
 
     ``unified`` says whether the host is pure cgroup v2; read from the mounts by default.
     """
@@ -106,7 +107,14 @@ def frozen(
             "its changes are read"
         )
     freezer = _V2(Path(path)) if unified else _V1(Path(path))
-    if freezer.is_frozen():
+    try:
+        already = freezer.is_frozen()
+    except FileNotFoundError:  # the cgroup went with the container
+        raise ContainerNotRunning(
+            f"container {what!r} exited before it could be frozen ({path} is gone); "
+            "nothing was written"
+        ) from None
+    if already:
         logger.debug("freezer %s: frozen already (paused), left so", path)
         yield False
         return

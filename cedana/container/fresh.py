@@ -38,7 +38,7 @@ from cedana.descriptors import StdioTarget, open_stdio
 from cedana.errors import CedanaError, ContainerError, ContainerExists, RestoreFailed
 from cedana.rootfs import OVERLAY, diff_format
 from cedana.rootfs.idmap import IdShift
-from cedana.rootfs.overlay import DIFF_NAME
+from cedana.rootfs.overlay import DIFF_NAME, check_upper
 from cedana.staging import scratch_dir
 
 __all__ = ["FreshPlan", "check_rootfs_checkpoint", "plan_fresh"]
@@ -199,6 +199,7 @@ class FreshPlan:
             members = work / "members"
             wanted = f"{self.diff_dir}/{DIFF_NAME}"
             ckpt.extract(members, only=lambda member: member == wanted)
+            check_upper(members / wanted)
             made = make_overlay_bundle(
                 self.bundle,
                 members / self.diff_dir,

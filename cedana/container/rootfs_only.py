@@ -50,7 +50,7 @@ from cedana.artifact.signing import signing_key
 from cedana.checkpoint import Checkpoint
 from cedana.container.bundle import load_config, write_private
 from cedana.container.freezer import frozen
-from cedana.errors import InvalidOption, NotCheckpointable
+from cedana.errors import ContainerError, InvalidOption, NotCheckpointable
 from cedana.process import CheckpointOptions
 from cedana.rootfs.idmap import IdShift
 from cedana.staging import scratch_dir
@@ -58,7 +58,7 @@ from cedana.staging import scratch_dir
 if TYPE_CHECKING:
     from cedana.container.runc import RuntimeLayer
 
-__all__ = ["ROOTFS_KIND", "checkpoint_rootfs", "is_rootfs"]
+__all__ = ["ROOTFS_KIND", "checkpoint_rootfs", "is_rootfs", "refuse_rootfs"]
 
 logger = logging.getLogger("cedana.runc")
 
@@ -71,6 +71,21 @@ NO_CRIU = "none (rootfs only)"
 def is_rootfs(manifest: Manifest) -> bool:
     """Whether ``manifest`` is a rootfs-only checkpoint's."""
     return manifest.kind == ROOTFS_KIND
+
+
+def refuse_rootfs(ckpt: Checkpoint) -> None:
+    """For the restores that run CRIU: a rootfs-only checkpoint has no processes to restore,
+    so say what starts it instead.
+
+    Raises:
+        ContainerError: ``ckpt`` is a rootfs-only checkpoint.
+    """
+    if is_rootfs(ckpt.manifest):
+        raise ContainerError(
+            f"{ckpt.path} is a rootfs-only checkpoint of a {ckpt.manifest.runtime} container "
+            "(its root filesystem changes, no processes): start it as a new container with "
+            f"cedana restore / cedana.restore (or {ckpt.manifest.runtime}'s restore_fresh)"
+        )
 
 
 def checkpoint_rootfs(

@@ -716,31 +716,28 @@ def container_summary(manifest: Manifest) -> dict[str, Any] | None:
         ``id``, ``runtime``, ``status`` (when checkpointed), ``bundle``,
         ``rootfs`` (``captured``, and the snapshotter, lower layers and diff
         counts, or why it was not captured) and ``restores_into`` (the runtimes
-        this cedana restores it into, the default first; empty for one it cannot).
+        this cedana restores it into, the default first; empty for one it cannot);
+        for a rootfs-only checkpoint also ``rootfs_only`` (True), and its own runtime as
+        the one it starts afresh in.
     """
     if manifest.kind not in ("container", "rootfs"):
         return None
     info = manifest.workload.get("container") or {}
     rootfs = thaw(manifest.workload.get("rootfs") or {})
     source = registry.lookup(manifest.runtime)
-    if manifest.kind == "rootfs":
+    if manifest.kind == "rootfs":  # started afresh, by its own runtime only
         fresh = source is not None and source.restore_fresh is not None
-        return {
-            "id": info.get("id"),
-            "runtime": manifest.runtime,
-            "status": info.get("status"),
-            "bundle": info.get("bundle"),
-            "rootfs": rootfs,
-            "rootfs_only": True,
-            "restores_into": [manifest.runtime] if fresh else [],
-        }
+        into = [str(manifest.runtime)] if fresh else []
+    else:
+        into = list(source.restores_into) if source is not None else []
     return {
         "id": info.get("id"),
         "runtime": manifest.runtime,
         "status": info.get("status"),
         "bundle": info.get("bundle"),
         "rootfs": rootfs,
-        "restores_into": list(source.restores_into) if source is not None else [],
+        "restores_into": into,
+        **({"rootfs_only": True} if manifest.kind == "rootfs" else {}),
     }
 
 

@@ -54,7 +54,7 @@ from typing import IO, Any
 import attrs
 
 from cedana._safefs import SafeTree
-from cedana.errors import UnsafeArtifact
+from cedana.errors import ArtifactCorrupt, UnsafeArtifact
 from cedana.rootfs import OVERLAY, RootfsDiff
 from cedana.rootfs.idmap import IdShift
 from cedana.rootfs.mounts import find_mount, make_shared, mount, overlay_options
@@ -65,6 +65,7 @@ __all__ = [
     "OverlaySnapshotter",
     "apply_upper",
     "capture_upper",
+    "check_upper",
     "layer_identity",
     "same_layer",
 ]
@@ -481,6 +482,23 @@ def apply_upper(
         finally:
             writer.close()
     return counts.diff((DIFF_NAME,))
+
+
+def check_upper(diff: Path) -> None:
+    """Check every entry of the tar ``diff`` as :func:`apply_upper` will (headers only),
+    so a restore refuses an unsafe diff before it makes a container to apply it to.
+
+    Raises:
+        UnsafeArtifact: The first entry :func:`apply_upper` would refuse.
+        ArtifactCorrupt: ``diff`` is not a tar.
+    """
+    try:
+        with tarfile.open(diff, mode="r:", encoding="utf-8", errors="surrogateescape") as tar:
+            _checked_entries(tar)
+    except tarfile.TarError as exc:
+        raise ArtifactCorrupt(
+            f"the root filesystem changes are not a tar ({exc}); do not use this checkpoint"
+        ) from None
 
 
 def _checked_entries(tar: tarfile.TarFile) -> list[tuple[tarfile.TarInfo, tuple[str, ...]]]:

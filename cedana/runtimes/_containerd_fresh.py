@@ -29,7 +29,7 @@ from cedana.container.state import LIVE
 from cedana.errors import CedanaError, ContainerError, RestoreFailed
 from cedana.rootfs.containerd import ContainerdSnapshotter
 from cedana.rootfs.idmap import IdShift
-from cedana.rootfs.overlay import DIFF_NAME
+from cedana.rootfs.overlay import DIFF_NAME, check_upper
 from cedana.runtimes._containerd_api import ContainerdClient, ContainerRecord
 from cedana.staging import scratch_dir
 
@@ -108,6 +108,7 @@ def restore_fresh(
             undo.callback(logger.debug, "fresh containerd %s/%s: failed", namespace, name)
             wanted = f"{diff_dir}/{DIFF_NAME}"
             ckpt.extract(work / "members", only=lambda member: member == wanted)
+            check_upper(work / "members" / wanted)  # before anything is made for it
             store = ContainerdSnapshotter(api, snapshotter, name, parent=image.chain_id)
             mounts = store.prepare()
             undo.callback(ctd_mod._cleanup, name, store.remove)

@@ -22,7 +22,7 @@ from cedana.checkpoint import Checkpoint
 from cedana.container import confine
 from cedana.container.fresh import check_rootfs_checkpoint
 from cedana.errors import CedanaError, ContainerExists, RestoreFailed
-from cedana.rootfs.overlay import DIFF_NAME
+from cedana.rootfs.overlay import DIFF_NAME, check_upper
 from cedana.rootfs.overlay2 import Overlay2Snapshotter
 from cedana.runtimes._docker_api import DockerClient
 from cedana.staging import scratch_dir
@@ -73,6 +73,7 @@ def restore_fresh(
             undo.callback(logger.debug, "fresh docker %s: failed", name)
             wanted = f"{diff_dir}/{DIFF_NAME}"
             ckpt.extract(work / "members", only=lambda member: member == wanted)
+            check_upper(work / "members" / wanted)  # before anything is made for it
             cid = api.create_container(create, name)
             undo.callback(docker_mod._cleanup, name, api.remove_container, cid)
             layer = Overlay2Snapshotter.of(api.inspect_container(cid), what=name)

@@ -31,7 +31,7 @@ from cedana.errors import (
     RestoreFailed,
 )
 from cedana.rootfs.containers_storage import ContainersStorageSnapshotter
-from cedana.rootfs.overlay import DIFF_NAME
+from cedana.rootfs.overlay import DIFF_NAME, check_upper
 from cedana.runtimes._podman_layout import checked_config
 from cedana.staging import scratch_dir
 
@@ -142,6 +142,7 @@ def restore_fresh(
     with scratch_dir(".cedana-fresh-", parent=work_dir, fills="the rootfs changes") as work:
         wanted = f"{diff_dir}/{DIFF_NAME}"
         ckpt.extract(work / "members", only=lambda member: member == wanted)
+        check_upper(work / "members" / wanted)  # before anything is made for it
         api.run("create", "--name", name, *flags, image_id)
         try:
             record = api.container(name) or {}

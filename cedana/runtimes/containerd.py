@@ -49,6 +49,7 @@ from cedana import registry
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
 from cedana.container import RuncContainer, cgroups, confine, namespaces
+from cedana.container.rootfs_only import refuse_rootfs
 from cedana.container.runc import DumpExtras
 from cedana.container.state import LIVE, RuncState
 from cedana.criu import CriuBackend
@@ -449,6 +450,7 @@ class ContainerdContainer:
             RestoreFailed: containerd (runc, CRIU) failed; nothing is left behind.
         """
         ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
+        refuse_rootfs(ckpt)
         manifest = ckpt.manifest
         if manifest.kind != "container" or manifest.runtime != CONTAINERD:
             raise ContainerError(

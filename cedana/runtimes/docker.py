@@ -51,6 +51,7 @@ from cedana.artifact.manifest import thaw
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
 from cedana.container import RuncContainer, confine, namespaces
+from cedana.container.rootfs_only import refuse_rootfs
 from cedana.container.runc import DumpExtras
 from cedana.container.state import RuncState
 from cedana.criu import CriuBackend
@@ -436,6 +437,7 @@ class DockerContainer:
             RestoreFailed: docker (containerd, runc, CRIU) failed; no container is left.
         """
         ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
+        refuse_rootfs(ckpt)
         manifest = ckpt.manifest
         if manifest.kind != "container" or manifest.runtime != DOCKER:
             raise ContainerError(

@@ -63,6 +63,7 @@ from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
 from cedana.container import RuncContainer, confine, namespaces
 from cedana.container.command import RuncCommand
+from cedana.container.rootfs_only import refuse_rootfs
 from cedana.container.runc import DumpExtras
 from cedana.container.state import RuncState
 from cedana.criu import CriuBackend
@@ -609,6 +610,7 @@ def _plan_import(
 ) -> _ImportPlan:
     """What importing ``ckpt`` into podman will do, checked before anything is unpacked:
     a podman checkpoint, a podman name, the members, the confined spec, the image."""
+    refuse_rootfs(ckpt)
     manifest = ckpt.manifest
     if manifest.kind != "container" or manifest.runtime != PODMAN:
         what = f"{manifest.runtime} container" if manifest.kind == "container" else "process"

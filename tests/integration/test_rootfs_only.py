@@ -399,7 +399,15 @@ def test_containerd_rootfs_only_and_fresh_restore(
     other = name_for(request, "-3")
     with pytest.raises(cedana.ContainerError, match="other layers"):
         cedana.restore(bad, name=other, address=address)
+    escaping = craft(ckpt.path, tmp_path / "esc.tar.zst", _diff_plus(_symlink("x", "../../..")))
+    with pytest.raises(cedana.UnsafeArtifact, match="outside the root"):
+        cedana.restore(escaping, name=other, address=address)
     assert other not in ctd_containers.daemon.lines("containers", "ls", "-q")
+    keys = {line.split()[0] for line in ctd.snapshot_keys(ctd_containers.daemon) if line}
+    assert other not in keys and new in keys
+    with pytest.raises(cedana.ContainerNotFound):
+        ctd_containers.handle("cedana-nope").checkpoint(tmp_path / "n.tar.zst", rootfs_only=True)
+    assert not (tmp_path / "n.tar.zst").exists()
 
 
 # --- docker -------------------------------------------------------------------------------
@@ -433,6 +441,13 @@ def test_docker_rootfs_only_and_fresh_restore(
     assert new in docker_containers.daemon.running() and name in docker_containers.daemon.running()
     assert_changes_in(Path(f"/proc/{restored.pid}/root"))
     assert_started_fresh(restored, checkpointed_counts(ckpt))
+    device = craft(ckpt.path, tmp_path / "dev.tar.zst", _diff_plus(_device("dev/disk", 8, 0)))
+    other = name_for(request, "-3")
+    with pytest.raises(cedana.UnsafeArtifact, match="device node"):
+        cedana.restore(device, name=other, address=docker_containers.daemon.address)
+    assert other not in docker_containers.daemon.names()
+    with pytest.raises(cedana.ContainerNotFound):
+        docker_containers.handle("cedana-nope").checkpoint(tmp_path / "n.tar.zst", rootfs_only=True)
 
 
 # --- podman -------------------------------------------------------------------------------
@@ -471,6 +486,22 @@ def test_podman_rootfs_only_and_fresh_restore(
     assert_started_fresh(restored, checkpointed_counts(ckpt))
     with pytest.raises(cedana.ContainerExists):
         cedana.restore(ckpt.path, name=new)
+    escaping = craft(ckpt.path, tmp_path / "esc.tar.zst", _diff_plus(_symlink("x", "../../..")))
+    other = name_for(request, "-3")
+    with pytest.raises(cedana.UnsafeArtifact, match="outside the root"):
+        cedana.restore(escaping, name=other)
+    assert other not in podman.names()
+
+    def other_image(workload: dict[str, Any], _images: Path) -> None:
+        workload["podman"]["config"]["rootfsImageID"] = "0" * 64
+
+    missing = craft(ckpt.path, tmp_path / "img.tar.zst", other_image)
+    with pytest.raises(cedana.ImageNotFound):
+        cedana.restore(missing, name=other)
+    assert other not in podman.names()
+    with pytest.raises(cedana.ContainerNotFound):
+        cedana.PodmanContainer("cedana-nope").checkpoint(tmp_path / "n.tar.zst", rootfs_only=True)
+    assert {name, new} <= podman.running()
 
 
 def test_a_process_has_no_rootfs_only_checkpoint(tmp_path: Path) -> None:

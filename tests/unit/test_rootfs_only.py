@@ -135,6 +135,15 @@ def test_frozen_v2_that_never_freezes_is_thawed_again(tmp_path: Path) -> None:
     assert (tmp_path / "cgroup.freeze").read_text() == "0"
 
 
+def test_a_cgroup_gone_meanwhile_says_the_container_exited(tmp_path: Path) -> None:
+    """A container that exited between its live check and the freeze (its cgroup gone)
+    is ContainerNotRunning, not a bare OSError."""
+    paths = _v1(tmp_path)
+    Path(paths["freezer"], "freezer.state").unlink()
+    with pytest.raises(cedana.ContainerNotRunning), frozen(paths, what="c", unified=False):
+        pytest.fail("the block ran")
+
+
 def test_no_freezer_is_refused(tmp_path: Path) -> None:
     """A container without a freezer cgroup cannot be captured consistently: refused."""
     with pytest.raises(NotCheckpointable, match="freeze"), frozen({}, what="c", unified=False):
@@ -309,6 +318,8 @@ def test_restore_of_a_rootfs_checkpoint_stays_in_its_runtime(tmp_path: Path) -> 
     runtime's fresh-start keywords; another ``into``, a keyword it does not take, or a
     runtime this cedana does not know is a clear error before anything runs."""
     artifact = _rootfs_artifact(tmp_path, "runc")
+    inspection = cedana.open(artifact).inspect()  # no CRIU images: nothing of processes
+    assert inspection.processes == () and inspection.memory_bytes == 0
     with pytest.raises(ContainerError, match="not into 'containerd'"):
         cedana.restore(artifact, into="containerd")
     with pytest.raises(ContainerError, match="namespace="):
@@ -318,3 +329,40 @@ def test_restore_of_a_rootfs_checkpoint_stays_in_its_runtime(tmp_path: Path) -> 
     with pytest.raises(UnsafeArtifact, match="not one of its members"):  # no diff member
         cedana.RuncContainer.restore_fresh(artifact, name="n", bundle=tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_the_criu_restores_refuse_a_rootfs_checkpoint(tmp_path: Path) -> None:
+    """Handed to a restore that runs CRIU (a process's, runc's, a runtime's), a rootfs-only
+    checkpoint is refused, saying what starts it instead; nothing runs."""
+    artifact = _rootfs_artifact(tmp_path, "runc")
+    with pytest.raises(cedana.RestoreFailed, match="rootfs-only checkpoint"):
+        cedana.Process.restore(artifact)
+    for cls in (cedana.RuncContainer, cedana.PodmanContainer, cedana.DockerContainer):
+        with pytest.raises(ContainerError, match="restore_fresh"):
+            cls.restore(artifact)
+    with pytest.raises(ContainerError, match="restore_fresh"):
+        cedana.ContainerdContainer.restore(artifact, client=None)
+
+
+def test_check_upper_refuses_before_anything_is_written(tmp_path: Path) -> None:
+    """check_upper refuses the entries apply_upper would (an escaping symlink, a device
+    node), and a file that is no tar, by reading headers only."""
+    from cedana.errors import ArtifactCorrupt
+    from cedana.rootfs.overlay import check_upper
+
+    for name, info in (
+        ("link", tarfile.TarInfo("etc/x")),
+        ("dev", tarfile.TarInfo("dev/sda")),
+    ):
+        if name == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, "../../../../etc/passwd"
+        else:
+            info.type, info.devmajor = tarfile.BLKTYPE, 8
+        diff = tmp_path / f"{name}.tar"
+        with tarfile.open(diff, "w") as tar:
+            tar.addfile(info)
+        with pytest.raises(UnsafeArtifact):
+            check_upper(diff)
+    (tmp_path / "junk.tar").write_bytes(b"junk" * 200)
+    with pytest.raises(ArtifactCorrupt):
+        check_upper(tmp_path / "junk.tar")
