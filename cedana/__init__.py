@@ -8,7 +8,8 @@ Layout, one concern per layer (each holds the one below)::
                   leads outside the tree and how restore reattaches it)
     container/    RuncContainer: a runc container (runc state, cgroups, namespaces, mounts)
     rootfs/       snapshotters: a container's rootfs changes (overlay, containerd, overlay2)
-    runtimes/     ContainerdContainer, DockerContainer: runc + a snapshotter + its own API
+    runtimes/     ContainerdContainer, DockerContainer, PodmanContainer, CrioContainer: runc +
+                  a snapshotter + its own API
     checkpoint.py Checkpoint: an opened artifact (manifest, verify, inspect)
     artifact/     manifest, zstd tar archive, verification, signatures, image inspection
     criu.py       the CRIU boundary (the only importer of pycriu)
@@ -53,7 +54,7 @@ from cedana.errors import (
     UntrustedArtifact,
 )
 from cedana.process import CheckpointOptions, Process, RestoreOptions, spawn
-from cedana.runtimes import ContainerdContainer, DockerContainer, PodmanContainer
+from cedana.runtimes import ContainerdContainer, CrioContainer, DockerContainer, PodmanContainer
 
 __version__ = "0.1.0"
 
@@ -72,6 +73,7 @@ __all__ = [
     "ContainerNotFound",
     "ContainerNotRunning",
     "ContainerdContainer",
+    "CrioContainer",
     "CriuError",
     "CriuNotFound",
     "CriuReport",

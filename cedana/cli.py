@@ -203,8 +203,10 @@ interrupted. "cedana COMMAND --help" shows each command's options.
 """
 )
 
-#: Every runtime ``restore --into`` takes: the registry's.
-_RESTORE_TARGETS = tuple(r.name for r in registry.entries())
+#: Every runtime ``restore --into`` takes: the registry's that some checkpoint restores into.
+_RESTORE_TARGETS = tuple(
+    r.name for r in registry.entries() if any(r.name in e.restores_into for e in registry.entries())
+)
 
 
 def _common(c: argparse.ArgumentParser) -> None:
@@ -315,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--address",
         metavar="SOCK",
-        help="the runtime's API socket (containerd, docker; default: the runtime's own)",
+        help="the runtime's API socket (containerd, docker, crio; default: the runtime's own)",
     )
     c.add_argument(
         "--signing-key", metavar="KEY", help="Ed25519 private key (PEM); default: this host's"

@@ -77,7 +77,7 @@ class Runtime:
 
 
 #: Runtimes to come: their targets are recognised and said to be unsupported yet.
-PLANNED: Mapping[str, str] = {"crio": "crio:ID"}
+PLANNED: Mapping[str, str] = {}
 
 _REGISTRY: dict[str, Runtime] = {}
 
