@@ -8,8 +8,9 @@ Layout, one concern per layer (each holds the one below)::
                   leads outside the tree and how restore reattaches it)
     container/    RuncContainer: a runc container (runc state, cgroups, namespaces, mounts)
     rootfs/       snapshotters: a container's rootfs changes (overlay, containerd, overlay2)
-    runtimes/     ContainerdContainer, DockerContainer: runc + a snapshotter + its own API;
-                  KataSandbox: a kata sandbox's VM saved whole through QEMU (QMP)
+    runtimes/     ContainerdContainer, DockerContainer, PodmanContainer, CrioContainer: runc +
+                  a snapshotter + its own API; KataSandbox: a kata sandbox's VM saved
+                  whole through QEMU (QMP)
     checkpoint.py Checkpoint: an opened artifact (manifest, verify, inspect)
     artifact/     manifest, zstd tar archive, verification, signatures, image inspection
     criu.py       the CRIU boundary (the only importer of pycriu)
@@ -54,7 +55,13 @@ from cedana.errors import (
     UntrustedArtifact,
 )
 from cedana.process import CheckpointOptions, Process, RestoreOptions, spawn
-from cedana.runtimes import ContainerdContainer, DockerContainer, KataSandbox, PodmanContainer
+from cedana.runtimes import (
+    ContainerdContainer,
+    CrioContainer,
+    DockerContainer,
+    KataSandbox,
+    PodmanContainer,
+)
 
 __version__ = "0.1.0"
 
@@ -73,6 +80,7 @@ __all__ = [
     "ContainerNotFound",
     "ContainerNotRunning",
     "ContainerdContainer",
+    "CrioContainer",
     "CriuError",
     "CriuNotFound",
     "CriuReport",

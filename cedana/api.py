@@ -75,6 +75,11 @@ def restore(
     ``address``, ``log``...) or, with ``into="runc"``, as a plain
     :class:`~cedana.RuncContainer`.
 
+    A rootfs-only checkpoint (kind ``"rootfs"``: ``rootfs_only=True``) comes back as a new
+    container of the runtime it came from, started fresh from the same image plus the
+    changes, without CRIU (the runtime's ``restore_fresh``: ``name`` and the runtime's
+    own options); ``into`` may only name that runtime.
+
     A kata sandbox checkpoint (a whole VM) comes back as a :class:`~cedana.KataSandbox`
     running in a new QEMU (options of :meth:`~cedana.KataSandbox.restore`: ``name``,
     ``root``, ``shared_dir``...).
@@ -92,6 +97,9 @@ def restore(
     """
     ckpt = Checkpoint.of(path, trust=trust, trusted_keys=trusted_keys)
     manifest = ckpt.manifest
+    if manifest.kind == "rootfs":
+        with reporting(progress):
+            return _restore_fresh(ckpt, into, trust=trust, trusted_keys=trusted_keys, **options)
     source = "process" if manifest.kind == "process" else manifest.runtime or manifest.kind
     refused = ContainerError if manifest.kind == "container" else CedanaError
     runtime = registry.lookup(source)
@@ -117,6 +125,39 @@ def restore(
         )
     with reporting(progress):
         return restorer(ckpt, trust=trust, trusted_keys=trusted_keys, **given)
+
+
+def _restore_fresh(
+    ckpt: Checkpoint,
+    into: str | None,
+    *,
+    trust: Trust,
+    trusted_keys: Iterable[KeySource] | None,
+    **options: Any,
+) -> Any:
+    """A rootfs-only checkpoint: a new container of the runtime it came from, started fresh
+    from the image plus the changes (the runtime's ``restore_fresh``)."""
+    source = ckpt.manifest.runtime or ""
+    runtime = registry.lookup(source)
+    restorer = runtime.restore_fresh if runtime is not None else None
+    if runtime is None or restorer is None:
+        raise ContainerError(
+            f"{ckpt.path} holds the root filesystem changes of a {source or 'unnamed'} "
+            "container, which this cedana cannot start afresh; upgrade"
+        )
+    if into is not None and into != source:
+        raise ContainerError(
+            f"{ckpt.path} holds the root filesystem changes of a {source} container; it "
+            f"restores as a new {source} container (its config is {source}'s), not into {into!r}"
+        )
+    given = {k: v for k, v in options.items() if v is not None}
+    unusable = sorted(given.keys() - _keywords(restorer))
+    if unusable:
+        raise ContainerError(
+            f"{ckpt.path} holds the root filesystem changes of a {source} container; starting "
+            f"it afresh does not take {', '.join(_spelled(k) for k in unusable)}"
+        )
+    return restorer(ckpt, trust=trust, trusted_keys=trusted_keys, **given)
 
 
 #: How the command line spells the restore keywords it passes; the others are Python-only.

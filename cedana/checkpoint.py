@@ -141,7 +141,8 @@ class Checkpoint:
 
     @property
     def kind(self) -> str:
-        """``"process"``, ``"container"`` or ``"vm"``."""
+        """``"process"``, ``"container"``, ``"rootfs"`` (root filesystem changes only) or
+        ``"vm"`` (a whole VM: :mod:`cedana.runtimes.kata`)."""
         return self.manifest.kind
 
     @property
@@ -189,11 +190,24 @@ class Checkpoint:
     def inspect(self) -> Inspection:
         """Decode the CRIU images: processes, memory, files, sockets. Needs no root.
 
+        A rootfs-only checkpoint has no CRIU images: its inspection is empty (no processes,
+        no memory); :func:`cedana.container.runc.container_summary` says what it holds.
+
         Raises:
             ArtifactError: A VM checkpoint (kind ``"vm"``) holds QEMU's state, not CRIU
                 images; its manifest says what it holds.
         """
-        from cedana.artifact import inspect_images
+        from cedana.artifact import Inspection, inspect_images
+
+        if self.kind == "rootfs":
+            return Inspection(
+                processes=(),
+                files=(),
+                sockets=(),
+                memory_pages=0,
+                memory_bytes=0,
+                images_bytes=self.images_size,
+            )
 
         if self.kind == "vm":
             raise ArtifactError(

@@ -58,6 +58,8 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         leave_running=args.leave_running,
         tcp_established=args.tcp_established,
         file_locks=args.file_locks,
+        rootfs_only=args.rootfs_only or None,
+        shift_owners=args.shift_owners or None,
         compress=args.compress,
         level=args.level,
         overwrite=args.overwrite,
@@ -121,9 +123,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     ckpt = cedana.open(args.file, trust="any")
     if ckpt.kind == "vm":  # a VM's state, not CRIU images: what the manifest says of it
         return _inspect_vm(ckpt, args)
-    inspection = ckpt.inspect()
+    rootfs_only = ckpt.kind == "rootfs"  # no CRIU images to decode
+    inspection = None if rootfs_only else ckpt.inspect()
     s = ckpt.summary()
-    data = {"checkpoint": s, "images": inspection.to_dict()}
+    data: dict[str, Any] = {"checkpoint": s, "images": inspection and inspection.to_dict()}
     head = (
         f"{s['path']}: {s['kind']}{' (' + s['runtime'] + ')' if s['runtime'] else ''}, "
         f"created {s['created']}, kernel {s['host']['kernel']}, CRIU {s['host']['criu']}\n"
@@ -133,7 +136,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if container is not None:
         data["container"] = container
         head += "\n" + "\n".join(f"{k:10}{v}" for k, v in container_lines(container))
-    _emit(data, args.json, head + "\n\n" + inspection.format_text())
+    body = "" if inspection is None else "\n\n" + inspection.format_text()
+    _emit(data, args.json, head + body)
     return 0
 
 
@@ -215,8 +219,10 @@ interrupted. "cedana COMMAND --help" shows each command's options.
 """
 )
 
-#: Every runtime ``restore --into`` takes: the registry's.
-_RESTORE_TARGETS = tuple(r.name for r in registry.entries())
+#: Every runtime ``restore --into`` takes: the registry's that some checkpoint restores into.
+_RESTORE_TARGETS = tuple(
+    r.name for r in registry.entries() if any(r.name in e.restores_into for e in registry.entries())
+)
 
 
 def _common(c: argparse.ArgumentParser) -> None:
@@ -301,6 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--file-locks", action="store_true", help="dump held file locks too")
     c.add_argument(
+        "--rootfs-only",
+        action="store_true",
+        help="a container's root filesystem changes only, no CRIU: it keeps running (frozen "
+        "while they are read) and restores as a new container started fresh",
+    )
+    c.add_argument(
+        "--shift-owners",
+        action="store_true",
+        help="with --rootfs-only: record owners as the container's user namespace sees them",
+    )
+    c.add_argument(
         "--compress",
         choices=["zstd", "none"],
         default="zstd",
@@ -316,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--address",
         metavar="SOCK",
-        help="the runtime's API socket (containerd, docker; default: the runtime's own)",
+        help="the runtime's API socket (containerd, docker, crio; default: the runtime's own)",
     )
     c.add_argument(
         "--signing-key", metavar="KEY", help="Ed25519 private key (PEM); default: this host's"

@@ -119,6 +119,13 @@ class CheckpointOptions:
         criu: Any other ``criu_opts`` field (CRIU's RPC names), the escape hatch.
         progress: Called with a :class:`cedana.progress.Progress` as the checkpoint goes
             (from a helper thread while pages stream), or True for a bar; not recorded.
+        rootfs_only: For a container: save its root filesystem changes only (manifest kind
+            ``"rootfs"``), without CRIU; the container keeps running (its cgroup is frozen
+            only while the changes are read), whatever ``leave_running`` says. It restores
+            as a new container started fresh from the image plus the changes.
+        shift_owners: With ``rootfs_only``, for a container in a user namespace: record
+            the files' owners as the container sees them (its uid/gid mappings applied
+            backwards), not as the host stores them.
 
     Every value, and how they combine, is checked here, when the options are made:
 
@@ -140,10 +147,35 @@ class CheckpointOptions:
     signing_key: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     criu: Mapping[str, Any] = attrs.field(factory=dict)
     progress: ProgressArg = attrs.field(default=None, eq=False, repr=False)
+    rootfs_only: bool = False
+    shift_owners: bool = False
 
     def __attrs_post_init__(self) -> None:
         # Runs on construction and on every attrs.evolve, so a bad combination never
         # reaches planning, let alone CRIU.
+        if self.shift_owners and not self.rootfs_only:
+            raise InvalidOption(
+                "shift_owners=True records the owners of a rootfs-only checkpoint as the "
+                "container sees them; a process checkpoint restores on the host's owners: "
+                "pass rootfs_only=True (--rootfs-only) too, or drop shift_owners"
+            )
+        if self.rootfs_only:
+            steering = [
+                name
+                for name, value in (
+                    ("tcp_established", self.tcp_established),
+                    ("file_locks", self.file_locks),
+                    ("shell_job", self.shell_job is not None),
+                    ("criu", bool(self.criu)),
+                )
+                if value
+            ]
+            if steering:
+                raise InvalidOption(
+                    f"{', '.join(steering)} steer CRIU, which a rootfs-only checkpoint does "
+                    "not run (it saves the root filesystem changes only): drop them, or "
+                    "drop rootfs_only"
+                )
         if self.directory and self.compress == "none":
             raise InvalidOption(
                 "directory=True writes the members as plain files, compress='none' is for a "
@@ -215,6 +247,9 @@ class CheckpointOptions:
             "compress": self.compress,
             "level": self.level,
             "criu": dict(self.criu),
+            **(
+                {"rootfs_only": True, "shift_owners": self.shift_owners} if self.rootfs_only else {}
+            ),
         }
 
 
@@ -572,8 +607,14 @@ def restore_tree(
 ) -> int:
     """Unpack ``checkpoint`` (verifying it) and restore its tree; return the root pid."""
     backend = backend_or_default(backend)
-    backend.preflight()
     manifest = checkpoint.manifest
+    if manifest.kind == "rootfs":
+        raise RestoreFailed(
+            f"{checkpoint.path} is a rootfs-only checkpoint (a container's root filesystem "
+            "changes, no processes): cedana.restore (cedana restore) starts it as a new "
+            "container of its runtime"
+        )
+    backend.preflight()
     workload = manifest.workload
     check_pids_free(manifest.tree)
     terminal = bool(workload.get("terminal", False))
@@ -697,6 +738,8 @@ class Process:
         signing_key: str | os.PathLike[str] | None = None,
         criu: Mapping[str, Any] | None = None,
         progress: ProgressArg = None,
+        rootfs_only: bool | None = None,
+        shift_owners: bool | None = None,
         options: CheckpointOptions | None = None,
     ) -> Checkpoint:
         """Checkpoint the tree to ``path``; see :class:`CheckpointOptions`.
@@ -735,7 +778,14 @@ class Process:
             signing_key=signing_key,
             criu=criu,
             progress=progress,
+            rootfs_only=rootfs_only,
+            shift_owners=shift_owners,
         )
+        if opts.rootfs_only:
+            raise InvalidOption(
+                f"pid {self.pid} is a process tree, which has no root filesystem of its own: "
+                "rootfs_only=True (--rootfs-only) is for containers (runc:ID, podman:NAME...)"
+            )
         self.preflight()
         return self.dump(self.plan(opts), path, opts)
 

@@ -70,9 +70,16 @@ class Runtime:
         restore: Callable[..., Any] = self.cls.restore
         return restore
 
+    @property
+    def restore_fresh(self) -> Callable[..., Any] | None:
+        """The restore of its rootfs-only checkpoints as a new container started fresh
+        (``cls.restore_fresh``); None for a runtime that has none."""
+        fresh: Callable[..., Any] | None = getattr(self.cls, "restore_fresh", None)
+        return fresh
+
 
 #: Runtimes to come: their targets are recognised and said to be unsupported yet.
-PLANNED: Mapping[str, str] = {"crio": "crio:ID"}
+PLANNED: Mapping[str, str] = {}
 
 _REGISTRY: dict[str, Runtime] = {}
 

@@ -111,10 +111,11 @@ def _no_space(
     where: Path, path: Path, fills: str, log: str | None, code: int = errno.ENOSPC
 ) -> NoSpace:
     kept = f" (CRIU's log: {log})" if log else ""
+    size = " (about the workload's memory)" if "CRIU" in fills else ""
     return NoSpace(
         f"no space left on device in {where}: {fills} (staged in {path}) filled its "
         "filesystem; free space there, or pass work_dir= a directory on a filesystem with "
-        f"room for them (about the workload's memory){kept}",
+        f"room for them{size}{kept}",
         filename=str(where),
         errno=code,
     )

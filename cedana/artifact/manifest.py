@@ -52,7 +52,10 @@ MANIFEST_NAME = "manifest.json"
 """The name of the manifest member, always the first member of an artifact."""
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_KINDS = ("process", "container", "vm")
+#: ``rootfs``: a container's root filesystem changes only (no process images), which a
+#: cedana reading only the first two kinds refuses as malformed: never as a process's.
+#: ``vm``: a whole virtual machine saved through its hypervisor (no process images).
+_KINDS = ("process", "container", "rootfs", "vm")
 
 _T = TypeVar("_T")
 
@@ -224,8 +227,10 @@ class Manifest:
         created: When the checkpoint was taken, ISO 8601 in UTC (``2026-11-28T23:59:59Z``);
             defaults to now.
         host: The machine it was taken on.
-        kind: ``"process"``, ``"container"`` or ``"vm"`` (a whole virtual machine, saved
-            through its hypervisor: :mod:`cedana.runtimes.kata`).
+        kind: ``"process"``, ``"container"`` (processes and their container),
+            ``"rootfs"`` (a container's root filesystem changes only, no processes), or
+            ``"vm"`` (a whole virtual machine, saved through its hypervisor:
+            :mod:`cedana.runtimes.kata`).
         runtime: For containers, the name of the runtime that ran it, as that runtime
             names itself; this layer stores it and never reads a meaning into it.
         options: The checkpoint options used, as JSON.

@@ -18,7 +18,8 @@ import attrs
 from cedana.container import cgroups
 from cedana.container.mounts import is_bind
 from cedana.errors import ContainerError, ContainerExists, UnsafeArtifact
-from cedana.rootfs import RootfsDiff, Snapshotter
+from cedana.rootfs import RootfsDiff
+from cedana.rootfs.idmap import IdShift
 from cedana.rootfs.mounts import is_mountpoint, umount
 from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter
 
@@ -136,20 +137,22 @@ def make_overlay_bundle(
     *,
     name: str,
     userxattr: bool,
+    shift: IdShift | None = None,
 ) -> MadeBundle:
     """A new bundle: config.json, upper (the changes applied), work, rootfs (the overlay).
 
     The writable layer is an overlay store's (:class:`~cedana.rootfs.overlay.OverlaySnapshotter`:
     prepared, then the changes applied to it). Every directory is root-only (0700), the
     bundle first: the upper directory holds the container's files, setuid ones included
-    (moby's CVE-2021-41091).
+    (moby's CVE-2021-41091). ``shift`` (the container's user namespace mappings) stores
+    owners a diff records as a container saw them under host ids.
     """
     made = MadeBundle(bundle, created=not bundle.exists())
     with contextlib.ExitStack() as undo:
         undo.callback(made.remove)
         private_dir(bundle)
         rootfs = bundle / "rootfs"
-        store: Snapshotter = OverlaySnapshotter(
+        store = OverlaySnapshotter(
             OverlayLayers(
                 lower=lower,
                 upper=os.fspath(bundle / "upper"),
@@ -161,7 +164,7 @@ def make_overlay_bundle(
         assert isinstance(layers, OverlayLayers)
         undo.callback(store.remove)
         rootfs.mkdir(mode=0o700)
-        applied: RootfsDiff = store.apply(diff_dir)
+        applied: RootfsDiff = store.apply(diff_dir, shift=shift)
         logger.debug("bundle %s: rootfs changes applied: %s", bundle, applied.describe())
         fd = os.open(
             bundle / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600

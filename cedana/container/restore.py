@@ -26,6 +26,7 @@ from cedana.container.bundle import (
     make_overlay_bundle,
 )
 from cedana.container.command import RuncCommand, log_errors
+from cedana.container.rootfs_only import refuse_rootfs
 from cedana.container.runc import CONFIG_MEMBER, CONTAINER_DIR, RUNC
 from cedana.container.state import DEFAULT_ROOT, LIVE, RuncState, check_id, read_state
 from cedana.descriptors import StdioTarget, open_stdio
@@ -61,6 +62,7 @@ def plan_restore(
     those of :meth:`RuncContainer.restore`, and so are the errors it raises (all of
     them before anything is unpacked).
     """
+    refuse_rootfs(ckpt)
     manifest = ckpt.manifest
     source = registry.lookup(manifest.runtime) if manifest.kind == "container" else None
     if source is None or RUNC not in source.restores_into:

@@ -399,6 +399,8 @@ class RuncContainer:
         signing_key: str | os.PathLike[str] | None = None,
         criu: Mapping[str, Any] | None = None,
         progress: ProgressArg = None,
+        rootfs_only: bool | None = None,
+        shift_owners: bool | None = None,
         options: CheckpointOptions | None = None,
     ) -> Checkpoint:
         """Checkpoint the container, its root filesystem changes included, to ``path``.
@@ -434,6 +436,8 @@ class RuncContainer:
             signing_key=signing_key,
             criu=criu,
             progress=progress,
+            rootfs_only=rootfs_only,
+            shift_owners=shift_owners,
         )
         return self.checkpoint_as(self, path, opts)
 
@@ -447,7 +451,15 @@ class RuncContainer:
         extras (snapshotter, facts, members), the dump, and without ``leave_running``
         the runtime's cleanup of the killed container (a failure there is a warning: the
         artifact is written).
+
+        With ``rootfs_only`` it runs the template's other form instead
+        (:func:`cedana.container.rootfs_only.checkpoint_rootfs`): the same live check and
+        extras, the changes captured with the cgroup frozen, no CRIU, nothing killed.
         """
+        if options.rootfs_only:
+            from cedana.container.rootfs_only import checkpoint_rootfs
+
+            return checkpoint_rootfs(self.id, runtime, path, options)
         preflight(self._backend)
         state = runtime.live_state()
         extras = runtime.dump_extras(state)
@@ -624,6 +636,52 @@ class RuncContainer:
         )
         return cls(plan.name, root=plan.root, backend=backend, runc=runc, command=runc_command)
 
+    @classmethod
+    def restore_fresh(
+        cls,
+        checkpoint: Checkpoint | str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        bundle: str | os.PathLike[str] | None = None,
+        root: str | os.PathLike[str] | None = None,
+        stdin: StdioTarget = None,
+        stdout: StdioTarget = None,
+        stderr: StdioTarget = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        lower: Sequence[str | os.PathLike[str]] | None = None,
+        hooks: Mapping[str, Any] | None = None,
+        grants: confine.Grants | None = None,
+        runc: str | None = None,
+        command: RuncCommand | None = None,
+        trust: Trust = "trusted",
+        trusted_keys: Iterable[KeySource] | None = None,
+    ) -> RuncContainer:
+        """Start a new runc container from a rootfs-only checkpoint: the recorded image
+        layers plus the changes, its config, ``runc run --detach``; no CRIU.
+
+        Confined as :meth:`restore` is (hooks, host paths, namespaces, capabilities,
+        devices refused unless granted; lower layers only if still the recorded ones;
+        the diff checked entry by entry). The keywords are :meth:`restore`'s.
+
+        Raises:
+            ContainerExists: ``name`` is taken, or the bundle directory is not empty.
+            ContainerError: Not a rootfs-only runc checkpoint, or its layers are gone.
+            UntrustedArtifact: No trusted key signed it, and ``trust`` is not ``"any"``.
+            UnsafeArtifact: The config or the diff asks for what is refused.
+            RestoreFailed: runc failed; nothing is left behind.
+        """
+        ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
+        from cedana.container.fresh import plan_fresh  # it imports this module's neighbours
+
+        plan = plan_fresh(
+            ckpt, name=name, bundle=bundle, root=root, lower=lower, hooks=hooks, grants=grants
+        )
+        runc_command = or_default(command, RuncCommand(plan.root, runc))
+        plan.execute(
+            ckpt, runc_command, stdin=stdin, stdout=stdout, stderr=stderr, work_dir=work_dir
+        )
+        return cls(plan.name, root=plan.root, runc=runc, command=runc_command)
+
     # --- managing it ------------------------------------------------------------
 
     def exec(self, argv: Sequence[str], *, timeout: float = 60) -> bytes:
@@ -658,20 +716,28 @@ def container_summary(manifest: Manifest) -> dict[str, Any] | None:
         ``id``, ``runtime``, ``status`` (when checkpointed), ``bundle``,
         ``rootfs`` (``captured``, and the snapshotter, lower layers and diff
         counts, or why it was not captured) and ``restores_into`` (the runtimes
-        this cedana restores it into, the default first; empty for one it cannot).
+        this cedana restores it into, the default first; empty for one it cannot);
+        for a rootfs-only checkpoint also ``rootfs_only`` (True), and its own runtime as
+        the one it starts afresh in.
     """
-    if manifest.kind != "container":
+    if manifest.kind not in ("container", "rootfs"):
         return None
     info = manifest.workload.get("container") or {}
     rootfs = thaw(manifest.workload.get("rootfs") or {})
     source = registry.lookup(manifest.runtime)
+    if manifest.kind == "rootfs":  # started afresh, by its own runtime only
+        fresh = source is not None and source.restore_fresh is not None
+        into = [str(manifest.runtime)] if fresh else []
+    else:
+        into = list(source.restores_into) if source is not None else []
     return {
         "id": info.get("id"),
         "runtime": manifest.runtime,
         "status": info.get("status"),
         "bundle": info.get("bundle"),
         "rootfs": rootfs,
-        "restores_into": list(source.restores_into) if source is not None else [],
+        "restores_into": into,
+        **({"rootfs_only": True} if manifest.kind == "rootfs" else {}),
     }
 
 
@@ -686,12 +752,22 @@ def container_lines(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     else:
         what = f"not captured ({rootfs.get('reason', 'no writable layer')})"
     into = summary.get("restores_into")
-    return [
+    restores = " or ".join(into) if into else "not by this cedana (upgrade)"
+    lines = [
         ("container", f"{summary.get('id')} ({summary.get('runtime')}, {summary.get('status')})"),
         ("bundle", str(summary.get("bundle"))),
         ("rootfs", what),
-        ("restores", " or ".join(into) if into else "not by this cedana (upgrade)"),
     ]
+    if summary.get("rootfs_only"):
+        owners = "as the container saw them" if rootfs.get("owners") == "container" else "host's"
+        lines += [
+            ("kind", "rootfs only: the root filesystem changes, no processes (no CRIU)"),
+            ("owners", owners),
+            ("restores", f"as a new container started fresh: {restores}" if into else restores),
+        ]
+    else:
+        lines.append(("restores", restores))
+    return lines
 
 
 registry.register(

@@ -22,11 +22,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from cedana.units import human_bytes
+
+if TYPE_CHECKING:
+    from cedana.rootfs.idmap import IdShift
 
 __all__ = ["OVERLAY", "RootfsDiff", "Snapshotter", "diff_format", "snapshotter_for"]
 
@@ -145,8 +148,10 @@ class Snapshotter(Protocol):
         them for restore to find again (overlay: ``lower`` and ``userxattr``)."""
         ...
 
-    def capture(self, rootfs: Path, dest: Path) -> RootfsDiff:
-        """Write the changes of the root filesystem mounted at ``rootfs`` into directory ``dest``.
+    def capture(self, rootfs: Path, dest: Path, *, shift: IdShift | None = None) -> RootfsDiff:
+        """Write the changes of the root filesystem mounted at ``rootfs`` into directory ``dest``;
+        with ``shift`` (a container's user namespace mappings) owners are recorded as the
+        container sees them.
 
         Returns:
             What was captured; ``members`` name the files written into ``dest``.
@@ -160,7 +165,9 @@ class Snapshotter(Protocol):
 
     def apply(self, diff: Path) -> RootfsDiff:
         """Apply the members in directory ``diff`` (from :meth:`capture`) to the layer
-        :meth:`prepare` made, not yet mounted.
+        :meth:`prepare` made, not yet mounted. (The stores' own ``apply`` also takes
+        ``shift=``, the new container's mappings, for owners recorded as a container saw
+        them.)
 
         Entries that would land outside the layer are refused with
         :class:`~cedana.errors.UnsafeArtifact`.

@@ -29,6 +29,7 @@ import attrs
 
 from cedana.errors import NotCheckpointable
 from cedana.rootfs import OVERLAY, RootfsDiff
+from cedana.rootfs.idmap import IdShift
 from cedana.rootfs.overlay import DIFF_NAME, OverlayLayers, OverlaySnapshotter, layers_json
 
 __all__ = ["ContainerdSnapshotter", "Mount", "SnapshotStore", "overlay_layers"]
@@ -150,7 +151,7 @@ class ContainerdSnapshotter:
         """The snapshot's lower layers (and ``userxattr``), as the manifest records them."""
         return layers_json(self.layers())
 
-    def capture(self, rootfs: Path, dest: Path) -> RootfsDiff:
+    def capture(self, rootfs: Path, dest: Path, *, shift: IdShift | None = None) -> RootfsDiff:
         """Write the snapshot's changes as ``dest/rootfs-diff.tar``.
 
         Args:
@@ -158,7 +159,7 @@ class ContainerdSnapshotter:
                 whose upper copy holds only metadata.
             dest: The directory to write into (made if missing).
         """
-        diff = OverlaySnapshotter(self.layers()).capture(rootfs, dest)
+        diff = OverlaySnapshotter(self.layers()).capture(rootfs, dest, shift=shift)
         return attrs.evolve(diff, snapshotter=self.name, format=self.format)
 
     def prepare(
@@ -186,13 +187,17 @@ class ContainerdSnapshotter:
         self._layers = layers
         return mounts
 
-    def apply(self, diff: Path, target: Path | None = None) -> RootfsDiff:
+    def apply(
+        self, diff: Path, target: Path | None = None, *, shift: IdShift | None = None
+    ) -> RootfsDiff:
         """Apply ``diff/rootfs-diff.tar`` to ``target``, the snapshot's upper directory by default.
 
         The snapshot must be fresh (just prepared) and not yet mounted.
         """
         where = target if target is not None else self.upper()
-        result = OverlaySnapshotter().apply(diff, where, userxattr=self.layers().userxattr)
+        result = OverlaySnapshotter().apply(
+            diff, where, userxattr=self.layers().userxattr, shift=shift
+        )
         return attrs.evolve(result, snapshotter=self.name, format=self.format)
 
     def remove(self) -> None:

@@ -31,14 +31,17 @@ from typing import Any, ClassVar
 
 import attrs
 
-from cedana.errors import NotCheckpointable, UnsafeArtifact
+from cedana.errors import ContainerError, NotCheckpointable, UnsafeArtifact
 from cedana.rootfs import OVERLAY, RootfsDiff
+from cedana.rootfs.idmap import IdShift
 from cedana.rootfs.overlay import DIFF_NAME, OverlayLayers, OverlaySnapshotter, layers_json
 
 __all__ = [
     "DELETED_FILES",
     "PODMAN_FORMAT",
     "ContainersStorageSnapshotter",
+    "StoredContainer",
+    "find_container",
     "from_podman_diff",
     "podman_diff_paths",
     "to_podman_diff",
@@ -127,9 +130,9 @@ class ContainersStorageSnapshotter:
         """The image's layers (and ``userxattr``), as the manifest records them."""
         return layers_json(self.layers())
 
-    def capture(self, rootfs: Path, dest: Path) -> RootfsDiff:
+    def capture(self, rootfs: Path, dest: Path, *, shift: IdShift | None = None) -> RootfsDiff:
         """Write the layer's changes as ``dest/rootfs-diff.tar`` (the overlay format)."""
-        diff = OverlaySnapshotter(self.layers()).capture(rootfs, dest)
+        diff = OverlaySnapshotter(self.layers()).capture(rootfs, dest, shift=shift)
         return attrs.evolve(diff, snapshotter=self.name, format=self.format)
 
     def prepare(self) -> Path:
@@ -148,9 +151,11 @@ class ContainersStorageSnapshotter:
             )
         return self.upper
 
-    def apply(self, diff: Path) -> RootfsDiff:
+    def apply(self, diff: Path, *, shift: IdShift | None = None) -> RootfsDiff:
         """Apply ``diff/rootfs-diff.tar`` to the layer's diff directory (not yet mounted)."""
-        result = OverlaySnapshotter().apply(diff, self.upper, userxattr=self.layers().userxattr)
+        result = OverlaySnapshotter().apply(
+            diff, self.upper, userxattr=self.layers().userxattr, shift=shift
+        )
         return attrs.evolve(result, snapshotter=self.name, format=self.format)
 
     def remove(self) -> None:
@@ -349,3 +354,128 @@ def from_podman_diff(src: Path, dest: Path, *, lower: Sequence[str] = ()) -> Pat
                     out.addfile(info, tar.extractfile(info) if info.isreg() else None)
                     emitted.add(parts)
     return dest
+
+
+# --------------------------------------------------------------------------- the store itself
+
+
+@attrs.frozen(kw_only=True)
+class StoredContainer:
+    """A container as containers/storage records it (``overlay-containers/containers.json``)
+    with its overlay layer (``overlay/<layer>``): what CRI-O's containers are, read from
+    the store rather than from a runtime's API.
+
+    Attributes:
+        id: The container's id.
+        names: Its names in the store.
+        image: The id of the image it was made from.
+        layer: The id of its own (read-write) layer.
+        userdata: Its ``overlay-containers/<id>/userdata`` directory (CRI-O's and podman's
+            bundle: ``config.json`` is there).
+        upper: The layer's ``diff`` directory: what the container changed.
+        lower: The image's layer directories, uppermost first (from the layer's ``lower``
+            file, whose ``l/<short>`` links are resolved).
+        work: The layer's overlay ``work`` directory.
+    """
+
+    id: str
+    names: tuple[str, ...]
+    image: str
+    layer: str
+    userdata: Path
+    upper: Path
+    lower: tuple[str, ...]
+    work: Path
+
+    @property
+    def config_path(self) -> Path:
+        """The OCI spec the runtime wrote for it (``userdata/config.json``)."""
+        return self.userdata / "config.json"
+
+    def snapshotter(self) -> ContainersStorageSnapshotter:
+        """The snapshotter of its layer."""
+        return ContainersStorageSnapshotter(self.upper, self.lower, os.fspath(self.work))
+
+
+def _records(path: Path) -> list[Mapping[str, Any]]:
+    try:
+        data = json.loads(path.read_text() or "[]")
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise ContainerError(f"containers/storage's {path} is unreadable: {exc}") from exc
+    if not isinstance(data, list):
+        raise ContainerError(f"containers/storage's {path} is not a list of containers")
+    return [r for r in data if isinstance(r, Mapping)]
+
+
+def find_container(root: str | os.PathLike[str], ident: str) -> StoredContainer | None:
+    """The container of the store at ``root`` (its graphroot,
+    ``/var/lib/containers/storage``) whose id is ``ident``, or that is the only one
+    whose id starts with it or the only one named ``ident``; None when none is.
+
+    Both ``containers.json`` and ``volatile-containers.json`` (containers whose records
+    containers/storage keeps apart) are read.
+
+    Raises:
+        ContainerError: ``root`` holds no overlay store, a record is unreadable, ``ident``
+            is ambiguous, or the container's layer is missing from the store.
+        NotCheckpointable: The store uses another driver than overlay.
+    """
+    store = Path(root)
+    containers = store / "overlay-containers"
+    if not containers.is_dir():
+        others = sorted(
+            d.name[: -len("-containers")]
+            for d in store.glob("*-containers")
+            if d.is_dir() and d.name != "overlay-containers"
+        )
+        if others:
+            raise NotCheckpointable(
+                f"containers/storage at {store} uses the {others[0]!r} driver; cedana captures "
+                'the changes of the overlay driver (storage.conf: driver = "overlay")'
+            )
+        raise ContainerError(
+            f"there is no containers/storage store at {store} (no overlay-containers/); "
+            "point CONTAINERS_STORAGE_CONF at the storage.conf whose graphroot it is, or "
+            "pass that graphroot as storage_root="
+        )
+    records = _records(containers / "containers.json")
+    records += _records(containers / "volatile-containers.json")
+    exact = [r for r in records if r.get("id") == ident]
+    found = exact or [r for r in records if str(r.get("id") or "").startswith(ident)]
+    if not exact and len(found) != 1:
+        named = [r for r in records if ident in (r.get("names") or ())]
+        found = named if named else found
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ContainerError(
+            f"{ident!r} names {len(found)} containers in containers/storage at {store}; "
+            "give more of the id"
+        )
+    record = found[0]
+    cid, layer = str(record.get("id") or ""), str(record.get("layer") or "")
+    layer_dir = store / "overlay" / layer
+    if not layer or not (layer_dir / "diff").is_dir():
+        raise ContainerError(
+            f"containers/storage at {store} lists container {cid} with layer {layer!r}, "
+            f"but {layer_dir}/diff is missing: the store is damaged or the container is "
+            "being removed"
+        )
+    lower: list[str] = []
+    lower_file = layer_dir / "lower"
+    if lower_file.is_file():
+        for link in lower_file.read_text().strip().split(":"):
+            if link:
+                lower.append(os.path.realpath(store / "overlay" / link))
+    return StoredContainer(
+        id=cid,
+        names=_strings(record.get("names") or ()),
+        image=str(record.get("image") or ""),
+        layer=layer,
+        userdata=containers / cid / "userdata",
+        upper=layer_dir / "diff",
+        lower=tuple(lower),
+        work=layer_dir / "work",
+    )

@@ -54,8 +54,9 @@ from typing import IO, Any
 import attrs
 
 from cedana._safefs import SafeTree
-from cedana.errors import UnsafeArtifact
+from cedana.errors import ArtifactCorrupt, UnsafeArtifact
 from cedana.rootfs import OVERLAY, RootfsDiff
+from cedana.rootfs.idmap import IdShift
 from cedana.rootfs.mounts import find_mount, make_shared, mount, overlay_options
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "OverlaySnapshotter",
     "apply_upper",
     "capture_upper",
+    "check_upper",
     "layer_identity",
     "same_layer",
 ]
@@ -225,7 +227,9 @@ def _walk(top: str, prefix: str = "") -> Iterator[tuple[str, str, os.stat_result
             yield from _walk(entry.path, rel + "/")
 
 
-def capture_upper(upper: Path, out: IO[bytes], *, merged: Path | None = None) -> RootfsDiff:
+def capture_upper(
+    upper: Path, out: IO[bytes], *, merged: Path | None = None, shift: IdShift | None = None
+) -> RootfsDiff:
     """Write the upper directory ``upper`` as a tar to ``out``; return the counts.
 
     Args:
@@ -233,6 +237,8 @@ def capture_upper(upper: Path, out: IO[bytes], *, merged: Path | None = None) ->
         out: A binary file open for writing.
         merged: The mounted overlay, to read files whose upper copy holds only
             metadata (``metacopy``); when None such files are refused.
+        shift: The container's user namespace mappings: owners are written as the
+            container sees them (:meth:`IdShift.inside`); None writes the host's.
 
     Raises:
         ValueError: A metacopy file and no ``merged`` view to read it through.
@@ -246,13 +252,14 @@ def capture_upper(upper: Path, out: IO[bytes], *, merged: Path | None = None) ->
         st = os.lstat(upper)
         root = tarfile.TarInfo(".")
         root.type = tarfile.DIRTYPE
-        root.mode, root.uid, root.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+        root.mode = stat.S_IMODE(st.st_mode)
+        root.uid, root.gid = _owner(st, shift)
         root.mtime = st.st_mtime_ns // 1_000_000_000
         tar.addfile(root)
         for rel, path, st in _walk(os.fspath(upper)):
             info = tarfile.TarInfo(rel)
             info.mode = stat.S_IMODE(st.st_mode)
-            info.uid, info.gid = st.st_uid, st.st_gid
+            info.uid, info.gid = _owner(st, shift)
             info.uname = info.gname = ""
             info.mtime = st.st_mtime_ns // 1_000_000_000
             # tarfile's float mtime loses nanoseconds; the pax record keeps them exactly.
@@ -317,6 +324,13 @@ def capture_upper(upper: Path, out: IO[bytes], *, merged: Path | None = None) ->
             else:  # sockets: bound by a process, recreated by it, not carried
                 counts.skipped.append(rel)
     return counts.diff((DIFF_NAME,))
+
+
+def _owner(st: os.stat_result, shift: IdShift | None) -> tuple[int, int]:
+    """An entry's owner as the diff records it: the host's, or shifted into the container."""
+    if shift is None:
+        return st.st_uid, st.st_gid
+    return shift.inside(st.st_uid, st.st_gid)
 
 
 # --------------------------------------------------------------------------- apply
@@ -409,7 +423,9 @@ def _set_xattrs(target: str | int, info: tarfile.TarInfo, *, userxattr: bool) ->
             os.setxattr(target, name, raw, follow_symlinks=False)
 
 
-def apply_upper(diff: Path, target: Path, *, userxattr: bool = False) -> RootfsDiff:
+def apply_upper(
+    diff: Path, target: Path, *, userxattr: bool = False, shift: IdShift | None = None
+) -> RootfsDiff:
     """Write the tar ``diff`` (from :func:`capture_upper`) into the upper directory ``target``.
 
     Args:
@@ -417,6 +433,9 @@ def apply_upper(diff: Path, target: Path, *, userxattr: bool = False) -> RootfsD
         target: An existing directory, normally empty and not mounted yet.
         userxattr: The overlay that will use ``target`` keeps its attributes as
             ``user.overlay.*`` rather than ``trusted.overlay.*``.
+        shift: The user namespace mappings of the container ``target`` is for, when the
+            diff records owners as a container sees them: they are stored as host ids
+            (:meth:`IdShift.outside`); None stores them as recorded.
 
     Raises:
         UnsafeArtifact: An entry would land outside ``target`` or link outside it.
@@ -429,6 +448,9 @@ def apply_upper(diff: Path, target: Path, *, userxattr: bool = False) -> RootfsD
         # Every entry is checked before the first is written, so a refused diff leaves
         # ``target`` as it was.
         entries = _checked_entries(tar)
+        if shift is not None:
+            for info, _ in entries:
+                info.uid, info.gid = shift.outside(info.uid, info.gid)
         writer = SafeTree(
             target,
             escape=lambda path: _unsafe(path, "a path through a symlink or a file"),
@@ -460,6 +482,23 @@ def apply_upper(diff: Path, target: Path, *, userxattr: bool = False) -> RootfsD
         finally:
             writer.close()
     return counts.diff((DIFF_NAME,))
+
+
+def check_upper(diff: Path) -> None:
+    """Check every entry of the tar ``diff`` as :func:`apply_upper` will (headers only),
+    so a restore refuses an unsafe diff before it makes a container to apply it to.
+
+    Raises:
+        UnsafeArtifact: The first entry :func:`apply_upper` would refuse.
+        ArtifactCorrupt: ``diff`` is not a tar.
+    """
+    try:
+        with tarfile.open(diff, mode="r:", encoding="utf-8", errors="surrogateescape") as tar:
+            _checked_entries(tar)
+    except tarfile.TarError as exc:
+        raise ArtifactCorrupt(
+            f"the root filesystem changes are not a tar ({exc}); do not use this checkpoint"
+        ) from None
 
 
 def _checked_entries(tar: tarfile.TarFile) -> list[tuple[tarfile.TarInfo, tuple[str, ...]]]:
@@ -624,14 +663,15 @@ class OverlaySnapshotter:
         """The lower layers (and ``userxattr``) restore mounts the changes on."""
         return layers_json(self._writable_layers()[0])
 
-    def capture(self, rootfs: Path, dest: Path) -> RootfsDiff:
-        """Write the changes of the overlay mounted at ``rootfs`` as ``dest/rootfs-diff.tar``."""
+    def capture(self, rootfs: Path, dest: Path, *, shift: IdShift | None = None) -> RootfsDiff:
+        """Write the changes of the overlay mounted at ``rootfs`` as ``dest/rootfs-diff.tar``
+        (owners shifted into the container by ``shift``, when given)."""
         upper = self._writable_layers()[1]
         started = time.monotonic()
         dest.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(dest / DIFF_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with open(fd, "wb") as out:
-            diff = capture_upper(upper, out, merged=rootfs)
+            diff = capture_upper(upper, out, merged=rootfs, shift=shift)
         logger.debug(
             "overlay capture %s: %s in %.3fs",
             upper,
@@ -650,7 +690,12 @@ class OverlaySnapshotter:
         return layers
 
     def apply(
-        self, diff: Path, target: Path | None = None, *, userxattr: bool | None = None
+        self,
+        diff: Path,
+        target: Path | None = None,
+        *,
+        userxattr: bool | None = None,
+        shift: IdShift | None = None,
     ) -> RootfsDiff:
         """Apply ``diff/rootfs-diff.tar`` to the upper directory ``target`` (the prepared
         one by default), with overlay's attributes as ``user.*`` when ``userxattr`` (by
@@ -660,7 +705,7 @@ class OverlaySnapshotter:
         if userxattr is None:
             userxattr = self.layers.userxattr if self.layers is not None else False
         started = time.monotonic()
-        result = apply_upper(diff / DIFF_NAME, target, userxattr=userxattr)
+        result = apply_upper(diff / DIFF_NAME, target, userxattr=userxattr, shift=shift)
         logger.debug(
             "overlay apply %s: %s in %.3fs", target, result.describe(), time.monotonic() - started
         )

@@ -29,6 +29,7 @@ import attrs
 
 from cedana.errors import ContainerError, NotCheckpointable
 from cedana.rootfs import OVERLAY, RootfsDiff
+from cedana.rootfs.idmap import IdShift
 from cedana.rootfs.overlay import DIFF_NAME, OverlayLayers, OverlaySnapshotter, layers_json
 
 __all__ = ["OVERLAY2", "Overlay2Snapshotter"]
@@ -102,7 +103,7 @@ class Overlay2Snapshotter:
         """The lower layers (image layers and the ``-init`` layer, each with its identity)."""
         return layers_json(self.layers)
 
-    def capture(self, rootfs: Path, dest: Path) -> RootfsDiff:
+    def capture(self, rootfs: Path, dest: Path, *, shift: IdShift | None = None) -> RootfsDiff:
         """Write the layer's changes as ``dest/rootfs-diff.tar``.
 
         Args:
@@ -110,7 +111,7 @@ class Overlay2Snapshotter:
                 whose upper copy holds only metadata.
             dest: The directory to write into (made if missing).
         """
-        diff = OverlaySnapshotter(self.layers).capture(rootfs, dest)
+        diff = OverlaySnapshotter(self.layers).capture(rootfs, dest, shift=shift)
         return attrs.evolve(diff, snapshotter=self.name, format=self.format)
 
     # --- restore ----------------------------------------------------------------
@@ -135,9 +136,11 @@ class Overlay2Snapshotter:
             )
         return self.layers
 
-    def apply(self, diff: Path) -> RootfsDiff:
+    def apply(self, diff: Path, *, shift: IdShift | None = None) -> RootfsDiff:
         """Apply ``diff/rootfs-diff.tar`` to the layer's upper directory, not yet mounted."""
-        result = OverlaySnapshotter().apply(diff, self.upper(), userxattr=self.layers.userxattr)
+        result = OverlaySnapshotter().apply(
+            diff, self.upper(), userxattr=self.layers.userxattr, shift=shift
+        )
         return attrs.evolve(result, snapshotter=self.name, format=self.format)
 
     def remove(self) -> None:

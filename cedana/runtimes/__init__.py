@@ -14,6 +14,12 @@ Layout::
                          podman container restore --import (or into plain runc)
     _podman_archive.py   podman's own checkpoint archives (checkpoint --export) read as
                          cedana checkpoints (registered with cedana.artifact.foreign)
+    crio.py              CrioContainer: lookup through the CRI API and containers/storage,
+                         checkpoint (runc dump + the containers/storage layer), restore
+                         into plain runc
+    _cri_api.py          the CRI's runtime.v1 gRPC API (optional: ``pip install
+                         'cedana[crio]'``), from _cri_descriptor.py (protoc's descriptor
+                         of cri-api's api.proto, made by scripts/cri-descriptor)
 
     docker.py            DockerContainer: lookup through docker's Engine API, checkpoint
                          (runc dump + the overlay2 layer), restore as a docker container
@@ -32,6 +38,7 @@ Nothing here imports grpc, the docker SDK or qemu.qmp until a container of their
 from cedana.runtimes import _podman_archive  # noqa: F401 (registers its reader)
 from cedana.runtimes._containerd_api import ContainerRecord, ImageRecord, TaskRecord
 from cedana.runtimes.containerd import ContainerdContainer
+from cedana.runtimes.crio import CrioContainer
 from cedana.runtimes.docker import DockerContainer
 from cedana.runtimes.kata import KataSandbox
 from cedana.runtimes.podman import PodmanContainer
@@ -39,6 +46,7 @@ from cedana.runtimes.podman import PodmanContainer
 __all__ = [
     "ContainerRecord",
     "ContainerdContainer",
+    "CrioContainer",
     "DockerContainer",
     "ImageRecord",
     "KataSandbox",

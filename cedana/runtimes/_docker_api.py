@@ -164,6 +164,11 @@ class DockerClient:
             )
             api._raise_for_status(res)
 
+    def start_container(self, container: str) -> None:
+        """``POST /containers/{id}/start`` (``docker start``)."""
+        with mapped(f"starting container {container!r}"):
+            self._api.start(container)
+
     def remove_container(self, container: str) -> None:
         """``DELETE /containers/{id}?force=1``: killed if it runs; gone already is fine."""
         with contextlib.suppress(ContainerNotFound), mapped(f"removing container {container!r}"):

@@ -49,6 +49,7 @@ from cedana import registry
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
 from cedana.container import RuncContainer, cgroups, confine, namespaces
+from cedana.container.rootfs_only import refuse_rootfs
 from cedana.container.runc import DumpExtras
 from cedana.container.state import LIVE, RuncState
 from cedana.criu import CriuBackend
@@ -335,6 +336,8 @@ class ContainerdContainer:
         signing_key: str | os.PathLike[str] | None = None,
         criu: Mapping[str, Any] | None = None,
         progress: ProgressArg = None,
+        rootfs_only: bool | None = None,
+        shift_owners: bool | None = None,
         options: CheckpointOptions | None = None,
     ) -> Checkpoint:
         """Checkpoint the container, its writable snapshot included, to ``path``.
@@ -374,6 +377,8 @@ class ContainerdContainer:
             signing_key=signing_key,
             criu=criu,
             progress=progress,
+            rootfs_only=rootfs_only,
+            shift_owners=shift_owners,
         )
         run = _CheckpointRun(self, self._api())
         # The one template every runc-based runtime runs, held by the runc layer.
@@ -445,6 +450,7 @@ class ContainerdContainer:
             RestoreFailed: containerd (runc, CRIU) failed; nothing is left behind.
         """
         ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
+        refuse_rootfs(ckpt)
         manifest = ckpt.manifest
         if manifest.kind != "container" or manifest.runtime != CONTAINERD:
             raise ContainerError(
@@ -562,6 +568,52 @@ class ContainerdContainer:
             time.monotonic() - started,
         )
         return cls(name, namespace=namespace, address=address, backend=backend, client=client)
+
+    @classmethod
+    def restore_fresh(
+        cls,
+        checkpoint: Checkpoint | str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        namespace: str | None = None,
+        address: str | None = None,
+        log: str | os.PathLike[str] | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        hooks: Mapping[str, Any] | None = None,
+        grants: confine.Grants | None = None,
+        client: ContainerdClient | None = None,
+        trust: Trust = "trusted",
+        trusted_keys: Iterable[KeySource] | None = None,
+    ) -> ContainerdContainer:
+        """Start a new containerd container from a rootfs-only checkpoint: the same image
+        (by its chain id), a new snapshot holding the changes, the checkpoint's spec
+        (confined as for :meth:`restore`), a task started fresh; no CRIU. The keywords
+        are :meth:`restore`'s.
+
+        Raises:
+            ContainerExists: ``name`` (or its snapshot key) is taken.
+            ImageNotFound: The image is not in the namespace.
+            ContainerError: Not a rootfs-only containerd checkpoint, or the image now has
+                other layers.
+            UntrustedArtifact: No trusted key signed it, and ``trust`` is not ``"any"``.
+            UnsafeArtifact: The spec or the diff asks for what is refused.
+            RestoreFailed: containerd failed; nothing is left behind.
+        """
+        from cedana.runtimes._containerd_fresh import restore_fresh
+
+        ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
+        return restore_fresh(
+            cls,
+            ckpt,
+            name=name,
+            namespace=namespace,
+            address=or_default(address, DEFAULT_ADDRESS),
+            log=log,
+            work_dir=work_dir,
+            hooks=hooks,
+            grants=grants,
+            client=client,
+        )
 
     # --- managing it ------------------------------------------------------------
 

@@ -51,6 +51,7 @@ from cedana.artifact.manifest import thaw
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
 from cedana.container import RuncContainer, confine, namespaces
+from cedana.container.rootfs_only import refuse_rootfs
 from cedana.container.runc import DumpExtras
 from cedana.container.state import RuncState
 from cedana.criu import CriuBackend
@@ -295,6 +296,8 @@ class DockerContainer:
         signing_key: str | os.PathLike[str] | None = None,
         criu: Mapping[str, Any] | None = None,
         progress: ProgressArg = None,
+        rootfs_only: bool | None = None,
+        shift_owners: bool | None = None,
         options: CheckpointOptions | None = None,
     ) -> Checkpoint:
         """Checkpoint the container, its overlay2 layer's changes included, to ``path``.
@@ -333,6 +336,8 @@ class DockerContainer:
             signing_key=signing_key,
             criu=criu,
             progress=progress,
+            rootfs_only=rootfs_only,
+            shift_owners=shift_owners,
         )
         run = _CheckpointRun(self, self.info())
         # The one template every runc-based runtime runs, held by the runc layer.
@@ -432,6 +437,7 @@ class DockerContainer:
             RestoreFailed: docker (containerd, runc, CRIU) failed; no container is left.
         """
         ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
+        refuse_rootfs(ckpt)
         manifest = ckpt.manifest
         if manifest.kind != "container" or manifest.runtime != DOCKER:
             raise ContainerError(
@@ -517,6 +523,39 @@ class DockerContainer:
             "restore docker %s: pid %s in %.3fs", name, state["Pid"], time.monotonic() - started
         )
         return cls(name, address=address, backend=backend, client=client)
+
+    @classmethod
+    def restore_fresh(
+        cls,
+        checkpoint: Checkpoint | str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        address: str | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        grants: confine.Grants | None = None,
+        client: DockerClient | None = None,
+        trust: Trust = "trusted",
+        trusted_keys: Iterable[KeySource] | None = None,
+    ) -> DockerContainer:
+        """Start a new docker container from a rootfs-only checkpoint: created from the same
+        image id and create config (``HostConfig`` confined as for :meth:`restore`), its
+        new overlay2 layer filled with the changes, then started; no CRIU. The keywords are
+        :meth:`restore`'s.
+
+        Raises:
+            ContainerExists: ``name`` is taken.
+            ImageNotFound: The image is not in this docker.
+            ContainerError: Not a rootfs-only docker checkpoint.
+            UntrustedArtifact: No trusted key signed it, and ``trust`` is not ``"any"``.
+            UnsafeArtifact: The config or the diff asks for what is refused.
+            RestoreFailed: docker failed; no container is left.
+        """
+        from cedana.runtimes._docker_fresh import restore_fresh
+
+        ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
+        return restore_fresh(
+            cls, ckpt, name=name, address=address, work_dir=work_dir, grants=grants, client=client
+        )
 
     # --- managing it ------------------------------------------------------------
 

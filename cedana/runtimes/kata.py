@@ -530,6 +530,8 @@ class KataSandbox:
         tcp_established: bool = False,
         file_locks: bool = False,
         shell_job: bool | None = None,
+        rootfs_only: bool | None = None,
+        shift_owners: bool | None = None,
         compress: Literal["zstd", "none"] | None = None,
         level: int | None = None,
         threads: int | None = None,
@@ -549,6 +551,8 @@ class KataSandbox:
             tcp_established, file_locks, shell_job, criu: CRIU's options, which a VM
                 snapshot does not take (the guest's connections and locks are in its
                 memory): setting one is refused.
+            rootfs_only, shift_owners: A runc container's rootfs-only checkpoint; a VM is
+                saved whole, so setting one is refused.
             compress, level, threads, directory, overwrite, signing_key, options: As for
                 :class:`~cedana.CheckpointOptions`.
             work_dir: Unused: nothing is staged, the VM state streams into the artifact.
@@ -569,6 +573,8 @@ class KataSandbox:
             tcp_established=tcp_established,
             file_locks=file_locks,
             shell_job=shell_job,
+            rootfs_only=rootfs_only,
+            shift_owners=shift_owners,
             compress=compress,
             level=level,
             threads=threads,
@@ -584,6 +590,11 @@ class KataSandbox:
                 "tcp_established, file_locks, shell_job and criu are CRIU's options; a VM is "
                 "saved whole through QEMU (its connections and locks are in the guest's "
                 "memory): drop them"
+            )
+        if opts.rootfs_only:
+            raise InvalidOption(
+                "rootfs_only saves a runc container's root filesystem; a kata sandbox is saved "
+                "as a whole VM (its shares with it): drop rootfs_only (--rootfs-only)"
             )
         dest = Path(path)
         opts.check_path(dest)

@@ -63,6 +63,7 @@ from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
 from cedana.container import RuncContainer, confine, namespaces
 from cedana.container.command import RuncCommand
+from cedana.container.rootfs_only import refuse_rootfs
 from cedana.container.runc import DumpExtras
 from cedana.container.state import RuncState
 from cedana.criu import CriuBackend
@@ -328,6 +329,8 @@ class PodmanContainer:
         signing_key: str | os.PathLike[str] | None = None,
         criu: Mapping[str, Any] | None = None,
         progress: ProgressArg = None,
+        rootfs_only: bool | None = None,
+        shift_owners: bool | None = None,
         options: CheckpointOptions | None = None,
     ) -> Checkpoint:
         """Checkpoint the container, its containers/storage layer included, to ``path``.
@@ -366,6 +369,8 @@ class PodmanContainer:
             signing_key=signing_key,
             criu=criu,
             progress=progress,
+            rootfs_only=rootfs_only,
+            shift_owners=shift_owners,
         )
         run = _CheckpointRun(self)
         record, _ = self._live()  # finds the runc side (and refuses early)
@@ -458,6 +463,36 @@ class PodmanContainer:
             "restore podman %s: pid %d in %.3fs", name, restored.pid, time.monotonic() - started
         )
         return restored
+
+    @classmethod
+    def restore_fresh(
+        cls,
+        checkpoint: Checkpoint | str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        client: PodmanCLI | None = None,
+        trust: Trust = "trusted",
+        trusted_keys: Iterable[KeySource] | None = None,
+    ) -> PodmanContainer:
+        """Start a new podman container from a rootfs-only checkpoint: ``podman create``
+        from the same image id with the process it ran (command, environment, working
+        directory, user) and a private network mode, the changes written into its new
+        layer, ``podman start``; no CRIU. Nothing host-facing is taken from the artifact.
+
+        Raises:
+            ContainerExists: ``name`` is taken.
+            ImageNotFound: The image is not in podman's store.
+            ContainerError: Not a rootfs-only podman checkpoint.
+            UntrustedArtifact: No trusted key signed it, and ``trust`` is not ``"any"``.
+            UnsafeArtifact: A recorded field or the diff is refused.
+            RestoreFailed: podman failed; no container is left behind.
+        """
+        from cedana.runtimes._podman_fresh import restore_fresh
+
+        ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
+        api = client if client is not None else PodmanCLI()
+        return restore_fresh(cls, ckpt, name=name, work_dir=work_dir, api=api, client=client)
 
     @staticmethod
     def export(
@@ -575,6 +610,7 @@ def _plan_import(
 ) -> _ImportPlan:
     """What importing ``ckpt`` into podman will do, checked before anything is unpacked:
     a podman checkpoint, a podman name, the members, the confined spec, the image."""
+    refuse_rootfs(ckpt)
     manifest = ckpt.manifest
     if manifest.kind != "container" or manifest.runtime != PODMAN:
         what = f"{manifest.runtime} container" if manifest.kind == "container" else "process"
@@ -806,6 +842,7 @@ class _CheckpointRun:
                 "digest": record.get("ImageDigest"),
             },
             "config": podman_config(record),
+            "network_mode": (record.get("HostConfig") or {}).get("NetworkMode"),
         }
         return DumpExtras(
             snapshotter=layer,

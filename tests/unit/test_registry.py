@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
         ("containerd:web", "containerd", {"id": "web", "namespace": None}),
         ("containerd:k8s.io/web", "containerd", {"id": "web", "namespace": "k8s.io"}),
         ("docker:web", "docker", {"name": "web"}),
+        ("crio:0a1b2c", "crio", {"id": "0a1b2c"}),
     ],
 )
 def test_targets_parse_into_constructor_keywords(
@@ -50,14 +51,17 @@ def test_targets_parse_into_constructor_keywords(
         ("containerd:ns/", r"expected containerd:\[NAMESPACE/\]ID$"),
         ("podman:", r"bad target 'podman:': expected podman:NAME$"),
         ("docker:", r"bad target 'docker:': expected docker:NAME$"),
-        ("crio:web", r"^crio containers are not supported by this cedana yet$"),
-        ("crio:abc", r"^crio containers are not supported by this cedana yet$"),
-        ("zone:web", r"expected PID, process:PID, runc:ID, .*docker:NAME.* or crio:ID$"),
+        ("crio:", r"bad target 'crio:': expected crio:ID$"),
+        ("kube:web", r"^kube containers are not supported by this cedana yet$"),
+        ("zone:web", r"expected PID, process:PID, runc:ID, .*crio:ID, .*docker:NAME.* or kube:ID$"),
     ],
 )
-def test_bad_and_planned_targets_say_so(target: str, message: str) -> None:
+def test_bad_and_planned_targets_say_so(
+    target: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A malformed target names its form; a planned runtime is said to be unsupported yet;
     an unknown prefix lists every form (registered and planned)."""
+    monkeypatch.setattr(registry, "PLANNED", {"kube": "kube:ID"})
     with pytest.raises(CedanaError, match=message):
         registry.parse_target(target)
 
