@@ -10,6 +10,7 @@ Layout, one concern per layer (each holds the one below)::
     rootfs/       snapshotters: a container's rootfs changes (overlay, containerd, overlay2)
     runtimes/     ContainerdContainer, DockerContainer: runc + a snapshotter + its own API
     oci/          OCI images: layouts (oci:, oci-archive:), the distribution API (docker://)
+    images.py     push / pull: a checkpoint as an OCI artifact in a registry or layout
     checkpoint.py Checkpoint: an opened artifact (manifest, verify, inspect)
     artifact/     manifest, zstd tar archive, verification, signatures, image inspection
     criu.py       the CRIU boundary (the only importer of pycriu)
@@ -58,6 +59,7 @@ from cedana.errors import (
     UnsupportedFormat,
     UntrustedArtifact,
 )
+from cedana.images import pull, push
 from cedana.process import CheckpointOptions, Process, RestoreOptions, spawn
 from cedana.runtimes import ContainerdContainer, DockerContainer, PodmanContainer
 
@@ -111,6 +113,8 @@ __all__ = [
     "UntrustedArtifact",
     "check",
     "open",
+    "pull",
+    "push",
     "restore",
     "spawn",
 ]
