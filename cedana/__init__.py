@@ -11,6 +11,7 @@ Layout, one concern per layer (each holds the one below)::
     runtimes/     ContainerdContainer, DockerContainer: runc + a snapshotter + its own API
     oci/          OCI images: layouts (oci:, oci-archive:), the distribution API (docker://)
     images.py     push / pull: a checkpoint as an OCI artifact in a registry or layout
+    commit.py     commit: a container's rootfs changes as an OCI image on its original one
     checkpoint.py Checkpoint: an opened artifact (manifest, verify, inspect)
     artifact/     manifest, zstd tar archive, verification, signatures, image inspection
     criu.py       the CRIU boundary (the only importer of pycriu)
@@ -22,6 +23,7 @@ import logging
 
 from cedana.api import check, open, restore
 from cedana.checkpoint import Checkpoint
+from cedana.commit import commit
 from cedana.container import Grants, RuncContainer
 from cedana.criu import CriuReport
 from cedana.errors import (
@@ -112,6 +114,7 @@ __all__ = [
     "UnsupportedFormat",
     "UntrustedArtifact",
     "check",
+    "commit",
     "open",
     "pull",
     "push",

@@ -106,6 +106,21 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_commit(args: argparse.Namespace) -> int:
+    digest = cedana.commit(
+        args.file,
+        args.to,
+        base=args.base or None,
+        registry=_registry_options(args),
+        compression=args.compress,
+        overwrite=args.overwrite,
+        trust="any" if args.insecure_accept_unsigned else "trusted",
+    )
+    data = {"reference": args.to, "digest": digest}
+    _emit(data, args.json, f"committed {args.file} as {args.to} ({digest})")
+    return 0
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     from cedana.images import is_reference, pulled
 
@@ -234,6 +249,7 @@ Examples::
   cedana restore job.tar.zst --json
   cedana restore web.tar.zst --into containerd --name default/web2
   cedana export web.tar.zst --format podman -o web.podman.tar.zst
+  cedana commit web.tar.zst --to oci-archive:web.tar:localhost/web:ckpt
   cedana push web.tar.zst docker://localhost:5000/ckpt/web:v1
   cedana restore docker://localhost:5000/ckpt/web:v1 --name web2
 
@@ -488,6 +504,37 @@ def build_parser() -> argparse.ArgumentParser:
     _json(c)
     _common(c)
     c.set_defaults(func=cmd_pull)
+
+    c = sub.add_parser(
+        "commit",
+        help="commit a container checkpoint's filesystem changes as an OCI image",
+        description="Build an OCI image: the container's original image layers plus one "
+        "layer with its root filesystem changes (OCI whiteouts), and write it to an OCI "
+        "archive, an OCI layout directory or a registry. The original layers come from the "
+        "runtime's store (podman, containerd, docker) or, for runc, the container's lower "
+        "directories; --base names them instead, checked to be the image the changes were "
+        "made on.",
+    )
+    c.add_argument("file", metavar="FILE", help="a container (or rootfs-only) checkpoint")
+    c.add_argument(
+        "--to",
+        required=True,
+        metavar="REF",
+        help="oci-archive:PATH[:NAME], oci:DIR[:NAME] or docker://HOST[:PORT]/REPO[:TAG]",
+    )
+    c.add_argument("--base", metavar="REF", help="the original image (default: the runtime's)")
+    c.add_argument(
+        "--compress",
+        choices=["gzip", "zstd"],
+        default="gzip",
+        help="the new layer's compression (default gzip, which every runtime reads)",
+    )
+    c.add_argument("--overwrite", action="store_true", help="replace an existing oci-archive")
+    c.add_argument("--insecure-accept-unsigned", action="store_true", help=_INSECURE)
+    _registry_flags(c)
+    _json(c)
+    _common(c)
+    c.set_defaults(func=cmd_commit)
 
     c = sub.add_parser("key", help="show this host's signing key, or trust another host's")
     c.add_argument("action", choices=["show", "trust"], help="show: print the public key (PEM)")

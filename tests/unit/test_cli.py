@@ -51,6 +51,7 @@ def test_build_parser_is_the_command_line() -> None:
         "export",
         "push",
         "pull",
+        "commit",
         "key",
         "demo",
     }
