@@ -114,6 +114,7 @@ def cmd_commit(args: argparse.Namespace) -> int:
         registry=_registry_options(args),
         compression=args.compress,
         overwrite=args.overwrite,
+        address=args.address or None,
         trust="any" if args.insecure_accept_unsigned else "trusted",
     )
     data = {"reference": args.to, "digest": digest}
@@ -530,6 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the new layer's compression (default gzip, which every runtime reads)",
     )
     c.add_argument("--overwrite", action="store_true", help="replace an existing oci-archive")
+    c.add_argument(
+        "--address",
+        metavar="SOCK",
+        help="the API socket of the runtime the base image is read from (containerd, docker; "
+        "default: the checkpointed container's, else the runtime's own)",
+    )
     c.add_argument("--insecure-accept-unsigned", action="store_true", help=_INSECURE)
     _registry_flags(c)
     _json(c)

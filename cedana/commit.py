@@ -72,6 +72,7 @@ def commit(
     registry: oci.RegistryOptions | None = None,
     compression: oci.Compression = "gzip",
     overwrite: bool = False,
+    address: str | None = None,
     trust: Trust = "trusted",
     trusted_keys: Iterable[KeySource] | None = None,
 ) -> str:
@@ -88,6 +89,8 @@ def commit(
         registry: How to reach registries (:class:`cedana.oci.RegistryOptions`).
         compression: Of the new layer: gzip (every runtime) or zstd.
         overwrite: Replace an existing ``oci-archive:`` file.
+        address: The API socket of the runtime the base image is read from (containerd,
+            docker); default: the one the checkpoint records, else the runtime's own.
 
     Raises:
         InvalidOption: A process checkpoint, or one without captured rootfs changes.
@@ -123,7 +126,9 @@ def commit(
     parent = _scratch_parent(ref)
     with scratch_dir(".cedana-commit-", parent=parent, fills="the image being built") as tmp:
         layout = oci.Layout.create(tmp / "layout")
-        base_image, base_name = _base(ckpt, layout, tmp, base, registry)
+        base_image, base_name = _base(
+            ckpt, layout, tmp, base=base, registry=registry, address=address
+        )
         diff = _overlay_diff(ckpt, tmp, diff_dir, form, rootfs)
         converted = tmp / "layer.tar"
         with open(converted, "wb") as out:
@@ -193,14 +198,18 @@ def _base(
     ckpt: Checkpoint,
     layout: oci.Layout,
     tmp: Path,
+    *,
     base: str | Reference | None,
     registry: oci.RegistryOptions | None,
+    address: str | None,
 ) -> tuple[oci.Image, str | None]:
     """The base image, its blobs in ``layout``, checked against what the checkpoint
     records; and the name it goes by."""
     manifest = ckpt.manifest
     runtime = manifest.runtime or ""
     record = dict(manifest.workload.get(runtime) or {})
+    if address is not None:
+        record["address"] = address
     image_record = dict(record.get("image") or {})
     name: str | None
     if base is not None:
@@ -352,7 +361,9 @@ def _docker_base(
 
     image_id = str(image_record.get("id") or "")
     name = image_record.get("name")
-    address = record.get("address")
+    recorded = str(record.get("address") or "")
+    # The SDK's base_url of a unix socket (http+docker://...) names no socket: the default.
+    address = recorded if recorded.startswith(("/", "unix://", "tcp://")) else None
     if not image_id:
         raise ImageMismatch(f"{ckpt.path} records no docker image id; pass base=")
     saved = tmp / "docker-save.tar"

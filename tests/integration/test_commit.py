@@ -25,10 +25,18 @@ import cedana
 from cedana import oci
 from cedana.errors import ImageMismatch, InvalidOption, RegistryUnavailable, UnsafeArtifact
 from cedana.oci import media
-from tests.capabilities import integration, requires_busybox, requires_runtime, requires_tool
+from tests.capabilities import (
+    integration,
+    requires_busybox,
+    requires_docker,
+    requires_runtime,
+    requires_tool,
+)
 from tests.helpers import COUNTER, craft, name_for, run_cedana, wait_count
 from tests.integration.test_containerd import Containerd, containerd, image, layer
 from tests.integration.test_containerd import Containers as CtrContainers
+from tests.integration.test_docker import Containers as DockerContainers
+from tests.integration.test_docker import Dockerd, dockerd
 from tests.integration.test_podman import Podman, made, podman
 from tests.integration.test_runc import Containers as RuncContainers
 from tests.integration.test_runc import busybox_rootfs, runc_root
@@ -48,6 +56,7 @@ pytestmark = [
 __all__ = [
     "busybox_rootfs",
     "containerd",
+    "dockerd",
     "image",
     "layer",
     "made",
@@ -232,6 +241,35 @@ def test_containerd_checkpoint_commits_and_ctr_runs_it(
     assert image.layers[-1].media_type == media.LAYER_ZSTD
     assert ref in _ctr_import(containerd, archive)
     assert_shows_changes(_ctr_run(containerd, ref, f"{name}-r"))
+
+
+@requires_docker
+def test_docker_checkpoint_commits_on_the_saved_image(
+    dockerd: Dockerd,
+    podman: Podman,
+    made: list[str],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A docker container's checkpoint commits on its image as docker saves it (the
+    config as it is, its layers gzipped; checked by the image id); the archive loads into
+    podman and runs with the changes."""
+    containers = DockerContainers(dockerd)
+    try:
+        name = f"oci-{name_for(request)}"
+        c = containers.run(name, CHANGES + COUNTER)
+        wait_count(c, 3)
+        ckpt = c.checkpoint(tmp_path / "d.tar.zst", leave_running=True)
+        ref = "localhost/oci-commit/docker:v1"
+        archive = tmp_path / "docker-image.tar"
+        cedana.commit(ckpt, f"oci-archive:{archive}:{ref}", address=dockerd.address)
+        image = oci.pull(f"oci-archive:{archive}", tmp_path / "check")
+        assert image.annotations["org.opencontainers.image.base.digest"]
+        assert all(d.media_type == media.LAYER_GZIP for d in image.layers)
+        assert ref in podman("load", "-i", str(archive))
+        assert_shows_changes(_podman_run(podman, made, ref, f"{name}-p"))
+    finally:
+        containers.cleanup()
 
 
 # --- what commit refuses ---------------------------------------------------------------

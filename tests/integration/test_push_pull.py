@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -21,11 +23,18 @@ from cedana.staging import owner_tag
 from tests.capabilities import integration
 from tests.conftest import Workloads, reap_zombie_children, wait_for
 from tests.helpers import run_cedana
-from tests.registry import Registry, oci_registry, requires_registry
+from tests.registry import (
+    PASSWORD,
+    USER,
+    Registry,
+    oci_registry,
+    oci_registry_tls,
+    requires_registry,
+)
 
 pytestmark = [*integration, requires_registry]
 
-__all__ = ["oci_registry"]  # a fixture, imported for pytest
+__all__ = ["oci_registry", "oci_registry_tls"]  # fixtures, imported for pytest
 
 COUNTER = """
     import time
@@ -183,3 +192,34 @@ def test_push_to_oci_archive_and_restore(workloads: Workloads, tmp_path: Path) -
     with pytest.raises(UnsupportedFormat, match="not a cedana checkpoint"):
         cedana.pull(f"oci-archive:{tmp_path / 'image.tar'}", tmp_path / "x.tar.zst")
     assert not (tmp_path / "x.tar.zst").exists()
+
+
+def test_cli_over_tls_with_basic_auth(
+    workloads: Workloads, tmp_path: Path, oci_registry_tls: Registry
+) -> None:
+    """`cedana push` / `pull` with --tls --ca-file --username --password-stdin reach an
+    HTTPS registry with basic auth; with the user name but no password the registry
+    refuses, said in one line on stderr."""
+    path, _log, _pid = _checkpoint(workloads, tmp_path)
+    ref = oci_registry_tls.ref("ckpt-tests/secure", "v1")
+    flags = ["--tls", "--ca-file", str(oci_registry_tls.ca_file), "--username", USER]
+
+    def cedana_cli(*args: str, password: str | None = PASSWORD) -> subprocess.CompletedProcess[str]:
+        extra = ["--password-stdin"] if password is not None else []
+        return subprocess.run(
+            [sys.executable, "-m", "cedana", *args, *flags, *extra],
+            input=(password or "") + "\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    done = cedana_cli("push", str(path), ref, password=None)
+    assert done.returncode == 1 and "refused the credentials" in done.stderr, done.stderr
+    done = cedana_cli("push", str(path), ref)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "back.tar.zst"
+    done = cedana_cli("pull", ref, "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert _sha(out) == _sha(path)
