@@ -1,4 +1,4 @@
-"""An overlay diff as an OCI image layer: overlay's whiteouts become OCI's.
+"""Overlay diffs as OCI image layers and back: overlay's whiteouts and OCI's.
 
 The overlay format (:mod:`cedana.rootfs.overlay`) records a deleted path as a character
 device 0:0 (or, on kernels from 6.7, a file carrying ``overlay.whiteout``) and a directory
@@ -14,26 +14,42 @@ files of the same diff, relative symlinks that stay inside the root, no device n
 whiteouts, no host-only attributes), and so is what only an image could misread: an entry
 whose own name begins with ``.wh.`` is refused. A renamed directory (``overlay.redirect``)
 has no OCI form and is refused too.
+
+:func:`to_oci_layer` writes such a layer gzipped, as containerd's checkpoint archive
+carries a container's changes (its ``rootfs-diff.tar``), and :func:`from_oci_layer` reads
+one back into the overlay format.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
+import os
 import tarfile
 from pathlib import Path
 from typing import IO
 
 import attrs
 
-from cedana.errors import UnsafeArtifact, UnsupportedFormat
-from cedana.rootfs.overlay import _checked_entries, _overlay_xattr
+from cedana.errors import NotCheckpointable, UnsafeArtifact, UnsupportedFormat
+from cedana.rootfs.overlay import DIFF_NAME, _checked_entries, _overlay_xattr
 
-__all__ = ["LayerCounts", "overlay_to_oci"]
+__all__ = [
+    "OCI_LAYER_FORMAT",
+    "OPAQUE",
+    "WHITEOUT",
+    "LayerCounts",
+    "from_oci_layer",
+    "overlay_to_oci",
+    "to_oci_layer",
+]
 
 logger = logging.getLogger("cedana.rootfs")
 
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
+#: The diff format of an OCI layer tar (gzip): ``rootfs-diff.tar`` in containerd's archive.
+OCI_LAYER_FORMAT = "oci-layer"
+WHITEOUT = WHITEOUT_PREFIX = ".wh."
+OPAQUE = OPAQUE_MARKER = ".wh..wh..opq"
 _XATTR_PAX = "SCHILY.xattr."
 _CHUNK = 1 << 20
 
@@ -143,3 +159,83 @@ def _copied(info: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
         and not (k.startswith(_XATTR_PAX) and _overlay_xattr(k[len(_XATTR_PAX) :]) is not None)
     }
     return copy
+
+
+def to_oci_layer(diff: Path, dest: Path) -> dict[str, int]:
+    """Write the overlay diff ``diff/rootfs-diff.tar`` as the gzip OCI layer ``dest``
+    (made new, mode 0600), checked as :func:`overlay_to_oci` checks it.
+
+    Returns:
+        What it holds: ``entries``, ``whiteouts``, ``opaque``.
+    """
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with (
+            open(fd, "wb") as raw,
+            gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as zipped,
+        ):
+            counts = overlay_to_oci(diff / DIFF_NAME, zipped)  # type: ignore[arg-type]
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return {"entries": counts.entries, "whiteouts": counts.whiteouts, "opaque": counts.opaque}
+
+
+def from_oci_layer(diff: Path, dest: Path) -> Path:
+    """Write the OCI layer ``diff/rootfs-diff.tar`` (gzip or plain) as the overlay diff
+    ``dest/rootfs-diff.tar``: each ``.wh.NAME`` a whiteout (character device 0:0), each
+    directory holding ``.wh..wh..opq`` opaque (``trusted.overlay.opaque``; made when the
+    layer has no entry of its own for it), the other entries as they are.
+
+    Returns:
+        ``dest`` (the diff directory to apply).
+
+    Raises:
+        NotCheckpointable: An entry leaves the root (they are checked again on apply).
+    """
+    layer = diff / DIFF_NAME
+    opaque: set[str] = set()
+    dirs: set[str] = set()
+    with tarfile.open(layer, "r:*") as src:
+        for info in src:
+            name = _inside(info.name)
+            parent, base = os.path.split(name)
+            if base == OPAQUE:
+                opaque.add(parent or ".")
+            elif info.isdir():
+                dirs.add(name)
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with (
+        tarfile.open(layer, "r:*") as src,
+        tarfile.open(dest / DIFF_NAME, "w:", format=tarfile.PAX_FORMAT) as out,
+    ):
+        for name in sorted(opaque - dirs, key=lambda n: n.count("/")):
+            made = tarfile.TarInfo(name)
+            made.type, made.mode = tarfile.DIRTYPE, 0o755
+            made.pax_headers = {_OPAQUE_KEY: "y"}
+            out.addfile(made)
+        for info in src:
+            name = _inside(info.name)
+            parent, base = os.path.split(name)
+            if base == OPAQUE:
+                continue
+            if base.startswith(WHITEOUT):
+                gone = tarfile.TarInfo(os.path.join(parent, base[len(WHITEOUT) :]))
+                gone.type, gone.devmajor, gone.devminor = tarfile.CHRTYPE, 0, 0
+                gone.mode, gone.mtime = 0, info.mtime
+                out.addfile(gone)
+                continue
+            if info.isdir() and name in opaque:
+                info.pax_headers = {**info.pax_headers, _OPAQUE_KEY: "y"}
+            out.addfile(info, src.extractfile(info) if info.isreg() else None)
+    return dest
+
+
+_OPAQUE_KEY = "SCHILY.xattr.trusted.overlay.opaque"
+
+
+def _inside(raw: str) -> str:
+    name = os.path.normpath(raw).lstrip("/")
+    if name.startswith(".."):
+        raise NotCheckpointable(f"rootfs diff entry {raw!r} leaves the root")
+    return name
