@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -194,22 +195,41 @@ def pull(
 
 
 def _pull_to(ref: str | Reference, tmp: Path, *, registry: oci.RegistryOptions | None) -> Path:
-    """Pull ``ref``'s checkpoint into ``tmp``, checked and verified; its path there."""
+    """Pull ``ref``'s checkpoint into ``tmp``, checked and verified; its path there.
+
+    A cedana artifact gives its file; a Kubernetes checkpoint image (when this cedana
+    reads them: :mod:`cedana.runtimes._kube_image`) gives the archive its layer holds.
+    """
     image = oci.pull(ref, tmp / "layout", registry=registry)
-    layer = _checkpoint_layer(image, ref)
-    title = (layer.annotations or {}).get(media.ANNOTATION_TITLE, "")
-    suffix = ".tar.zst" if layer.media_type == media.CEDANA_CHECKPOINT_LAYER_ZSTD else ".tar"
-    name = Path(title).name if title and not title.startswith(".") else "checkpoint" + suffix
+    if image.artifact_type == media.CEDANA_ARTIFACT:
+        layer = _checkpoint_layer(image, ref)
+        title = (layer.annotations or {}).get(media.ANNOTATION_TITLE, "")
+        zstd = layer.media_type == media.CEDANA_CHECKPOINT_LAYER_ZSTD
+        suffix = ".tar.zst" if zstd else ".tar"
+        name = Path(title).name if title and not title.startswith(".") else "checkpoint" + suffix
+    else:
+        kube_layer = _kube_checkpoint_layer(image)
+        layer = kube_layer if kube_layer is not None else _checkpoint_layer(image, ref)
+        name = "checkpoint.tar"
     path = tmp / name
     src = image.layout.blob_path(layer.digest)
     try:
         os.link(src, path)
     except OSError:
-        import shutil
-
         shutil.copyfile(src, path)
     Checkpoint.open(path, trust="any")  # every member against the manifest
     return path
+
+
+def _kube_checkpoint_layer(image: oci.Image) -> oci.Descriptor | None:
+    """The archive layer of a Kubernetes checkpoint image, where this cedana has the
+    reader of those (the kube-formats module); None otherwise."""
+    try:
+        from cedana.runtimes import _kube_image  # type: ignore[attr-defined, unused-ignore]
+    except ImportError:
+        return None
+    layer: oci.Descriptor | None = _kube_image.checkpoint_layer(image)
+    return layer
 
 
 @contextlib.contextmanager
