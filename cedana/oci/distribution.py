@@ -202,6 +202,8 @@ def mapped_errors(
         raise RegistryRefused(
             f"{what}: registry {host} answered {status} ({text})", status=status
         ) from exc
+    except requests.exceptions.RequestException as exc:  # the rest: redirects, bad URLs...
+        raise RegistryUnavailable(f"{what}: the request to registry {host} failed: {exc}") from exc
     except dxf_errors.DXFError as exc:
         raise RegistryRefused(f"{what}: registry {host}: {exc}") from exc
 

@@ -18,6 +18,8 @@ from cedana.errors import (
     ArtifactExists,
     InvalidOption,
     ReferenceNotFound,
+    RegistryRefused,
+    RegistryUnavailable,
     UnsafeArtifact,
     UnsupportedFormat,
 )
@@ -330,3 +332,144 @@ def test_multi_platform_index_resolves_to_this_host(tmp_path: Path) -> None:
     desc = layout.add_bytes(json.dumps(index).encode(), media.IMAGE_INDEX)
     layout.tag(desc, "multi")
     assert layout.image("multi").digest == image.digest
+
+
+# --- the registry client's error map and credentials (no registry needed) ---------------
+
+
+def _http_error(status: int, body: bytes = b"") -> Exception:
+    import requests
+
+    response = requests.Response()
+    response.status_code = status
+    response._content = body
+    return requests.exceptions.HTTPError(response=response)
+
+
+def _mapped_errors_cases() -> list[tuple[Exception, type[Exception], str]]:
+    import dxf.exceptions as dxf_errors
+    import requests
+
+    denied = b'{"errors":[{"code":"DENIED","message":"requested access is denied"}]}'
+    return [
+        (requests.exceptions.ConnectionError("refused"), RegistryUnavailable, "cannot reach"),
+        (requests.exceptions.ReadTimeout("slow"), RegistryUnavailable, "timed out"),
+        (requests.exceptions.SSLError("CERTIFICATE_VERIFY_FAILED"), RegistryUnavailable, "ca_file"),
+        (
+            requests.exceptions.SSLError("[SSL: WRONG_VERSION_NUMBER]"),
+            RegistryUnavailable,
+            "tls=False",
+        ),
+        (requests.exceptions.ChunkedEncodingError("cut"), RegistryUnavailable, "dropped"),
+        (
+            _http_error(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}'),
+            ReferenceNotFound,
+            "MANIFEST_UNKNOWN",
+        ),
+        (_http_error(403, denied), RegistryRefused, "DENIED: requested access is denied"),
+        (_http_error(500, b"boom"), RegistryRefused, "answered 500"),
+        (dxf_errors.DXFUnauthorizedError(), RegistryRefused, "needs credentials"),
+        (dxf_errors.DXFAuthInsecureError(), RegistryRefused, "plain HTTP"),
+        (dxf_errors.DXFDigestMismatchError("sha256:a", "sha256:b"), ArtifactCorrupt, "tampered"),
+        (dxf_errors.DXFMountFailed(), RegistryRefused, "registry"),
+    ]
+
+
+def test_registry_errors_are_all_mapped() -> None:
+    """Every error requests, python-dxf or the registry raise comes out as one of
+    cedana's, saying what was done with which registry; nothing third-party gets out."""
+    from cedana.errors import CedanaError
+    from cedana.oci.distribution import mapped_errors
+
+    ref = oci.parse_reference("docker://registry.example:5000/app:v1")
+    for raised, expected, words in _mapped_errors_cases():
+        with (
+            pytest.raises(expected, match=words) as caught,
+            mapped_errors("pushing", ref, oci.RegistryOptions()),
+        ):
+            raise raised
+        assert isinstance(caught.value, CedanaError)
+        assert "registry.example:5000" in str(caught.value)
+        assert caught.value.__cause__ is raised
+
+
+def test_wrong_credentials_and_plain_http_hints() -> None:
+    """With credentials given, a 401 says they were refused; a 400 to plain HTTP says
+    the registry may want TLS."""
+    import dxf.exceptions as dxf_errors
+
+    from cedana.oci.distribution import mapped_errors
+
+    ref = oci.parse_reference("docker://localhost:5000/app:v1")
+    with (
+        pytest.raises(RegistryRefused, match="refused the credentials"),
+        mapped_errors("pulling", ref, oci.RegistryOptions(), credentials=True),
+    ):
+        raise dxf_errors.DXFUnauthorizedError()
+    with (
+        pytest.raises(RegistryRefused, match="tls=True") as caught,
+        mapped_errors("pulling", ref, oci.RegistryOptions()),
+    ):
+        raise _http_error(400)
+    assert caught.value.status == 400
+
+
+def test_stored_credentials_from_auth_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Credentials come from the first auth file (REGISTRY_AUTH_FILE, podman's, docker's)
+    with an inline entry for the host; others are skipped."""
+    import base64
+
+    from cedana.oci.distribution import stored_credentials
+
+    auth = tmp_path / "auth.json"
+    token = base64.b64encode(b"me:pa:ss").decode()
+    auth.write_text(json.dumps({"auths": {"reg.example:5000": {"auth": token}}}))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert stored_credentials("reg.example:5000") == ("me", "pa:ss")
+    assert stored_credentials("other.example") is None
+    auth.write_text("not json")
+    assert stored_credentials("reg.example:5000") is None
+
+
+def _subclasses(cls: type) -> set[type]:
+    out = set()
+    sub: type
+    for sub in cls.__subclasses__():
+        out |= {sub, *_subclasses(sub)}
+    return out
+
+
+def _instance(cls: type) -> BaseException:
+    """An instance of ``cls`` whatever its constructor wants (nothing, numbers, text)."""
+    for args in ((), (0, 0), ("x", "x"), ("x",), ("x", "x", 0)):
+        try:
+            exc = cls(*args)
+            str(exc)
+        except (TypeError, ValueError, AttributeError, IndexError):
+            continue
+        assert isinstance(exc, BaseException)
+        return exc
+    raise AssertionError(f"cannot make a {cls}")
+
+
+def test_every_requests_and_dxf_error_is_mapped() -> None:
+    """The map is complete (as httpx checks its own): every exception class of requests
+    and python-dxf, raised inside it, comes out as a CedanaError."""
+    import dxf.exceptions as dxf_errors
+    import requests
+
+    from cedana.errors import CedanaError
+    from cedana.oci.distribution import mapped_errors
+
+    ref = oci.parse_reference("docker://localhost:5000/app:v1")
+    classes = _subclasses(requests.exceptions.RequestException) | _subclasses(dxf_errors.DXFError)
+    classes = {c for c in classes if c.__module__.startswith(("requests", "dxf"))}
+    assert len(classes) > 20
+    for cls in classes:
+        raised = _instance(cls)
+        with pytest.raises(CedanaError), mapped_errors("testing", ref, oci.RegistryOptions()):
+            raise raised
