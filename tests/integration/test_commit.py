@@ -11,6 +11,7 @@ The runtimes are the ones the runtime modules' tests use: podman with storage of
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import os
@@ -270,6 +271,36 @@ def test_docker_checkpoint_commits_on_the_saved_image(
         assert_shows_changes(_podman_run(podman, made, ref, f"{name}-p"))
     finally:
         containers.cleanup()
+
+
+_ROOTFS_ONLY = "rootfs_only" in inspect.signature(cedana.RuncContainer.checkpoint).parameters
+
+
+@pytest.mark.skipif(not _ROOTFS_ONLY, reason="rootfs-only checkpoints are not in this cedana")
+def test_rootfs_only_checkpoints_commit(
+    runc_containers: RuncContainers,
+    podman: Podman,
+    made: list[str],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Rootfs-only checkpoints (kind rootfs: the same container/rootfs-diff.tar, no CRIU)
+    of a runc and a podman container commit like container checkpoints, and podman runs
+    the images with the changes."""
+    name = f"oci-{name_for(request)}"
+    r = runc_containers.run(name, CHANGES + COUNTER)
+    p = podman.start(f"{name}-p")
+    podman("exec", f"{name}-p", "sh", "-c", CHANGES)
+    wait_count(r, 3)
+    wait_count(p, 3)
+    for container, tag in ((r, "runc"), (p, "podman")):
+        ckpt = container.checkpoint(tmp_path / f"{tag}.tar.zst", rootfs_only=True)  # type: ignore[call-arg, unused-ignore]
+        assert ckpt.kind == "rootfs"
+        ref = f"localhost/oci-commit/rootfs-{tag}:v1"
+        archive = tmp_path / f"{tag}.tar"
+        cedana.commit(ckpt, f"oci-archive:{archive}:{ref}")
+        assert ref in podman("load", "-i", str(archive))
+        assert_shows_changes(_podman_run(podman, made, ref, f"{name}-{tag}-run"))
 
 
 # --- what commit refuses ---------------------------------------------------------------
