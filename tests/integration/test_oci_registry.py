@@ -19,12 +19,17 @@ from tests.registry import (
     Registry,
     oci_registry,
     oci_registry_tls,
+    oci_registry_token,
     requires_registry,
 )
 
 pytestmark = [pytest.mark.integration, requires_registry]
 
-__all__ = ["oci_registry", "oci_registry_tls"]  # fixtures, imported for pytest
+__all__ = [
+    "oci_registry",
+    "oci_registry_tls",
+    "oci_registry_token",
+]  # fixtures, imported for pytest
 
 
 def _image(tmp_path: Path, layers: int = 2, size: int = 4096) -> oci.Image:
@@ -164,3 +169,20 @@ def test_tls_and_basic_auth(tmp_path: Path, oci_registry_tls: Registry) -> None:
     assert oci.pull(ref, tmp_path / "p", registry=good).digest == image.digest
     with pytest.raises(RegistryRefused, match="tls=True"):
         oci.pull(ref, tmp_path / "q", registry=oci.RegistryOptions(tls=False))
+
+
+def test_bearer_token_auth(tmp_path: Path, oci_registry_token: Registry) -> None:
+    """Against a registry whose auth is a token service (WWW-Authenticate: Bearer): the
+    client fetches a token with its basic credentials and pushes and pulls with it; with
+    a wrong password the token service refuses and so does the push."""
+    image = _image(tmp_path)
+    ref = oci_registry_token.ref("oci-tests/token", "v1")
+    ca = oci_registry_token.ca_file
+    good = oci.RegistryOptions(tls=True, ca_file=ca, username=USER, password=PASSWORD)
+    oci.push(image, ref, registry=good)
+    assert oci.pull(ref, tmp_path / "p", registry=good).digest == image.digest
+    assert oci_registry_token.token_server is not None
+    assert oci_registry_token.token_server.requests >= 2
+    bad = oci.RegistryOptions(tls=True, ca_file=ca, username=USER, password="wrong")
+    with pytest.raises(RegistryRefused):
+        oci.push(image, oci_registry_token.ref("oci-tests/token", "v2"), registry=bad)
