@@ -49,6 +49,7 @@ from cedana.checkpoint import Checkpoint
 from cedana.errors import CedanaError, ImageMismatch, InvalidOption, UnsupportedFormat
 from cedana.oci import media
 from cedana.oci.reference import Reference
+from cedana.oci.transfer import check_destination
 from cedana.rootfs import OVERLAY, diff_format
 from cedana.rootfs.oci_layer import overlay_to_oci
 from cedana.rootfs.overlay import DIFF_NAME, capture_upper
@@ -121,7 +122,7 @@ def commit(
         raise UnsupportedFormat(f"{ckpt.path} lacks its rootfs diff {diff_dir}/{DIFF_NAME}")
     if form not in (OVERLAY, "podman"):
         raise UnsupportedFormat(f"{ckpt.path} holds rootfs changes in a {form!r} format")
-    ref = oci.parse_reference(to)
+    ref = check_destination(to, overwrite=overwrite)
     started = time.monotonic()
     parent = _scratch_parent(ref)
     with scratch_dir(".cedana-commit-", parent=parent, fills="the image being built") as tmp:
@@ -129,7 +130,7 @@ def commit(
         base_image, base_name = _base(
             ckpt, layout, tmp, base=base, registry=registry, address=address
         )
-        diff = _overlay_diff(ckpt, tmp, diff_dir, form, rootfs)
+        diff = _overlay_diff(ckpt, tmp, diff_dir, form)
         converted = tmp / "layer.tar"
         with open(converted, "wb") as out:
             counts = overlay_to_oci(diff, out)
@@ -177,9 +178,7 @@ def _scratch_parent(ref: Reference) -> Path | None:
     return None
 
 
-def _overlay_diff(
-    ckpt: Checkpoint, tmp: Path, diff_dir: str, form: str | None, rootfs: Mapping[str, Any]
-) -> Path:
+def _overlay_diff(ckpt: Checkpoint, tmp: Path, diff_dir: str, form: str | None) -> Path:
     """The checkpoint's diff in the overlay format, extracted (verified) into ``tmp``."""
     extracted = tmp / "checkpoint"
     ckpt.extract(extracted, only=lambda name: name.startswith(diff_dir + "/"))
@@ -230,7 +229,7 @@ def _base(
         image, name = _docker_base(ckpt, record, image_record, layout, tmp)
     else:
         return _lower_dirs_base(ckpt, layout, tmp), None
-    _check_fits(ckpt, runtime, record, image_record, image)
+    _check_fits(ckpt, runtime, image_record, image)
     return image, name
 
 
@@ -242,11 +241,7 @@ def _copied_into(image: oci.Image, layout: oci.Layout) -> oci.Image:
 
 
 def _check_fits(
-    ckpt: Checkpoint,
-    runtime: str,
-    record: Mapping[str, Any],
-    image_record: Mapping[str, Any],
-    image: oci.Image,
+    ckpt: Checkpoint, runtime: str, image_record: Mapping[str, Any], image: oci.Image
 ) -> None:
     """Refuse a base that is not the image the checkpoint's changes were made on."""
     what = f"{ckpt.path}'s {runtime} container ran on image {image_record.get('name')!r}"
@@ -375,12 +370,12 @@ def _docker_base(
             f"image {name!r} ({image_id}) that {ckpt.path}'s container ran on cannot be "
             f"saved from docker: {exc}; load it there, or pass base= (--base)"
         ) from exc
-    image = _from_docker_archive(saved, layout, tmp)
+    image = _from_docker_archive(saved, layout)
     saved.unlink()
     return image, str(name) if name else None
 
 
-def _from_docker_archive(path: Path, layout: oci.Layout, tmp: Path) -> oci.Image:
+def _from_docker_archive(path: Path, layout: oci.Layout) -> oci.Image:
     """An image from a ``docker save`` archive (``manifest.json``, the config, layer tars)."""
     from cedana.errors import ArtifactCorrupt
 

@@ -15,16 +15,28 @@ import os
 import time
 from pathlib import Path
 
-from cedana.errors import InvalidOption
+from cedana.errors import ArtifactExists, InvalidOption
 from cedana.oci import media
 from cedana.oci.archive import read_archive, write_archive
 from cedana.oci.distribution import BlobCallback, RegistryClient, RegistryOptions
 from cedana.oci.layout import Descriptor, Image, Layout, _pick_platform, remove_tree
 from cedana.oci.reference import Reference, parse_reference
 
-__all__ = ["pull", "push"]
+__all__ = ["check_destination", "pull", "push"]
 
 logger = logging.getLogger("cedana.oci")
+
+
+def check_destination(dest: str | Reference, *, overwrite: bool = False) -> Reference:
+    """The parsed ``dest``, refused early when :func:`push` would refuse it at the end: an
+    ``oci-archive:`` file that exists (without ``overwrite``), a registry digest."""
+    ref = parse_reference(dest)
+    exists = ref.transport == "oci-archive" and ref.path is not None and ref.path.exists()
+    if exists and not overwrite:
+        raise ArtifactExists(f"{ref.path} exists; remove it or pass overwrite=True (--overwrite)")
+    if ref.is_registry and ref.digest:
+        raise InvalidOption(f"{ref}: push to a tag (docker://HOST/REPO:TAG), not a digest")
+    return ref
 
 
 def push(
@@ -45,7 +57,7 @@ def push(
         ArtifactExists: The archive exists (and not ``overwrite``).
         RegistryUnavailable, RegistryRefused: The registry is down or refused.
     """
-    ref = parse_reference(dest)
+    ref = check_destination(dest, overwrite=overwrite)
     started = time.monotonic()
     if ref.transport == "oci-archive":
         assert ref.path is not None
@@ -54,8 +66,6 @@ def push(
         assert ref.path is not None
         _push_layout(image, ref.path, ref.tag)
     else:
-        if ref.digest:
-            raise InvalidOption(f"{ref}: push to a tag (docker://HOST/REPO:TAG), not a digest")
         assert ref.tag is not None
         data = image.layout.read_blob(image.descriptor)
         with RegistryClient(ref, registry or RegistryOptions()) as client:

@@ -473,3 +473,17 @@ def test_every_requests_and_dxf_error_is_mapped() -> None:
         raised = _instance(cls)
         with pytest.raises(CedanaError), mapped_errors("testing", ref, oci.RegistryOptions()):
             raise raised
+
+
+def test_check_destination_refuses_early(tmp_path: Path) -> None:
+    """An existing oci-archive (without overwrite) and a registry digest are refused by
+    the check commit and push run before any work, as push itself would refuse them."""
+    from cedana.oci.transfer import check_destination
+
+    (tmp_path / "x.tar").write_bytes(b"keep")
+    with pytest.raises(ArtifactExists):
+        check_destination(f"oci-archive:{tmp_path / 'x.tar'}")
+    assert check_destination(f"oci-archive:{tmp_path / 'x.tar'}", overwrite=True).path
+    with pytest.raises(InvalidOption, match="not a digest"):
+        check_destination("docker://localhost:5000/app@sha256:" + "0" * 64)
+    assert (tmp_path / "x.tar").read_bytes() == b"keep"
