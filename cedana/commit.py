@@ -330,9 +330,8 @@ def _containerd_base(
             probe = layout.parse_image(desc, layout.read_json(desc))
             for blob in probe.blobs():
                 if not layout.has_blob(blob):
-                    content = client.read_content(blob.digest)
                     with layout.receive(blob) as out:
-                        out.write(content)
+                        client.copy_content(blob.digest, out)
     except ContainerError as exc:  # not there, or containerd not reachable
         raise ImageMismatch(
             f"the manifest {manifest_digest} of image {name!r}, which {ckpt.path}'s container "
