@@ -363,6 +363,42 @@ def test_refused_inputs_leave_nothing(
     assert list(out.iterdir()) == []
 
 
+def test_image_gone_or_other_is_refused(
+    podman: Podman,
+    ctr_containers: CtrContainers,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A checkpoint whose recorded image is not in the store (podman: an id podman does
+    not have) or whose store image has other layers (containerd: the recorded chain id
+    differs) is ImageMismatch, and nothing is written."""
+    name = f"oci-{name_for(request)}"
+    c = podman.start(name)
+    wait_count(c, 2)
+    ckpt = c.checkpoint(tmp_path / "p.tar.zst", leave_running=True)
+
+    def other_id(workload: dict[str, Any], _images: Path) -> None:
+        workload["podman"]["image"]["id"] = "f" * 64
+
+    gone = craft(ckpt.path, tmp_path / "gone.tar.zst", other_id)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ImageMismatch, match="not in this host's podman store"):
+        cedana.commit(gone, f"oci-archive:{out / 'x.tar'}")
+
+    d = ctr_containers.run(f"{name}-c", CHANGES + COUNTER)
+    wait_count(d, 2)
+    ckpt = d.checkpoint(tmp_path / "c.tar.zst")
+
+    def other_chain(workload: dict[str, Any], _images: Path) -> None:
+        workload["containerd"]["image"]["chain_id"] = "sha256:" + "e" * 64
+
+    moved = craft(ckpt.path, tmp_path / "moved.tar.zst", other_chain)
+    with pytest.raises(ImageMismatch, match="would not fit"):
+        cedana.commit(moved, f"oci-archive:{out / 'y.tar'}")
+    assert list(out.iterdir()) == []
+
+
 def _add_to_diff(extra: tarfile.TarInfo):
     def edit(_workload: dict[str, Any], images: Path) -> None:
         diff = images / "container" / "rootfs-diff.tar"
