@@ -10,6 +10,9 @@ Layout, one concern per layer (each holds the one below)::
     rootfs/       snapshotters: a container's rootfs changes (overlay, containerd, overlay2)
     runtimes/     ContainerdContainer, DockerContainer, PodmanContainer, CrioContainer: runc +
                   a snapshotter + its own API
+    oci/          OCI images: layouts (oci:, oci-archive:), the distribution API (docker://)
+    images.py     push / pull: a checkpoint as an OCI artifact in a registry or layout
+    commit.py     commit: a container's rootfs changes as an OCI image on its original one
     checkpoint.py Checkpoint: an opened artifact (manifest, verify, inspect)
     artifact/     manifest, zstd tar archive, verification, signatures, image inspection
     criu.py       the CRIU boundary (the only importer of pycriu)
@@ -21,6 +24,7 @@ import logging
 
 from cedana.api import check, open, restore
 from cedana.checkpoint import Checkpoint
+from cedana.commit import commit
 from cedana.container import Grants, RuncContainer
 from cedana.criu import CriuReport
 from cedana.errors import (
@@ -36,6 +40,7 @@ from cedana.errors import (
     CriuError,
     CriuNotFound,
     DumpFailed,
+    ImageMismatch,
     ImageNotFound,
     InvalidOption,
     LiveConnectionsWarning,
@@ -44,6 +49,10 @@ from cedana.errors import (
     NotPermitted,
     PidInUse,
     ProcessNotFound,
+    ReferenceNotFound,
+    RegistryError,
+    RegistryRefused,
+    RegistryUnavailable,
     RestoreFailed,
     RuntimeTimeout,
     RuntimeUnavailable,
@@ -53,6 +62,7 @@ from cedana.errors import (
     UnsupportedFormat,
     UntrustedArtifact,
 )
+from cedana.images import pull, push
 from cedana.process import CheckpointOptions, Process, RestoreOptions, spawn
 from cedana.runtimes import ContainerdContainer, CrioContainer, DockerContainer, PodmanContainer
 
@@ -80,6 +90,7 @@ __all__ = [
     "DockerContainer",
     "DumpFailed",
     "Grants",
+    "ImageMismatch",
     "ImageNotFound",
     "InvalidOption",
     "LiveConnectionsWarning",
@@ -90,6 +101,10 @@ __all__ = [
     "PodmanContainer",
     "Process",
     "ProcessNotFound",
+    "ReferenceNotFound",
+    "RegistryError",
+    "RegistryRefused",
+    "RegistryUnavailable",
     "RestoreFailed",
     "RestoreOptions",
     "RuncContainer",
@@ -101,7 +116,10 @@ __all__ = [
     "UnsupportedFormat",
     "UntrustedArtifact",
     "check",
+    "commit",
     "open",
+    "pull",
+    "push",
     "restore",
     "spawn",
 ]

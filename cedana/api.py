@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cedana import registry
 from cedana.artifact.signing import KeySource, Trust
@@ -13,6 +13,9 @@ from cedana.checkpoint import Checkpoint
 from cedana.criu import CriuReport, default_backend
 from cedana.errors import CedanaError, ContainerError
 from cedana.progress import ProgressArg, reporting
+
+if TYPE_CHECKING:
+    from cedana.oci import Reference
 
 __all__ = ["check", "open", "restore"]
 
@@ -43,7 +46,7 @@ def open(
 
 
 def restore(
-    path: str | os.PathLike[str] | Checkpoint,
+    path: str | os.PathLike[str] | Checkpoint | Reference,
     *,
     into: str | None = None,
     trust: Trust = "trusted",
@@ -52,6 +55,13 @@ def restore(
     **options: Any,
 ) -> Any:
     """Restore a checkpoint; the workload runs again.
+
+    ``path`` may also be an image reference a checkpoint was pushed to with
+    :func:`cedana.push` (``docker://HOST/REPO:TAG``, ``oci:DIR[:NAME]``,
+    ``oci-archive:PATH[:NAME]``): it is pulled to a private temp dir, its digest checked,
+    then restored as a file would be and removed. The registry is reached as
+    :class:`cedana.oci.RegistryOptions` does by default (plain HTTP for localhost, the
+    auth files' credentials); for other settings pull it first (:func:`cedana.pull`).
 
     First of all, its signer must be trusted: this host's own key, a key in the trust dir
     (``cedana key trust``), or one of ``trusted_keys`` (PEM files); otherwise it is refused
@@ -91,7 +101,20 @@ def restore(
         CedanaError: the artifact is unusable, ``into`` or an option does not fit it,
             a pid is taken, or CRIU failed; nothing of the workload is left running then.
     """
-    ckpt = Checkpoint.of(path, trust=trust, trusted_keys=trusted_keys)
+    from cedana.images import is_reference, pulled
+
+    if is_reference(path):
+        with pulled(cast("str | Reference", path)) as local:
+            return restore(
+                local,
+                into=into,
+                trust=trust,
+                trusted_keys=trusted_keys,
+                progress=progress,
+                **options,
+            )
+    local_path = cast("str | os.PathLike[str] | Checkpoint", path)
+    ckpt = Checkpoint.of(local_path, trust=trust, trusted_keys=trusted_keys)
     manifest = ckpt.manifest
     if manifest.kind == "rootfs":
         with reporting(progress):

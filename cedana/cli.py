@@ -75,10 +75,68 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_options(args: argparse.Namespace) -> Any:
+    """``--tls``, ``--ca-file``, ``--username`` / ``--password-stdin`` as RegistryOptions."""
+    from cedana.oci import RegistryOptions
+
+    password = None
+    if args.password_stdin:
+        if not args.username:
+            raise cedana.InvalidOption("--password-stdin needs --username")
+        password = sys.stdin.readline().rstrip("\r\n")
+    return RegistryOptions(
+        tls=args.tls, ca_file=args.ca_file, username=args.username, password=password
+    )
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    digest = cedana.push(
+        args.file, args.reference, registry=_registry_options(args), overwrite=args.overwrite
+    )
+    data = {"reference": args.reference, "digest": digest}
+    _emit(data, args.json, f"pushed {args.file} to {args.reference} ({digest})")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    ckpt = cedana.pull(
+        args.reference, args.output, registry=_registry_options(args), overwrite=args.overwrite
+    )
+    data = {"reference": args.reference, **ckpt.summary()}
+    text = f"pulled {args.reference} to {ckpt.path} ({data['size']} bytes, {ckpt.kind})"
+    _emit(data, args.json, text)
+    return 0
+
+
+def cmd_commit(args: argparse.Namespace) -> int:
+    digest = cedana.commit(
+        args.file,
+        args.to,
+        base=args.base or None,
+        registry=_registry_options(args),
+        compression=args.compress,
+        overwrite=args.overwrite,
+        address=args.address or None,
+        trust="any" if args.insecure_accept_unsigned else "trusted",
+    )
+    data = {"reference": args.to, "digest": digest}
+    _emit(data, args.json, f"committed {args.file} as {args.to} ({digest})")
+    return 0
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
+    from cedana.images import is_reference, pulled
+
+    if is_reference(args.file):  # pulled (digest checked) to a temp file, removed after
+        with pulled(args.file, registry=_registry_options(args)) as local:
+            return _restore(args, str(local))
+    return _restore(args, args.file)
+
+
+def _restore(args: argparse.Namespace, path: str) -> int:
     namespace, _, name = (args.name or "").rpartition("/")  # [NAMESPACE/]NAME
     restored = cedana.restore(
-        args.file,
+        path,
         into=args.into,
         tcp_established=args.tcp_established,
         name=name or None,
@@ -196,6 +254,9 @@ Examples::
   cedana restore job.tar.zst --json
   cedana restore web.tar.zst --into containerd --name default/web2
   cedana export web.tar.zst --format podman -o web.podman.tar.zst
+  cedana commit web.tar.zst --to oci-archive:web.tar:localhost/web:ckpt
+  cedana push web.tar.zst docker://localhost:5000/ckpt/web:v1
+  cedana restore docker://localhost:5000/ckpt/web:v1 --name web2
 
 Exit status 0 on success; 1 on an error, said in one line on stderr (with
 --json: one JSON object on stdout, {"error": ..., "type": ...}); 130 when
@@ -238,6 +299,28 @@ def _json(c: argparse.ArgumentParser) -> None:
 
 
 _INSECURE = "accept a checkpoint that is unsigned or signed by a key this host does not trust"
+
+
+def _registry_flags(c: argparse.ArgumentParser) -> None:
+    """How to reach a registry (docker://HOST/REPO:TAG references)."""
+    g = c.add_argument_group("registry (docker:// references)")
+    g.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="speak HTTPS (--tls) or plain HTTP (--no-tls) to the registry (default: plain "
+        "HTTP for localhost / 127.*, HTTPS otherwise)",
+    )
+    g.add_argument(
+        "--ca-file", metavar="PEM", help="verify the registry's certificate with this CA bundle"
+    )
+    g.add_argument(
+        "--username",
+        help="registry user (default: the credentials podman login / docker login saved)",
+    )
+    g.add_argument(
+        "--password-stdin", action="store_true", help="read the registry password from stdin"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,7 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_checkpoint)
 
     c = sub.add_parser("restore", help="restore a checkpoint; the workload runs again")
-    c.add_argument("file", metavar="FILE", help="the artifact (file or directory)")
+    c.add_argument(
+        "file",
+        metavar="FILE",
+        help="the artifact (file or directory), or where it was pushed: docker://HOST/REPO:TAG, "
+        "oci:DIR[:NAME], oci-archive:PATH[:NAME]",
+    )
     c.add_argument(
         "--into",
         metavar="RUNTIME",
@@ -355,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="restore established TCP connections (default: as checkpointed)",
     )
     c.add_argument("--insecure-accept-unsigned", action="store_true", help=_INSECURE)
+    _registry_flags(c)
     _progress_flag(c)
     _json(c)
     _common(c)
@@ -399,6 +488,77 @@ def build_parser() -> argparse.ArgumentParser:
     _json(c)
     _common(c)
     c.set_defaults(func=cmd_export)
+
+    c = sub.add_parser(
+        "push",
+        help="push a checkpoint, unchanged, to a registry as an OCI artifact",
+        description="Push a checkpoint file (verified first) as an OCI artifact: its one layer "
+        "is the file, its artifactType application/vnd.cedana.checkpoint.v1. Blobs the "
+        "registry has are not sent again; the tag is written last.",
+    )
+    c.add_argument("file", metavar="FILE", help="the checkpoint (a .tar.zst or .tar file)")
+    c.add_argument(
+        "reference",
+        metavar="REF",
+        help="docker://HOST[:PORT]/REPO[:TAG], oci:DIR[:NAME] or oci-archive:PATH[:NAME]",
+    )
+    c.add_argument("--overwrite", action="store_true", help="replace an existing oci-archive")
+    _registry_flags(c)
+    _json(c)
+    _common(c)
+    c.set_defaults(func=cmd_push)
+
+    c = sub.add_parser(
+        "pull",
+        help="pull a pushed checkpoint to a file (digest and members checked)",
+        description="Pull a checkpoint pushed with cedana push. The layer's digest is checked "
+        "as it arrives and the checkpoint verified before it is put at FILE (mode 0600); who "
+        "signed it is checked when it is restored.",
+    )
+    c.add_argument("reference", metavar="REF", help="where it was pushed (docker://, oci:, ...)")
+    c.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
+    _registry_flags(c)
+    _json(c)
+    _common(c)
+    c.set_defaults(func=cmd_pull)
+
+    c = sub.add_parser(
+        "commit",
+        help="commit a container checkpoint's filesystem changes as an OCI image",
+        description="Build an OCI image: the container's original image layers plus one "
+        "layer with its root filesystem changes (OCI whiteouts), and write it to an OCI "
+        "archive, an OCI layout directory or a registry. The original layers come from the "
+        "runtime's store (podman, containerd, docker) or, for runc, the container's lower "
+        "directories; --base names them instead, checked to be the image the changes were "
+        "made on.",
+    )
+    c.add_argument("file", metavar="FILE", help="a container (or rootfs-only) checkpoint")
+    c.add_argument(
+        "--to",
+        required=True,
+        metavar="REF",
+        help="oci-archive:PATH[:NAME], oci:DIR[:NAME] or docker://HOST[:PORT]/REPO[:TAG]",
+    )
+    c.add_argument("--base", metavar="REF", help="the original image (default: the runtime's)")
+    c.add_argument(
+        "--compress",
+        choices=["gzip", "zstd"],
+        default="gzip",
+        help="the new layer's compression (default gzip, which every runtime reads)",
+    )
+    c.add_argument("--overwrite", action="store_true", help="replace an existing oci-archive")
+    c.add_argument(
+        "--address",
+        metavar="SOCK",
+        help="the API socket of the runtime the base image is read from (containerd, docker; "
+        "default: the checkpointed container's, else the runtime's own)",
+    )
+    c.add_argument("--insecure-accept-unsigned", action="store_true", help=_INSECURE)
+    _registry_flags(c)
+    _json(c)
+    _common(c)
+    c.set_defaults(func=cmd_commit)
 
     c = sub.add_parser("key", help="show this host's signing key, or trust another host's")
     c.add_argument("action", choices=["show", "trust"], help="show: print the public key (PEM)")
