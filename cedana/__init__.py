@@ -18,7 +18,7 @@ Layout, one concern per layer (each holds the one below)::
 
 import logging
 
-from cedana.api import check, open, restore
+from cedana.api import check, export, open, restore
 from cedana.checkpoint import Checkpoint
 from cedana.container import Grants, RuncContainer
 from cedana.criu import CriuReport
@@ -99,6 +99,7 @@ __all__ = [
     "UnsupportedFormat",
     "UntrustedArtifact",
     "check",
+    "export",
     "open",
     "restore",
     "spawn",

@@ -1,11 +1,12 @@
-"""The top-level verbs: check, open, restore (dispatching on what was checkpointed)."""
+"""The top-level verbs: check, open, restore (dispatching on what was checkpointed), export."""
 
 from __future__ import annotations
 
 import inspect
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from cedana import registry
 from cedana.artifact.signing import KeySource, Trust
@@ -14,7 +15,7 @@ from cedana.criu import CriuReport, default_backend
 from cedana.errors import CedanaError, ContainerError
 from cedana.progress import ProgressArg, reporting
 
-__all__ = ["check", "open", "restore"]
+__all__ = ["check", "export", "open", "restore"]
 
 
 def check() -> CriuReport:
@@ -40,6 +41,58 @@ def open(
         ArtifactCorrupt, UnsafeArtifact, UnsupportedFormat: It cannot be used.
     """
     return Checkpoint.open(path, verify=verify, trust=trust, trusted_keys=trusted_keys)
+
+
+def export(
+    checkpoint: str | os.PathLike[str] | Checkpoint,
+    dest: str | os.PathLike[str],
+    *,
+    format: Literal["podman", "kubernetes", "containerd"],
+    name: str | None = None,
+    compress: Literal["zstd", "none"] = "zstd",
+    work_dir: str | os.PathLike[str] | None = None,
+    trust: Trust = "trusted",
+    trusted_keys: Iterable[KeySource] | None = None,
+) -> Path:
+    """Write a container checkpoint in another engine's format, for it to restore or read.
+
+    ``"podman"``: the archive ``podman container restore --import`` takes
+    (:meth:`cedana.PodmanContainer.export`; ``compress`` applies to it only).
+    ``"kubernetes"``: the uncompressed archive a CRI-O node writes for the kubelet's
+    checkpoint API; ``"containerd"``: containerd's flavour of it (``status.dump``, the
+    rootfs changes as an OCI layer). ``checkpointctl`` reads all three.
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        ArtifactExists: ``dest`` exists.
+        ContainerError: Not a container checkpoint (or, for podman, not a podman one).
+        UntrustedArtifact: Refused as a restore would be (``trust`` as there).
+    """
+    if format == "podman":
+        from cedana.runtimes.podman import PodmanContainer
+
+        return PodmanContainer.export(
+            checkpoint,
+            dest,
+            name=name,
+            compress=compress,
+            work_dir=work_dir,
+            trust=trust,
+            trusted_keys=trusted_keys,
+        )
+    from cedana.runtimes._kube_archive import export_archive
+
+    return export_archive(
+        checkpoint,
+        dest,
+        format=format,
+        name=name,
+        work_dir=work_dir,
+        trust=trust,
+        trusted_keys=trusted_keys,
+    )
 
 
 def restore(

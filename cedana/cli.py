@@ -136,17 +136,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    # --format has one choice so far: podman's checkpoint import archive.
-    out = cedana.PodmanContainer.export(
+    out = cedana.export(
         args.file,
         args.output,
+        format=args.format,
         name=args.name or None,
         compress=args.compress,
         trust="any" if args.insecure_accept_unsigned else "trusted",
     )
     size = out.stat().st_size
     data = {"path": str(out), "format": args.format, "size": size}
-    text = f"exported {args.file} to {out} ({size} bytes) for podman container restore --import"
+    reader = {
+        "podman": "podman container restore --import",
+        "kubernetes": "CRI-O and checkpointctl (the kubelet's checkpoint archive)",
+        "containerd": "containerd and checkpointctl (the kubelet's checkpoint archive)",
+    }[args.format]
+    text = f"exported {args.file} to {out} ({size} bytes) for {reader}"
     _emit(data, args.json, text)
     return 0
 
@@ -192,6 +197,7 @@ Examples::
   cedana restore job.tar.zst --json
   cedana restore web.tar.zst --into containerd --name default/web2
   cedana export web.tar.zst --format podman -o web.podman.tar.zst
+  cedana export web.tar.zst --format kubernetes -o checkpoint-web.tar
 
 Exit status 0 on success; 1 on an error, said in one line on stderr (with
 --json: one JSON object on stdout, {"error": ..., "type": ...}); 130 when
@@ -358,15 +364,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "export",
-        help="write a checkpoint in another tool's format (podman's checkpoint archive)",
-        description="Write a podman container checkpoint as the archive that podman "
-        "container restore --import takes (what podman container checkpoint --export "
-        "writes). The checkpoint is checked and confined as for a restore into podman, and "
-        "its image must be in this host's podman store.",
+        help="write a checkpoint in another tool's format (podman's, Kubernetes' archives)",
+        description="Write a container checkpoint in another engine's format. podman: the "
+        "archive that podman container restore --import takes (what podman container "
+        "checkpoint --export writes), checked and confined as for a restore into podman, "
+        "its image in this host's podman store. kubernetes: the uncompressed archive a "
+        "CRI-O node writes for the kubelet's checkpoint API (checkpoint/, config.dump, "
+        "spec.dump, rootfs-diff.tar + deleted.files, bind.mounts, stats-dump). containerd: "
+        "containerd's flavour of it (status.dump, the rootfs changes as an OCI layer). "
+        "checkpointctl show / inspect read all three.",
     )
     c.add_argument("file", metavar="FILE", help="the cedana checkpoint (or podman archive)")
     c.add_argument(
-        "--format", required=True, choices=["podman"], help="podman: podman's import archive"
+        "--format",
+        required=True,
+        choices=["podman", "kubernetes", "containerd"],
+        help="podman: podman's import archive; kubernetes: CRI-O's checkpoint archive; "
+        "containerd: containerd's",
     )
     c.add_argument("-o", "--output", required=True, metavar="OUT", help="the archive to write")
     c.add_argument(
@@ -376,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--compress",
         choices=["zstd", "none"],
         default="zstd",
-        help="zstd (the default, as podman's --compress) or none (a plain tar)",
+        help="podman only: zstd (the default, as podman's --compress) or none (a plain tar)",
     )
     c.add_argument("--insecure-accept-unsigned", action="store_true", help=_INSECURE)
     _json(c)

@@ -12,8 +12,12 @@ Layout::
     podman.py            PodmanContainer: lookup through podman container inspect, checkpoint
                          (runc dump + the containers/storage layer), restore through
                          podman container restore --import (or into plain runc)
-    _podman_archive.py   podman's own checkpoint archives (checkpoint --export) read as
-                         cedana checkpoints (registered with cedana.artifact.foreign)
+    _criu_archive.py     the archives of checkpointctl's family (podman's export, the
+                         kubelet's from CRI-O or containerd) read as cedana checkpoints
+                         (registered with cedana.artifact.foreign), one reader for all
+    _podman_archive.py   podman's flavour of them
+    _kube_archive.py     CRI-O's and containerd's flavours, and cedana's checkpoints
+                         written as either (cedana export --format kubernetes|containerd)
 
     docker.py            DockerContainer: lookup through docker's Engine API, checkpoint
                          (runc dump + the overlay2 layer), restore as a docker container
@@ -24,7 +28,7 @@ Layout::
 Nothing here imports grpc or the docker SDK until a container of theirs is used.
 """
 
-from cedana.runtimes import _podman_archive  # noqa: F401 (registers its reader)
+from cedana.runtimes import _kube_archive, _podman_archive  # noqa: F401 (register readers)
 from cedana.runtimes._containerd_api import ContainerRecord, ImageRecord, TaskRecord
 from cedana.runtimes.containerd import ContainerdContainer
 from cedana.runtimes.docker import DockerContainer

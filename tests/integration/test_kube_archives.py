@@ -1,0 +1,208 @@
+"""Kubernetes' checkpoint archives (CRI-O's and containerd's flavours) written by cedana
+export from real runc, containerd and podman checkpoints, read by Debian trixie's
+checkpointctl, and read back by cedana: podman's store serves a CRI-O archive's image, so
+a round trip through ``--format kubernetes`` restores into podman and the counter goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import cedana
+from tests.capabilities import integration, requires_busybox, requires_runtime, requires_tool
+from tests.helpers import assert_counts_on, name_for, run_cedana, wait_count
+from tests.integration.test_containerd import Containerd, containerd, image, layer  # noqa: F401
+from tests.integration.test_containerd import Containers as CtdContainers
+from tests.integration.test_podman import (  # noqa: F401
+    CHANGES,
+    Podman,
+    assert_changes_there,
+    made,
+    podman,
+)
+from tests.integration.test_runc import Containers as RuncContainers
+from tests.integration.test_runc import busybox_rootfs, runc_root  # noqa: F401
+
+pytestmark = [
+    *integration,
+    requires_runtime("podman"),
+    requires_runtime("runc"),
+    requires_runtime("containerd"),
+    requires_tool("checkpointctl"),
+    requires_busybox,
+]
+
+
+@pytest.fixture
+def ctd(containerd: Containerd, image: str) -> Iterator[CtdContainers]:  # noqa: F811
+    c = CtdContainers(containerd, image)
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+@pytest.fixture
+def runc_containers(
+    tmp_path: Path,
+    busybox_rootfs: Path,  # noqa: F811
+    runc_root: Path,  # noqa: F811
+) -> Iterator[RuncContainers]:
+    c = RuncContainers(tmp_path, busybox_rootfs, runc_root)
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+def checkpointctl(*args: str) -> str:
+    done = subprocess.run(
+        [shutil.which("checkpointctl") or "checkpointctl", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"checkpointctl {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def export(ckpt: Path, out: Path, fmt: str) -> Path:
+    done = run_cedana("export", os.fspath(ckpt), "--format", fmt, "-o", os.fspath(out))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def assert_checkpointctl_reads(archive: Path, name: str, engine: str) -> None:
+    """``checkpointctl show`` lists the container (name, engine) and a checkpoint size that
+    is the size of the archive's checkpoint/ (as checkpointctl counts it); ``inspect``
+    reads the archive through, its process tree included."""
+    shown = checkpointctl("show", os.fspath(archive))
+    row = next(line for line in shown.splitlines() if name in line and "from" not in line)
+    assert engine in row
+    with tarfile.open(archive) as tar:
+        size = sum(
+            i.size for i in tar if i.isreg() and i.name.removeprefix("./").startswith("checkpoint")
+        )
+    assert size > 0
+    sizes = re.findall(r"(\d+(?:\.\d+)?) (B|KiB|MiB|GiB)", row)
+    units = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+    assert any(abs(float(n) * units[u] - size) <= size * 0.06 for n, u in sizes), (row, size)
+    inspected = checkpointctl("inspect", "--ps-tree", os.fspath(archive))
+    assert name in inspected and "sh" in inspected
+
+
+def test_podman_checkpoint_round_trip_through_a_kubernetes_archive(
+    podman: Podman,  # noqa: F811
+    made: list[str],  # noqa: F811
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A podman container's cedana checkpoint exported ``--format kubernetes`` is CRI-O's
+    layout (checkpoint/, config.dump with checkpointctl's fields, spec.dump marked cri-o,
+    rootfs-diff.tar + deleted.files, stats-dump); checkpointctl shows it as CRI-O's;
+    ``cedana inspect`` reads it back; ``cedana restore`` refuses it unsigned, then with
+    --insecure-accept-unsigned brings it back into podman: counter on, changes there."""
+    name = name_for(request)
+    c = podman.start(name)
+    podman("exec", name, "sh", "-c", CHANGES)
+    before = wait_count(c, 4)
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst")
+    podman("rm", "--force", name)
+    archive = export(ckpt.path, tmp_path / "checkpoint.tar", "kubernetes")
+
+    with tarfile.open(archive) as tar:  # uncompressed, as the kubelet keeps it
+        names = {i.name for i in tar}
+        config = json.load(tar.extractfile("config.dump"))  # type: ignore[arg-type]
+        spec = json.load(tar.extractfile("spec.dump"))  # type: ignore[arg-type]
+    assert {"config.dump", "spec.dump", "checkpoint/inventory.img", "rootfs-diff.tar"} <= names
+    assert "deleted.files" in names and "manifest.json" not in names
+    assert {"id", "name", "rootfsImageRef", "rootfsImageName", "checkpointedTime"} <= set(config)
+    assert config["name"] == name
+    assert spec["annotations"]["io.container.manager"] == "cri-o"
+    assert_checkpointctl_reads(archive, name, "CRI-O")
+
+    done = run_cedana("inspect", os.fspath(archive), "--json")
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["container"]["rootfs"]["format"] == "podman"
+    assert {p["command"] for p in shown["images"]["processes"]} >= {"sh"}
+    refused = run_cedana("restore", os.fspath(archive))
+    assert refused.returncode == 1 and "--insecure-accept-unsigned" in refused.stderr
+
+    done = run_cedana("restore", os.fspath(archive), "--insecure-accept-unsigned", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["name"] == name
+    assert_changes_there(podman, name)
+    assert_counts_on(cedana.PodmanContainer(name), before)
+
+
+def test_containerd_archive_of_a_podman_checkpoint(
+    podman: Podman,  # noqa: F811
+    made: list[str],  # noqa: F811
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """``--format containerd`` writes containerd's flavour (status.dump, status, the
+    rootfs changes as a gzip OCI layer with whiteouts, no cri-o marks); checkpointctl
+    shows it as containerd's; cedana inspects it as a containerd checkpoint and refuses
+    to restore its OCI-layer diff, clearly and before anything runs."""
+    name = name_for(request)
+    c = podman.start(name)
+    podman("exec", name, "sh", "-c", CHANGES)
+    wait_count(c, 3)
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst", leave_running=True)
+    archive = export(ckpt.path, tmp_path / "checkpoint.tar", "containerd")
+    with tarfile.open(archive) as tar:
+        names = {i.name for i in tar}
+        status = json.load(tar.extractfile("status.dump"))  # type: ignore[arg-type]
+        layer = tar.extractfile("rootfs-diff.tar").read()  # type: ignore[union-attr]
+    assert {"status.dump", "status", "config.dump", "spec.dump"} <= names
+    assert "deleted.files" not in names and status["metadata"]["name"] == name
+    assert layer[:2] == b"\x1f\x8b"
+    with tarfile.open(fileobj=__import__("io").BytesIO(layer)) as diff:
+        entries = set(diff.getnames())
+    assert "etc/.wh.doomed.txt" in entries and "www/.wh..wh..opq" in entries
+    assert_checkpointctl_reads(archive, name, "containerd")
+
+    opened = cedana.open(archive, trust="any")
+    assert (opened.kind, opened.runtime) == ("container", "containerd")
+    done = run_cedana("restore", os.fspath(archive), "--insecure-accept-unsigned")
+    assert done.returncode == 1 and "oci-layer" in done.stderr, done.stderr
+    assert podman.status(name) == "running"
+
+
+@pytest.mark.parametrize("fmt", ["kubernetes", "containerd"])
+def test_runc_and_containerd_checkpoints_export_for_checkpointctl(
+    runc_containers: RuncContainers,
+    ctd: CtdContainers,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    fmt: str,
+) -> None:
+    """A runc container's and a containerd container's checkpoints export in each
+    Kubernetes flavour; checkpointctl lists each (name, engine, checkpoint size) and
+    inspects it; cedana opens each back as the flavour it is."""
+    engine = "CRI-O" if fmt == "kubernetes" else "containerd"
+    runc_name, ctd_name = name_for(request, "-runc"), name_for(request, "-ctd")
+    r = runc_containers.run(runc_name)
+    wait_count(r, 2)
+    runc_ckpt = r.checkpoint(tmp_path / "r.tar.zst", leave_running=True)
+    c = ctd.run(ctd_name)
+    wait_count(c, 2)
+    ctd_ckpt = c.checkpoint(tmp_path / "c.tar.zst", leave_running=True)
+    for ckpt, name in ((runc_ckpt, runc_name), (ctd_ckpt, ctd_name)):
+        archive = export(ckpt.path, tmp_path / f"{name}.tar", fmt)
+        assert_checkpointctl_reads(archive, name, engine)
+        opened = cedana.open(archive, trust="any")
+        assert opened.kind == "container"
+        assert opened.runtime == ("podman" if fmt == "kubernetes" else "containerd")
