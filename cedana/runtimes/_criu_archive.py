@@ -24,16 +24,18 @@ the engine's own files
 
 This module is the one reader of them all. :class:`ArchiveFormat` (registered with
 :mod:`cedana.artifact.foreign`) recognises the family by its first entries (a cedana
-artifact starts with ``manifest.json``); :func:`open_archive` reads the whole archive before
-anything else may: every entry must have a safe relative name and be a regular file or a
-directory of the layout (no links, devices or unknown names, at most so many); the JSON
-files are bounded in size and must parse; the inner tars are read entry by entry (safe
-names, no device nodes, hard links only to their own files, relative symlinks staying
-inside); every member is hashed. Then the engine is told from ``spec.dump`` and the files
-present, and that engine's :class:`Flavour` (registered by the runtime module that owns
-it: podman's in :mod:`._podman_archive`, CRI-O's and containerd's in :mod:`._kube_archive`)
-checks the names against its own layout and presents the scan as a manifest. Every later
-read goes through the archive again and checks each member against the digests recorded.
+artifact starts with ``manifest.json``); :func:`open_archive` reads the whole archive
+before anything else may: every entry must have a safe relative name and be a regular
+file or a directory of the layout (no links, devices or unknown names, at most so many);
+the JSON files are bounded in size and must parse; the inner tars are read entry by entry
+(safe names, no device nodes, hard links only to their own files, relative symlinks
+staying inside); every member is hashed; CRIU's images must be of this host's machine
+(their ``mtype``) and need no kernel feature it lacks (a time namespace). Then the engine
+is told from ``spec.dump`` and the files present, and that engine's :class:`Flavour`
+(registered by the runtime module that owns it: podman's in :mod:`._podman_archive`,
+CRI-O's and containerd's in :mod:`._kube_archive`) checks the names against its own
+layout and presents the scan as a manifest. Every later read goes through the archive
+again and checks each member against the digests recorded.
 """
 
 from __future__ import annotations
@@ -511,6 +513,7 @@ class Scan:
                         core_path.write_bytes(self.cores[pid])
                         core = load_image(core_path)["entries"][0]
                         command = str((core.get("tc") or {}).get("comm") or "")
+                        self._check_machine(pid, core.get("mtype"))
                     out.append(ProcessEntry(pid=pid, ppid=ppid, command=command))
             except (ValueError, KeyError, TypeError, IndexError) as exc:
                 raise damaged(
@@ -519,6 +522,37 @@ class Scan:
         if not out:
             raise damaged(self.path, "its pstree.img lists no process")
         return tuple(out)
+
+    def _check_machine(self, pid: int, mtype: object) -> None:
+        """Refuse images of another machine than this host (CRIU restores only on the
+        architecture that dumped them), and a time namespace where the kernel has none."""
+        machine = os.uname().machine
+        wanted = _MACHINES.get(str(mtype or ""))
+        if wanted is not None and not machine.startswith(wanted):
+            raise NotCheckpointable(
+                f"checkpoint archive {self.path}: its CRIU images are of a {wanted} machine "
+                f"(process {pid}), and this host is {machine}; restore it on a {wanted} host"
+            )
+        if any(m.name.startswith("timens-") for m in self.members) and not os.path.exists(
+            "/proc/self/ns/time"
+        ):
+            raise NotCheckpointable(
+                f"checkpoint archive {self.path}: its CRIU images hold a time namespace, and "
+                "this kernel has none (CONFIG_TIME_NS); restore it on a host that has them"
+            )
+
+
+#: CRIU's core image ``mtype`` -> the machine (``uname -m``) it restores on.
+_MACHINES = {
+    "X86_64": "x86_64",
+    "AARCH64": "aarch64",
+    "ARM": "arm",
+    "PPC64": "ppc64",
+    "S390": "s390x",
+    "MIPS": "mips64",
+    "LOONGARCH64": "loongarch64",
+    "RISCV64": "riscv64",
+}
 
 
 @contextlib.contextmanager
