@@ -18,7 +18,7 @@ from pathlib import Path
 from cedana.errors import NotCheckpointable
 from cedana.rootfs.overlay import DIFF_NAME
 
-__all__ = ["OCI_LAYER_FORMAT", "OPAQUE", "WHITEOUT", "to_oci_layer"]
+__all__ = ["OCI_LAYER_FORMAT", "OPAQUE", "WHITEOUT", "from_oci_layer", "to_oci_layer"]
 
 #: The diff format of an OCI layer tar (gzip): ``rootfs-diff.tar`` in containerd's archive.
 OCI_LAYER_FORMAT = "oci-layer"
@@ -69,6 +69,66 @@ def to_oci_layer(diff: Path, dest: Path) -> dict[str, int]:
                 out.addfile(_empty(os.path.join(name, OPAQUE), info))
                 counts["opaque"] += 1
     return counts
+
+
+def from_oci_layer(diff: Path, dest: Path) -> Path:
+    """Write the OCI layer ``diff/rootfs-diff.tar`` (gzip or plain) as the overlay diff
+    ``dest/rootfs-diff.tar``: each ``.wh.NAME`` a whiteout (character device 0:0), each
+    directory holding ``.wh..wh..opq`` opaque (``trusted.overlay.opaque``; made when the
+    layer has no entry of its own for it), the other entries as they are.
+
+    Returns:
+        ``dest`` (the diff directory to apply).
+
+    Raises:
+        NotCheckpointable: An entry leaves the root (they are checked again on apply).
+    """
+    layer = diff / DIFF_NAME
+    opaque: set[str] = set()
+    dirs: set[str] = set()
+    with tarfile.open(layer, "r:*") as src:
+        for info in src:
+            name = _inside(info.name)
+            parent, base = os.path.split(name)
+            if base == OPAQUE:
+                opaque.add(parent or ".")
+            elif info.isdir():
+                dirs.add(name)
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with (
+        tarfile.open(layer, "r:*") as src,
+        tarfile.open(dest / DIFF_NAME, "w:", format=tarfile.PAX_FORMAT) as out,
+    ):
+        for name in sorted(opaque - dirs, key=lambda n: n.count("/")):
+            made = tarfile.TarInfo(name)
+            made.type, made.mode = tarfile.DIRTYPE, 0o755
+            made.pax_headers = {_OPAQUE_KEY: "y"}
+            out.addfile(made)
+        for info in src:
+            name = _inside(info.name)
+            parent, base = os.path.split(name)
+            if base == OPAQUE:
+                continue
+            if base.startswith(WHITEOUT):
+                gone = tarfile.TarInfo(os.path.join(parent, base[len(WHITEOUT) :]))
+                gone.type, gone.devmajor, gone.devminor = tarfile.CHRTYPE, 0, 0
+                gone.mode, gone.mtime = 0, info.mtime
+                out.addfile(gone)
+                continue
+            if info.isdir() and name in opaque:
+                info.pax_headers = {**info.pax_headers, _OPAQUE_KEY: "y"}
+            out.addfile(info, src.extractfile(info) if info.isreg() else None)
+    return dest
+
+
+_OPAQUE_KEY = "SCHILY.xattr.trusted.overlay.opaque"
+
+
+def _inside(raw: str) -> str:
+    name = os.path.normpath(raw).lstrip("/")
+    if name.startswith(".."):
+        raise NotCheckpointable(f"rootfs diff entry {raw!r} leaves the root")
+    return name
 
 
 def _empty(name: str, like: tarfile.TarInfo) -> tarfile.TarInfo:

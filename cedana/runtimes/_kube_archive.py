@@ -28,8 +28,9 @@ containerd
 Read: CRI-O's archive is on containers/storage, the store podman shares, so it is presented
 as podman's archive is (:func:`._podman_archive.podman_manifest`, the image's layers found
 in this host's podman store by ``rootfsImageRef``) and restores into podman or runc.
-containerd's is presented as a containerd container checkpoint for inspection; cedana does
-not restore its OCI-layer diff yet, and says so.
+containerd's is presented as a containerd container checkpoint (the image by its name in
+the target containerd, the OCI layer converted to overlay's form on restore) and restores
+into containerd.
 
 Written (:func:`export_archive`): from any cedana container checkpoint (runc, containerd,
 podman, docker), the layout above with what the checkpoint knows: cedana's checkpoints hold
@@ -52,11 +53,12 @@ from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
 from cedana.container.runc import CONFIG_MEMBER as RUNC_CONFIG_MEMBER
 from cedana.container.runc import CONTAINER_DIR
-from cedana.errors import ArtifactExists, ContainerError
+from cedana.errors import ArtifactExists, ContainerError, NotCheckpointable
 from cedana.rootfs import OVERLAY, RootfsDiff, diff_format
 from cedana.rootfs.containers_storage import PODMAN_FORMAT, to_podman_diff
 from cedana.rootfs.oci_layer import OCI_LAYER_FORMAT, to_oci_layer
 from cedana.rootfs.overlay import DIFF_NAME
+from cedana.runtimes._containerd_api import SPEC_TYPE
 from cedana.runtimes._criu_archive import (
     CONFIG_MEMBER,
     DIFF_MEMBER,
@@ -84,6 +86,8 @@ _CONTAINER_MOUNTS = frozenset(
     {"/dev", "/dev/shm", "/proc", "/run", "/run/.containerenv", "/run/secrets", "/sys"}
 )
 _ZERO_TIME = "0001-01-01T00:00:00Z"
+#: containerd's runc shim, the runtime its archives name.
+RUNC_SHIM = "io.containerd.runc.v2"
 #: CRI's ContainerState CONTAINER_RUNNING.
 _RUNNING = 1
 
@@ -155,13 +159,16 @@ def _containerd_manifest(path: Path, scan: Scan) -> Manifest:
             "containerd": {
                 "id": str(config.get("id") or ""),
                 "name": name,
-                "namespace": str(annotations.get("io.kubernetes.cri.sandbox-namespace") or "")
-                or "k8s.io",
+                "namespace": "k8s.io",  # the CRI plugin's; restore(namespace=...) for another
                 "image": {
                     "name": config.get("rootfsImageName") or config.get("rootfsImage"),
                     "digest": config.get("rootfsImageRef"),
                 },
-                "runtime": {"name": str(config.get("runtime") or "")},
+                "snapshotter": "overlayfs",
+                "snapshot_key": str(config.get("id") or ""),
+                "runtime": {"name": _containerd_runtime(path, config)},
+                "spec_type": SPEC_TYPE,
+                "labels": {},
                 "spec": SPEC_MEMBER,
                 "export": {"compression": scan.compression, "flavour": "containerd"},
             },
@@ -170,11 +177,25 @@ def _containerd_manifest(path: Path, scan: Scan) -> Manifest:
                 "snapshotter": "archive",
                 "format": OCI_LAYER_FORMAT,
                 "dir": CONTAINER_DIR,
+                "userxattr": False,
                 "diff": {**diff.to_json(), "format": OCI_LAYER_FORMAT, "members": [DIFF_NAME]},
             },
         },
         members=scan.members,
     )
+
+
+def _containerd_runtime(path: Path, config: Mapping[str, Any]) -> str:
+    """containerd's runtime of the archive: its runc shim (``runc`` for cedana's own)."""
+    runtime = str(config.get("runtime") or RUNC_SHIM)
+    if runtime == "runc":
+        return RUNC_SHIM
+    if runtime not in ("io.containerd.runc.v1", RUNC_SHIM):
+        raise NotCheckpointable(
+            f"checkpoint archive {path} was made by containerd's runtime {runtime!r}; "
+            "cedana restores checkpoints of containers run by runc (io.containerd.runc.v2)"
+        )
+    return runtime
 
 
 _CRIU_FILES = frozenset({"stats-dump", "stats-restore", "dump.log", "restore.log"})
@@ -366,7 +387,7 @@ def export_archive(
             "rootfsImage": image_name,
             "rootfsImageRef": image_ref,
             "rootfsImageName": image_name,
-            "runtime": "runc",
+            "runtime": "runc" if format == "kubernetes" else RUNC_SHIM,
             "createdTime": created_time,
             "checkpointedTime": _rfc3339(created),
             "restoredTime": _ZERO_TIME,

@@ -19,7 +19,7 @@ import pytest
 
 import cedana
 from tests.capabilities import integration, requires_busybox, requires_runtime, requires_tool
-from tests.helpers import assert_counts_on, name_for, run_cedana, wait_count
+from tests.helpers import COUNTER, assert_counts_on, name_for, run_cedana, wait_count
 from tests.integration.test_containerd import Containerd, containerd, image, layer  # noqa: F401
 from tests.integration.test_containerd import Containers as CtdContainers
 from tests.integration.test_podman import (  # noqa: F401
@@ -153,9 +153,9 @@ def test_containerd_archive_of_a_podman_checkpoint(
     request: pytest.FixtureRequest,
 ) -> None:
     """``--format containerd`` writes containerd's flavour (status.dump, status, the
-    rootfs changes as a gzip OCI layer with whiteouts, no cri-o marks); checkpointctl
-    shows it as containerd's; cedana inspects it as a containerd checkpoint and refuses
-    to restore its OCI-layer diff, clearly and before anything runs."""
+    rootfs changes as a gzip OCI layer with whiteouts and an opaque marker, no cri-o
+    marks); checkpointctl shows it as containerd's; cedana opens it as a containerd
+    checkpoint; the podman container it came from runs on."""
     name = name_for(request)
     c = podman.start(name)
     podman("exec", name, "sh", "-c", CHANGES)
@@ -176,9 +176,49 @@ def test_containerd_archive_of_a_podman_checkpoint(
 
     opened = cedana.open(archive, trust="any")
     assert (opened.kind, opened.runtime) == ("container", "containerd")
-    done = run_cedana("restore", os.fspath(archive), "--insecure-accept-unsigned")
-    assert done.returncode == 1 and "oci-layer" in done.stderr, done.stderr
+    assert opened.manifest.workload["rootfs"]["format"] == "oci-layer"
     assert podman.status(name) == "running"
+
+
+def test_containerd_checkpoint_round_trip_through_a_containerd_archive(
+    ctd: CtdContainers,
+    containerd: Containerd,  # noqa: F811
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A containerd container's checkpoint exported ``--format containerd`` restores with
+    ``cedana restore ARCHIVE --insecure-accept-unsigned`` into containerd under a new
+    name (the image found by its name, the OCI layer turned into overlay's form): the
+    counter goes on and the file changes (new, changed, deleted, a replaced directory)
+    are there."""
+    script = (
+        "echo written inside > /tmp/new.txt; echo changed > /etc/image.txt; "
+        "rm /etc/doomed.txt; rm -rf /www; mkdir /www; echo new page > /www/other.html; " + COUNTER
+    )
+    name, new = name_for(request), name_for(request, "-r")
+    c = ctd.run(name, script)
+    before = wait_count(c, 3)
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst")
+    archive = export(ckpt.path, tmp_path / "checkpoint.tar", "containerd")
+    done = run_cedana(
+        "restore",
+        os.fspath(archive),
+        "--insecure-accept-unsigned",
+        "--address",
+        containerd.address,
+        "--name",
+        f"{containerd.namespace}/{new}",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    ctd.names.append(new)
+    r = ctd.handle(new)
+    root = Path(f"/proc/{r.pid}/root")
+    assert (root / "tmp/new.txt").read_text() == "written inside\n"
+    assert (root / "etc/image.txt").read_text() == "changed\n"
+    assert not (root / "etc/doomed.txt").exists()
+    assert sorted(os.listdir(root / "www")) == ["other.html"]
+    assert_counts_on(r, before)
 
 
 @pytest.mark.parametrize("fmt", ["kubernetes", "containerd"])

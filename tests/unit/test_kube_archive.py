@@ -98,13 +98,15 @@ def test_crio_archive_is_presented_as_a_containers_storage_checkpoint(tmp_path: 
 
 def test_containerd_archive_is_presented_as_a_containerd_checkpoint(tmp_path: Path) -> None:
     """containerd's archive (status.dump, no engine annotation, a gzip OCI layer) opens as
-    a containerd checkpoint whose diff is an OCI layer; a restore refuses that format."""
+    a containerd checkpoint whose diff is an OCI layer, on the runc shim, in the CRI
+    plugin's namespace, its image by name."""
     ckpt = cedana.open(write(tmp_path / "a.tar", kube_layout("containerd"), "none"), trust="any")
     assert (ckpt.kind, ckpt.runtime) == ("container", "containerd")
     rootfs = ckpt.manifest.workload["rootfs"]
     assert rootfs["format"] == "oci-layer" and rootfs["diff"]["files"] == 2
-    with pytest.raises(cedana.ContainerError, match="oci-layer"):
-        cedana.restore(ckpt, trust="any")
+    ctd = ckpt.manifest.workload["containerd"]
+    assert ctd["runtime"]["name"] == "io.containerd.runc.v2" and ctd["namespace"] == "k8s.io"
+    assert ctd["image"]["name"] == "registry.example/web:1"
 
 
 HOSTILE = {
