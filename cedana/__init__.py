@@ -9,6 +9,7 @@ Layout, one concern per layer (each holds the one below)::
     container/    RuncContainer: a runc container (runc state, cgroups, namespaces, mounts)
     rootfs/       snapshotters: a container's rootfs changes (overlay, containerd, overlay2)
     runtimes/     ContainerdContainer, DockerContainer: runc + a snapshotter + its own API
+    oci/          OCI images: layouts (oci:, oci-archive:), the distribution API (docker://)
     checkpoint.py Checkpoint: an opened artifact (manifest, verify, inspect)
     artifact/     manifest, zstd tar archive, verification, signatures, image inspection
     criu.py       the CRIU boundary (the only importer of pycriu)
@@ -35,6 +36,7 @@ from cedana.errors import (
     CriuError,
     CriuNotFound,
     DumpFailed,
+    ImageMismatch,
     ImageNotFound,
     InvalidOption,
     LiveConnectionsWarning,
@@ -43,6 +45,10 @@ from cedana.errors import (
     NotPermitted,
     PidInUse,
     ProcessNotFound,
+    ReferenceNotFound,
+    RegistryError,
+    RegistryRefused,
+    RegistryUnavailable,
     RestoreFailed,
     RuntimeTimeout,
     RuntimeUnavailable,
@@ -78,6 +84,7 @@ __all__ = [
     "DockerContainer",
     "DumpFailed",
     "Grants",
+    "ImageMismatch",
     "ImageNotFound",
     "InvalidOption",
     "LiveConnectionsWarning",
@@ -88,6 +95,10 @@ __all__ = [
     "PodmanContainer",
     "Process",
     "ProcessNotFound",
+    "ReferenceNotFound",
+    "RegistryError",
+    "RegistryRefused",
+    "RegistryUnavailable",
     "RestoreFailed",
     "RestoreOptions",
     "RuncContainer",
