@@ -357,7 +357,10 @@ def export_archive(
     spec = json.loads(ckpt.read_member(spec_member))
     ctd = manifest.workload.get("containerd") or {}
     pod = manifest.workload.get("podman") or {}
-    name = name or str(pod.get("name") or ctd.get("id") or info.get("id") or "")
+    docker = manifest.workload.get("docker") or {}
+    name = name or str(
+        pod.get("name") or docker.get("name") or ctd.get("id") or info.get("id") or ""
+    )
     cid = str(info.get("id") or name)
     image_name, image_ref = _image_facts(manifest)
     created = manifest.created

@@ -6,6 +6,7 @@ a round trip through ``--format kubernetes`` restores into podman and the counte
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -18,10 +19,18 @@ from pathlib import Path
 import pytest
 
 import cedana
-from tests.capabilities import integration, requires_busybox, requires_runtime, requires_tool
+from tests.capabilities import (
+    integration,
+    requires_busybox,
+    requires_docker,
+    requires_runtime,
+    requires_tool,
+)
 from tests.helpers import COUNTER, assert_counts_on, name_for, run_cedana, wait_count
 from tests.integration.test_containerd import Containerd, containerd, image, layer  # noqa: F401
 from tests.integration.test_containerd import Containers as CtdContainers
+from tests.integration.test_docker import Containers as DockerContainers
+from tests.integration.test_docker import Dockerd, dockerd  # noqa: F401
 from tests.integration.test_podman import (  # noqa: F401
     CHANGES,
     Podman,
@@ -154,8 +163,8 @@ def test_containerd_archive_of_a_podman_checkpoint(
 ) -> None:
     """``--format containerd`` writes containerd's flavour (status.dump, status, the
     rootfs changes as a gzip OCI layer with whiteouts and an opaque marker, no cri-o
-    marks); checkpointctl shows it as containerd's; cedana opens it as a containerd
-    checkpoint; the podman container it came from runs on."""
+    marks); checkpointctl shows it as containerd's; ``cedana inspect`` shows it as a
+    containerd checkpoint; the podman container it came from runs on."""
     name = name_for(request)
     c = podman.start(name)
     podman("exec", name, "sh", "-c", CHANGES)
@@ -169,14 +178,17 @@ def test_containerd_archive_of_a_podman_checkpoint(
     assert {"status.dump", "status", "config.dump", "spec.dump"} <= names
     assert "deleted.files" not in names and status["metadata"]["name"] == name
     assert layer[:2] == b"\x1f\x8b"
-    with tarfile.open(fileobj=__import__("io").BytesIO(layer)) as diff:
+    with tarfile.open(fileobj=io.BytesIO(layer)) as diff:
         entries = set(diff.getnames())
     assert "etc/.wh.doomed.txt" in entries and "www/.wh..wh..opq" in entries
     assert_checkpointctl_reads(archive, name, "containerd")
 
-    opened = cedana.open(archive, trust="any")
-    assert (opened.kind, opened.runtime) == ("container", "containerd")
-    assert opened.manifest.workload["rootfs"]["format"] == "oci-layer"
+    done = run_cedana("inspect", os.fspath(archive), "--json")
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["checkpoint"]["runtime"] == "containerd"
+    assert shown["container"]["rootfs"]["format"] == "oci-layer"
+    assert {p["command"] for p in shown["images"]["processes"]} >= {"sh"}
     assert podman.status(name) == "running"
 
 
@@ -246,3 +258,40 @@ def test_runc_and_containerd_checkpoints_export_for_checkpointctl(
         opened = cedana.open(archive, trust="any")
         assert opened.kind == "container"
         assert opened.runtime == ("podman" if fmt == "kubernetes" else "containerd")
+
+
+@pytest.fixture
+def docker_containers(dockerd: Dockerd) -> Iterator[DockerContainers]:  # noqa: F811
+    c = DockerContainers(dockerd)
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+@requires_docker
+@pytest.mark.parametrize("fmt", ["kubernetes", "containerd"])
+def test_docker_checkpoint_exports_for_checkpointctl(
+    docker_containers: DockerContainers,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    fmt: str,
+) -> None:
+    """A docker container's checkpoint (its overlay2 changes included) exports in each
+    Kubernetes flavour under its docker name; checkpointctl lists and inspects it, with
+    the rootfs changes counted (a deletion and a replaced directory)."""
+    name = name_for(request)
+    script = "rm /etc/doomed.txt; rm -rf /www; mkdir /www; echo p > /www/p.html; " + COUNTER
+    c = docker_containers.run(name, script)
+    wait_count(c, 2)
+    ckpt = c.checkpoint(tmp_path / "d.tar.zst", leave_running=True)
+    archive = export(ckpt.path, tmp_path / "checkpoint.tar", fmt)
+    assert_checkpointctl_reads(archive, name, "CRI-O" if fmt == "kubernetes" else "containerd")
+    with tarfile.open(archive) as tar:
+        if fmt == "kubernetes":
+            deleted = json.load(tar.extractfile("deleted.files"))  # type: ignore[arg-type]
+            assert "/etc/doomed.txt" in deleted
+        else:
+            layer = tar.extractfile("rootfs-diff.tar").read()  # type: ignore[union-attr]
+            with tarfile.open(fileobj=io.BytesIO(layer)) as diff:
+                assert {"etc/.wh.doomed.txt", "www/.wh..wh..opq"} <= set(diff.getnames())
