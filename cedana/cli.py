@@ -136,14 +136,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if (args.format == "oci-image") != (args.to is not None) or (args.output is None) == (
+        args.to is None
+    ):
+        raise cedana.InvalidOption(
+            "--format oci-image writes to --to REF; the other formats write a file (-o OUT)"
+        )
     out = cedana.export(
         args.file,
         args.output,
         format=args.format,
+        to=args.to,
+        archive=args.archive,
         name=args.name or None,
         compress=args.compress,
         trust="any" if args.insecure_accept_unsigned else "trusted",
     )
+    if isinstance(out, str):  # an image's digest
+        data = {"to": args.to, "format": args.format, "digest": out}
+        text = (
+            f"exported {args.file} to {args.to} ({out}): a checkpoint image for CRI-O, containerd"
+        )
+        _emit(data, args.json, text)
+        return 0
     size = out.stat().st_size
     data = {"path": str(out), "format": args.format, "size": size}
     reader = {
@@ -198,6 +213,8 @@ Examples::
   cedana restore web.tar.zst --into containerd --name default/web2
   cedana export web.tar.zst --format podman -o web.podman.tar.zst
   cedana export web.tar.zst --format kubernetes -o checkpoint-web.tar
+  cedana export web.tar.zst --format oci-image --to docker://localhost:5000/web:ckpt
+  cedana restore docker://localhost:5000/web:ckpt --insecure-accept-unsigned
 
 Exit status 0 on success; 1 on an error, said in one line on stderr (with
 --json: one JSON object on stdout, {"error": ..., "type": ...}); 130 when
@@ -317,7 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_checkpoint)
 
     c = sub.add_parser("restore", help="restore a checkpoint; the workload runs again")
-    c.add_argument("file", metavar="FILE", help="the artifact (file or directory)")
+    c.add_argument(
+        "file",
+        metavar="FILE",
+        help="the artifact (file or directory), an archive of podman's, CRI-O's or "
+        "containerd's, or a checkpoint image (oci-archive:PATH, oci:DIR, docker://HOST/REPO:TAG)",
+    )
     c.add_argument(
         "--into",
         metavar="RUNTIME",
@@ -372,17 +394,32 @@ def build_parser() -> argparse.ArgumentParser:
         "CRI-O node writes for the kubelet's checkpoint API (checkpoint/, config.dump, "
         "spec.dump, rootfs-diff.tar + deleted.files, bind.mounts, stats-dump). containerd: "
         "containerd's flavour of it (status.dump, the rootfs changes as an OCI layer). "
-        "checkpointctl show / inspect read all three.",
+        "checkpointctl show / inspect read all three. oci-image: Kubernetes' checkpoint "
+        "image, the archive at / of one layer on scratch, annotated "
+        "io.kubernetes.cri-o.annotations.checkpoint.name and org.criu.checkpoint.*, "
+        "written to an OCI layout, an oci-archive or a registry.",
     )
     c.add_argument("file", metavar="FILE", help="the cedana checkpoint (or podman archive)")
     c.add_argument(
         "--format",
         required=True,
-        choices=["podman", "kubernetes", "containerd"],
+        choices=["podman", "kubernetes", "containerd", "oci-image"],
         help="podman: podman's import archive; kubernetes: CRI-O's checkpoint archive; "
-        "containerd: containerd's",
+        "containerd: containerd's; oci-image: Kubernetes' checkpoint image (--to)",
     )
-    c.add_argument("-o", "--output", required=True, metavar="OUT", help="the archive to write")
+    c.add_argument("-o", "--output", metavar="OUT", help="the archive to write")
+    c.add_argument(
+        "--to",
+        metavar="REF",
+        help="oci-image: where the image goes (oci-archive:PATH[:NAME], oci:DIR[:NAME], "
+        "docker://HOST/REPO:TAG)",
+    )
+    c.add_argument(
+        "--archive",
+        choices=["kubernetes", "containerd"],
+        default="kubernetes",
+        help="oci-image: the archive flavour in its layer (default kubernetes: CRI-O's)",
+    )
     c.add_argument(
         "--name", help="the container name podman restores it as (default: the checkpointed one)"
     )

@@ -15,10 +15,12 @@ import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import cedana
+from cedana import oci
 from tests.capabilities import (
     integration,
     requires_busybox,
@@ -33,13 +35,16 @@ from tests.integration.test_docker import Containers as DockerContainers
 from tests.integration.test_docker import Dockerd, dockerd  # noqa: F401
 from tests.integration.test_podman import (  # noqa: F401
     CHANGES,
+    PODMAN_CHANGES,
     Podman,
     assert_changes_there,
+    assert_podman_changes_there,
     made,
     podman,
 )
 from tests.integration.test_runc import Containers as RuncContainers
 from tests.integration.test_runc import busybox_rootfs, runc_root  # noqa: F401
+from tests.registry import Registry, oci_registry, requires_registry  # noqa: F401
 
 pytestmark = [
     *integration,
@@ -295,3 +300,141 @@ def test_docker_checkpoint_exports_for_checkpointctl(
             layer = tar.extractfile("rootfs-diff.tar").read()  # type: ignore[union-attr]
             with tarfile.open(fileobj=io.BytesIO(layer)) as diff:
                 assert {"etc/.wh.doomed.txt", "www/.wh..wh..opq"} <= set(diff.getnames())
+
+
+# --- checkpoint OCI images ------------------------------------------------------------------
+
+
+def _index_and_manifest(oci_archive: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    with tarfile.open(oci_archive) as tar:
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+        digest = index["manifests"][0]["digest"].removeprefix("sha256:")
+        manifest = json.load(tar.extractfile(f"blobs/sha256/{digest}"))  # type: ignore[arg-type]
+    return index, manifest
+
+
+@requires_registry
+def test_podman_checkpoint_image_through_an_oci_archive_and_a_registry(
+    podman: Podman,  # noqa: F811
+    made: list[str],  # noqa: F811
+    oci_registry: Registry,  # noqa: F811
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """``cedana export --format oci-image --to oci-archive:...`` writes one gzip layer (the
+    CRI-O archive at /) on no base, annotated with CRI-O's checkpoint name and the
+    org.criu.checkpoint keys; ``--to docker://`` pushes the same to a registry; ``cedana
+    restore docker://... --insecure-accept-unsigned`` pulls it back and restores it into
+    podman: counter on, changes there; a plain image is refused as no checkpoint image."""
+    name = name_for(request)
+    c = podman.start(name)
+    podman("exec", name, "sh", "-c", CHANGES)
+    before = wait_count(c, 4)
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst")
+    podman("rm", "--force", name)
+    local = tmp_path / "ckpt.oci.tar"
+    done = run_cedana(
+        "export", os.fspath(ckpt.path), "--format", "oci-image", "--to", f"oci-archive:{local}"
+    )
+    assert done.returncode == 0, done.stderr
+    _, manifest = _index_and_manifest(local)
+    notes = manifest["annotations"]
+    assert notes["io.kubernetes.cri-o.annotations.checkpoint.name"] == name
+    assert notes["org.criu.checkpoint.container.name"] == name
+    assert notes["org.criu.checkpoint.engine.name"] == "CRI-O"
+    assert [la["mediaType"] for la in manifest["layers"]] == [
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    ]
+
+    ref = oci_registry.ref("cedana-kube/web", "ckpt")
+    done = run_cedana("export", os.fspath(ckpt.path), "--format", "oci-image", "--to", ref)
+    assert done.returncode == 0, done.stderr
+    done = run_cedana("restore", ref, "--insecure-accept-unsigned", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["name"] == name
+    assert_changes_there(podman, name)
+    assert_counts_on(cedana.PodmanContainer(name), before)
+
+    plain = tmp_path / "plain"
+    layout = oci.Layout.create(plain)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.addfile(tarfile.TarInfo("empty"))
+    buf.seek(0)
+    oci.write_image(layout, layers=[oci.add_layer(layout, buf)], tag="x")
+    with pytest.raises(cedana.UnsupportedFormat, match="not a checkpoint image"):
+        cedana.restore(f"oci:{plain}:x", trust="any")
+
+
+def test_podman_made_checkpoint_image_restores_with_cedana(
+    podman: Podman,  # noqa: F811
+    made: list[str],  # noqa: F811
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """podman 4.3's own checkpoint image (``podman container checkpoint --create-image``),
+    saved as an oci-archive, restores with ``cedana restore oci-archive:...``: the image's
+    layer is podman's archive, read and checked as one; the counter goes on in podman, and
+    the changes podman's archive carries are there (as for podman's --export)."""
+    name = name_for(request)
+    made_image = f"localhost/{name}-ckpt:1"
+    c = podman.start(name)
+    podman("exec", name, "sh", "-c", PODMAN_CHANGES)
+    before = wait_count(c, 4)
+    podman("container", "checkpoint", "--create-image", made_image, name)
+    saved = tmp_path / "podman-ckpt.tar"
+    podman("save", "--format", "oci-archive", "-o", os.fspath(saved), made_image)
+    podman("rm", "--force", name)
+    _, manifest = _index_and_manifest(saved)
+    assert "io.podman.annotations.checkpoint.name" in manifest.get("annotations", {})
+    done = run_cedana("restore", f"oci-archive:{saved}", "--insecure-accept-unsigned", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["name"] == name
+    assert_podman_changes_there(
+        lambda *p: podman.cat(name, *p), lambda d: podman("exec", name, "ls", d).split()
+    )
+    assert_counts_on(cedana.PodmanContainer(name), before)
+
+
+@requires_registry
+def test_containerd_checkpoint_image_through_a_registry(
+    ctd: CtdContainers,
+    containerd: Containerd,  # noqa: F811
+    oci_registry: Registry,  # noqa: F811
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A containerd checkpoint exported as a checkpoint image of containerd's archive
+    (``--archive containerd``) is pushed to a registry and restored from it into containerd
+    under a new name; the counter goes on. Its layer tampered with in the registry's
+    storage, a restore from it is refused (the digest does not match) and makes nothing."""
+    name, new = name_for(request), name_for(request, "-r")
+    c = ctd.run(name)
+    before = wait_count(c, 3)
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst")
+    ref = oci_registry.ref("cedana-kube/ctd", "ckpt")
+    done = run_cedana(
+        "export", os.fspath(ckpt.path), "--format", "oci-image", "--archive", "containerd",
+        "--to", ref,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = run_cedana(
+        "restore", ref, "--insecure-accept-unsigned", "--address", containerd.address,
+        "--name", f"{containerd.namespace}/{new}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    ctd.names.append(new)
+    assert_counts_on(ctd.handle(new), before)
+
+    pushed = oci.pull(ref, tmp_path / "pulled").layers[0]
+    blob = oci_registry.blob_path(pushed.digest)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    again = name_for(request, "-t")
+    done = run_cedana(
+        "restore", ref, "--insecure-accept-unsigned", "--address", containerd.address,
+        "--name", f"{containerd.namespace}/{again}",
+    )  # fmt: skip
+    assert done.returncode == 1 and "digest" in done.stderr, done.stderr
+    assert again not in containerd.lines("containers", "ls")
