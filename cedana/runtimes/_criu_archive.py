@@ -41,6 +41,7 @@ again and checks each member against the digests recorded.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gzip
 import hashlib
 import json
@@ -59,7 +60,7 @@ import zstandard
 
 from cedana._safefs import SafeTree
 from cedana.artifact import foreign
-from cedana.artifact.manifest import Manifest, Member, ProcessEntry
+from cedana.artifact.manifest import HostInfo, Manifest, Member, ProcessEntry
 from cedana.criu import load_image
 from cedana.errors import (
     ArtifactCorrupt,
@@ -487,6 +488,14 @@ class Scan:
         if data is None:
             raise damaged(self.path, f"it has no {member.rsplit('/', 1)[-1]}")
         return parse_json(self.path, member.rsplit("/", 1)[-1], data or b"null", kind)
+
+    def made(self, made_by: str) -> tuple[str, HostInfo]:
+        """The manifest's creation time (``inventory.img``'s) and host (unknown: the
+        engine ``made_by`` records neither)."""
+        created = datetime.datetime.fromtimestamp(self.checkpointed or 0, datetime.UTC)
+        unknown = f"unknown ({made_by})"
+        host = HostInfo(kernel=unknown, arch=unknown, criu_version=unknown, hostname=unknown)
+        return created.strftime("%Y-%m-%dT%H:%M:%SZ"), host
 
     @property
     def annotations(self) -> Mapping[str, Any]:

@@ -48,7 +48,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from cedana.artifact.manifest import HostInfo, Manifest
+from cedana.artifact.manifest import Manifest
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
 from cedana.container.runc import CONFIG_MEMBER as RUNC_CONFIG_MEMBER
@@ -133,11 +133,10 @@ def _containerd_manifest(path: Path, scan: Scan) -> Manifest:
         or ""
     )
     diff = scan.diff or RootfsDiff(snapshotter="archive")
-    created = datetime.datetime.fromtimestamp(scan.checkpointed or 0, datetime.UTC)
-    unknown = "unknown (a containerd (Kubernetes) checkpoint archive)"
+    created, host = scan.made("a containerd (Kubernetes) checkpoint archive")
     return Manifest(
-        created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        host=HostInfo(kernel=unknown, arch=unknown, criu_version=unknown, hostname=unknown),
+        created=created,
+        host=host,
         kind="container",
         runtime=CONTAINERD,
         options={},

@@ -23,7 +23,6 @@ recorded with their identity, so a restore into runc mounts those very layers.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 from collections.abc import Mapping
@@ -32,7 +31,7 @@ from typing import Any
 
 import attrs
 
-from cedana.artifact.manifest import HostInfo, Manifest
+from cedana.artifact.manifest import Manifest
 from cedana.errors import CedanaError, NotCheckpointable, UnsafeArtifact
 from cedana.rootfs import RootfsDiff
 from cedana.rootfs.containers_storage import PODMAN_FORMAT, podman_diff_paths
@@ -134,11 +133,10 @@ def podman_manifest(
             if m in {x.name for x in scan.members}
         ),
     )
-    created = datetime.datetime.fromtimestamp(scan.checkpointed or 0, datetime.UTC)
-    unknown = f"unknown ({made_by})"
+    created, host = scan.made(made_by)
     return Manifest(
-        created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        host=HostInfo(kernel=unknown, arch=unknown, criu_version=unknown, hostname=unknown),
+        created=created,
+        host=host,
         kind="container",
         runtime=PODMAN,
         options={},
