@@ -172,3 +172,18 @@ def test_hostile_kubernetes_archive_is_refused_while_it_is_opened(
     with pytest.raises(error, match=message):
         cedana.open(archive, trust="any")
     assert sorted(os.listdir(tmp_path)) == ["a.tar"]
+
+
+def test_oci_image_export_needs_a_reference_and_files_need_a_path(tmp_path: Path) -> None:
+    """``--format oci-image`` writes to ``--to REF``, the archive formats to ``-o OUT``:
+    either mixed up is a clear error before anything is read."""
+    from cedana.cli import main
+
+    for argv in (
+        ["export", "x.tar.zst", "--format", "oci-image", "-o", "out.tar"],
+        ["export", "x.tar.zst", "--format", "kubernetes", "--to", "oci:dir"],
+        ["export", "x.tar.zst", "--format", "kubernetes"],
+    ):
+        assert main(argv) == 1
+    with pytest.raises(cedana.InvalidOption, match="to="):
+        cedana.export("x.tar.zst", format="oci-image")
