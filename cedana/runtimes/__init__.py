@@ -18,6 +18,8 @@ Layout::
     _podman_archive.py   podman's flavour of them
     _kube_archive.py     CRI-O's and containerd's flavours, and cedana's checkpoints
                          written as either (cedana export --format kubernetes|containerd)
+    _kube_image.py       Kubernetes' checkpoint OCI image of such an archive: written
+                         (--format oci-image) and pulled for a restore (through cedana.oci)
 
     docker.py            DockerContainer: lookup through docker's Engine API, checkpoint
                          (runc dump + the overlay2 layer), restore as a docker container

@@ -75,11 +75,18 @@ from cedana.rootfs.overlay import DIFF_NAME
 
 __all__ = [
     "ARCHIVE",
+    "CONFIG_MEMBER",
+    "DELETED_MEMBER",
+    "DEVSHM_MEMBER",
+    "DIFF_MEMBER",
     "FAMILY",
+    "FILES",
+    "SPEC_MEMBER",
     "ArchiveFormat",
     "CriuArchive",
     "Flavour",
     "Scan",
+    "compression_of",
     "damaged",
     "open_archive",
     "parse_json",
@@ -168,9 +175,6 @@ class Flavour:
         files: The top-level files of :data:`FILES` its layout has.
         unused: Top-level files it has that are read and checked, never presented.
         unused_dirs: Directories of that kind.
-        diff_format: The diff format of its ``rootfs-diff.tar`` (for the counts).
-        inner_tars: The members that are tars (checked entry by entry), to ``True`` for a
-            root filesystem's (symlinks, hard links, FIFOs allowed).
         claims: Whether a scanned archive is this engine's (``spec.dump``'s annotations,
             ``config.dump``, the members present).
         manifest: The scanned archive presented as a cedana manifest.
@@ -181,8 +185,6 @@ class Flavour:
     files: frozenset[str]
     unused: frozenset[str] = frozenset({"stats-dump", "stats-restore", "dump.log", "restore.log"})
     unused_dirs: frozenset[str] = frozenset()
-    diff_format: str
-    inner_tars: Mapping[str, bool] = attrs.field(factory=lambda: {DIFF_MEMBER: True})
     claims: Callable[[Scan], bool]
     manifest: Callable[[Path, Scan], Manifest]
 

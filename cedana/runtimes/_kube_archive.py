@@ -207,7 +207,6 @@ CRIO_ARCHIVE = register_flavour(
         files=frozenset({"config.dump", "spec.dump", "rootfs-diff.tar", "deleted.files"})
         | {"bind.mounts"},
         unused=_CRIU_FILES | {CRIO_LOG},
-        diff_format=PODMAN_FORMAT,
         claims=lambda scan: _manager(scan) == "cri-o",
         manifest=_crio_manifest,
     )
@@ -219,7 +218,6 @@ CONTAINERD_ARCHIVE = register_flavour(
         engine="containerd",
         files=frozenset({"config.dump", "spec.dump", "rootfs-diff.tar", "status.dump"}),
         unused=_CRIU_FILES | {"status", "container.log"},
-        diff_format=OCI_LAYER_FORMAT,
         claims=lambda scan: "status.dump" in scan.names and _manager(scan) is None,
         manifest=_containerd_manifest,
     )

@@ -211,7 +211,6 @@ PODMAN_ARCHIVE = register_flavour(
         ),
         unused=frozenset({"stats-dump", "stats-restore", "ctr.log", "dump.log", "restore.log"}),
         unused_dirs=frozenset({"artifacts"}),
-        diff_format=PODMAN_FORMAT,
         claims=_claims,
         manifest=_manifest,
     )
