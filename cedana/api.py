@@ -49,7 +49,7 @@ def export(
     *,
     format: Literal["podman", "kubernetes", "containerd", "oci-image"],
     to: str | None = None,
-    archive: Literal["kubernetes", "containerd"] = "kubernetes",
+    archive: Literal["kubernetes", "containerd", "podman"] = "kubernetes",
     name: str | None = None,
     compress: Literal["zstd", "none"] = "zstd",
     work_dir: str | os.PathLike[str] | None = None,
@@ -65,7 +65,8 @@ def export(
     rootfs changes as an OCI layer). ``checkpointctl`` reads all three. Each goes to the
     file ``dest``. ``"oci-image"``: Kubernetes' checkpoint OCI image (the ``archive``
     flavour's files at ``/`` of one layer on scratch, annotated for CRI-O, containerd and
-    checkpointctl) to the image reference ``to`` (``oci:DIR[:NAME]``,
+    checkpointctl; ``archive="podman"``: podman's variant, for ``podman container restore
+    IMAGE``) to the image reference ``to`` (``oci:DIR[:NAME]``,
     ``oci-archive:PATH[:NAME]``, ``docker://HOST/REPO:TAG``).
 
     Returns:

@@ -416,9 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--archive",
-        choices=["kubernetes", "containerd"],
+        choices=["kubernetes", "containerd", "podman"],
         default="kubernetes",
-        help="oci-image: the archive flavour in its layer (default kubernetes: CRI-O's)",
+        help="oci-image: the archive in its layer (default kubernetes: CRI-O's; podman: "
+        "podman's, for podman container restore IMAGE)",
     )
     c.add_argument(
         "--name", help="the container name podman restores it as (default: the checkpointed one)"

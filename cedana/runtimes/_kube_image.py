@@ -25,6 +25,7 @@ import platform
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Literal
 
 from cedana import oci
 from cedana.artifact.signing import KeySource, Trust
@@ -32,7 +33,7 @@ from cedana.checkpoint import Checkpoint
 from cedana.errors import UnsupportedFormat
 from cedana.oci import media
 from cedana.oci.reference import Reference
-from cedana.runtimes._kube_archive import KubeFormat, export_archive
+from cedana.runtimes._kube_archive import export_archive
 from cedana.staging import scratch_dir
 
 __all__ = ["NAME_KEYS", "checkpoint_layer", "export_image", "is_reference", "pulled_archive"]
@@ -46,6 +47,10 @@ PODMAN_NAME = "io.podman.annotations.checkpoint.name"
 NAME_KEYS = (CRIO_NAME, CRIU_NAME, PODMAN_NAME)
 _LAYERS = (media.LAYER_GZIP, media.LAYER_TAR, media.LAYER_ZSTD)
 
+#: Whose archive the image carries: CRI-O's, containerd's, or podman's (for ``podman
+#: container restore IMAGE``).
+ImageArchive = Literal["kubernetes", "containerd", "podman"]
+
 
 def is_reference(text: object) -> bool:
     """Whether ``text`` names an image (``docker://``, ``oci:``, ``oci-archive:``), not a
@@ -55,13 +60,25 @@ def is_reference(text: object) -> bool:
     )
 
 
-def _annotations(archive: Path, fmt: KubeFormat, ckpt: Checkpoint) -> dict[str, str]:
+def _annotations(archive: Path, fmt: ImageArchive, ckpt: Checkpoint) -> dict[str, str]:
     """The image's annotations, from the archive's config.dump and the checkpoint's host."""
     with tarfile.open(archive) as tar:
         member = tar.extractfile("config.dump")
         assert member is not None
         config = json.load(member)
     host = ckpt.manifest.host
+    if fmt == "podman":  # libpod's names (podman's createCheckpointImage)
+        podman = {
+            PODMAN_NAME: config.get("name"),
+            "io.podman.annotations.checkpoint.rawImageName": config.get("RawImageName"),
+            "io.podman.annotations.checkpoint.rootfsImageID": config.get("rootfsImageID"),
+            "io.podman.annotations.checkpoint.rootfsImageName": config.get("rootfsImageName"),
+            "io.podman.annotations.checkpoint.runtime.name": "runc",
+            "io.podman.annotations.checkpoint.criu.version": host.criu_version,
+            CRIU_NAME: config.get("name"),
+            "org.criu.checkpoint.engine.name": "Podman",
+        }
+        return {k: str(v) for k, v in podman.items() if v}
     engine = "CRI-O" if fmt == "kubernetes" else "containerd"
     values = {
         CRIU_NAME: config.get("name"),
@@ -98,7 +115,7 @@ def export_image(
     checkpoint: Checkpoint | str | os.PathLike[str],
     to: str | Reference,
     *,
-    format: KubeFormat = "kubernetes",
+    format: ImageArchive = "kubernetes",
     name: str | None = None,
     registry: oci.RegistryOptions | None = None,
     overwrite: bool = False,
@@ -108,7 +125,8 @@ def export_image(
 ) -> str:
     """Write ``checkpoint`` as a checkpoint OCI image at ``to`` (``oci:DIR[:NAME]``,
     ``oci-archive:PATH[:NAME]``, ``docker://HOST/REPO:TAG``): the archive of ``format``
-    (:func:`._kube_archive.export_archive`) as its one gzip layer, on no base image.
+    (:func:`._kube_archive.export_archive`; ``"podman"``: podman's import archive, which
+    ``podman container restore IMAGE`` takes) as its one gzip layer, on no base image.
 
     Returns:
         The image manifest's digest.
@@ -121,9 +139,16 @@ def export_image(
     """
     ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
     with scratch_dir(".cedana-image-", parent=work_dir, fills="the checkpoint image") as work:
-        archive = export_archive(
-            ckpt, work / "checkpoint.tar", format=format, name=name, trust=trust
-        )
+        if format == "podman":
+            from cedana.runtimes.podman import PodmanContainer
+
+            archive = PodmanContainer.export(
+                ckpt, work / "checkpoint.tar", name=name, compress="none", trust=trust
+            )
+        else:
+            archive = export_archive(
+                ckpt, work / "checkpoint.tar", format=format, name=name, trust=trust
+            )
         annotations = _annotations(archive, format, ckpt)
         layout = oci.Layout.create(work / "layout")
         layer = oci.add_layer(layout, archive)

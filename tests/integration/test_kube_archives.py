@@ -28,7 +28,7 @@ from tests.capabilities import (
     requires_runtime,
     requires_tool,
 )
-from tests.helpers import COUNTER, assert_counts_on, name_for, run_cedana, wait_count
+from tests.helpers import COUNTER, assert_counts_on, count, name_for, run_cedana, wait_count
 from tests.integration.test_containerd import Containerd, containerd, image, layer  # noqa: F401
 from tests.integration.test_containerd import Containers as CtdContainers
 from tests.integration.test_docker import Containers as DockerContainers
@@ -438,3 +438,35 @@ def test_containerd_checkpoint_image_through_a_registry(
     )  # fmt: skip
     assert done.returncode == 1 and "digest" in done.stderr, done.stderr
     assert again not in containerd.lines("containers", "ls")
+
+
+def test_podman_restores_cedanas_podman_checkpoint_image(
+    podman: Podman,  # noqa: F811
+    made: list[str],  # noqa: F811
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """``--format oci-image --archive podman`` writes podman's variant of the checkpoint
+    image (podman's import archive at /, io.podman.annotations.checkpoint.*), which
+    ``podman container restore IMAGE`` restores by itself once the image is in its store:
+    the counter goes on, the changes are there."""
+    name, new = name_for(request), name_for(request, "-2")
+    made.append(new)
+    c = podman.start(name)
+    podman("exec", name, "sh", "-c", CHANGES)
+    wait_count(c, 3)
+    ckpt = c.checkpoint(tmp_path / "c.tar.zst", leave_running=True)
+    saved = tmp_path / "podman-image.tar"
+    done = run_cedana(
+        "export", os.fspath(ckpt.path), "--format", "oci-image", "--archive", "podman",
+        "--to", f"oci-archive:{saved}:localhost/{name}-ckpt:1",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    _, manifest = _index_and_manifest(saved)
+    assert manifest["annotations"]["io.podman.annotations.checkpoint.name"] == name
+    podman("pull", "--quiet", f"oci-archive:{saved}")
+    podman("container", "restore", "--name", new, f"localhost/{name}-ckpt:1")
+    assert new in podman.running()
+    assert_changes_there(podman, new)
+    restored = cedana.PodmanContainer(new)
+    assert_counts_on(restored, count(restored)[:3])
