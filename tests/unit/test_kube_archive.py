@@ -187,3 +187,29 @@ def test_oci_image_export_needs_a_reference_and_files_need_a_path(tmp_path: Path
         assert main(argv) == 1
     with pytest.raises(cedana.InvalidOption, match="to="):
         cedana.export("x.tar.zst", format="oci-image")
+
+
+def test_checkpoint_image_is_told_by_its_annotations_and_has_one_layer(tmp_path: Path) -> None:
+    """An image is a checkpoint image by any engine's name annotation (CRI-O's,
+    containerd's org.criu key, podman's); one of them with two layers is refused, an image
+    without them is no checkpoint image (None)."""
+    from cedana import oci
+    from cedana.runtimes._kube_image import NAME_KEYS, checkpoint_layer
+
+    layout = oci.Layout.create(tmp_path / "layout")
+
+    def layer(name: str) -> oci.Layer:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.addfile(tarfile.TarInfo(name))
+        buf.seek(0)
+        return oci.add_layer(layout, buf)
+
+    one = layer("config.dump")
+    for key in NAME_KEYS:
+        image = oci.write_image(layout, layers=[one], annotations={key: "web"})
+        assert checkpoint_layer(image) == one.descriptor
+    assert checkpoint_layer(oci.write_image(layout, layers=[one])) is None
+    two = oci.write_image(layout, layers=[one, layer("x")], annotations={NAME_KEYS[0]: "w"})
+    with pytest.raises(cedana.UnsupportedFormat, match="2 layers"):
+        checkpoint_layer(two)
