@@ -22,7 +22,7 @@ Layout, one concern per layer (each holds the one below)::
 
 import logging
 
-from cedana.api import check, open, restore
+from cedana.api import check, export, open, restore
 from cedana.checkpoint import Checkpoint
 from cedana.commit import commit
 from cedana.container import Grants, RuncContainer
@@ -117,6 +117,7 @@ __all__ = [
     "UntrustedArtifact",
     "check",
     "commit",
+    "export",
     "open",
     "pull",
     "push",

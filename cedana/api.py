@@ -1,23 +1,24 @@
-"""The top-level verbs: check, open, restore (dispatching on what was checkpointed)."""
+"""The top-level verbs: check, open, restore (dispatching on what was checkpointed), export."""
 
 from __future__ import annotations
 
 import inspect
 import os
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from cedana import registry
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
 from cedana.criu import CriuReport, default_backend
-from cedana.errors import CedanaError, ContainerError
+from cedana.errors import CedanaError, ContainerError, InvalidOption
 from cedana.progress import ProgressArg, reporting
 
 if TYPE_CHECKING:
     from cedana.oci import Reference
 
-__all__ = ["check", "open", "restore"]
+__all__ = ["check", "export", "open", "restore"]
 
 
 def check() -> CriuReport:
@@ -43,6 +44,82 @@ def open(
         ArtifactCorrupt, UnsafeArtifact, UnsupportedFormat: It cannot be used.
     """
     return Checkpoint.open(path, verify=verify, trust=trust, trusted_keys=trusted_keys)
+
+
+def export(
+    checkpoint: str | os.PathLike[str] | Checkpoint,
+    dest: str | os.PathLike[str] | None = None,
+    *,
+    format: Literal["podman", "kubernetes", "containerd", "oci-image"],
+    to: str | None = None,
+    archive: Literal["kubernetes", "containerd", "podman"] = "kubernetes",
+    name: str | None = None,
+    compress: Literal["zstd", "none"] = "zstd",
+    work_dir: str | os.PathLike[str] | None = None,
+    trust: Trust = "trusted",
+    trusted_keys: Iterable[KeySource] | None = None,
+) -> Path | str:
+    """Write a container checkpoint in another engine's format, for it to restore or read.
+
+    ``"podman"``: the archive ``podman container restore --import`` takes
+    (:meth:`cedana.PodmanContainer.export`; ``compress`` applies to it only).
+    ``"kubernetes"``: the uncompressed archive a CRI-O node writes for the kubelet's
+    checkpoint API; ``"containerd"``: containerd's flavour of it (``status.dump``, the
+    rootfs changes as an OCI layer). ``checkpointctl`` reads all three. Each goes to the
+    file ``dest``. ``"oci-image"``: Kubernetes' checkpoint OCI image (the ``archive``
+    flavour's files at ``/`` of one layer on scratch, annotated for CRI-O, containerd and
+    checkpointctl; ``archive="podman"``: podman's variant, for ``podman container restore
+    IMAGE``) to the image reference ``to`` (``oci:DIR[:NAME]``,
+    ``oci-archive:PATH[:NAME]``, ``docker://HOST/REPO:TAG``).
+
+    Returns:
+        ``dest``; for ``"oci-image"`` the image manifest's digest.
+
+    Raises:
+        ArtifactExists: ``dest`` (or an ``oci-archive:`` file) exists.
+        ContainerError: Not a container checkpoint (or, for podman, not a podman one).
+        UntrustedArtifact: Refused as a restore would be (``trust`` as there).
+        RegistryUnavailable, RegistryRefused: The registry is down or refused.
+    """
+    if format == "oci-image":
+        from cedana.runtimes._kube_image import export_image
+
+        if to is None or dest is not None:
+            raise InvalidOption("format='oci-image' writes to an image reference: pass to=")
+        return export_image(
+            checkpoint,
+            to,
+            format=archive,
+            name=name,
+            work_dir=work_dir,
+            trust=trust,
+            trusted_keys=trusted_keys,
+        )
+    if dest is None or to is not None:
+        raise InvalidOption(f"format={format!r} writes a file: pass dest (to= is for oci-image)")
+    if format == "podman":
+        from cedana.runtimes.podman import PodmanContainer
+
+        return PodmanContainer.export(
+            checkpoint,
+            dest,
+            name=name,
+            compress=compress,
+            work_dir=work_dir,
+            trust=trust,
+            trusted_keys=trusted_keys,
+        )
+    from cedana.runtimes._kube_archive import export_archive
+
+    return export_archive(
+        checkpoint,
+        dest,
+        format=format,
+        name=name,
+        work_dir=work_dir,
+        trust=trust,
+        trusted_keys=trusted_keys,
+    )
 
 
 def restore(
@@ -92,6 +169,10 @@ def restore(
 
     ``progress`` is called with a :class:`cedana.progress.Progress` as the images are
     unpacked and the tree restored, or True shows a bar (see :mod:`cedana.progress`).
+
+    ``path`` may also name a checkpoint OCI image (``oci-archive:PATH``, ``oci:DIR``,
+    ``docker://HOST/REPO:TAG``): it is pulled, every blob checked, and the archive it
+    carries restored as a file would be (unsigned: it needs ``trust="any"``).
 
     Options left None mean "the default", so a caller (the command line) may pass
     every option it knows; one that the chosen restore does not take is a clear error.

@@ -198,17 +198,37 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    # --format has one choice so far: podman's checkpoint import archive.
-    out = cedana.PodmanContainer.export(
+    if (args.format == "oci-image") != (args.to is not None) or (args.output is None) == (
+        args.to is None
+    ):
+        raise cedana.InvalidOption(
+            "--format oci-image writes to --to REF; the other formats write a file (-o OUT)"
+        )
+    out = cedana.export(
         args.file,
         args.output,
+        format=args.format,
+        to=args.to,
+        archive=args.archive,
         name=args.name or None,
         compress=args.compress,
         trust="any" if args.insecure_accept_unsigned else "trusted",
     )
+    if isinstance(out, str):  # an image's digest
+        data = {"to": args.to, "format": args.format, "digest": out}
+        text = (
+            f"exported {args.file} to {args.to} ({out}): a checkpoint image for CRI-O, containerd"
+        )
+        _emit(data, args.json, text)
+        return 0
     size = out.stat().st_size
     data = {"path": str(out), "format": args.format, "size": size}
-    text = f"exported {args.file} to {out} ({size} bytes) for podman container restore --import"
+    reader = {
+        "podman": "podman container restore --import",
+        "kubernetes": "CRI-O and checkpointctl (the kubelet's checkpoint archive)",
+        "containerd": "containerd and checkpointctl (the kubelet's checkpoint archive)",
+    }[args.format]
+    text = f"exported {args.file} to {out} ({size} bytes) for {reader}"
     _emit(data, args.json, text)
     return 0
 
@@ -257,6 +277,8 @@ Examples::
   cedana commit web.tar.zst --to oci-archive:web.tar:localhost/web:ckpt
   cedana push web.tar.zst docker://localhost:5000/ckpt/web:v1
   cedana restore docker://localhost:5000/ckpt/web:v1 --name web2
+  cedana export web.tar.zst --format kubernetes -o checkpoint-web.tar
+  cedana export web.tar.zst --format oci-image --to docker://localhost:5000/web:ckpt
 
 Exit status 0 on success; 1 on an error, said in one line on stderr (with
 --json: one JSON object on stdout, {"error": ..., "type": ...}); 130 when
@@ -414,8 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "file",
         metavar="FILE",
-        help="the artifact (file or directory), or where it was pushed: docker://HOST/REPO:TAG, "
-        "oci:DIR[:NAME], oci-archive:PATH[:NAME]",
+        help="the artifact (file or directory), an archive of podman's, CRI-O's or "
+        "containerd's, or where it was pushed: a checkpoint or checkpoint image at "
+        "docker://HOST/REPO:TAG, oci:DIR[:NAME] or oci-archive:PATH[:NAME]",
     )
     c.add_argument(
         "--into",
@@ -464,17 +487,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "export",
-        help="write a checkpoint in another tool's format (podman's checkpoint archive)",
-        description="Write a podman container checkpoint as the archive that podman "
-        "container restore --import takes (what podman container checkpoint --export "
-        "writes). The checkpoint is checked and confined as for a restore into podman, and "
-        "its image must be in this host's podman store.",
+        help="write a checkpoint in another tool's format (podman's, Kubernetes' archives)",
+        description="Write a container checkpoint in another engine's format. podman: the "
+        "archive that podman container restore --import takes (what podman container "
+        "checkpoint --export writes), checked and confined as for a restore into podman, "
+        "its image in this host's podman store. kubernetes: the uncompressed archive a "
+        "CRI-O node writes for the kubelet's checkpoint API (checkpoint/, config.dump, "
+        "spec.dump, rootfs-diff.tar + deleted.files, bind.mounts, stats-dump). containerd: "
+        "containerd's flavour of it (status.dump, the rootfs changes as an OCI layer). "
+        "checkpointctl show / inspect read all three. oci-image: Kubernetes' checkpoint "
+        "image, the archive at / of one layer on scratch, annotated "
+        "io.kubernetes.cri-o.annotations.checkpoint.name and org.criu.checkpoint.*, "
+        "written to an OCI layout, an oci-archive or a registry.",
     )
     c.add_argument("file", metavar="FILE", help="the cedana checkpoint (or podman archive)")
     c.add_argument(
-        "--format", required=True, choices=["podman"], help="podman: podman's import archive"
+        "--format",
+        required=True,
+        choices=["podman", "kubernetes", "containerd", "oci-image"],
+        help="podman: podman's import archive; kubernetes: CRI-O's checkpoint archive; "
+        "containerd: containerd's; oci-image: Kubernetes' checkpoint image (--to)",
     )
-    c.add_argument("-o", "--output", required=True, metavar="OUT", help="the archive to write")
+    c.add_argument("-o", "--output", metavar="OUT", help="the archive to write")
+    c.add_argument(
+        "--to",
+        metavar="REF",
+        help="oci-image: where the image goes (oci-archive:PATH[:NAME], oci:DIR[:NAME], "
+        "docker://HOST/REPO:TAG)",
+    )
+    c.add_argument(
+        "--archive",
+        choices=["kubernetes", "containerd", "podman"],
+        default="kubernetes",
+        help="oci-image: the archive in its layer (default kubernetes: CRI-O's; podman: "
+        "podman's, for podman container restore IMAGE)",
+    )
     c.add_argument(
         "--name", help="the container name podman restores it as (default: the checkpointed one)"
     )
@@ -482,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--compress",
         choices=["zstd", "none"],
         default="zstd",
-        help="zstd (the default, as podman's --compress) or none (a plain tar)",
+        help="podman only: zstd (the default, as podman's --compress) or none (a plain tar)",
     )
     c.add_argument("--insecure-accept-unsigned", action="store_true", help=_INSECURE)
     _json(c)

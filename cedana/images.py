@@ -27,6 +27,7 @@ from cedana.checkpoint import Checkpoint
 from cedana.errors import ArtifactExists, InvalidOption, UnsupportedFormat
 from cedana.oci import media
 from cedana.oci.reference import Reference
+from cedana.runtimes import _kube_image
 from cedana.staging import scratch_dir
 
 __all__ = ["is_reference", "pull", "pulled", "push"]
@@ -197,8 +198,8 @@ def pull(
 def _pull_to(ref: str | Reference, tmp: Path, *, registry: oci.RegistryOptions | None) -> Path:
     """Pull ``ref``'s checkpoint into ``tmp``, checked and verified; its path there.
 
-    A cedana artifact gives its file; a Kubernetes checkpoint image (when this cedana
-    reads them: :mod:`cedana.runtimes._kube_image`) gives the archive its layer holds.
+    A cedana artifact gives its file; a Kubernetes checkpoint image
+    (:mod:`cedana.runtimes._kube_image`) gives the archive its layer holds.
     """
     image = oci.pull(ref, tmp / "layout", registry=registry)
     if image.artifact_type == media.CEDANA_ARTIFACT:
@@ -208,7 +209,7 @@ def _pull_to(ref: str | Reference, tmp: Path, *, registry: oci.RegistryOptions |
         suffix = ".tar.zst" if zstd else ".tar"
         name = Path(title).name if title and not title.startswith(".") else "checkpoint" + suffix
     else:
-        kube_layer = _kube_checkpoint_layer(image)
+        kube_layer = _kube_image.checkpoint_layer(image)
         layer = kube_layer if kube_layer is not None else _checkpoint_layer(image, ref)
         name = "checkpoint.tar"
     path = tmp / name
@@ -219,17 +220,6 @@ def _pull_to(ref: str | Reference, tmp: Path, *, registry: oci.RegistryOptions |
         shutil.copyfile(src, path)
     Checkpoint.open(path, trust="any")  # every member against the manifest
     return path
-
-
-def _kube_checkpoint_layer(image: oci.Image) -> oci.Descriptor | None:
-    """The archive layer of a Kubernetes checkpoint image, where this cedana has the
-    reader of those (the kube-formats module); None otherwise."""
-    try:
-        from cedana.runtimes import _kube_image  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        return None
-    layer: oci.Descriptor | None = _kube_image.checkpoint_layer(image)
-    return layer
 
 
 @contextlib.contextmanager
