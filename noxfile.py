@@ -83,9 +83,9 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """cedana vs raw CRIU (and tar | zstd) and the runtimes' own checkpointing (containerd,
-    docker, podman), same workload, same run; prints ratios."""
+    docker, podman), and its registry client vs skopeo; same workload, same run; ratios."""
     provision(session)
-    install(session, "containerd", "docker", "kata", "bench")
+    install(session, "containerd", "docker", "oci", "kata", "bench")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 

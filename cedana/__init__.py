@@ -11,6 +11,9 @@ Layout, one concern per layer (each holds the one below)::
     runtimes/     ContainerdContainer, DockerContainer, PodmanContainer, CrioContainer: runc +
                   a snapshotter + its own API; KataSandbox: a kata sandbox's VM saved
                   whole through QEMU (QMP)
+    oci/          OCI images: layouts (oci:, oci-archive:), the distribution API (docker://)
+    images.py     push / pull: a checkpoint as an OCI artifact in a registry or layout
+    commit.py     commit: a container's rootfs changes as an OCI image on its original one
     checkpoint.py Checkpoint: an opened artifact (manifest, verify, inspect)
     artifact/     manifest, zstd tar archive, verification, signatures, image inspection
     criu.py       the CRIU boundary (the only importer of pycriu)
@@ -20,8 +23,9 @@ Layout, one concern per layer (each holds the one below)::
 
 import logging
 
-from cedana.api import check, open, restore
+from cedana.api import check, export, open, restore
 from cedana.checkpoint import Checkpoint
+from cedana.commit import commit
 from cedana.container import Grants, RuncContainer
 from cedana.criu import CriuReport
 from cedana.errors import (
@@ -37,6 +41,7 @@ from cedana.errors import (
     CriuError,
     CriuNotFound,
     DumpFailed,
+    ImageMismatch,
     ImageNotFound,
     InvalidOption,
     LiveConnectionsWarning,
@@ -45,6 +50,10 @@ from cedana.errors import (
     NotPermitted,
     PidInUse,
     ProcessNotFound,
+    ReferenceNotFound,
+    RegistryError,
+    RegistryRefused,
+    RegistryUnavailable,
     RestoreFailed,
     RuntimeTimeout,
     RuntimeUnavailable,
@@ -54,6 +63,7 @@ from cedana.errors import (
     UnsupportedFormat,
     UntrustedArtifact,
 )
+from cedana.images import pull, push
 from cedana.process import CheckpointOptions, Process, RestoreOptions, spawn
 from cedana.runtimes import (
     ContainerdContainer,
@@ -87,6 +97,7 @@ __all__ = [
     "DockerContainer",
     "DumpFailed",
     "Grants",
+    "ImageMismatch",
     "ImageNotFound",
     "InvalidOption",
     "KataSandbox",
@@ -98,6 +109,10 @@ __all__ = [
     "PodmanContainer",
     "Process",
     "ProcessNotFound",
+    "ReferenceNotFound",
+    "RegistryError",
+    "RegistryRefused",
+    "RegistryUnavailable",
     "RestoreFailed",
     "RestoreOptions",
     "RuncContainer",
@@ -109,7 +124,11 @@ __all__ = [
     "UnsupportedFormat",
     "UntrustedArtifact",
     "check",
+    "commit",
+    "export",
     "open",
+    "pull",
+    "push",
     "restore",
     "spawn",
 ]

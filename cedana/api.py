@@ -1,20 +1,24 @@
-"""The top-level verbs: check, open, restore (dispatching on what was checkpointed)."""
+"""The top-level verbs: check, open, restore (dispatching on what was checkpointed), export."""
 
 from __future__ import annotations
 
 import inspect
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from cedana import registry
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
 from cedana.criu import CriuReport, default_backend
-from cedana.errors import CedanaError, ContainerError
+from cedana.errors import CedanaError, ContainerError, InvalidOption
 from cedana.progress import ProgressArg, reporting
 
-__all__ = ["check", "open", "restore"]
+if TYPE_CHECKING:
+    from cedana.oci import Reference
+
+__all__ = ["check", "export", "open", "restore"]
 
 
 def check() -> CriuReport:
@@ -42,8 +46,84 @@ def open(
     return Checkpoint.open(path, verify=verify, trust=trust, trusted_keys=trusted_keys)
 
 
+def export(
+    checkpoint: str | os.PathLike[str] | Checkpoint,
+    dest: str | os.PathLike[str] | None = None,
+    *,
+    format: Literal["podman", "kubernetes", "containerd", "oci-image"],
+    to: str | None = None,
+    archive: Literal["kubernetes", "containerd", "podman"] = "kubernetes",
+    name: str | None = None,
+    compress: Literal["zstd", "none"] = "zstd",
+    work_dir: str | os.PathLike[str] | None = None,
+    trust: Trust = "trusted",
+    trusted_keys: Iterable[KeySource] | None = None,
+) -> Path | str:
+    """Write a container checkpoint in another engine's format, for it to restore or read.
+
+    ``"podman"``: the archive ``podman container restore --import`` takes
+    (:meth:`cedana.PodmanContainer.export`; ``compress`` applies to it only).
+    ``"kubernetes"``: the uncompressed archive a CRI-O node writes for the kubelet's
+    checkpoint API; ``"containerd"``: containerd's flavour of it (``status.dump``, the
+    rootfs changes as an OCI layer). ``checkpointctl`` reads all three. Each goes to the
+    file ``dest``. ``"oci-image"``: Kubernetes' checkpoint OCI image (the ``archive``
+    flavour's files at ``/`` of one layer on scratch, annotated for CRI-O, containerd and
+    checkpointctl; ``archive="podman"``: podman's variant, for ``podman container restore
+    IMAGE``) to the image reference ``to`` (``oci:DIR[:NAME]``,
+    ``oci-archive:PATH[:NAME]``, ``docker://HOST/REPO:TAG``).
+
+    Returns:
+        ``dest``; for ``"oci-image"`` the image manifest's digest.
+
+    Raises:
+        ArtifactExists: ``dest`` (or an ``oci-archive:`` file) exists.
+        ContainerError: Not a container checkpoint (or, for podman, not a podman one).
+        UntrustedArtifact: Refused as a restore would be (``trust`` as there).
+        RegistryUnavailable, RegistryRefused: The registry is down or refused.
+    """
+    if format == "oci-image":
+        from cedana.runtimes._kube_image import export_image
+
+        if to is None or dest is not None:
+            raise InvalidOption("format='oci-image' writes to an image reference: pass to=")
+        return export_image(
+            checkpoint,
+            to,
+            format=archive,
+            name=name,
+            work_dir=work_dir,
+            trust=trust,
+            trusted_keys=trusted_keys,
+        )
+    if dest is None or to is not None:
+        raise InvalidOption(f"format={format!r} writes a file: pass dest (to= is for oci-image)")
+    if format == "podman":
+        from cedana.runtimes.podman import PodmanContainer
+
+        return PodmanContainer.export(
+            checkpoint,
+            dest,
+            name=name,
+            compress=compress,
+            work_dir=work_dir,
+            trust=trust,
+            trusted_keys=trusted_keys,
+        )
+    from cedana.runtimes._kube_archive import export_archive
+
+    return export_archive(
+        checkpoint,
+        dest,
+        format=format,
+        name=name,
+        work_dir=work_dir,
+        trust=trust,
+        trusted_keys=trusted_keys,
+    )
+
+
 def restore(
-    path: str | os.PathLike[str] | Checkpoint,
+    path: str | os.PathLike[str] | Checkpoint | Reference,
     *,
     into: str | None = None,
     trust: Trust = "trusted",
@@ -52,6 +132,13 @@ def restore(
     **options: Any,
 ) -> Any:
     """Restore a checkpoint; the workload runs again.
+
+    ``path`` may also be an image reference a checkpoint was pushed to with
+    :func:`cedana.push` (``docker://HOST/REPO:TAG``, ``oci:DIR[:NAME]``,
+    ``oci-archive:PATH[:NAME]``): it is pulled to a private temp dir, its digest checked,
+    then restored as a file would be and removed. The registry is reached as
+    :class:`cedana.oci.RegistryOptions` does by default (plain HTTP for localhost, the
+    auth files' credentials); for other settings pull it first (:func:`cedana.pull`).
 
     First of all, its signer must be trusted: this host's own key, a key in the trust dir
     (``cedana key trust``), or one of ``trusted_keys`` (PEM files); otherwise it is refused
@@ -87,6 +174,10 @@ def restore(
     ``progress`` is called with a :class:`cedana.progress.Progress` as the images are
     unpacked and the tree restored, or True shows a bar (see :mod:`cedana.progress`).
 
+    ``path`` may also name a checkpoint OCI image (``oci-archive:PATH``, ``oci:DIR``,
+    ``docker://HOST/REPO:TAG``): it is pulled, every blob checked, and the archive it
+    carries restored as a file would be (unsigned: it needs ``trust="any"``).
+
     Options left None mean "the default", so a caller (the command line) may pass
     every option it knows; one that the chosen restore does not take is a clear error.
 
@@ -95,7 +186,20 @@ def restore(
         CedanaError: the artifact is unusable, ``into`` or an option does not fit it,
             a pid is taken, or CRIU failed; nothing of the workload is left running then.
     """
-    ckpt = Checkpoint.of(path, trust=trust, trusted_keys=trusted_keys)
+    from cedana.images import is_reference, pulled
+
+    if is_reference(path):
+        with pulled(cast("str | Reference", path)) as local:
+            return restore(
+                local,
+                into=into,
+                trust=trust,
+                trusted_keys=trusted_keys,
+                progress=progress,
+                **options,
+            )
+    local_path = cast("str | os.PathLike[str] | Checkpoint", path)
+    ckpt = Checkpoint.of(local_path, trust=trust, trusted_keys=trusted_keys)
     manifest = ckpt.manifest
     if manifest.kind == "rootfs":
         with reporting(progress):

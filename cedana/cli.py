@@ -75,10 +75,68 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_options(args: argparse.Namespace) -> Any:
+    """``--tls``, ``--ca-file``, ``--username`` / ``--password-stdin`` as RegistryOptions."""
+    from cedana.oci import RegistryOptions
+
+    password = None
+    if args.password_stdin:
+        if not args.username:
+            raise cedana.InvalidOption("--password-stdin needs --username")
+        password = sys.stdin.readline().rstrip("\r\n")
+    return RegistryOptions(
+        tls=args.tls, ca_file=args.ca_file, username=args.username, password=password
+    )
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    digest = cedana.push(
+        args.file, args.reference, registry=_registry_options(args), overwrite=args.overwrite
+    )
+    data = {"reference": args.reference, "digest": digest}
+    _emit(data, args.json, f"pushed {args.file} to {args.reference} ({digest})")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    ckpt = cedana.pull(
+        args.reference, args.output, registry=_registry_options(args), overwrite=args.overwrite
+    )
+    data = {"reference": args.reference, **ckpt.summary()}
+    text = f"pulled {args.reference} to {ckpt.path} ({data['size']} bytes, {ckpt.kind})"
+    _emit(data, args.json, text)
+    return 0
+
+
+def cmd_commit(args: argparse.Namespace) -> int:
+    digest = cedana.commit(
+        args.file,
+        args.to,
+        base=args.base or None,
+        registry=_registry_options(args),
+        compression=args.compress,
+        overwrite=args.overwrite,
+        address=args.address or None,
+        trust="any" if args.insecure_accept_unsigned else "trusted",
+    )
+    data = {"reference": args.to, "digest": digest}
+    _emit(data, args.json, f"committed {args.file} as {args.to} ({digest})")
+    return 0
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
+    from cedana.images import is_reference, pulled
+
+    if is_reference(args.file):  # pulled (digest checked) to a temp file, removed after
+        with pulled(args.file, registry=_registry_options(args)) as local:
+            return _restore(args, str(local))
+    return _restore(args, args.file)
+
+
+def _restore(args: argparse.Namespace, path: str) -> int:
     namespace, _, name = (args.name or "").rpartition("/")  # [NAMESPACE/]NAME
     restored = cedana.restore(
-        args.file,
+        path,
         into=args.into,
         tcp_established=args.tcp_established,
         name=name or None,
@@ -156,17 +214,37 @@ def _inspect_vm(ckpt: cedana.Checkpoint, args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    # --format has one choice so far: podman's checkpoint import archive.
-    out = cedana.PodmanContainer.export(
+    if (args.format == "oci-image") != (args.to is not None) or (args.output is None) == (
+        args.to is None
+    ):
+        raise cedana.InvalidOption(
+            "--format oci-image writes to --to REF; the other formats write a file (-o OUT)"
+        )
+    out = cedana.export(
         args.file,
         args.output,
+        format=args.format,
+        to=args.to,
+        archive=args.archive,
         name=args.name or None,
         compress=args.compress,
         trust="any" if args.insecure_accept_unsigned else "trusted",
     )
+    if isinstance(out, str):  # an image's digest
+        data = {"to": args.to, "format": args.format, "digest": out}
+        text = (
+            f"exported {args.file} to {args.to} ({out}): a checkpoint image for CRI-O, containerd"
+        )
+        _emit(data, args.json, text)
+        return 0
     size = out.stat().st_size
     data = {"path": str(out), "format": args.format, "size": size}
-    text = f"exported {args.file} to {out} ({size} bytes) for podman container restore --import"
+    reader = {
+        "podman": "podman container restore --import",
+        "kubernetes": "CRI-O and checkpointctl (the kubelet's checkpoint archive)",
+        "containerd": "containerd and checkpointctl (the kubelet's checkpoint archive)",
+    }[args.format]
+    text = f"exported {args.file} to {out} ({size} bytes) for {reader}"
     _emit(data, args.json, text)
     return 0
 
@@ -212,6 +290,11 @@ Examples::
   cedana restore job.tar.zst --json
   cedana restore web.tar.zst --into containerd --name default/web2
   cedana export web.tar.zst --format podman -o web.podman.tar.zst
+  cedana commit web.tar.zst --to oci-archive:web.tar:localhost/web:ckpt
+  cedana push web.tar.zst docker://localhost:5000/ckpt/web:v1
+  cedana restore docker://localhost:5000/ckpt/web:v1 --name web2
+  cedana export web.tar.zst --format kubernetes -o checkpoint-web.tar
+  cedana export web.tar.zst --format oci-image --to docker://localhost:5000/web:ckpt
 
 Exit status 0 on success; 1 on an error, said in one line on stderr (with
 --json: one JSON object on stdout, {"error": ..., "type": ...}); 130 when
@@ -254,6 +337,28 @@ def _json(c: argparse.ArgumentParser) -> None:
 
 
 _INSECURE = "accept a checkpoint that is unsigned or signed by a key this host does not trust"
+
+
+def _registry_flags(c: argparse.ArgumentParser) -> None:
+    """How to reach a registry (docker://HOST/REPO:TAG references)."""
+    g = c.add_argument_group("registry (docker:// references)")
+    g.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="speak HTTPS (--tls) or plain HTTP (--no-tls) to the registry (default: plain "
+        "HTTP for localhost / 127.*, HTTPS otherwise)",
+    )
+    g.add_argument(
+        "--ca-file", metavar="PEM", help="verify the registry's certificate with this CA bundle"
+    )
+    g.add_argument(
+        "--username",
+        help="registry user (default: the credentials podman login / docker login saved)",
+    )
+    g.add_argument(
+        "--password-stdin", action="store_true", help="read the registry password from stdin"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,7 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_checkpoint)
 
     c = sub.add_parser("restore", help="restore a checkpoint; the workload runs again")
-    c.add_argument("file", metavar="FILE", help="the artifact (file or directory)")
+    c.add_argument(
+        "file",
+        metavar="FILE",
+        help="the artifact (file or directory), an archive of podman's, CRI-O's or "
+        "containerd's, or where it was pushed: a checkpoint or checkpoint image at "
+        "docker://HOST/REPO:TAG, oci:DIR[:NAME] or oci-archive:PATH[:NAME]",
+    )
     c.add_argument(
         "--into",
         metavar="RUNTIME",
@@ -371,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="restore established TCP connections (default: as checkpointed)",
     )
     c.add_argument("--insecure-accept-unsigned", action="store_true", help=_INSECURE)
+    _registry_flags(c)
     _progress_flag(c)
     _json(c)
     _common(c)
@@ -391,17 +503,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "export",
-        help="write a checkpoint in another tool's format (podman's checkpoint archive)",
-        description="Write a podman container checkpoint as the archive that podman "
-        "container restore --import takes (what podman container checkpoint --export "
-        "writes). The checkpoint is checked and confined as for a restore into podman, and "
-        "its image must be in this host's podman store.",
+        help="write a checkpoint in another tool's format (podman's, Kubernetes' archives)",
+        description="Write a container checkpoint in another engine's format. podman: the "
+        "archive that podman container restore --import takes (what podman container "
+        "checkpoint --export writes), checked and confined as for a restore into podman, "
+        "its image in this host's podman store. kubernetes: the uncompressed archive a "
+        "CRI-O node writes for the kubelet's checkpoint API (checkpoint/, config.dump, "
+        "spec.dump, rootfs-diff.tar + deleted.files, bind.mounts, stats-dump). containerd: "
+        "containerd's flavour of it (status.dump, the rootfs changes as an OCI layer). "
+        "checkpointctl show / inspect read all three. oci-image: Kubernetes' checkpoint "
+        "image, the archive at / of one layer on scratch, annotated "
+        "io.kubernetes.cri-o.annotations.checkpoint.name and org.criu.checkpoint.*, "
+        "written to an OCI layout, an oci-archive or a registry.",
     )
     c.add_argument("file", metavar="FILE", help="the cedana checkpoint (or podman archive)")
     c.add_argument(
-        "--format", required=True, choices=["podman"], help="podman: podman's import archive"
+        "--format",
+        required=True,
+        choices=["podman", "kubernetes", "containerd", "oci-image"],
+        help="podman: podman's import archive; kubernetes: CRI-O's checkpoint archive; "
+        "containerd: containerd's; oci-image: Kubernetes' checkpoint image (--to)",
     )
-    c.add_argument("-o", "--output", required=True, metavar="OUT", help="the archive to write")
+    c.add_argument("-o", "--output", metavar="OUT", help="the archive to write")
+    c.add_argument(
+        "--to",
+        metavar="REF",
+        help="oci-image: where the image goes (oci-archive:PATH[:NAME], oci:DIR[:NAME], "
+        "docker://HOST/REPO:TAG)",
+    )
+    c.add_argument(
+        "--archive",
+        choices=["kubernetes", "containerd", "podman"],
+        default="kubernetes",
+        help="oci-image: the archive in its layer (default kubernetes: CRI-O's; podman: "
+        "podman's, for podman container restore IMAGE)",
+    )
     c.add_argument(
         "--name", help="the container name podman restores it as (default: the checkpointed one)"
     )
@@ -409,12 +545,83 @@ def build_parser() -> argparse.ArgumentParser:
         "--compress",
         choices=["zstd", "none"],
         default="zstd",
-        help="zstd (the default, as podman's --compress) or none (a plain tar)",
+        help="podman only: zstd (the default, as podman's --compress) or none (a plain tar)",
     )
     c.add_argument("--insecure-accept-unsigned", action="store_true", help=_INSECURE)
     _json(c)
     _common(c)
     c.set_defaults(func=cmd_export)
+
+    c = sub.add_parser(
+        "push",
+        help="push a checkpoint, unchanged, to a registry as an OCI artifact",
+        description="Push a checkpoint file (verified first) as an OCI artifact: its one layer "
+        "is the file, its artifactType application/vnd.cedana.checkpoint.v1. Blobs the "
+        "registry has are not sent again; the tag is written last.",
+    )
+    c.add_argument("file", metavar="FILE", help="the checkpoint (a .tar.zst or .tar file)")
+    c.add_argument(
+        "reference",
+        metavar="REF",
+        help="docker://HOST[:PORT]/REPO[:TAG], oci:DIR[:NAME] or oci-archive:PATH[:NAME]",
+    )
+    c.add_argument("--overwrite", action="store_true", help="replace an existing oci-archive")
+    _registry_flags(c)
+    _json(c)
+    _common(c)
+    c.set_defaults(func=cmd_push)
+
+    c = sub.add_parser(
+        "pull",
+        help="pull a pushed checkpoint to a file (digest and members checked)",
+        description="Pull a checkpoint pushed with cedana push. The layer's digest is checked "
+        "as it arrives and the checkpoint verified before it is put at FILE (mode 0600); who "
+        "signed it is checked when it is restored.",
+    )
+    c.add_argument("reference", metavar="REF", help="where it was pushed (docker://, oci:, ...)")
+    c.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
+    _registry_flags(c)
+    _json(c)
+    _common(c)
+    c.set_defaults(func=cmd_pull)
+
+    c = sub.add_parser(
+        "commit",
+        help="commit a container checkpoint's filesystem changes as an OCI image",
+        description="Build an OCI image: the container's original image layers plus one "
+        "layer with its root filesystem changes (OCI whiteouts), and write it to an OCI "
+        "archive, an OCI layout directory or a registry. The original layers come from the "
+        "runtime's store (podman, containerd, docker) or, for runc, the container's lower "
+        "directories; --base names them instead, checked to be the image the changes were "
+        "made on.",
+    )
+    c.add_argument("file", metavar="FILE", help="a container (or rootfs-only) checkpoint")
+    c.add_argument(
+        "--to",
+        required=True,
+        metavar="REF",
+        help="oci-archive:PATH[:NAME], oci:DIR[:NAME] or docker://HOST[:PORT]/REPO[:TAG]",
+    )
+    c.add_argument("--base", metavar="REF", help="the original image (default: the runtime's)")
+    c.add_argument(
+        "--compress",
+        choices=["gzip", "zstd"],
+        default="gzip",
+        help="the new layer's compression (default gzip, which every runtime reads)",
+    )
+    c.add_argument("--overwrite", action="store_true", help="replace an existing oci-archive")
+    c.add_argument(
+        "--address",
+        metavar="SOCK",
+        help="the API socket of the runtime the base image is read from (containerd, docker; "
+        "default: the checkpointed container's, else the runtime's own)",
+    )
+    c.add_argument("--insecure-accept-unsigned", action="store_true", help=_INSECURE)
+    _registry_flags(c)
+    _json(c)
+    _common(c)
+    c.set_defaults(func=cmd_commit)
 
     c = sub.add_parser("key", help="show this host's signing key, or trust another host's")
     c.add_argument("action", choices=["show", "trust"], help="show: print the public key (PEM)")

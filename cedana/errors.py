@@ -32,6 +32,14 @@ builtin that fits, so ``except ProcessLookupError`` keeps working::
     │   ├── ImageNotFound               (LookupError) a restore's image is not there
     │   ├── ContainerNotRunning
     │   └── ContainerExists             (FileExistsError) the name is taken
+    ├── RegistryError                   an OCI registry or image reference cannot be used
+    │   ├── RegistryUnavailable         (ConnectionError) no connection, TLS failed, or it
+    │   │                               dropped mid-transfer
+    │   ├── RegistryRefused             (PermissionError) the registry answered with an error
+    │   │                               (credentials, denied, unsupported); carries ``status``
+    │   └── ReferenceNotFound           (LookupError) no image or blob at the reference
+    ├── ImageMismatch                   a rootfs diff does not fit the image it is to be
+    │                                   committed on (another base, or no base layers found)
     ├── UntrustedArtifact               unsigned, or signed by a key this host does not trust,
     │                                   or its signature does not verify
     └── SigningKeyError                 a signing key or trusted public key file is unusable
@@ -61,6 +69,7 @@ __all__ = [
     "CriuError",
     "CriuNotFound",
     "DumpFailed",
+    "ImageMismatch",
     "ImageNotFound",
     "InvalidOption",
     "LiveConnectionsWarning",
@@ -69,6 +78,10 @@ __all__ = [
     "NotPermitted",
     "PidInUse",
     "ProcessNotFound",
+    "ReferenceNotFound",
+    "RegistryError",
+    "RegistryRefused",
+    "RegistryUnavailable",
     "RestoreFailed",
     "RuntimeTimeout",
     "RuntimeUnavailable",
@@ -208,6 +221,36 @@ class ContainerNotRunning(ContainerError):
 
 class ContainerExists(ContainerError, FileExistsError):
     """A container with the requested name already exists."""
+
+
+class RegistryError(CedanaError):
+    """An OCI registry, image layout or image reference cannot be used."""
+
+
+class RegistryUnavailable(RegistryError, ConnectionError):
+    """The registry cannot be reached (refused, timed out, TLS failed) or the connection
+    dropped mid-transfer; nothing local was left half-written."""
+
+
+class RegistryRefused(RegistryError, PermissionError):
+    """The registry answered with an error: credentials missing or wrong, access denied,
+    or a request it does not support. ``status`` is the HTTP status (0 when none)."""
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ReferenceNotFound(RegistryError, LookupError):
+    """No image (manifest) or blob is at the reference: a wrong tag, repository or path."""
+
+
+class ImageMismatch(CedanaError):
+    """A container's rootfs changes do not fit the image they are to be committed on: the
+    image's layers are not the ones the checkpoint recorded, or cannot be found."""
 
 
 class UntrustedArtifact(CedanaError):

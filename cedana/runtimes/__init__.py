@@ -12,8 +12,14 @@ Layout::
     podman.py            PodmanContainer: lookup through podman container inspect, checkpoint
                          (runc dump + the containers/storage layer), restore through
                          podman container restore --import (or into plain runc)
-    _podman_archive.py   podman's own checkpoint archives (checkpoint --export) read as
-                         cedana checkpoints (registered with cedana.artifact.foreign)
+    _criu_archive.py     the archives of checkpointctl's family (podman's export, the
+                         kubelet's from CRI-O or containerd) read as cedana checkpoints
+                         (registered with cedana.artifact.foreign), one reader for all
+    _podman_archive.py   podman's flavour of them
+    _kube_archive.py     CRI-O's and containerd's flavours, and cedana's checkpoints
+                         written as either (cedana export --format kubernetes|containerd)
+    _kube_image.py       Kubernetes' checkpoint OCI image of such an archive: written
+                         (--format oci-image) and pulled for a restore (through cedana.oci)
     crio.py              CrioContainer: lookup through the CRI API and containers/storage,
                          checkpoint (runc dump + the containers/storage layer), restore
                          into plain runc
@@ -35,7 +41,7 @@ Layout::
 Nothing here imports grpc, the docker SDK or qemu.qmp until a container of theirs is used.
 """
 
-from cedana.runtimes import _podman_archive  # noqa: F401 (registers its reader)
+from cedana.runtimes import _kube_archive, _podman_archive  # noqa: F401 (register readers)
 from cedana.runtimes._containerd_api import ContainerRecord, ImageRecord, TaskRecord
 from cedana.runtimes.containerd import ContainerdContainer
 from cedana.runtimes.crio import CrioContainer

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import IO, Any
 
 import attrs
 
@@ -572,6 +572,21 @@ class ContainerdClient:
             return b"".join(bytes(chunk.data) for chunk in chunks)
         except self._api.grpc.RpcError as exc:
             raise self.error(exc, what) from exc
+
+    def copy_content(self, digest: str, out: IO[bytes]) -> int:
+        """``Content.Read`` streamed into ``out`` chunk by chunk (a layer can be large);
+        the bytes written."""
+        what = f"content read {digest}"
+        chunks = self._call("Content/Read", {"digest": digest}, what=what)
+        size = 0
+        try:
+            for chunk in chunks:
+                data = bytes(chunk.data)
+                out.write(data)
+                size += len(data)
+        except self._api.grpc.RpcError as exc:
+            raise self.error(exc, what) from exc
+        return size
 
     def _json(self, digest: str) -> dict[str, Any]:
         try:

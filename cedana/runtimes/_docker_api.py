@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import IO, Any
 
 import attrs
 
@@ -145,6 +145,16 @@ class DockerClient:
         with mapped(f"image {ref!r}", missing=ImageNotFound):
             record: dict[str, Any] = self._api.inspect_image(ref)
         return record
+
+    def save_image(self, ref: str, out: IO[bytes]) -> None:
+        """``GET /images/{ref}/get``: the image as ``docker save`` writes it, into ``out``.
+
+        Raises:
+            ImageNotFound: No such image.
+        """
+        with mapped(f"image {ref!r}", missing=ImageNotFound):
+            for chunk in self._api.get_image(ref, chunk_size=1 << 20):
+                out.write(chunk)
 
     def create_container(self, config: Mapping[str, Any], name: str) -> str:
         """``POST /containers/create?name=NAME`` with ``config`` as is; the new id."""

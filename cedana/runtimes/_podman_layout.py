@@ -8,9 +8,7 @@ with CRIU's images, ``rootfs-diff.tar`` and ``deleted.files`` (libpod's
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import attrs
 
 from cedana.container import RuncContainer, confine
 from cedana.rootfs.containers_storage import to_podman_diff
+from cedana.runtimes._criu_archive import write_archive
 
 __all__ = [
     "CEDANA_FILES",
@@ -191,11 +190,5 @@ def write_import(
     (layout / "spec.dump").write_text(json.dumps(spec))
     for member, source in (extra or {}).items():
         shutil.copyfile(source, layout / member)
-    with tarfile.open(archive, "w:") as tar:
-        for member in sorted(os.listdir(layout)):
-            tar.add(layout / member, arcname=member)
-        tar.add(images, arcname="checkpoint", recursive=False)
-        for member in sorted(os.listdir(images)):
-            if member not in skip and (images / member).is_file():
-                tar.add(images / member, arcname=f"checkpoint/{member}")
+    write_archive(archive, images=images, top=layout, exclude=frozenset(skip))
     shutil.rmtree(layout, ignore_errors=True)

@@ -68,6 +68,7 @@ from cedana.process import CheckpointOptions
 from cedana.progress import ProgressArg
 from cedana.rootfs import OVERLAY, Snapshotter, diff_format
 from cedana.rootfs.containerd import ContainerdSnapshotter
+from cedana.rootfs.oci_layer import OCI_LAYER_FORMAT, from_oci_layer
 from cedana.runtimes._containerd_api import (
     DEFAULT_ADDRESS,
     RUNC_OPTIONS_TYPE,
@@ -477,7 +478,8 @@ class ContainerdContainer:
         )
         for member in ContainerdSnapshotter.diff_members:
             confine.check_member(f"{diff_dir}/{member}", members, what="rootfs.dir", default="")
-        if diff_format(rootfs_info) != OVERLAY:
+        form = diff_format(rootfs_info)
+        if form not in (OVERLAY, OCI_LAYER_FORMAT):
             raise ContainerError(
                 f"{ckpt.path} holds rootfs changes in a {rootfs_info.get('format')!r} format, "
                 "which containerd's overlayfs snapshots cannot take; upgrade"
@@ -534,7 +536,10 @@ class ContainerdContainer:
                     mounts = store.prepare()
                     assert isinstance(mounts, list)
                     undo.callback(_cleanup, name, store.remove)
-                    applied = store.apply(images / diff_dir)
+                    diff = images / diff_dir
+                    if form == OCI_LAYER_FORMAT:  # containerd's own archive
+                        diff = from_oci_layer(diff, work / "overlay-diff")
+                    applied = store.apply(diff)
                     logger.debug("snapshot %s: changes applied: %s", name, applied.describe())
                     api.create_container(attrs.evolve(record, spec=spec))
                     undo.callback(_cleanup, name, api.delete_container, name)

@@ -49,6 +49,9 @@ def test_build_parser_is_the_command_line() -> None:
         "restore",
         "inspect",
         "export",
+        "push",
+        "pull",
+        "commit",
         "key",
         "demo",
     }

@@ -23,8 +23,9 @@ import cedana
 from cedana.artifact import foreign
 from cedana.container.namespaces import loopback_hook
 from cedana.rootfs.containers_storage import from_podman_diff
-from cedana.runtimes import _podman_archive
-from cedana.runtimes._podman_archive import FORMAT, open_archive
+from cedana.runtimes import _criu_archive, _podman_archive
+from cedana.runtimes._criu_archive import ARCHIVE as FORMAT
+from cedana.runtimes._criu_archive import open_archive
 from cedana.runtimes.podman import PodmanCLI, _plan_import
 
 IMAGE_ID = "4d" * 32
@@ -55,7 +56,7 @@ def fake_images(monkeypatch: pytest.MonkeyPatch) -> None:
             raise ValueError(f"{path.name}: not a CRIU image pycriu can decode (bad magic)")
         return {"entries": IMAGES[path.name]}
 
-    monkeypatch.setattr(_podman_archive, "load_image", load)
+    monkeypatch.setattr(_criu_archive, "load_image", load)
     monkeypatch.setattr(_podman_archive, "_image_layers", lambda image_id: ([], []))
 
 
@@ -169,13 +170,13 @@ def test_unsigned_archive_is_refused_before_it_is_read(
     container checkpoint, shown as unsigned."""
     archive = write(tmp_path / "a.tar.zst", layout())
     opened: list[Path] = []
-    real = _podman_archive.open_archive
+    real = _criu_archive.open_archive
 
-    def counted(path: Path) -> _podman_archive.PodmanArchive:
+    def counted(path: Path) -> _criu_archive.CriuArchive:
         opened.append(path)
         return real(path)
 
-    monkeypatch.setattr(_podman_archive, "open_archive", counted)
+    monkeypatch.setattr(_criu_archive, "open_archive", counted)
     with pytest.raises(cedana.UntrustedArtifact, match="podman checkpoint archive.*--insecure"):
         cedana.open(archive)
     with pytest.raises(cedana.UntrustedArtifact, match="podman checkpoint archive"):
@@ -272,7 +273,7 @@ HOSTILE: dict[str, tuple[Callable[[], list[Entry]], type[Exception], str]] = {
     "unknown name": (
         lambda: layout(extra=[(_info("hooks.json"), b"{}")]),
         cedana.UnsafeArtifact,
-        "not part of podman's checkpoint layout",
+        "not part of a container checkpoint's layout",
     ),
     "nested image dir": (
         lambda: layout(extra=[(_info("checkpoint/sub/x.img"), b"x")]),
