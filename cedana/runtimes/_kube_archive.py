@@ -335,8 +335,8 @@ def export_archive(
     manifest = ckpt.manifest
     if manifest.kind != "container":
         raise ContainerError(
-            f"{ckpt.path} holds a process checkpoint, not one of a container, which is what "
-            f"a {format} checkpoint archive holds; checkpoint a container (runc:ID, "
+            f"{ckpt.path} holds a {manifest.kind} checkpoint, not one of a container, which "
+            f"is what a {format} checkpoint archive holds; checkpoint a container (runc:ID, "
             "containerd:ID, podman:NAME, docker:NAME)"
         )
     info = manifest.workload["container"]

@@ -613,7 +613,7 @@ def _plan_import(
     refuse_rootfs(ckpt)
     manifest = ckpt.manifest
     if manifest.kind != "container" or manifest.runtime != PODMAN:
-        what = f"{manifest.runtime} container" if manifest.kind == "container" else "process"
+        what = f"{manifest.runtime} container" if manifest.kind == "container" else manifest.kind
         raise ContainerError(
             f"{ckpt.path} holds a {what} checkpoint, not one of a podman container, which "
             "is what podman restores; checkpoint a podman container (cedana checkpoint "

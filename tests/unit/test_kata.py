@@ -208,3 +208,60 @@ def test_a_shares_overlay_layers_must_be_the_recorded_directories(tmp_path: Path
     (layer / "b").write_text("b")
     with pytest.raises(UnsafeArtifact, match="not the image layer"):
         _checked_lower([str(layer)], [identity])
+
+
+def _vm_artifact(tmp_path: Path) -> Path:
+    """A kata VM artifact as KataSandbox writes one (a tiny made-up state), signed here."""
+    from cedana.artifact import write_artifact
+    from cedana.artifact.manifest import HostInfo, Manifest, ProcessEntry
+    from cedana.artifact.signing import host_key
+
+    members = tmp_path / "members"
+    (members / "vm").mkdir(parents=True)
+    (members / "vm" / "state").write_bytes(b"QEVM not a real stream")
+    manifest = Manifest(
+        host=HostInfo(kernel="6.18.0", arch="x86_64", criu_version="", hostname="box"),
+        kind="vm",
+        runtime="kata",
+        options={},
+        tree=[ProcessEntry(pid=42, ppid=1, command=" ".join(KATA_LIKE))],
+        workload={
+            "sandbox": {"id": "abc", "name": "sandbox-abc"},
+            "qemu": {
+                "argv": KATA_LIKE,
+                "version": {"major": 10, "minor": 0, "micro": 2},
+                "machine_type": "pc-q35-10.0",
+                "accel": "tcg",
+                "devices": parse_command_line(KATA_LIKE).device_models(),
+            },
+            "shares": [],
+        },
+    )
+    dest = tmp_path / "vm.tar.zst"
+    write_artifact(members, dest, manifest, signer=host_key())
+    return dest
+
+
+def test_a_vm_checkpoint_is_shown_and_refused_where_it_does_not_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cedana inspect`` shows a VM checkpoint's machine and devices (it has no CRIU
+    images); restoring it into another runtime, exporting it for podman or Kubernetes, and
+    decoding it as CRIU images are refused, naming it a vm checkpoint."""
+    import json
+
+    from cedana import cli
+    from cedana.errors import ArtifactError
+
+    artifact = _vm_artifact(tmp_path)
+    assert cli.main(["inspect", str(artifact), "--json"]) == 0
+    vm = json.loads(capsys.readouterr().out)["vm"]
+    assert vm["sandbox"] == "abc" and vm["machine_type"] == "pc-q35-10.0"
+    assert "vhost-user-fs-pci" in vm["devices"] and vm["qemu"] == "10.0.2"
+    with pytest.raises(cedana.CedanaError, match="restores into kata, not into 'runc'"):
+        cedana.restore(artifact, into="runc")
+    with pytest.raises(ArtifactError, match="is a VM checkpoint"):
+        cedana.open(artifact).inspect()
+    for fmt in ("podman", "kubernetes"):
+        assert cli.main(["export", str(artifact), "--format", fmt, "-o", str(tmp_path / "x")]) != 0
+        assert "holds a vm checkpoint" in capsys.readouterr().err
