@@ -257,6 +257,42 @@ def test_unavailable_or_unsafe_recorded_vm_is_refused(vm: Sandbox, work: Path) -
         assert not (RUNTIME_DIR / f"{vm.id}-e{n}").exists()
 
 
+def _virtiofsds_on(run_dir: Path) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes()
+                if b"virtiofsd" in argv and str(run_dir).encode() in argv:
+                    found.append(int(entry))
+    return found
+
+
+def test_a_state_qemu_cannot_load_leaves_nothing_behind(vm: Sandbox, work: Path) -> None:
+    """A recorded machine that does not match its state (less memory than was saved):
+    QEMU refuses to load it, RestoreFailed carries QEMU's words, and nothing of the
+    restore is left: no QEMU, no virtiofsd, no overlay mount, no run dir."""
+    source = work / "inuse.tar.zst"
+    if not source.exists():
+        KataSandbox(vm.id).checkpoint(source, leave_running=True)
+
+    def smaller(qemu: dict[str, Any]) -> None:
+        qemu["argv"] = [
+            a.replace("size=256M", "size=128M") if a.startswith("memory-backend") else a
+            for a in qemu["argv"]
+        ]
+        qemu["argv"][qemu["argv"].index("-m") + 1] = "128M"
+
+    artifact = _edited(work, source, "smaller", smaller)
+    name = f"{vm.id}-small"
+    with pytest.raises(cedana.RestoreFailed, match="load of migration failed"):
+        KataSandbox.restore(artifact, name=name)
+    assert not _qemu_named(name)
+    assert not (RUNTIME_DIR / name).exists()
+    assert not _virtiofsds_on(RUNTIME_DIR / name)
+    assert str(RUNTIME_DIR / name) not in Path("/proc/self/mountinfo").read_text()
+
+
 def test_checkpoint_quits_vm_and_cli_restores_it(
     vm: Sandbox, work: Path, restored: list[KataSandbox]
 ) -> None:
