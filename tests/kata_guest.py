@@ -4,7 +4,8 @@ driver gives a sandbox (``-name sandbox-<id>``, QMP under ``/run/vc/vm/<id>/``, 
 memory shared with a virtiofsd, the rootfs share on vhost-user-fs-pci).
 
 The guest's init loads the virtio, virtiofs and 9p modules, mounts the share (virtiofs, or
-9p with ``cedana.fs=9p`` on its command line), writes ``before.txt`` into it, then runs a
+9p with ``cedana.fs=9p`` on its command line), writes ``before.txt`` into it, holds a file
+of it open after deleting it (an inode virtiofsd's migration cannot find by path), then runs a
 counter on the serial console (``cedana-counter N`` a second) and another that writes
 ``count`` into the share (and into ``ctr/rootfs/``, when the share holds a container
 rootfs: an overlay mounted there, as kata mounts a container's rootfs in its share).
@@ -44,6 +45,10 @@ else
 fi
 echo "cedana-guest: share mounted" > /dev/ttyS0
 echo "written by the guest before the checkpoint" > /shared/before.txt
+# A file held open but deleted: it has no path left for virtiofsd's migration to find.
+echo "held open, deleted" > /shared/held.txt
+exec 3</shared/held.txt
+rm /shared/held.txt
 [ -d /shared/ctr/rootfs ] && echo "written into the container rootfs" > /shared/ctr/rootfs/guest.txt
 (i=0; while :; do echo $i > /shared/count.tmp && mv /shared/count.tmp /shared/count
   [ -d /shared/ctr/rootfs ] && echo $i > /shared/ctr/rootfs/count

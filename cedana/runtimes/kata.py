@@ -1201,6 +1201,10 @@ def _start_virtiofsd(
                 f"--cache={cache}",
                 "--sandbox=chroot",
                 "--migration-mode=find-paths",
+                # An inode the guest still holds that has no path in the share (a file
+                # replaced by a rename, deleted while open) fails that inode for the
+                # guest, not the whole restore.
+                "--migration-on-error=guest-error",
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -123,8 +123,9 @@ def test_leave_running_then_restore_continues_counter_and_share(
     """leave_running saves the VM and continues it; the restored VM's serial counter goes on
     from where it was saved, the file the guest wrote through virtiofs before the checkpoint
     is in its new shared directory, and the restored guest keeps writing there (its
-    fresh virtiofsd serves it); the container rootfs overlay in the share is mounted again
-    on its image layer with the guest's changes, and unmounted when the VM is stopped."""
+    fresh virtiofsd serves it, though the guest holds a deleted file of it open); the
+    container rootfs overlay in the share is mounted again on its image layer with the
+    guest's changes, and unmounted when the VM is stopped."""
     out = work / "leave.tar.zst"
     seen: list[Progress] = []
     ckpt = KataSandbox(vm.id).checkpoint(out, leave_running=True, progress=seen.append)
