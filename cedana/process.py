@@ -642,16 +642,18 @@ def await_pids_free(entries: Sequence[ProcessEntry], timeout: float) -> tuple[bo
     how long was waited."""
     started = time.monotonic()
     deadline = started + timeout
+    announced = False
     while True:
         taken = [e for e in entries if procfs.holder_of(e.pid) is not None]
-        waited = time.monotonic() - started
+        waited = time.monotonic() - started if announced else 0.0
         if not taken:
-            if waited:
+            if announced:
                 logger.info("restore: the tree's own zombies were reaped after %.2fs", waited)
             return True, waited
         if time.monotonic() >= deadline or not all(_own_zombie(e) for e in taken):
             return False, waited
-        if not waited:
+        if not announced:
+            announced = True
             logger.info(
                 "restore: pid(s) %s are held by the tree's own zombies; waiting up to %gs "
                 "for their parent to reap them",
