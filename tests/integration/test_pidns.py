@@ -191,7 +191,7 @@ def test_auto_uses_a_new_namespace_only_when_a_pid_is_taken(
 ) -> None:
     """pid_namespace="auto" restores in the caller's namespace when the pids are free, and
     into a new one when the original still holds them."""
-    proc, log = workloads.python(TREE.replace("sys.argv[1]", repr(str(tmp_path / "t.log"))))
+    proc, _ = workloads.python(TREE.replace("sys.argv[1]", repr(str(tmp_path / "t.log"))))
     wait_counts(tmp_path / "t.log", "root", 3)
     ckpt = proc.checkpoint(tmp_path / "tree.tar.zst", leave_running=True)
     beside = cedana.restore(ckpt.path, pid_namespace="auto")
