@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["process", "runc", "containerd", "docker", "podman"]
+BENCHMARKS = ["process", "runc", "containerd", "docker", "podman", "pidns"]
 
 
 def main(argv: list[str]) -> int:
