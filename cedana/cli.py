@@ -90,7 +90,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     )
     data: dict[str, Any] = {"pid": restored.pid}
     text = f"restored {args.file}: pid {restored.pid}"
-    if getattr(restored, "namespace", None) is not None:
+    if isinstance(restored, cedana.Process) and restored.namespace is not None:
         data["ns_pid"] = restored.ns_pid
         text += f" (pid {restored.ns_pid} in a new pid namespace)"
     runtime = next((r for r in registry.entries() if type(restored) is r.cls), None)

@@ -632,8 +632,10 @@ def _own_zombie(entry: ProcessEntry) -> bool:
         return False
     if info.state != "Z" or info.ppid == os.getpid():
         return False
-    argv0 = entry.command.split(" ", 1)[0].strip("[]")
-    return os.path.basename(argv0)[:15] == info.comm[:15]
+    # comm is the executable's name: argv[0]'s, or a script's when an interpreter runs it
+    # (``#!/usr/bin/python3`` makes argv "python3 ./train.py" and comm "train.py").
+    words = entry.command.strip("[]").split(" ")[:2]
+    return any(os.path.basename(w)[:15] == info.comm[:15] for w in words if w)
 
 
 def await_pids_free(entries: Sequence[ProcessEntry], timeout: float) -> tuple[bool, float]:

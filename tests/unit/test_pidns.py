@@ -19,7 +19,7 @@ import pytest
 import cedana
 from cedana import pidns, procfs
 from cedana.artifact import HostInfo, Manifest, ProcessEntry
-from cedana.process import await_pids_free, check_pids_free, pid_namespace_mode
+from cedana.process import _own_zombie, await_pids_free, check_pids_free, pid_namespace_mode
 from tests.conftest import wait_for
 
 
@@ -134,3 +134,23 @@ def test_init_refuses_a_command_line_without_its_separator() -> None:
     )
     assert done.returncode != 0
     assert "usage" in done.stderr
+
+
+def test_a_script_run_by_its_interpreter_is_its_own_zombie() -> None:
+    """A script started through its #! line has comm = the script's name while its command
+    line starts with the interpreter: its zombie is still recognised as the tree's own."""
+    script = "import os, time\nif os.fork() == 0:\n    os._exit(0)\ntime.sleep(30)\n"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script], start_new_session=True, stdin=subprocess.DEVNULL
+    )
+    try:
+        kids = wait_for(lambda: procfs.children(holder.pid), what="the child")
+        assert isinstance(kids, list)
+        wait_for(lambda: procfs.proc_info(kids[0]).state == "Z", what="a zombie")
+        comm = procfs.proc_info(kids[0]).comm
+        entry = ProcessEntry(pid=kids[0], ppid=holder.pid, command=f"/usr/bin/env {comm} x")
+        assert _own_zombie(entry)
+        assert not _own_zombie(ProcessEntry(pid=kids[0], ppid=1, command="other thing"))
+    finally:
+        holder.kill()
+        holder.wait()
