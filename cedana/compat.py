@@ -69,15 +69,17 @@ def check_criu_version(recorded: str, here: tuple[int, ...], here_text: str) -> 
 def check_host(checkpoint: Checkpoint, backend: CriuBackend) -> None:
     """Refuse a checkpoint this host cannot restore: older CRIU, other architecture, or a
     CPU without features the images need (CRIU's own check). Nothing is unpacked but
-    ``cpuinfo.img``, and nothing runs; a checkpoint without one (made before cedana
-    recorded it) is let through on the CPU count.
+    ``cpuinfo.img``, and nothing runs. What the checkpoint does not record is not
+    compared: a checkpoint without ``cpuinfo.img`` (made before cedana recorded it), a
+    foreign archive's unknown host.
 
     Raises:
         IncompatibleHost: The reason, and what to do.
     """
     host = checkpoint.manifest.host
     machine = os.uname().machine
-    if host.arch != machine:
+    # A foreign archive (podman's export) records no host: "unknown (...)".
+    if not host.arch.startswith("unknown") and host.arch != machine:
         raise IncompatibleHost(
             f"this checkpoint was made on {host.arch} ({host.hostname}), and this host is "
             f"{machine}: CRIU images run on the architecture that made them; restore on "

@@ -158,3 +158,10 @@ def test_incompatible_host_is_a_restore_failure() -> None:
     """Callers catching RestoreFailed (or CedanaError) catch it too."""
     assert issubclass(IncompatibleHost, RestoreFailed)
     assert issubclass(cedana.IncompatibleHost, cedana.CedanaError)
+
+
+def test_unknown_host_of_a_foreign_archive_is_not_compared(tmp_path: Path) -> None:
+    """A foreign archive (podman's export) records its host as unknown: neither its
+    architecture nor its CRIU version is held against this host."""
+    unknown = "unknown (a podman export)"
+    compat.check_host(artifact(tmp_path, criu=unknown, arch=unknown, cpuinfo=False), Host())
