@@ -827,7 +827,7 @@ class Process:
     ) -> Checkpoint:
         """Dump ``plan`` with this tree's backend and write the artifact at ``path``
         (:func:`checkpoint_tree`): a layer above passes its manifest facts and members."""
-        return checkpoint_tree(
+        ckpt = checkpoint_tree(
             plan,
             Path(path),
             options,
@@ -839,6 +839,12 @@ class Process:
             popen=self._popen,
             root_is_ours=self._restored,
         )
+        if self.namespace is not None and not options.leave_running:
+            # The killed root's init ends its namespace once CRIU has left it: wait for the
+            # holder, so the tree is not running (nor its namespace there) from now on.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.namespace.holder.wait(timeout=10)
+        return ckpt
 
     def checkpoint(
         self,
