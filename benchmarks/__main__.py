@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["process", "runc", "containerd", "docker", "podman", "rootfs", "registry"]
+BENCHMARKS = ["process", "runc", "containerd", "docker", "podman", "rootfs", "registry", "pidns"]
 
 
 def main(argv: list[str]) -> int:

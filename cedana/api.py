@@ -146,7 +146,9 @@ def restore(
 
     A process checkpoint comes back as a :class:`~cedana.Process`. Keyword
     options are those of :class:`~cedana.RestoreOptions` (``tcp_established``,
-    ``stdin``, ``stdout``, ``stderr``, ``work_dir``, ``criu``).
+    ``stdin``, ``stdout``, ``stderr``, ``work_dir``, ``pid_namespace``, ``pid_wait``,
+    ``criu``): ``pid_namespace="new"`` restores the tree into a new pid namespace, so no
+    pid of it can be taken (see :doc:`elsewhere`).
 
     A runc container checkpoint comes back as a :class:`~cedana.RuncContainer`
     running under runc; keyword options are those of
@@ -266,6 +268,7 @@ _FLAGS = {
     "bundle": "--bundle",
     "name": "--name",
     "namespace": "--name NAMESPACE/NAME",
+    "pid_namespace": "--pid-namespace",
     "root": "--root",
     "tcp_established": "--tcp-established",
 }

@@ -144,11 +144,15 @@ def _restore(args: argparse.Namespace, path: str) -> int:
         address=args.address or None,
         bundle=args.bundle or None,
         root=args.root or None,
+        pid_namespace=args.pid_namespace,
         trust="any" if args.insecure_accept_unsigned else "trusted",
         progress=_progress(args),
     )
     data: dict[str, Any] = {"pid": restored.pid}
     text = f"restored {args.file}: pid {restored.pid}"
+    if isinstance(restored, cedana.Process) and restored.namespace is not None:
+        data["ns_pid"] = restored.ns_pid
+        text += f" (pid {restored.ns_pid} in a new pid namespace)"
     runtime = next((r for r in registry.entries() if type(restored) is r.cls), None)
     facts = dict(runtime.summary(restored)) if runtime is not None else {}
     if runtime is not None and facts:
@@ -464,6 +468,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="restore established TCP connections (default: as checkpointed)",
+    )
+    c.add_argument(
+        "--pid-namespace",
+        choices=("current", "new", "auto"),
+        help="where a process tree gets its original pids back: here (current), in a new "
+        "pid namespace held by cedana's init (new), or in one only when a pid is taken "
+        "(auto); default: new for a checkpoint taken in its own pid namespace, else current",
+    )
+    c.add_argument(
+        "--new-pidns",
+        dest="pid_namespace",
+        action="store_const",
+        const="new",
+        help="same as --pid-namespace new",
     )
     c.add_argument("--insecure-accept-unsigned", action="store_true", help=_INSECURE)
     _registry_flags(c)

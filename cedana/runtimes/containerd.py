@@ -498,7 +498,7 @@ class ContainerdContainer:
             hooks=hooks,
             grants=grants,
         )
-        RuncContainer.preflight(backend)
+        RuncContainer.preflight(backend, ckpt)
 
         started = time.monotonic()
         logger.debug("restore containerd %s/%s from %s: start", namespace, name, ckpt.path)

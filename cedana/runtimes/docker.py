@@ -465,7 +465,7 @@ class DockerContainer:
         )
         image_id = str((recorded.get("image") or {}).get("id") or "")
         create = _create_config(recorded, image_id, grants)
-        RuncContainer.preflight(backend)
+        RuncContainer.preflight(backend, ckpt)
 
         started = time.monotonic()
         logger.debug("restore docker %s from %s: start", name, ckpt.path)

@@ -438,7 +438,7 @@ class PodmanContainer:
                 f"a podman container named {name!r} exists; choose another name (name=... / "
                 "--name) or remove it first (podman rm)"
             )
-        RuncContainer.preflight(backend)
+        RuncContainer.preflight(backend, ckpt)
 
         started = time.monotonic()
         with scratch_dir(".cedana-restore-", parent=work_dir, fills="CRIU's images") as work:

@@ -362,7 +362,9 @@ def test_podman_checkpoint_image_through_an_oci_archive_and_a_registry(
         tar.addfile(tarfile.TarInfo("empty"))
     buf.seek(0)
     oci.write_image(layout, layers=[oci.add_layer(layout, buf)], tag="x")
-    with pytest.raises(cedana.UnsupportedFormat, match="not a checkpoint image"):
+    with pytest.raises(
+        cedana.UnsupportedFormat, match="neither a cedana checkpoint nor a checkpoint image"
+    ):
         cedana.restore(f"oci:{plain}:x", trust="any")
 
 

@@ -189,7 +189,9 @@ def test_push_to_oci_archive_and_restore(workloads: Workloads, tmp_path: Path) -
         pass
     image = oci.write_image(layout, layers=[oci.add_layer(layout, src)])
     oci.push(image, f"oci-archive:{tmp_path / 'image.tar'}")
-    with pytest.raises(UnsupportedFormat, match="not a cedana checkpoint"):
+    with pytest.raises(
+        UnsupportedFormat, match="neither a cedana checkpoint nor a checkpoint image"
+    ):
         cedana.pull(f"oci-archive:{tmp_path / 'image.tar'}", tmp_path / "x.tar.zst")
     assert not (tmp_path / "x.tar.zst").exists()
 
