@@ -242,10 +242,16 @@ def _restore_fresh(
     source = ckpt.manifest.runtime or ""
     runtime = registry.lookup(source)
     restorer = runtime.restore_fresh if runtime is not None else None
-    if runtime is None or restorer is None:
+    if runtime is None:
         raise ContainerError(
             f"{ckpt.path} holds the root filesystem changes of a {source or 'unnamed'} "
-            "container, which this cedana cannot start afresh; upgrade"
+            "container, a runtime this cedana does not know; upgrade"
+        )
+    if restorer is None:
+        raise ContainerError(
+            f"{ckpt.path} holds the root filesystem changes of a {source} container, which "
+            f"cedana does not start afresh ({source} starts its own containers); make an "
+            "image of it with cedana commit FILE --to REF and start that"
         )
     if into is not None and into != source:
         raise ContainerError(
