@@ -671,7 +671,7 @@ def container_summary(manifest: Manifest) -> dict[str, Any] | None:
         "status": info.get("status"),
         "bundle": info.get("bundle"),
         "rootfs": rootfs,
-        "restores_into": list(source.restores_into) if source is not None else [],
+        "restores_into": list(registry.restore_targets(source)) if source is not None else [],
     }
 
 

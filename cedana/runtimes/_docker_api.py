@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -145,6 +146,19 @@ class DockerClient:
         with mapped(f"image {ref!r}", missing=ImageNotFound):
             record: dict[str, Any] = self._api.inspect_image(ref)
         return record
+
+    def save_image(self, ref: str, archive: Path) -> None:
+        """``GET /images/{ref}/get`` (``docker save``): the image as a tar at ``archive``."""
+        with mapped(f"image {ref!r}", missing=ImageNotFound), open(archive, "xb") as out:
+            for chunk in self._api.get_image(ref):
+                out.write(chunk)
+
+    def load_image(self, archive: Path) -> None:
+        """``POST /images/load`` (``docker load``) of the image tar ``archive``."""
+        with mapped("loading an image"), open(archive, "rb") as data:
+            for event in self._api.load_image(data) or ():
+                if isinstance(event, Mapping) and event.get("error"):
+                    raise ContainerError(f"docker could not load {archive}: {event['error']}")
 
     def create_container(self, config: Mapping[str, Any], name: str) -> str:
         """``POST /containers/create?name=NAME`` with ``config`` as is; the new id."""

@@ -89,6 +89,7 @@ from cedana.rootfs.containers_storage import (
 )
 from cedana.rootfs.mounts import mountinfo, umount
 from cedana.rootfs.overlay import DIFF_NAME
+from cedana.runtimes import _cross
 from cedana.runtimes._podman_layout import (
     CEDANA_FILES,
     DEVSHM_MEMBER,
@@ -537,6 +538,8 @@ class _ImportPlan:
     diff_format: str
     lower: tuple[str, ...]
     devshm: str | None = None
+    #: The root directory's mode, for a checkpoint of another runtime's store.
+    root_mode: int | None = None
     #: The new container's id, fresh (cleanup after a failure finds its processes by it).
     cid: str = attrs.field(factory=lambda: secrets.token_hex(32))
 
@@ -560,6 +563,7 @@ class _ImportPlan:
             lower=self.lower,
             exclude={self.diff_dir.split("/")[0], *CEDANA_FILES},
             extra={DEVSHM_NAME: images / self.devshm} if self.devshm else None,
+            root_mode=self.root_mode,
         )
         return archive
 
@@ -654,6 +658,7 @@ def _plan_import(
         diff_format=form or OVERLAY,
         lower=tuple(image_layers(image)),
         devshm=DEVSHM_MEMBER if DEVSHM_MEMBER in members else None,
+        root_mode=pod["root_mode"] if isinstance(pod.get("root_mode"), int) else None,
     )
 
 
@@ -769,8 +774,20 @@ registry.register(
         flags={"root": "runc_root"},
         runc_root=DEFAULT_RUNC_ROOT,
         summary=lambda c: {"name": c.name},
+        adopt=_cross.into_podman,
+        describe=_cross.describe_podman,
     )
 )
+
+
+def _layers_chain(api: PodmanCLI, image: str) -> str | None:
+    """The chain id of ``image``'s layers (how another store recognises it); None when
+    podman no longer has it."""
+    from cedana.runtimes._containerd_api import chain_id
+
+    record = api.image(image) or {}
+    layers = (record.get("RootFS") or {}).get("Layers") or []
+    return chain_id([str(d) for d in layers]) if layers else None
 
 
 @attrs.define(eq=False)
@@ -804,6 +821,7 @@ class _CheckpointRun:
                 "name": record.get("ImageName"),
                 "id": record.get("Image"),
                 "digest": record.get("ImageDigest"),
+                "chain_id": _layers_chain(self.container._api(), str(record.get("Image"))),
             },
             "config": podman_config(record),
         }

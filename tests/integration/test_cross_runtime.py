@@ -1,0 +1,361 @@
+"""Restoring a checkpoint of one runtime into another: runc, containerd, docker and podman,
+each into each, against the real runtimes, daemons and CRIU.
+
+The module starts one containerd and one dockerd (each in a temp dir of its own, as their
+own test modules do) and gives podman a storage of its own; each runtime gets the busybox
+image its own way (runc: a directory as the overlay's lower layer; containerd: an OCI
+archive; docker: ``docker import``; podman: ``podman import``), so the images differ in
+their bytes and a restore into another runtime has to bring the source's image over. Each
+runtime's counter container is checkpointed once (module-scoped), after changing its root
+filesystem, and that one artifact is restored into every runtime. The matrix of pairs is
+printed at the end of the run (and in the JUnit properties).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cedana
+from cedana.rootfs.mounts import is_mountpoint, mountinfo, umount
+from tests.capabilities import (
+    integration,
+    requires_busybox,
+    requires_docker,
+    requires_runtime,
+)
+from tests.conftest import reap_zombie_children
+from tests.helpers import (
+    COUNTER,
+    assert_counts_on,
+    busybox_tree,
+    remove_runc_container,
+    wait_count,
+)
+from tests.integration.test_containerd import Containerd, busybox_layer, oci_archive
+from tests.integration.test_docker import Dockerd, image_tar
+from tests.integration.test_podman import CONTAINERS_CONF, STORAGE_CONF, Podman
+
+pytestmark = [
+    *integration,
+    requires_runtime("runc"),
+    requires_runtime("containerd"),
+    requires_runtime("ctr"),
+    requires_runtime("podman"),
+    requires_docker,
+    requires_busybox,
+]
+
+RUNTIMES = ("runc", "containerd", "docker", "podman")
+PREFIX = f"cedana-x{os.getpid()}"
+#: What each source container does to its root filesystem before it counts.
+CHANGES = (
+    "echo written > /etc/new.txt; echo changed > /etc/image.txt; rm /etc/doomed.txt; "
+    "rm -rf /www; mkdir /www; echo other > /www/other.html; "
+)
+#: How each image is named in its own store.
+IMAGES = {
+    "containerd": "localhost/cedana-x/busybox:ctd",
+    "docker": "cedana-x/busybox:docker",
+    "podman": "localhost/cedana-x/busybox:podman",
+}
+#: The pairs refused (what the error says), as docs/runtimes.rst lists them.
+REFUSED = {
+    ("runc", "containerd"): "no image.*into runc",
+    ("runc", "docker"): "no image.*into runc",
+    ("runc", "podman"): "no image.*into runc",
+    ("docker", "containerd"): "mount sharing.*into docker or runc",
+    ("docker", "podman"): "resolv.conf.*into docker, containerd or runc",
+    ("containerd", "podman"): "root directory.*mode 755.*podman makes it 555",
+}
+#: The result of each (source, target) pair, printed at the end of the run.
+MATRIX: dict[tuple[str, str], str] = {}
+
+
+# --- the runtimes -------------------------------------------------------------------------
+
+
+class Runtimes:
+    """The four runtimes of this module: runc's state root and lower layer, a containerd,
+    a dockerd and podman with its own storage; what each restore made, for teardown."""
+
+    def __init__(self, tmp: Path, containerd: Containerd, dockerd: Dockerd, podman: Podman):
+        self.tmp = tmp
+        self.runc_root = tmp / "runc"
+        self.runc_root.mkdir()
+        self.lower = tmp / "lower"
+        self.containerd = containerd
+        self.dockerd = dockerd
+        self.podman = podman
+        self.mounts: list[Path] = []
+        self.restored: list[Any] = []
+
+    # the sources: a counter container of each runtime, its rootfs changed
+
+    def run_counter(self, runtime: str) -> Any:
+        """A running counter container of ``runtime`` that has changed its rootfs."""
+        name = f"{PREFIX}-{runtime}"
+        script = CHANGES + COUNTER
+        if runtime == "runc":
+            return self._run_runc(name, script)
+        if runtime == "containerd":
+            self.containerd.ctr("run", "-d", "--null-io", IMAGES[runtime], name, "sh", "-c", script)
+            return cedana.ContainerdContainer(
+                name, namespace=self.containerd.namespace, address=self.containerd.address
+            )
+        if runtime == "docker":
+            self.dockerd.docker(
+                "run", "-d", "--name", name, "--network", "none", IMAGES[runtime],
+                "sh", "-c", script,
+            )  # fmt: skip
+            return cedana.DockerContainer(name, address=self.dockerd.address)
+        self.podman(
+            "run", "-d", "--name", name, "--network", "none", IMAGES[runtime],
+            "/bin/sh", "-c", script,
+        )  # fmt: skip
+        return cedana.PodmanContainer(name)
+
+    def _run_runc(self, name: str, script: str) -> cedana.RuncContainer:
+        import json
+
+        bundle = self.tmp / name
+        rootfs = bundle / "rootfs"
+        for d in ("upper", "work", "rootfs"):
+            (bundle / d).mkdir(parents=True)
+        data = f"lowerdir={self.lower},upperdir={bundle}/upper,workdir={bundle}/work"
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", data, str(rootfs)], check=True)
+        self.mounts.append(rootfs)
+        subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+        config = json.loads((bundle / "config.json").read_text())
+        config["process"]["terminal"] = False
+        config["process"]["args"] = ["sh", "-c", script]
+        config["root"] = {"path": "rootfs", "readonly": False}
+        config["hostname"] = name
+        (bundle / "config.json").write_text(json.dumps(config))
+        subprocess.run(
+            ["runc", "--root", str(self.runc_root), "run", "-d", "--bundle", str(bundle), name],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            check=True, timeout=60,
+        )  # fmt: skip
+        return cedana.RuncContainer(name, root=self.runc_root)
+
+    def remove_source(self, runtime: str) -> None:
+        name = f"{PREFIX}-{runtime}"
+        if runtime == "runc":
+            remove_runc_container(name, self.runc_root)
+        elif runtime == "containerd":
+            self.containerd.ctr("task", "rm", "-f", name, check=False)
+            self.containerd.ctr("containers", "rm", name, check=False)
+        elif runtime == "docker":
+            self.dockerd.docker("rm", "-f", name, check=False)
+        else:
+            self.podman.remove(name)
+
+    # the targets
+
+    def restore_into(self, ckpt: cedana.Checkpoint, target: str, name: str) -> Any:
+        """``cedana.restore(ckpt, into=target)`` with this module's daemons; the source's
+        store is reachable at its daemon's socket."""
+        source = ckpt.manifest.runtime
+        options: dict[str, Any] = {"into": target, "name": name}
+        if source == "containerd":
+            options["source_address"] = self.containerd.address
+        elif source == "docker":
+            options["source_address"] = self.dockerd.address
+        if target == "runc":
+            options["root"] = self.runc_root
+        elif target == "containerd":
+            options.update(address=self.containerd.address, namespace=self.containerd.namespace)
+        elif target == "docker":
+            options["address"] = self.dockerd.address
+        if source == target or target == "runc":  # their own, or no store
+            options.pop("source_address", None)
+        restored = cedana.restore(ckpt, **options)
+        self.restored.append(restored)
+        return restored
+
+    def remove_restored(self) -> None:
+        for restored in self.restored:
+            with contextlib.suppress(cedana.CedanaError):
+                if isinstance(restored, cedana.RuncContainer):
+                    remove_runc_container(restored.id, restored.root)
+                elif isinstance(restored, cedana.ContainerdContainer):
+                    restored.delete()
+                    restored.close()
+                elif isinstance(restored, cedana.DockerContainer):
+                    restored.remove()
+                    restored.close()
+                else:
+                    restored.remove()
+        self.restored.clear()
+        reap_zombie_children()
+
+    def cleanup(self) -> None:
+        self.remove_restored()
+        for runtime in RUNTIMES:
+            self.remove_source(runtime)
+        for path in reversed(self.mounts):
+            with contextlib.suppress(OSError):
+                while is_mountpoint(path):
+                    umount(path, detach=True)
+
+
+def _podman_image(podman: Podman, ref: str, root: Path) -> None:
+    tar = root / "podman-image.tar"
+    with tarfile.open(tar, "w") as out:
+        for kind, path, content, mode in busybox_tree():
+            info = tarfile.TarInfo(path)
+            info.mode = mode
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+                out.addfile(info)
+            elif kind == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, content
+                out.addfile(info)
+            else:
+                info.size = len(content)
+                out.addfile(info, io.BytesIO(content))
+    podman("import", "--quiet", os.fspath(tar), ref)
+    tar.unlink()
+
+
+@pytest.fixture(scope="module")
+def runtimes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtimes]:
+    """The four runtimes, each daemon started once for the module, each with its image."""
+    tmp = tmp_path_factory.mktemp("cross")
+    containerd = Containerd(tmp_path_factory.mktemp("cross-ctd"))
+    dockerd = Dockerd(tmp_path_factory.mktemp("cross-dockerd"))
+    podman_root = tmp_path_factory.mktemp("cross-podman")
+    (podman_root / "containers.conf").write_text(CONTAINERS_CONF)
+    (podman_root / "storage.conf").write_text(STORAGE_CONF.format(root=podman_root))
+    env = pytest.MonkeyPatch()
+    env.setenv("CONTAINERS_CONF", os.fspath(podman_root / "containers.conf"))
+    env.setenv("CONTAINERS_STORAGE_CONF", os.fspath(podman_root / "storage.conf"))
+    podman = Podman(podman_root)
+    r = Runtimes(tmp, containerd, dockerd, podman)
+    try:
+        r.lower.mkdir()
+        for kind, rel, content, mode in busybox_tree():
+            path = r.lower / rel
+            if kind == "dir":
+                path.mkdir()
+                path.chmod(mode)
+            elif kind == "link":
+                path.symlink_to(content)
+            else:
+                path.write_bytes(content)
+                path.chmod(mode)
+        containerd.start()
+        archive = tmp / "ctd-image.tar"
+        oci_archive(archive, IMAGES["containerd"], busybox_layer())
+        containerd.ctr("images", "import", str(archive))
+        dockerd.start()
+        dockerd.docker("import", str(image_tar(tmp / "docker-image.tar")), IMAGES["docker"])
+        _podman_image(podman, IMAGES["podman"], podman_root)
+        yield r
+    finally:
+        r.cleanup()
+        containerd.stop()
+        dockerd.stop()
+        podman("rm", "--all", "--force", "--time", "0", check=False)
+        podman("rmi", "--all", "--force", check=False)
+        env.undo()
+        for mount in sorted(
+            (m.mountpoint for m in mountinfo() if m.mountpoint.startswith(str(podman_root))),
+            key=lambda m: -len(str(m)),
+        ):
+            with contextlib.suppress(OSError, cedana.CedanaError):
+                umount(Path(mount), detach=True)
+        shutil.rmtree(podman_root, ignore_errors=True)
+
+
+def _checkpointed_counts(ckpt: cedana.Checkpoint) -> list[int]:
+    """The counter's lines in the checkpoint's rootfs changes (the frozen file)."""
+    data = ckpt.read_member("container/rootfs-diff.tar")
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.extractfile("tmp/count.log")
+        return [int(x) for x in member.read().split()] if member is not None else []
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def source(
+    request: pytest.FixtureRequest, runtimes: Runtimes, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[cedana.Checkpoint, list[int]]]:
+    """One checkpoint of each runtime's counter (killed by it), shared by every target,
+    and the counts it holds."""
+    runtime = request.param
+    c = runtimes.run_counter(runtime)
+    wait_count(c, 5)
+    ckpt = c.checkpoint(tmp_path_factory.mktemp(f"ckpt-{runtime}") / "c.tar.zst")
+    with contextlib.suppress(AttributeError):
+        c.close()
+    # The exited container stays until the module ends: a restore into runc mounts the
+    # changes on the layers the checkpoint recorded, and docker's "-init" layer (its
+    # placeholders for /etc/hosts...) is the container's own.
+    assert ckpt.manifest.runtime == runtime
+    yield ckpt, _checkpointed_counts(ckpt)
+
+
+def _read(container: Any, path: str) -> str | None:
+    try:
+        return Path(f"/proc/{container.pid}/root{path}").read_text()
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.parametrize("target", RUNTIMES)
+def test_restore_into_each_runtime(
+    source: tuple[cedana.Checkpoint, list[int]],
+    target: str,
+    runtimes: Runtimes,
+    record_property: Any,
+) -> None:
+    """A counter container checkpointed under one runtime restores into ``target``: the
+    counter goes on from where it was frozen, and the files it wrote, changed and deleted
+    are as they were. The pairs that do not work are refused before anything is made,
+    with an error naming why and where it restores instead (``REFUSED``): a runc
+    checkpoint has no image in a store; docker's under containerd, docker's into podman
+    (its resolv.conf) and containerd's into podman (its root directory's mode)."""
+    ckpt, before = source
+    runtime = str(ckpt.manifest.runtime)
+    name = f"{PREFIX}-{runtime}-in-{target}"
+    MATRIX[(runtime, target)] = "FAIL"
+    record_property(f"{runtime}->{target}", "FAIL")
+    refusal = REFUSED.get((runtime, target))
+    if refusal is not None:
+        with pytest.raises(cedana.ContainerError, match=refusal):
+            runtimes.restore_into(ckpt, target, name)
+        MATRIX[(runtime, target)] = "refused"
+        record_property(f"{runtime}->{target}", "refused")
+        return
+    try:
+        restored = runtimes.restore_into(ckpt, target, name)
+        assert_counts_on(restored, before)
+        assert _read(restored, "/etc/new.txt") == "written\n"
+        assert _read(restored, "/etc/image.txt") == "changed\n"
+        assert _read(restored, "/etc/doomed.txt") is None
+        assert os.listdir(f"/proc/{restored.pid}/root/www") == ["other.html"]
+    finally:
+        runtimes.remove_restored()
+    MATRIX[(runtime, target)] = "pass"
+    record_property(f"{runtime}->{target}", "pass")
+
+
+def matrix_lines() -> list[str]:
+    """The pairs tried in this run as a table (source rows, target columns)."""
+    if not MATRIX:
+        return []
+    lines = ["checkpoint \\ into".ljust(20) + "".join(t.ljust(12) for t in RUNTIMES)]
+    for runtime in RUNTIMES:
+        cells = [MATRIX.get((runtime, t), "-").ljust(12) for t in RUNTIMES]
+        lines.append(runtime.ljust(20) + "".join(cells))
+    return lines
