@@ -77,7 +77,9 @@ class MadeBundle:
 
     def remove(self) -> None:
         # The overlay at rootfs, and what a restore mounted beside it (a /dev/shm tmpfs).
-        below = [Path(m.mountpoint) for m in mountinfo() if m.mountpoint.startswith(f"{self.path}/")]
+        below = [
+            Path(m.mountpoint) for m in mountinfo() if m.mountpoint.startswith(f"{self.path}/")
+        ]
         for mounted in sorted(set(below), key=lambda p: -len(str(p))):
             with contextlib.suppress(OSError):
                 while is_mountpoint(mounted):

@@ -27,8 +27,8 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import secrets
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -169,7 +169,7 @@ class PortableContainer:
 
     def config_for(self, mounts: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
         """A copy of :attr:`config` with ``mounts`` (the target's equivalents) added."""
-        config = json.loads(json.dumps(thaw(self.config)))
+        config: dict[str, Any] = json.loads(json.dumps(thaw(self.config)))
         config["mounts"] = [*config.get("mounts", []), *(dict(m) for m in mounts)]
         return config
 
@@ -268,10 +268,7 @@ def for_bundle(raw: bytes, bundle: Path) -> tuple[bytes, tuple[RuntimeMount, ...
     return json.dumps(config).encode(), made
 
 
-
-def files_binds(
-    mounts: Sequence[RuntimeMount], files: Path
-) -> list[dict[str, Any]]:
+def files_binds(mounts: Sequence[RuntimeMount], files: Path) -> list[dict[str, Any]]:
     """Bind mounts of the files :func:`make_files` makes in ``files``, one per mount."""
     return [
         {
@@ -308,7 +305,7 @@ def make_files(files: Path, mounts: Sequence[RuntimeMount], *, hostname: str) ->
                     mount("shm", path, "tmpfs", f"mode=1777,size={SHM_SIZE}")
                 continue
             if m.kind == "hosts":
-                text = f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                text = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
                 text += f"127.0.1.1\t{hostname}\n"
             elif m.kind == "hostname":
                 text = f"{hostname}\n"

@@ -149,7 +149,10 @@ class DockerImages:
 
     def find(self, image: ImageFacts) -> Found | None:
         api = self._api()
-        for ref in [*candidates(image.name), *([image.ids["docker"]] if "docker" in image.ids else [])]:
+        for ref in [
+            *candidates(image.name),
+            *([image.ids["docker"]] if "docker" in image.ids else []),
+        ]:
             try:
                 record = api.inspect_image(ref)
             except ImageNotFound:
@@ -194,7 +197,10 @@ class PodmanImages:
 
     def find(self, image: ImageFacts) -> Found | None:
         cli = self._cli()
-        for ref in [*candidates(image.name), *([image.ids["podman"]] if "podman" in image.ids else [])]:
+        for ref in [
+            *candidates(image.name),
+            *([image.ids["podman"]] if "podman" in image.ids else []),
+        ]:
             record = cli.image(ref)
             if record is None:
                 continue
@@ -204,7 +210,9 @@ class PodmanImages:
         return None
 
     def save(self, ref: str, archive: Path) -> None:
-        self._cli().run("save", "--quiet", "--format", "docker-archive", "-o", os.fspath(archive), ref)
+        self._cli().run(
+            "save", "--quiet", "--format", "docker-archive", "-o", os.fspath(archive), ref
+        )
 
     def load(self, archive: Path) -> None:
         self._cli().run("load", "--quiet", "-i", os.fspath(archive))
@@ -275,7 +283,9 @@ class ContainerdImages:
         return shlex.join([*self._ctr(), "images", "export", archive, ref])
 
     def load_command(self, archive: str) -> str:
-        return shlex.join([*self._ctr(), "images", "import", "--snapshotter", self.snapshotter, archive])
+        return shlex.join(
+            [*self._ctr(), "images", "import", "--snapshotter", self.snapshotter, archive]
+        )
 
 
 # --- moving ------------------------------------------------------------------------------

@@ -177,7 +177,7 @@ class Runtimes:
             options.update(address=self.containerd.address, namespace=self.containerd.namespace)
         elif target == "docker":
             options["address"] = self.dockerd.address
-        if source == target or target == "runc":  # their own, or no store
+        if target in (source, "runc"):  # their own, or no store
             options.pop("source_address", None)
         restored = cedana.restore(ckpt, **options)
         self.restored.append(restored)
@@ -289,7 +289,7 @@ def _checkpointed_counts(ckpt: cedana.Checkpoint) -> list[int]:
 @pytest.fixture(scope="module", params=RUNTIMES)
 def source(
     request: pytest.FixtureRequest, runtimes: Runtimes, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[cedana.Checkpoint, list[int]]]:
+) -> tuple[cedana.Checkpoint, list[int]]:
     """One checkpoint of each runtime's counter (killed by it), shared by every target,
     and the counts it holds."""
     runtime = request.param
@@ -302,7 +302,7 @@ def source(
     # changes on the layers the checkpoint recorded, and docker's "-init" layer (its
     # placeholders for /etc/hosts...) is the container's own.
     assert ckpt.manifest.runtime == runtime
-    yield ckpt, _checkpointed_counts(ckpt)
+    return ckpt, _checkpointed_counts(ckpt)
 
 
 def _read(container: Any, path: str) -> str | None:

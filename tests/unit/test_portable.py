@@ -1,0 +1,126 @@
+"""The runtime-neutral description of a container checkpoint, and moving its image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cedana.container import portable
+from cedana.container.portable import ImageFacts
+from cedana.errors import ImageNotFound, RuntimeUnavailable
+from cedana.runtimes._images import Found, bring, candidates
+
+DOCKER_CONFIG = {
+    "root": {"path": "/var/lib/docker/overlay2/x/merged"},
+    "hooks": {"prestart": [{"path": "/proc/1/exe", "args": ["libnetwork-setkey", "-exec-root=/x"]}]},
+    "mounts": [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/docker/c/hosts",
+         "options": ["rbind", "rprivate"]},
+        {"destination": "/dev/shm", "type": "bind", "source": "/x/shm", "options": ["bind"]},
+        {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind"]},
+    ],
+    "linux": {"cgroupsPath": "/docker/abc", "namespaces": [{"type": "network"}]},
+}  # fmt: skip
+
+
+def test_neutral_config_takes_out_what_the_runtime_made() -> None:
+    """The runtime's own bind mounts (/etc/hosts, /dev/shm) become RuntimeMounts, its
+    networking hook and cgroup path are dropped, the root is ``rootfs``; a bind of the
+    user's (/data) stays, for the target's confinement to refuse unless granted."""
+    config, made = portable.neutral_config(json.dumps(DOCKER_CONFIG).encode())
+    assert [(m.destination, m.kind) for m in made] == [
+        ("/etc/hosts", "hosts"),
+        ("/dev/shm", "tmpfs"),
+    ]
+    assert [m["destination"] for m in config["mounts"]] == ["/proc", "/data"]
+    assert "hooks" not in config and "cgroupsPath" not in config["linux"]
+    assert config["root"]["path"] == "rootfs"
+
+
+def test_a_hook_of_the_users_is_kept() -> None:
+    """Only the runtime's networking hook is dropped: another hook stays in the config,
+    where confinement refuses it unless the caller passes hooks=."""
+    raw = {**DOCKER_CONFIG, "hooks": {"poststart": [{"path": "/bin/evil"}]}}
+    config, _ = portable.neutral_config(json.dumps(raw).encode())
+    assert config["hooks"] == {"poststart": [{"path": "/bin/evil"}]}
+
+
+def test_bundle_binds_come_from_the_bundles_own_files(tmp_path: Path) -> None:
+    """Into runc, the runtime's mounts are bound from files in the new bundle."""
+    raw, made = portable.for_bundle(json.dumps(DOCKER_CONFIG).encode(), tmp_path)
+    binds = {
+        m["destination"]: m["source"] for m in json.loads(raw)["mounts"] if m.get("type") == "bind"
+    }
+    assert binds["/etc/hosts"] == str(tmp_path / "runtime-files" / "etc-hosts")
+    assert binds["/dev/shm"] == str(tmp_path / "runtime-files" / "dev-shm")
+    assert binds["/data"] == "/srv/data"
+    assert len(made) == 2
+
+
+def test_remove_labelled_touches_only_cedanas_files(tmp_path: Path) -> None:
+    """A label naming a directory outside /var/lib/cedana/files (or one without the
+    marker) removes nothing: labels are anyone's to set."""
+    victim = tmp_path / "keep"
+    victim.mkdir()
+    portable.remove_labelled({portable.FILES_LABEL: str(victim)})
+    portable.remove_files(victim)
+    assert victim.is_dir()
+
+
+def test_candidates_complete_names_as_docker_does() -> None:
+    """A short name may come back from a load as docker.io/..., with :latest."""
+    assert candidates("busybox") == [
+        "busybox",
+        "docker.io/library/busybox:latest",
+        "localhost/busybox",
+    ]
+    assert candidates("localhost/x/y:1")[0] == "localhost/x/y:1"
+    assert "docker.io/cedana/b:1" in candidates("cedana/b:1")
+
+
+class _Store:
+    def __init__(self, what: str, has: Found | None = None, fails: bool = False):
+        self.what, self.has, self.fails, self.loaded = what, has, fails, False
+
+    def find(self, image: ImageFacts) -> Found | None:
+        if self.fails:
+            raise RuntimeUnavailable("not answering")
+        return self.has
+
+    def save(self, ref: str, archive: Path) -> None:
+        archive.write_bytes(b"tar")
+
+    def load(self, archive: Path) -> None:
+        self.loaded = archive.read_bytes() == b"tar"
+        self.has = Found("b:1", "id", "sha256:c")
+
+    def save_command(self, ref: str, archive: str) -> str:
+        return f"src save {ref} {archive}"
+
+    def load_command(self, archive: str) -> str:
+        return f"dst load {archive}"
+
+
+IMAGE = ImageFacts(name="b:1", chain_id="sha256:c", source="docker")
+
+
+def test_bring_moves_the_image_from_the_source(tmp_path: Path) -> None:
+    """An image missing from the target is saved from the source and loaded into it."""
+    target = _Store("target")
+    found = bring(IMAGE, target, _Store("source", Found("b:1", "x", "sha256:c")), work_dir=tmp_path)
+    assert target.loaded and found.ref == "b:1"
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_bring_names_the_image_and_the_commands(tmp_path: Path, fails: bool) -> None:
+    """When the source has no such image, or cannot be reached, the error names the image,
+    its layers, and the exact commands that bring it."""
+    with pytest.raises(ImageNotFound) as exc:
+        bring(IMAGE, _Store("target"), _Store("source", fails=fails), work_dir=tmp_path)
+    message = str(exc.value)
+    assert "'b:1' (layers sha256:c)" in message
+    assert "src save b:1 image.tar && dst load image.tar" in message
+    assert ("cannot be reached" in message) == fails
