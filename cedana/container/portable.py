@@ -354,30 +354,104 @@ def remove_labelled(labels: Mapping[str, str]) -> None:
         remove_files(path)
 
 
-def root_mode(ckpt: Checkpoint) -> int | None:
-    """The mode CRIU's images record for the container's root directory (CRIU checks it
-    at restore); None when they do not say."""
-    from cedana.criu import load_image
-    from cedana.staging import scratch_dir
+def drop_root_slavery(images: Path) -> None:
+    """Make the container's root mount in CRIU's unpacked ``images`` no slave of a peer
+    group outside the container (runc made it a slave of the source host's mount its
+    rootfs was on). That group is the source host's; CRIU restores such a slavery by
+    copying it from the root runc prepares, which fails (EINVAL) where that root is
+    not shared, as under containerd's shim and podman's conmon. The restored root is
+    then private."""
+    from cedana.criu import rewrite_image
 
-    names = {m.name for m in ckpt.manifest.members}
-    if not {"pstree.img", "files.img"} <= names:
-        return None
-    try:
-        with scratch_dir(".cedana-root-mode-") as tmp:
-            (tmp / "pstree.img").write_bytes(ckpt.read_member("pstree.img"))
-            root_pid = int(load_image(tmp / "pstree.img")["entries"][0]["pid"])
-            fs, files = f"fs-{root_pid}.img", "files.img"
-            for member in (fs, files):
-                (tmp / member).write_bytes(ckpt.read_member(member))
-            root_id = load_image(tmp / fs)["entries"][0].get("root_id")
-            for entry in load_image(tmp / files)["entries"]:
-                reg = entry.get("reg") or {}
-                if reg.get("id") == root_id and "mode" in reg:
-                    return int(reg["mode"])
-    except (OSError, KeyError, IndexError, TypeError, ValueError) as exc:
-        logger.debug("root mode of %s unknown: %s", ckpt.path, exc)
-    return None
+    def change(image: dict[str, Any]) -> bool:
+        entries = image.get("entries") or []
+        own = {e.get("shared_id") for e in entries if e.get("shared_id")}
+        changed = False
+        for e in entries:
+            master = e.get("master_id")
+            if e.get("mountpoint") == "/" and master and master not in own:
+                e.pop("master_id")
+                changed = True
+        return changed
+
+    for table in sorted(images.glob("mountpoints-*.img")):
+        if rewrite_image(table, change):
+            logger.debug("%s: the root is no slave of the source host's mounts", table.name)
+
+
+def _root_pid(images: Path) -> int:
+    from cedana.criu import load_image
+
+    return int(load_image(images / "pstree.img")["entries"][0]["pid"])
+
+
+def set_root_mode(images: Path, mode: int) -> None:
+    """Record ``mode`` as the container's root directory's in CRIU's unpacked ``images``:
+    CRIU refuses to restore a root whose mode differs from the one it dumped, and a
+    target store may make a new container's root with another mode (containers/storage
+    makes it like the image's top layer)."""
+    from cedana.criu import load_image, rewrite_image
+
+    root_id = load_image(images / f"fs-{_root_pid(images)}.img")["entries"][0].get("root_id")
+
+    def change(image: dict[str, Any]) -> bool:
+        regs = [e.get("reg") or {} for e in image.get("entries") or []]
+        root = next((r for r in regs if r.get("id") == root_id), None)
+        if root is None:
+            return False
+        changed = False
+        for reg in regs:  # every process's root and cwd there: "/" of the root mount
+            same = reg.get("name") == "/" and reg.get("mnt_id") == root.get("mnt_id")
+            if same and "mode" in reg and int(reg["mode"]) & 0o7777 != mode:
+                reg["mode"] = (int(reg["mode"]) & ~0o7777) | (mode & 0o7777)
+                changed = True
+        return changed
+
+    if rewrite_image(images / "files.img", change):
+        logger.debug("%s: the root's mode is the target's, %o", images, mode)
+
+
+def drop_mounts(images: Path, destinations: Iterable[str]) -> None:
+    """Take the external mounts at ``destinations`` (files the source runtime bound in,
+    which the target does not make) out of the container's mount table in CRIU's
+    unpacked ``images``: CRIU then leaves the image's own file there.
+
+    Raises:
+        ContainerError: A process holds a file of such a mount open (CRIU could not
+            restore it without the mount).
+    """
+    from cedana.criu import load_image, rewrite_image
+    from cedana.errors import ContainerError
+
+    wanted = set(destinations)
+    if not wanted:
+        return
+    mnt_ns = load_image(images / f"ids-{_root_pid(images)}.img")["entries"][0].get("mnt_ns_id")
+    table = images / f"mountpoints-{mnt_ns}.img"
+    dropped: dict[int, str] = {}
+
+    def change(image: dict[str, Any]) -> bool:
+        kept = []
+        for entry in image.get("entries") or []:
+            where = str(entry.get("mountpoint") or "")
+            if where in wanted and (entry.get("ext_key") or entry.get("ext_mount")):
+                dropped[int(entry.get("mnt_id") or 0)] = where
+                continue
+            kept.append(entry)
+        image["entries"] = kept
+        return bool(dropped)
+
+    if not rewrite_image(table, change):
+        return
+    for entry in load_image(images / "files.img")["entries"]:
+        mnt_id = (entry.get("reg") or {}).get("mnt_id")
+        if mnt_id in dropped:
+            raise ContainerError(
+                f"a process of the container holds {dropped[mnt_id]} open, which its runtime "
+                "bound in and the target runtime does not make, so it cannot be restored "
+                "there; restore it into runc, or into a runtime that makes it"
+            )
+    logger.debug("%s: mounts %s left to the image", table.name, ", ".join(dropped.values()))
 
 
 # --- the target's view of the checkpoint -------------------------------------------------
@@ -391,6 +465,7 @@ class _TranslatedArtifact:
     artifact: Any
     manifest: Manifest
     derived: Mapping[str, bytes]
+    after_extract: Callable[[Path], None] | None = None
 
     @property
     def path(self) -> Path:
@@ -406,6 +481,8 @@ class _TranslatedArtifact:
 
     def extract(self, dest: Path, *, only: Callable[[str], bool] | None = None) -> None:
         self.artifact.extract(dest, only=only)
+        if self.after_extract is not None:
+            self.after_extract(dest)
 
     def read_member(self, name: str) -> bytes:
         if name in self.derived:
@@ -420,11 +497,13 @@ def translated(
     runtime: str,
     workload: Mapping[str, Any],
     derived: Mapping[str, bytes] | None = None,
+    after_extract: Callable[[Path], None] | None = None,
 ) -> Checkpoint:
     """``ckpt`` as the target ``runtime``'s restore reads its own checkpoints: the manifest's
     runtime and ``workload`` replaced (facts cedana derived from the verified artifact),
     ``derived`` members (name -> bytes) readable beside the artifact's. Extraction, the
-    signature and verification are the artifact's own."""
+    signature and verification are the artifact's own; ``after_extract`` adapts CRIU's
+    images to the target once they are unpacked (before they are checked)."""
     derived = dict(derived or {})
     members = [
         *ckpt.manifest.members,
@@ -439,5 +518,5 @@ def translated(
         workload=workload,
         members=tuple(sorted(members, key=lambda m: m.name)),
     )
-    view = _TranslatedArtifact(ckpt._artifact, manifest, derived)
+    view = _TranslatedArtifact(ckpt._artifact, manifest, derived, after_extract)
     return Checkpoint(artifact=view, trust=ckpt.signer)

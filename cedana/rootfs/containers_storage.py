@@ -177,9 +177,7 @@ def _lower_children(lower: Sequence[str], directory: str) -> set[str]:
     return names
 
 
-def to_podman_diff(
-    diff: Path, dest: Path, *, lower: Sequence[str] = (), root_mode: int | None = None
-) -> list[str]:
+def to_podman_diff(diff: Path, dest: Path, *, lower: Sequence[str] = ()) -> list[str]:
     """Convert the overlay diff ``diff/rootfs-diff.tar`` into podman's layout in ``dest``.
 
     ``dest/rootfs-diff.tar`` gets the new and changed entries (overlay's own
@@ -189,9 +187,6 @@ def to_podman_diff(
     podman untars the first over the container's new root, then removes the second.
     The input's names were checked when the artifact was opened and are checked
     again here (no absolute paths, no ``..``).
-
-    ``root_mode`` gives the root directory that mode (an entry for ``.``) when the diff
-    has none: a checkpoint of another store, whose root CRIU finds with its own mode.
 
     Returns:
         The deleted paths written.
@@ -218,10 +213,6 @@ def to_podman_diff(
             }
             present.add(name)
             out.addfile(info, src.extractfile(info) if info.isreg() else None)
-        if root_mode is not None and "." not in present:
-            root = tarfile.TarInfo(".")
-            root.type, root.mode = tarfile.DIRTYPE, root_mode & 0o7777
-            out.addfile(root)
     for directory in opaque:
         for child in sorted(_lower_children(lower, directory)):
             if os.path.join(directory, child) not in present:

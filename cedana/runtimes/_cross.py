@@ -193,13 +193,6 @@ def _make_files(
 # --- the target halves -------------------------------------------------------------------
 
 
-#: Sources whose checkpoints do not restore under containerd's shim yet, and why.
-_NOT_INTO_CONTAINERD = {
-    "docker": "CRIU does not restore under containerd's runc shim (it fails to copy the "
-    "mount sharing docker's container had from the shim's root: mnt-v2 EINVAL)",
-}
-
-
 def into_containerd(
     checkpoint: Checkpoint | str | os.PathLike[str],
     *,
@@ -229,11 +222,6 @@ def into_containerd(
 
     ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
     desc = describe(ckpt)
-    if desc.source in _NOT_INTO_CONTAINERD:
-        raise ContainerError(
-            f"{ckpt.path} holds a {desc.source} container, which "
-            f"{_NOT_INTO_CONTAINERD[desc.source]}: restore it into {desc.source} or runc"
-        )
     name = name or desc.name
     namespace = namespace or "default"
     address = address or DEFAULT_ADDRESS
@@ -264,6 +252,7 @@ def into_containerd(
             runtime="containerd",
             workload=workload,
             derived={DERIVED_CONFIG: json.dumps(spec).encode()},
+            after_extract=portable.drop_root_slavery,
         )
         return ContainerdContainer.restore(
             view,
@@ -351,7 +340,10 @@ def into_docker(
             "host_config": host_config,
         }
         view = portable.translated(
-            ckpt, runtime="docker", workload={**thaw(ckpt.manifest.workload), "docker": docker}
+            ckpt,
+            runtime="docker",
+            workload={**thaw(ckpt.manifest.workload), "docker": docker},
+            after_extract=portable.drop_root_slavery,
         )
         return DockerContainer.restore(
             view,
@@ -370,28 +362,21 @@ def into_docker(
         raise
 
 
-def _check_podman_root(desc: PortableContainer, found: Found) -> None:
-    """Refuse a container whose root directory had another mode than the one podman
-    gives a container of this image (containers/storage makes a new layer's root like
-    its image's top layer): CRIU checks the root's mode and would fail the restore."""
+#: What podman makes for a container without a network of its own (no resolv.conf).
+_PODMAN_MAKES = frozenset({"/etc/hosts", "/etc/hostname", "/run/.containerenv", "/dev/shm"})
+
+
+def _podman_root_mode(found: Found) -> int | None:
+    """The mode podman gives the root of a new container of image ``found``
+    (containers/storage makes a new layer's root like the image's top layer)."""
     from cedana.runtimes._podman_layout import image_layers
     from cedana.runtimes.podman import PodmanCLI
 
-    mode = portable.root_mode(desc.checkpoint)
     layers = image_layers(PodmanCLI().image(found.id) or {})
-    if mode is None or not layers:
-        return
     try:
-        podmans = os.stat(layers[0]).st_mode
+        return os.stat(layers[0]).st_mode & 0o7777 if layers else None
     except OSError:
-        return
-    if podmans & 0o7777 != mode & 0o7777:
-        raise ContainerError(
-            f"{desc.checkpoint.path} holds a {desc.source} container whose root directory "
-            f"was mode {mode & 0o7777:o}, and podman makes it {podmans & 0o7777:o} for image "
-            f"{found.ref!r}; CRIU restores a root of the same mode only: restore it into "
-            "docker, containerd or runc"
-        )
+        return None
 
 
 def into_podman(
@@ -420,14 +405,16 @@ def into_podman(
     ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
     desc = describe(ckpt)
     name = name or desc.name
-    if desc.needs("/etc/resolv.conf"):
-        raise ContainerError(
-            f"{ckpt.path} holds a {desc.source} container that had /etc/resolv.conf bound in "
-            "by its runtime, and podman gives a container without a network of its own none, "
-            "so CRIU could not put it back: restore it into docker, containerd or runc"
-        )
     found = _image(desc, PodmanImages(), source_address, work_dir)
-    _check_podman_root(desc, found)
+    mode = _podman_root_mode(found)
+    unmade = [m.destination for m in desc.runtime_mounts if m.destination not in _PODMAN_MAKES]
+
+    def adapt(images: Path) -> None:
+        portable.drop_root_slavery(images)
+        if mode is not None:
+            portable.set_root_mode(images, mode)
+        portable.drop_mounts(images, unmade)
+
     args = [str(a) for a in desc.process.get("args") or []]
     config = {
         "name": name,
@@ -441,7 +428,6 @@ def into_podman(
         "name": name,
         "image": {"name": found.ref, "id": found.id},
         "config": config,
-        "root_mode": portable.root_mode(ckpt),
     }
     workload = {
         **thaw(ckpt.manifest.workload),
@@ -449,7 +435,11 @@ def into_podman(
         "podman": pod,
     }
     view = portable.translated(
-        ckpt, runtime="podman", workload=workload, derived={DERIVED_CONFIG: desc.config_bytes()}
+        ckpt,
+        runtime="podman",
+        workload=workload,
+        derived={DERIVED_CONFIG: desc.config_bytes()},
+        after_extract=adapt,
     )
     return PodmanContainer.restore(
         view,

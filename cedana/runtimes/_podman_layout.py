@@ -174,7 +174,6 @@ def write_import(
     lower: Sequence[str],
     exclude: Iterable[str] = (),
     extra: Mapping[str, Path] | None = None,
-    root_mode: int | None = None,
 ) -> None:
     """Write podman's checkpoint-import layout as the tar ``archive``.
 
@@ -187,7 +186,7 @@ def write_import(
     skip = set(exclude)
     layout = archive.parent / "import"
     layout.mkdir(mode=0o700)
-    to_podman_diff(diff_dir, layout, lower=lower, root_mode=root_mode)
+    to_podman_diff(diff_dir, layout, lower=lower)
     (layout / "config.dump").write_text(json.dumps({**config, "spec": spec, "runtime": "runc"}))
     (layout / "spec.dump").write_text(json.dumps(spec))
     for member, source in (extra or {}).items():

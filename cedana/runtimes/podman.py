@@ -538,8 +538,6 @@ class _ImportPlan:
     diff_format: str
     lower: tuple[str, ...]
     devshm: str | None = None
-    #: The root directory's mode, for a checkpoint of another runtime's store.
-    root_mode: int | None = None
     #: The new container's id, fresh (cleanup after a failure finds its processes by it).
     cid: str = attrs.field(factory=lambda: secrets.token_hex(32))
 
@@ -563,7 +561,6 @@ class _ImportPlan:
             lower=self.lower,
             exclude={self.diff_dir.split("/")[0], *CEDANA_FILES},
             extra={DEVSHM_NAME: images / self.devshm} if self.devshm else None,
-            root_mode=self.root_mode,
         )
         return archive
 
@@ -658,7 +655,6 @@ def _plan_import(
         diff_format=form or OVERLAY,
         lower=tuple(image_layers(image)),
         devshm=DEVSHM_MEMBER if DEVSHM_MEMBER in members else None,
-        root_mode=pod["root_mode"] if isinstance(pod.get("root_mode"), int) else None,
     )
 
 
