@@ -482,7 +482,14 @@ class _TranslatedArtifact:
     def extract(self, dest: Path, *, only: Callable[[str], bool] | None = None) -> None:
         self.artifact.extract(dest, only=only)
         if self.after_extract is not None:
-            self.after_extract(dest)
+            try:
+                self.after_extract(dest)
+            except (OSError, KeyError, IndexError, TypeError, ValueError) as exc:
+                raise confine.refused(
+                    "CRIU images",
+                    f"cannot be adapted to {self.manifest.runtime} ({exc})",
+                    "do not use this checkpoint",
+                ) from None
 
     def read_member(self, name: str) -> bytes:
         if name in self.derived:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cedana.container import portable
 from cedana.container.portable import ImageFacts
-from cedana.errors import ImageNotFound, RuntimeUnavailable
+from cedana.errors import ContainerError, ImageNotFound, RuntimeUnavailable
 from cedana.runtimes._images import Found, bring, candidates
 
 DOCKER_CONFIG = {
@@ -124,3 +125,106 @@ def test_bring_names_the_image_and_the_commands(tmp_path: Path, fails: bool) -> 
     assert "'b:1' (layers sha256:c)" in message
     assert "src save b:1 image.tar && dst load image.tar" in message
     assert ("cannot be reached" in message) == fails
+
+
+# --- CRIU's images adapted to the target -------------------------------------------------
+
+
+def _write(path: Path, magic: str, entries: list[dict[str, Any]]) -> None:
+    import pycriu
+
+    with open(path, "wb") as f:
+        pycriu.images.dump({"magic": magic, "entries": entries}, f)
+
+
+def _images(tmp_path: Path) -> Path:
+    """A container's images: pid 1, its root and cwd on mount 10 (``/``, a slave of the
+    source host's group 4), /etc/resolv.conf bound in (mount 11)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    _write(images / "pstree.img", "PSTREE", [{"pid": 1, "ppid": 0, "pgid": 1, "sid": 1}])
+    _write(images / "fs-1.img", "FS", [{"cwd_id": 3, "root_id": 4, "umask": 18}])
+    _write(
+        images / "ids-1.img",
+        "IDS",
+        [{"vm_id": 1, "files_id": 1, "fs_id": 1, "sighand_id": 1, "mnt_ns_id": 13}],
+    )
+    reg = {
+        "flags": 0,
+        "pos": 0,
+        "fown": {"uid": 0, "euid": 0, "signum": 0, "pid_type": 0, "pid": 0},
+    }
+    _write(
+        images / "files.img",
+        "FILES",
+        [
+            {
+                "type": "REG",
+                "id": n,
+                "reg": {**reg, "id": n, "name": "/", "mnt_id": 10, "mode": 0o40755},
+            }
+            for n in (3, 4)
+        ],
+    )
+    mnt = {"fstype": 0, "root_dev": 1, "flags": 0, "root": "/", "source": "x", "options": ""}
+    _write(
+        images / "mountpoints-13.img",
+        "MNTS",
+        [
+            {**mnt, "mnt_id": 10, "parent_mnt_id": 1, "mountpoint": "/", "master_id": 4},
+            {
+                **mnt,
+                "mnt_id": 11,
+                "parent_mnt_id": 10,
+                "mountpoint": "/etc/resolv.conf",
+                "ext_key": "/etc/resolv.conf",
+            },
+        ],
+    )
+    return images
+
+
+def _load(path: Path) -> list[dict[str, Any]]:
+    from cedana.criu import load_image
+
+    entries: list[dict[str, Any]] = load_image(path)["entries"]
+    return entries
+
+
+def test_the_root_is_no_slave_of_the_source_hosts_mounts(tmp_path: Path) -> None:
+    """The root's slavery to a peer group outside the container is dropped (CRIU could
+    not copy it where the target's root is not shared); nothing else changes."""
+    images = _images(tmp_path)
+    portable.drop_root_slavery(images)
+    root, bound = _load(images / "mountpoints-13.img")
+    assert "master_id" not in root and bound["ext_key"] == "/etc/resolv.conf"
+
+
+def test_the_roots_mode_becomes_the_targets(tmp_path: Path) -> None:
+    """Every process's root and cwd at ``/`` of the root mount get the target's mode."""
+    images = _images(tmp_path)
+    portable.set_root_mode(images, 0o555)
+    assert [e["reg"]["mode"] for e in _load(images / "files.img")] == [0o40555, 0o40555]
+
+
+def test_a_mount_the_target_does_not_make_is_left_to_the_image(tmp_path: Path) -> None:
+    """An external mount the target runtime does not make leaves the mount table; one
+    that a process holds a file of is refused, naming it."""
+    images = _images(tmp_path)
+    portable.drop_mounts(images, ["/etc/resolv.conf"])
+    assert [e["mountpoint"] for e in _load(images / "mountpoints-13.img")] == ["/"]
+    (tmp_path / "held").mkdir()
+    images = _images(tmp_path / "held")
+    reg = {
+        "flags": 0,
+        "pos": 0,
+        "fown": {"uid": 0, "euid": 0, "signum": 0, "pid_type": 0, "pid": 0},
+    }
+    held = {
+        "type": "REG",
+        "id": 9,
+        "reg": {**reg, "id": 9, "name": "/etc/resolv.conf", "mnt_id": 11},
+    }
+    _write(images / "files.img", "FILES", [*_load(images / "files.img"), held])
+    with pytest.raises(ContainerError, match="holds /etc/resolv.conf open"):
+        portable.drop_mounts(images, ["/etc/resolv.conf"])
