@@ -116,6 +116,9 @@ class ImageFacts:
         ids: The image's id in stores that have one (store name -> id).
         source: The runtime whose store it was in.
         namespace: The source store's namespace (containerd's), if it has one.
+        layers: For a runtime without a store (plain runc): the directories the
+            container's overlay ran on, uppermost first, checked to be the recorded ones;
+            a store gets them as a new image.
     """
 
     name: str
@@ -123,6 +126,7 @@ class ImageFacts:
     ids: Mapping[str, str] = attrs.field(factory=dict)
     source: str = ""
     namespace: str | None = None
+    layers: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)

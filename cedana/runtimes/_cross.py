@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,18 @@ from cedana.runtimes._images import (
     Found,
     ImageStore,
     PodmanImages,
+    RuncLayers,
     bring,
 )
+
+
+def _register_runc() -> None:
+    """Plain runc's source half (its layers made an image), added to its registry entry
+    here: the container layer it registers from knows no image store."""
+    runc = registry.lookup("runc")
+    if runc is not None and runc.describe is None:
+        registry.register(attrs.evolve(runc, describe=describe_runc))
+
 
 __all__ = [
     "describe",
@@ -120,6 +131,31 @@ def describe_podman(ckpt: Checkpoint) -> PortableContainer:
     return attrs.evolve(desc, unmasked=_PODMAN_UNMASKED)
 
 
+def describe_runc(ckpt: Checkpoint) -> PortableContainer:
+    """A plain runc checkpoint's neutral description: runc has no image store, so its
+    image is the overlay layers the container ran on (checked to be the recorded ones,
+    as a restore into runc checks them), named after the container."""
+    info = _section(ckpt, "container")
+    rootfs = _section(ckpt, "rootfs")
+    cid = str(info.get("id") or "")
+    layers: tuple[str, ...] = ()
+    if rootfs.get("captured"):
+        layers = confine.check_lower(
+            list(rootfs.get("lower") or ()), rootfs.get("lower_identity"), given=None
+        )
+    ref = "localhost/cedana-runc/" + (
+        re.sub(r"[^a-z0-9._-]+", "-", cid.lower()).strip("-._") or "x"
+    )
+    return portable.describe(
+        ckpt,
+        name=cid,
+        source="runc",
+        image=ImageFacts(name=f"{ref}:checkpoint", chain_id=None, source="runc", layers=layers)
+        if layers
+        else None,
+    )
+
+
 def describe(ckpt: Checkpoint) -> PortableContainer:
     """The neutral description of ``ckpt``, by its runtime's ``describe``.
 
@@ -136,8 +172,13 @@ def describe(ckpt: Checkpoint) -> PortableContainer:
     return desc
 
 
-def _source_store(image: ImageFacts, address: str | None) -> ImageStore | None:
-    """The source runtime's store: at ``address`` (the caller's), else its default place."""
+def _source_store(
+    image: ImageFacts, address: str | None, config: Mapping[str, Any]
+) -> ImageStore | None:
+    """The source runtime's store: at ``address`` (the caller's), else its default place;
+    for plain runc, its layer directories."""
+    if image.source == "runc":
+        return RuncLayers(image.layers, config)
     if image.source == "docker":
         return DockerImages(address)
     if image.source == "podman":
@@ -158,7 +199,7 @@ def _image(
             f"{desc.checkpoint.path} records no image, so no runtime can make the container "
             "from it; restore it into runc"
         )
-    source = _source_store(desc.image, source_address)
+    source = _source_store(desc.image, source_address, desc.config)
     try:
         return bring(desc.image, target, source, work_dir=work_dir)
     finally:
@@ -452,3 +493,6 @@ def into_podman(
         trust=trust,
         trusted_keys=trusted_keys,
     )
+
+
+_register_runc()

@@ -17,11 +17,16 @@ image and the commands that bring it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import json
 import logging
 import os
 import shlex
+import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+import tarfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +42,7 @@ __all__ = [
     "Found",
     "ImageStore",
     "PodmanImages",
+    "RuncLayers",
     "bring",
     "candidates",
 ]
@@ -286,6 +292,106 @@ class ContainerdImages:
         return shlex.join(
             [*self._ctr(), "images", "import", "--snapshotter", self.snapshotter, archive]
         )
+
+
+# --- plain runc: its layers as an image ---------------------------------------------------
+
+
+def _layer_tar(layer: Path, dest: Path) -> str:
+    """Tar the overlay layer directory ``layer`` as an OCI layer at ``dest`` (overlay's
+    whiteouts, 0:0 character devices, become ``.wh.`` files); its diff id."""
+
+    def entry(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        if info.ischr() and info.devmajor == 0 and info.devminor == 0:
+            head, _, tail = info.name.rpartition("/")
+            info.name = f"{head}/.wh.{tail}" if head else f".wh.{tail}"
+            info.type, info.devmajor, info.devminor = tarfile.REGTYPE, 0, 0
+        info.mtime = int(info.mtime)
+        return info
+
+    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(tar.gettarinfo(layer, arcname="."))
+        for child in sorted(os.listdir(layer)):
+            tar.add(layer / child, arcname=child, filter=entry)
+    digest = hashlib.sha256()
+    with open(dest, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+@attrs.define(eq=False)
+class RuncLayers:
+    """The layer directories a plain runc container's overlay ran on, as the one "store"
+    its image can come from: built once into OCI layers (uppermost last), saved as a
+    docker-archive tar that the other stores load."""
+
+    layers: tuple[str, ...]
+    config: Mapping[str, Any] = attrs.field(factory=dict)
+    _work: Path | None = attrs.field(default=None, init=False)
+    _built: list[tuple[Path, str]] = attrs.field(factory=list, init=False)
+
+    @property
+    def what(self) -> str:
+        return f"the directories runc's container ran on ({', '.join(self.layers)})"
+
+    def _build(self) -> list[tuple[Path, str]]:
+        if not self._built:
+            import tempfile
+
+            self._work = Path(tempfile.mkdtemp(prefix=".cedana-layers-"))
+            for n, layer in enumerate(reversed(self.layers)):  # bottom first
+                tar = self._work / f"layer-{n}.tar"
+                self._built.append((tar, _layer_tar(Path(layer), tar)))
+        return self._built
+
+    def close(self) -> None:
+        if self._work is not None:
+            shutil.rmtree(self._work, ignore_errors=True)
+            self._work, self._built = None, []
+
+    def find(self, image: ImageFacts) -> Found | None:
+        try:
+            chain = _chain([diff for _, diff in self._build()])
+        except OSError as exc:
+            raise CedanaError(f"cannot read the layer directories: {exc}") from exc
+        return Found(ref=image.name, id="", chain_id=chain)
+
+    def save(self, ref: str, archive: Path) -> None:
+        built = self._build()
+        process = self.config.get("process") or {}
+        config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {
+                    "Env": list(process.get("env") or []),
+                    "Cmd": list(process.get("args") or []),
+                    "WorkingDir": str(process.get("cwd") or "/"),
+                },
+                "rootfs": {"type": "layers", "diff_ids": [diff for _, diff in built]},
+            }
+        ).encode()
+        config_name = hashlib.sha256(config).hexdigest() + ".json"
+        names = [f"{diff.removeprefix('sha256:')}/layer.tar" for _, diff in built]
+        manifest = json.dumps([{"Config": config_name, "RepoTags": [ref], "Layers": names}])
+        with tarfile.open(archive, "x") as out:
+            for data, name in ((manifest.encode(), "manifest.json"), (config, config_name)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                out.addfile(info, io.BytesIO(data))
+            for (tar, _), name in zip(built, names, strict=True):
+                out.add(tar, arcname=name)
+
+    def load(self, archive: Path) -> None:
+        raise CedanaError("runc has no image store to load an image into")
+
+    def save_command(self, ref: str, archive: str) -> str:
+        layer = shlex.quote(self.layers[0])
+        return f"tar -C {layer} -c . (a layer of an image of your own, tagged {ref})"
+
+    def load_command(self, archive: str) -> str:
+        return "(runc has no image store)"
 
 
 # --- moving ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 
 import cedana
+from cedana.container import portable
 from cedana.rootfs.mounts import is_mountpoint, mountinfo, umount
 from tests.capabilities import (
     integration,
@@ -39,6 +41,7 @@ from tests.helpers import (
     assert_counts_on,
     busybox_tree,
     remove_runc_container,
+    run_cedana,
     wait_count,
 )
 from tests.integration.test_containerd import Containerd, busybox_layer, oci_archive
@@ -68,12 +71,6 @@ IMAGES = {
     "docker": "cedana-x/busybox:docker",
     "podman": "localhost/cedana-x/busybox:podman",
 }
-#: The pairs refused (what the error says), as docs/runtimes.rst lists them.
-REFUSED = {
-    ("runc", "containerd"): "no image.*into runc",
-    ("runc", "docker"): "no image.*into runc",
-    ("runc", "podman"): "no image.*into runc",
-}
 #: The result of each (source, target) pair, printed at the end of the run.
 MATRIX: dict[tuple[str, str], str] = {}
 
@@ -95,6 +92,23 @@ class Runtimes:
         self.podman = podman
         self.mounts: list[Path] = []
         self.restored: list[Any] = []
+        self.checkpoints: dict[str, tuple[cedana.Checkpoint, list[int]]] = {}
+
+    def checkpoint_of(self, runtime: str) -> tuple[cedana.Checkpoint, list[int]]:
+        """The one checkpoint of ``runtime``'s counter (made on first use, killing the
+        container; the exited container stays until the module ends: a restore into runc
+        mounts the changes on the layers the checkpoint recorded, and docker's "-init"
+        layer, its placeholders for /etc/hosts..., is the container's own), and the
+        counts it holds."""
+        if runtime not in self.checkpoints:
+            c = self.run_counter(runtime)
+            wait_count(c, 5)
+            ckpt = c.checkpoint(self.tmp / f"{runtime}.tar.zst")
+            with contextlib.suppress(AttributeError):
+                c.close()
+            assert ckpt.manifest.runtime == runtime
+            self.checkpoints[runtime] = (ckpt, _checkpointed_counts(ckpt))
+        return self.checkpoints[runtime]
 
     # the sources: a counter container of each runtime, its rootfs changed
 
@@ -122,8 +136,6 @@ class Runtimes:
         return cedana.PodmanContainer(name)
 
     def _run_runc(self, name: str, script: str) -> cedana.RuncContainer:
-        import json
-
         bundle = self.tmp / name
         rootfs = bundle / "rootfs"
         for d in ("upper", "work", "rootfs"):
@@ -285,21 +297,10 @@ def _checkpointed_counts(ckpt: cedana.Checkpoint) -> list[int]:
 
 @pytest.fixture(scope="module", params=RUNTIMES)
 def source(
-    request: pytest.FixtureRequest, runtimes: Runtimes, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, runtimes: Runtimes
 ) -> tuple[cedana.Checkpoint, list[int]]:
-    """One checkpoint of each runtime's counter (killed by it), shared by every target,
-    and the counts it holds."""
-    runtime = request.param
-    c = runtimes.run_counter(runtime)
-    wait_count(c, 5)
-    ckpt = c.checkpoint(tmp_path_factory.mktemp(f"ckpt-{runtime}") / "c.tar.zst")
-    with contextlib.suppress(AttributeError):
-        c.close()
-    # The exited container stays until the module ends: a restore into runc mounts the
-    # changes on the layers the checkpoint recorded, and docker's "-init" layer (its
-    # placeholders for /etc/hosts...) is the container's own.
-    assert ckpt.manifest.runtime == runtime
-    return ckpt, _checkpointed_counts(ckpt)
+    """One checkpoint of each runtime's counter, shared by every target."""
+    return runtimes.checkpoint_of(request.param)
 
 
 def _read(container: Any, path: str) -> str | None:
@@ -318,22 +319,14 @@ def test_restore_into_each_runtime(
 ) -> None:
     """A counter container checkpointed under one runtime restores into ``target``: the
     counter goes on from where it was frozen, and the files it wrote, changed and deleted
-    are as they were. The pairs that do not work are refused before anything is made,
-    with an error naming why and where it restores instead (``REFUSED``): a runc
-    checkpoint has no image in a store; docker's into podman
-    (its resolv.conf) and containerd's into podman (its root directory's mode)."""
+    are as they were; the image came into the target's store from the source's (for
+    runc, from the layer directories it ran on), and nothing of cedana's files for it is
+    left once the container is removed."""
     ckpt, before = source
     runtime = str(ckpt.manifest.runtime)
     name = f"{PREFIX}-{runtime}-in-{target}"
     MATRIX[(runtime, target)] = "FAIL"
     record_property(f"{runtime}->{target}", "FAIL")
-    refusal = REFUSED.get((runtime, target))
-    if refusal is not None:
-        with pytest.raises(cedana.ContainerError, match=refusal):
-            runtimes.restore_into(ckpt, target, name)
-        MATRIX[(runtime, target)] = "refused"
-        record_property(f"{runtime}->{target}", "refused")
-        return
     try:
         restored = runtimes.restore_into(ckpt, target, name)
         assert_counts_on(restored, before)
@@ -343,8 +336,15 @@ def test_restore_into_each_runtime(
         assert os.listdir(f"/proc/{restored.pid}/root/www") == ["other.html"]
     finally:
         runtimes.remove_restored()
+    assert not _files_of(name)
     MATRIX[(runtime, target)] = "pass"
     record_property(f"{runtime}->{target}", "pass")
+
+
+def _files_of(name: str) -> list[Path]:
+    """What cedana made for container ``name`` under /var/lib/cedana/files."""
+    root = portable.FILES_ROOT
+    return sorted(root.glob(f"*-{name}-*")) if root.is_dir() else []
 
 
 def matrix_lines() -> list[str]:
@@ -356,3 +356,47 @@ def matrix_lines() -> list[str]:
         cells = [MATRIX.get((runtime, t), "-").ljust(12) for t in RUNTIMES]
         lines.append(runtime.ljust(20) + "".join(cells))
     return lines
+
+
+def test_an_image_nowhere_to_be_found_is_named_with_its_commands(runtimes: Runtimes) -> None:
+    """When the target's store lacks the image and the source's cannot be reached, the
+    restore fails before anything is made, naming the image and the exact commands that
+    bring it; no container, snapshot or files are left."""
+    ckpt, _ = runtimes.checkpoint_of("docker")
+    name = f"{PREFIX}-nowhere"
+    empty = f"{runtimes.containerd.namespace}-empty"
+    with pytest.raises(cedana.ImageNotFound) as exc:
+        cedana.restore(
+            ckpt,
+            into="containerd",
+            name=name,
+            namespace=empty,
+            address=runtimes.containerd.address,
+            source_address=str(runtimes.tmp / "no-docker.sock"),
+        )
+    message = str(exc.value)
+    assert f"image {IMAGES['docker']!r} (layers sha256:" in message
+    assert "cannot be reached" in message
+    assert f"save -o image.tar {IMAGES['docker']} && ctr -a" in message
+    assert f"-n {empty} images import --snapshotter overlayfs image.tar" in message
+    assert not runtimes.containerd.lines("containers", "ls", namespace=empty)
+    assert not _files_of(name)
+
+
+def test_cli_restores_a_docker_checkpoint_into_podman(runtimes: Runtimes) -> None:
+    """``cedana restore CKPT --into podman --source-address SOCK --json``: the docker
+    checkpoint runs on as a podman container, which podman lists."""
+    ckpt, before = runtimes.checkpoint_of("docker")
+    name = f"{PREFIX}-cli"
+    done = run_cedana(
+        "restore", str(ckpt.path), "--into", "podman", "--name", name,
+        "--source-address", runtimes.dockerd.address, "--json",
+    )  # fmt: skip
+    try:
+        assert done.returncode == 0, done.stderr
+        out = json.loads(done.stdout)
+        assert (out["runtime"], out["name"]) == ("podman", name)
+        assert name in runtimes.podman.running()
+        assert_counts_on(cedana.PodmanContainer(name), before)
+    finally:
+        runtimes.podman.remove(name)
