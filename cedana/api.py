@@ -75,6 +75,12 @@ def restore(
     ``address``, ``log``...) or, with ``into="runc"``, as a plain
     :class:`~cedana.RuncContainer`.
 
+    A checkpoint of any runc-based runtime also restores into any other
+    (``into="podman"`` for a docker one...): the image is brought into the target's
+    store from the source's (at ``source_address=``, else its default place), the
+    source runtime's own mounts become the target's, and the target confines it as its
+    own checkpoints (see "Into another runtime" in the docs).
+
     ``progress`` is called with a :class:`cedana.progress.Progress` as the images are
     unpacked and the tree restored, or True shows a bar (see :mod:`cedana.progress`).
 
