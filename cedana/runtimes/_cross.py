@@ -31,6 +31,7 @@ from cedana.container import confine, namespaces, portable
 from cedana.container.portable import ImageFacts, PortableContainer
 from cedana.criu import CriuBackend
 from cedana.errors import ContainerError
+from cedana.runtimes._containerd_api import DEFAULT_ADDRESS
 from cedana.runtimes._images import (
     ContainerdImages,
     DockerImages,
@@ -64,7 +65,6 @@ __all__ = [
 DERIVED_CONFIG = "container/cedana-translated/config.json"
 #: What podman's default spec leaves open that the others close (the container had it).
 _PODMAN_UNMASKED = ("/proc/asound",)
-_CONTAINERD_DEFAULT = "/run/containerd/containerd.sock"
 
 
 # --- the source halves -------------------------------------------------------------------
@@ -184,7 +184,7 @@ def _source_store(
     if image.source == "podman":
         return PodmanImages()
     if image.source == "containerd":
-        return ContainerdImages(address or _CONTAINERD_DEFAULT, image.namespace or "default")
+        return ContainerdImages(address or DEFAULT_ADDRESS, image.namespace or "default")
     return None
 
 
@@ -259,7 +259,7 @@ def into_containerd(
     :meth:`cedana.ContainerdContainer.restore`'s, keywords and confinement included.
     """
     from cedana.runtimes._containerd_api import SPEC_TYPE
-    from cedana.runtimes.containerd import DEFAULT_ADDRESS, ContainerdContainer
+    from cedana.runtimes.containerd import ContainerdContainer
 
     ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
     desc = describe(ckpt)

@@ -123,7 +123,8 @@ _KEPT_HOST_CONFIG = frozenset(
         "Ulimits",
     }
 )
-# HostConfig fields that would hand the container host resources: refused when set.
+# HostConfig fields that would hand the container host resources: refused when set (Binds
+# only from granted sources: a restore from another runtime binds in files of cedana's).
 _REFUSED_HOST_CONFIG = (
     "Binds",
     "Mounts",
@@ -401,9 +402,10 @@ class DockerContainer:
         same image id) and create config, its new overlay2 layer receives the
         rootfs changes, and docker starts it from the CRIU images
         (``start --checkpoint``). The checkpoint is untrusted input: its
-        ``HostConfig`` may not ask for volumes, binds, devices, host namespaces,
-        privileges, capabilities beyond docker's defaults (unless granted), a
-        cgroup parent or another runtime; its CRIU images are confined as for
+        ``HostConfig`` may not ask for volumes, binds (but from ``grants.binds``),
+        devices, host namespaces, privileges, capabilities beyond docker's defaults
+        (unless granted), a cgroup parent or another runtime; its CRIU images are
+        confined as for
         runc (:func:`cedana.container.confine.check_images`). Everything is checked
         before docker is asked to make anything.
 
