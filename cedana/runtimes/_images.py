@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -33,7 +34,13 @@ from typing import Any, Protocol
 import attrs
 
 from cedana.container.portable import ImageFacts
-from cedana.errors import CedanaError, ImageNotFound, RuntimeTimeout, RuntimeUnavailable
+from cedana.errors import (
+    CedanaError,
+    ImageNotFound,
+    RuntimeTimeout,
+    RuntimeUnavailable,
+    UnsafeArtifact,
+)
 from cedana.staging import scratch_dir
 
 __all__ = [
@@ -397,6 +404,11 @@ class RuncLayers:
 # --- moving ------------------------------------------------------------------------------
 
 
+#: An image reference as the stores write them; anything else (an option's leading
+#: dash, spaces) is not passed to their command lines.
+_REFERENCE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._/:@+-]*\Z")
+
+
 def bring(
     image: ImageFacts,
     target: ImageStore,
@@ -410,6 +422,11 @@ def bring(
         ImageNotFound: It is in neither (or ``source`` cannot be reached); the message
             names the image and the commands that bring it.
     """
+    if not _REFERENCE.match(image.name):
+        raise UnsafeArtifact(
+            f"the checkpoint's image name {image.name!r} is not an image reference, so "
+            "nothing was restored; do not use this checkpoint"
+        )
     found = target.find(image)
     if found is not None:
         return found

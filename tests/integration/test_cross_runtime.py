@@ -400,3 +400,22 @@ def test_cli_restores_a_docker_checkpoint_into_podman(runtimes: Runtimes) -> Non
         assert_counts_on(cedana.PodmanContainer(name), before)
     finally:
         runtimes.podman.remove(name)
+
+
+def test_a_failed_restore_elsewhere_leaves_nothing_of_cedanas(runtimes: Runtimes) -> None:
+    """A restore into containerd under a name that is taken fails (ContainerExists), and
+    the files it made for docker's mounts are gone again; the first container runs on."""
+    ckpt, before = runtimes.checkpoint_of("docker")
+    name = f"{PREFIX}-taken"
+    first = runtimes.restore_into(ckpt, "containerd", name)
+    try:
+        made = _files_of(name)
+        assert len(made) == 1
+        assert (made[0] / "etc-hosts").read_text().startswith("127.0.0.1\tlocalhost")
+        with pytest.raises(cedana.ContainerExists):
+            runtimes.restore_into(ckpt, "containerd", name)
+        assert _files_of(name) == made
+        assert_counts_on(first, before)
+    finally:
+        runtimes.remove_restored()
+    assert not _files_of(name)

@@ -10,7 +10,7 @@ import pytest
 
 from cedana.container import portable
 from cedana.container.portable import ImageFacts
-from cedana.errors import ContainerError, ImageNotFound, RuntimeUnavailable
+from cedana.errors import ContainerError, ImageNotFound, RuntimeUnavailable, UnsafeArtifact
 from cedana.runtimes._images import Found, bring, candidates
 
 DOCKER_CONFIG = {
@@ -228,3 +228,12 @@ def test_a_mount_the_target_does_not_make_is_left_to_the_image(tmp_path: Path) -
     _write(images / "files.img", "FILES", [*_load(images / "files.img"), held])
     with pytest.raises(ContainerError, match="holds /etc/resolv.conf open"):
         portable.drop_mounts(images, ["/etc/resolv.conf"])
+
+
+@pytest.mark.parametrize("name", ["--output=/etc/x", "a b", "", "x\n"])
+def test_an_image_name_that_is_no_reference_is_refused(tmp_path: Path, name: str) -> None:
+    """The artifact's image name goes to the stores' command lines: one that is not an
+    image reference (an option, spaces) is refused before any store is asked."""
+    target = _Store("target")
+    with pytest.raises(UnsafeArtifact, match="not an image reference"):
+        bring(ImageFacts(name=name, chain_id=None), target, None, work_dir=tmp_path)
