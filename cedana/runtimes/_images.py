@@ -16,7 +16,6 @@ image and the commands that bring it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -27,7 +26,7 @@ import shlex
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -467,14 +466,3 @@ def bring(
             "but is not found there with the same layers; load it by hand" + how
         )
     return found
-
-
-@contextlib.contextmanager
-def closing(store: Any) -> Iterator[Any]:
-    """``store``, closed afterwards if it holds a connection."""
-    try:
-        yield store
-    finally:
-        close = getattr(store, "close", None)
-        if close is not None:
-            close()
