@@ -40,6 +40,7 @@ from tests.helpers import (
     COUNTER,
     assert_counts_on,
     busybox_tree,
+    craft,
     remove_runc_container,
     run_cedana,
     wait_count,
@@ -419,3 +420,36 @@ def test_a_failed_restore_elsewhere_leaves_nothing_of_cedanas(runtimes: Runtimes
     finally:
         runtimes.remove_restored()
     assert not _files_of(name)
+
+
+@pytest.mark.parametrize("target", ["runc", "containerd", "podman"])
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"mounts": [{"destination": "/data", "type": "bind", "source": "/etc"}]}, "'/etc'"),
+        ({"hooks": {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "id"]}]}}, "hooks"),
+    ],
+)
+def test_confinement_holds_into_another_runtime(
+    runtimes: Runtimes, tmp_path: Path, target: str, change: dict[str, Any], match: str
+) -> None:
+    """A docker checkpoint crafted to bind-mount a host directory, or to run a hook of
+    its own (signed by a trusted key, so only confinement stands in the way), is refused
+    by the target's restore as its own checkpoints are, before anything is made; only
+    docker's own mounts and networking hook are replaced."""
+    ckpt, _ = runtimes.checkpoint_of("docker")
+
+    def edit(workload: dict[str, Any], images: Path) -> None:
+        config = json.loads((images / "container/config.json").read_text())
+        for key, value in change.items():
+            config[key] = [*config.get(key, []), *value] if key == "mounts" else value
+        (images / "container/config.json").write_text(json.dumps(config))
+
+    crafted = craft(ckpt.path, tmp_path / "crafted.tar.zst", edit)
+    name = f"{PREFIX}-crafted-{target}"
+    with pytest.raises(cedana.UnsafeArtifact, match=match):
+        runtimes.restore_into(cedana.open(crafted), target, name)
+    assert not _files_of(name)
+    assert name not in runtimes.podman.names()
+    assert name not in runtimes.containerd.lines("containers", "ls")
+    assert not (Path("/var/lib/cedana/bundles") / name).exists()
