@@ -169,6 +169,12 @@ def restore(
     changes, without CRIU (the runtime's ``restore_fresh``: ``name`` and the runtime's
     own options); ``into`` may only name that runtime.
 
+    A checkpoint of any runc-based runtime also restores into any other
+    (``into="podman"`` for a docker one...): the image is brought into the target's
+    store from the source's (at ``source_address=``, else its default place), the
+    source runtime's own mounts become the target's, and the target confines it as its
+    own checkpoints (see "Into another runtime" in the docs).
+
     ``progress`` is called with a :class:`cedana.progress.Progress` as the images are
     unpacked and the tree restored, or True shows a bar (see :mod:`cedana.progress`).
 
@@ -209,15 +215,23 @@ def restore(
         raise CedanaError(
             f"{ckpt.path} holds a {source!r} checkpoint, which this cedana cannot restore; upgrade"
         )
-    targets = runtime.restores_into
+    targets = registry.restore_targets(runtime)
     target = into or targets[0]
     into_runtime = registry.lookup(target)
     if target not in targets or into_runtime is None:
+        why = ""
+        if into_runtime is not None and into_runtime.adopt is not None:
+            why = (
+                f" ({source} records no image in a store that {target} could make the "
+                f"container from; restore it into {' or '.join(targets)})"
+            )
         raise refused(
             f"{ckpt.path} holds a {source} checkpoint; it restores into "
-            f"{' or '.join(targets)}, not into {target!r}"
+            f"{' or '.join(targets)}, not into {target!r}{why}"
         )
     restorer = into_runtime.restore
+    if target not in runtime.restores_into and into_runtime.adopt is not None:
+        restorer = into_runtime.adopt  # another runtime's: through the neutral description
     given = {k: v for k, v in options.items() if v is not None}  # None: the default
     unusable = sorted(given.keys() - _keywords(restorer))
     if unusable:
@@ -276,6 +290,7 @@ _FLAGS = {
     "namespace": "--name NAMESPACE/NAME",
     "pid_namespace": "--pid-namespace",
     "root": "--root",
+    "source_address": "--source-address",
     "tcp_established": "--tcp-established",
 }
 

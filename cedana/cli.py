@@ -142,6 +142,7 @@ def _restore(args: argparse.Namespace, path: str) -> int:
         name=name or None,
         namespace=namespace or None,
         address=args.address or None,
+        source_address=args.source_address or None,
         bundle=args.bundle or None,
         root=args.root or None,
         pid_namespace=args.pid_namespace,
@@ -462,6 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--address",
         metavar="SOCK",
         help="the runtime's API socket (containerd, docker; default: the runtime's own)",
+    )
+    c.add_argument(
+        "--source-address",
+        metavar="SOCK",
+        help="into another runtime: the checkpointed runtime's API socket, to bring the image "
+        "from (containerd, docker; default: the runtime's own)",
     )
     c.add_argument(
         "--tcp-established",

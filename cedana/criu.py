@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno as errno_mod
+import io
 import logging
 import os
 import re
@@ -197,6 +198,26 @@ def load_image(path: Path) -> dict[str, Any]:
         except Exception as exc:  # pycriu raises bare Exceptions and MagicException
             raise ValueError(f"{path.name}: not a CRIU image pycriu can decode ({exc})") from exc
     return image
+
+
+def rewrite_image(path: Path, change: Callable[[dict[str, Any]], bool]) -> bool:
+    """Decode the CRIU image ``path``, let ``change`` edit it in place, and write it back
+    when ``change`` says it changed something (the return value).
+
+    Raises:
+        ValueError: The file is not a CRIU image pycriu can decode or encode.
+    """
+    _, images = _import_pycriu()
+    image = load_image(path)
+    if not change(image):
+        return False
+    data = io.BytesIO()
+    try:
+        images.dump(image, data)
+    except Exception as exc:  # pycriu raises bare Exceptions
+        raise ValueError(f"{path.name}: pycriu cannot encode it ({exc})") from exc
+    path.write_bytes(data.getvalue())
+    return True
 
 
 def pagemap_image(pages_id: int, entries: Sequence[tuple[int, int, int]]) -> bytes:

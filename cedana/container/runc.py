@@ -734,7 +734,7 @@ def container_summary(manifest: Manifest) -> dict[str, Any] | None:
         fresh = source is not None and source.restore_fresh is not None
         into = [str(manifest.runtime)] if fresh else []
     else:
-        into = list(source.restores_into) if source is not None else []
+        into = list(registry.restore_targets(source)) if source is not None else []
     return {
         "id": info.get("id"),
         "runtime": manifest.runtime,

@@ -33,6 +33,12 @@ Layout::
     _docker_api.py       docker's Engine API: the only importer of the docker SDK
                          (optional: ``pip install 'cedana[docker]'``)
 
+    _cross.py            a restore into another runtime: each runtime's source half
+                         (its checkpoint as cedana.container.portable's neutral
+                         description) and target half (that description as its own)
+    _images.py           image stores found by chain id, and an image moved between
+                         them through the runtimes' own save/load
+
 Nothing here imports grpc or the docker SDK until a container of theirs is used.
 """
 
