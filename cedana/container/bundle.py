@@ -18,7 +18,7 @@ import attrs
 from cedana.container import cgroups
 from cedana.container.mounts import is_bind
 from cedana.errors import ContainerError, ContainerExists, UnsafeArtifact
-from cedana.rootfs import RootfsDiff, Snapshotter
+from cedana.rootfs import RootfsDiff
 from cedana.rootfs.idmap import IdShift
 from cedana.rootfs.mounts import is_mountpoint, mountinfo, umount
 from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter
