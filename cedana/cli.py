@@ -182,11 +182,22 @@ def _close(workload: Any) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from cedana.images import is_reference, pulled
+
+    if is_reference(args.file):  # pulled (digest checked) to a temp file, removed after
+        with pulled(args.file, registry=_registry_options(args)) as local:
+            return _inspect(args, str(local))
+    return _inspect(args, args.file)
+
+
+def _inspect(args: argparse.Namespace, path: str) -> int:
     # Inspecting runs and restores nothing, so it shows who signed rather than refusing.
-    ckpt = cedana.open(args.file, trust="any")
+    ckpt = cedana.open(path, trust="any")
     rootfs_only = ckpt.kind == "rootfs"  # no CRIU images to decode
     inspection = None if rootfs_only else ckpt.inspect()
     s = ckpt.summary()
+    if path != args.file:
+        s["path"] = args.file  # the reference, not the temp file it was pulled to
     data: dict[str, Any] = {"checkpoint": s, "images": inspection and inspection.to_dict()}
     head = (
         f"{s['path']}: {s['kind']}{' (' + s['runtime'] + ')' if s['runtime'] else ''}, "
@@ -505,7 +516,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the tree, so CRIU's images record 0 for it, and cedana shows the real one from the "
         "manifest (a container's init shows 0, its parent being outside its pid namespace).",
     )
-    c.add_argument("file", metavar="FILE", help="the artifact (file or directory)")
+    c.add_argument(
+        "file",
+        metavar="FILE",
+        help="the artifact (file or directory), an archive of podman's, CRI-O's or "
+        "containerd's, or a checkpoint or checkpoint image at docker://HOST/REPO:TAG, "
+        "oci:DIR[:NAME] or oci-archive:PATH[:NAME] (pulled to a temp file, removed after)",
+    )
+    _registry_flags(c)
     _json(c)
     _common(c)
     c.set_defaults(func=cmd_inspect)
