@@ -11,7 +11,17 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["process", "runc", "containerd", "docker", "podman", "rootfs", "registry", "kata"]
+BENCHMARKS = [
+    "process",
+    "runc",
+    "containerd",
+    "docker",
+    "podman",
+    "rootfs",
+    "registry",
+    "pidns",
+    "kata",
+]
 
 
 def main(argv: list[str]) -> int:

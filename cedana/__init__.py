@@ -5,7 +5,9 @@ Layout, one concern per layer (each holds the one below)::
     api.py        check / open / restore: the top-level verbs
     registry.py   the runtimes: CLI targets, what restores into what (each registers itself)
     process.py    Process, spawn: a live process tree (uses procfs.py, descriptors.py: what
-                  leads outside the tree and how restore reattaches it)
+                  leads outside the tree and how restore reattaches it; pidns.py: new pid
+                  namespaces held by cedana's init, _pidinit.py; compat.py: whether this
+                  host can run a checkpoint's images)
     container/    RuncContainer: a runc container (runc state, cgroups, namespaces, mounts)
     rootfs/       snapshotters: a container's rootfs changes (overlay, containerd, overlay2)
     runtimes/     ContainerdContainer, DockerContainer, PodmanContainer, CrioContainer: runc +
@@ -43,6 +45,7 @@ from cedana.errors import (
     DumpFailed,
     ImageMismatch,
     ImageNotFound,
+    IncompatibleHost,
     InvalidOption,
     LiveConnectionsWarning,
     NoSpace,
@@ -99,6 +102,7 @@ __all__ = [
     "Grants",
     "ImageMismatch",
     "ImageNotFound",
+    "IncompatibleHost",
     "InvalidOption",
     "KataSandbox",
     "LiveConnectionsWarning",

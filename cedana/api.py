@@ -146,7 +146,9 @@ def restore(
 
     A process checkpoint comes back as a :class:`~cedana.Process`. Keyword
     options are those of :class:`~cedana.RestoreOptions` (``tcp_established``,
-    ``stdin``, ``stdout``, ``stderr``, ``work_dir``, ``criu``).
+    ``stdin``, ``stdout``, ``stderr``, ``work_dir``, ``pid_namespace``, ``pid_wait``,
+    ``criu``): ``pid_namespace="new"`` restores the tree into a new pid namespace, so no
+    pid of it can be taken (see :doc:`elsewhere`).
 
     A runc container checkpoint comes back as a :class:`~cedana.RuncContainer`
     running under runc; keyword options are those of
@@ -166,6 +168,12 @@ def restore(
     container of the runtime it came from, started fresh from the same image plus the
     changes, without CRIU (the runtime's ``restore_fresh``: ``name`` and the runtime's
     own options); ``into`` may only name that runtime.
+
+    A checkpoint of any runc-based runtime also restores into any other
+    (``into="podman"`` for a docker one...): the image is brought into the target's
+    store from the source's (at ``source_address=``, else its default place), the
+    source runtime's own mounts become the target's, and the target confines it as its
+    own checkpoints (see "Into another runtime" in the docs).
 
     A kata sandbox checkpoint (a whole VM) comes back as a :class:`~cedana.KataSandbox`
     running in a new QEMU (options of :meth:`~cedana.KataSandbox.restore`: ``name``,
@@ -211,15 +219,23 @@ def restore(
         raise CedanaError(
             f"{ckpt.path} holds a {source!r} checkpoint, which this cedana cannot restore; upgrade"
         )
-    targets = runtime.restores_into
+    targets = registry.restore_targets(runtime)
     target = into or targets[0]
     into_runtime = registry.lookup(target)
     if target not in targets or into_runtime is None:
+        why = ""
+        if into_runtime is not None and into_runtime.adopt is not None:
+            why = (
+                f" ({source} records no image in a store that {target} could make the "
+                f"container from; restore it into {' or '.join(targets)})"
+            )
         raise refused(
             f"{ckpt.path} holds a {source} checkpoint; it restores into "
-            f"{' or '.join(targets)}, not into {target!r}"
+            f"{' or '.join(targets)}, not into {target!r}{why}"
         )
     restorer = into_runtime.restore
+    if target not in runtime.restores_into and into_runtime.adopt is not None:
+        restorer = into_runtime.adopt  # another runtime's: through the neutral description
     given = {k: v for k, v in options.items() if v is not None}  # None: the default
     unusable = sorted(given.keys() - _keywords(restorer))
     if unusable:
@@ -244,10 +260,16 @@ def _restore_fresh(
     source = ckpt.manifest.runtime or ""
     runtime = registry.lookup(source)
     restorer = runtime.restore_fresh if runtime is not None else None
-    if runtime is None or restorer is None:
+    if runtime is None:
         raise ContainerError(
             f"{ckpt.path} holds the root filesystem changes of a {source or 'unnamed'} "
-            "container, which this cedana cannot start afresh; upgrade"
+            "container, a runtime this cedana does not know; upgrade"
+        )
+    if restorer is None:
+        raise ContainerError(
+            f"{ckpt.path} holds the root filesystem changes of a {source} container, which "
+            f"cedana does not start afresh ({source} starts its own containers); make an "
+            "image of it with cedana commit FILE --to REF and start that"
         )
     if into is not None and into != source:
         raise ContainerError(
@@ -270,7 +292,9 @@ _FLAGS = {
     "bundle": "--bundle",
     "name": "--name",
     "namespace": "--name NAMESPACE/NAME",
+    "pid_namespace": "--pid-namespace",
     "root": "--root",
+    "source_address": "--source-address",
     "tcp_established": "--tcp-established",
 }
 

@@ -142,13 +142,18 @@ def _restore(args: argparse.Namespace, path: str) -> int:
         name=name or None,
         namespace=namespace or None,
         address=args.address or None,
+        source_address=args.source_address or None,
         bundle=args.bundle or None,
         root=args.root or None,
+        pid_namespace=args.pid_namespace,
         trust="any" if args.insecure_accept_unsigned else "trusted",
         progress=_progress(args),
     )
     data: dict[str, Any] = {"pid": restored.pid}
     text = f"restored {args.file}: pid {restored.pid}"
+    if isinstance(restored, cedana.Process) and restored.namespace is not None:
+        data["ns_pid"] = restored.ns_pid
+        text += f" (pid {restored.ns_pid} in a new pid namespace)"
     runtime = next((r for r in registry.entries() if type(restored) is r.cls), None)
     facts = dict(runtime.summary(restored)) if runtime is not None else {}
     if runtime is not None and facts:
@@ -177,13 +182,24 @@ def _close(workload: Any) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from cedana.images import is_reference, pulled
+
+    if is_reference(args.file):  # pulled (digest checked) to a temp file, removed after
+        with pulled(args.file, registry=_registry_options(args)) as local:
+            return _inspect(args, str(local))
+    return _inspect(args, args.file)
+
+
+def _inspect(args: argparse.Namespace, path: str) -> int:
     # Inspecting runs and restores nothing, so it shows who signed rather than refusing.
-    ckpt = cedana.open(args.file, trust="any")
+    ckpt = cedana.open(path, trust="any")
     if ckpt.kind == "vm":  # a VM's state, not CRIU images: what the manifest says of it
         return _inspect_vm(ckpt, args)
     rootfs_only = ckpt.kind == "rootfs"  # no CRIU images to decode
     inspection = None if rootfs_only else ckpt.inspect()
     s = ckpt.summary()
+    if path != args.file:
+        s["path"] = args.file  # the reference, not the temp file it was pulled to
     data: dict[str, Any] = {"checkpoint": s, "images": inspection and inspection.to_dict()}
     head = (
         f"{s['path']}: {s['kind']}{' (' + s['runtime'] + ')' if s['runtime'] else ''}, "
@@ -476,10 +492,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="the runtime's API socket (containerd, docker; default: the runtime's own)",
     )
     c.add_argument(
+        "--source-address",
+        metavar="SOCK",
+        help="into another runtime: the checkpointed runtime's API socket, to bring the image "
+        "from (containerd, docker; default: the runtime's own)",
+    )
+    c.add_argument(
         "--tcp-established",
         action="store_true",
         default=None,
         help="restore established TCP connections (default: as checkpointed)",
+    )
+    c.add_argument(
+        "--pid-namespace",
+        choices=("current", "new", "auto"),
+        help="where a process tree gets its original pids back: here (current), in a new "
+        "pid namespace held by cedana's init (new), or in one only when a pid is taken "
+        "(auto); default: new for a checkpoint taken in its own pid namespace, else current",
+    )
+    c.add_argument(
+        "--new-pidns",
+        dest="pid_namespace",
+        action="store_const",
+        const="new",
+        help="same as --pid-namespace new",
     )
     c.add_argument("--insecure-accept-unsigned", action="store_true", help=_INSECURE)
     _registry_flags(c)
@@ -496,7 +532,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the tree, so CRIU's images record 0 for it, and cedana shows the real one from the "
         "manifest (a container's init shows 0, its parent being outside its pid namespace).",
     )
-    c.add_argument("file", metavar="FILE", help="the artifact (file or directory)")
+    c.add_argument(
+        "file",
+        metavar="FILE",
+        help="the artifact (file or directory), an archive of podman's, CRI-O's or "
+        "containerd's, or a checkpoint or checkpoint image at docker://HOST/REPO:TAG, "
+        "oci:DIR[:NAME] or oci-archive:PATH[:NAME] (pulled to a temp file, removed after)",
+    )
+    _registry_flags(c)
     _json(c)
     _common(c)
     c.set_defaults(func=cmd_inspect)

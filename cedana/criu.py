@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno as errno_mod
+import io
 import logging
 import os
 import re
@@ -39,12 +40,14 @@ from cedana.errors import (
 )
 
 __all__ = [
+    "CPU_CAP",
     "MIN_VERSION",
     "CriuBackend",
     "CriuReport",
     "CriuRequest",
     "Notify",
     "SwrkCriu",
+    "SwrkRunner",
     "default_backend",
     "explain",
     "load_image",
@@ -58,9 +61,24 @@ logger = logging.getLogger("cedana.criu")
 #: Oldest CRIU that dumps INET sockets on Linux >= 6.16 (SO_PASSCRED refusal).
 MIN_VERSION = (4, 2)
 
+#: ``cpu_cap`` for every dump and restore: CRIU's default checks (FPU and instruction
+#: features, ``CPU_CAP_FPU | CPU_CAP_INS``). Set over RPC, it also makes a dump write
+#: ``cpuinfo.img`` (CRIU adds ``CPU_CAP_IMAGE``), which a restore elsewhere checks first.
+CPU_CAP = 0x1 | 0x4
+
 #: Called for each CRIU notify event (``"post-dump"``, ``"setup-namespaces"``, ...)
 #: with the event name and the pid CRIU names; raising aborts the operation.
 Notify = Callable[[str, int], None]
+
+
+class SwrkRunner(Protocol):
+    """Starts ``criu swrk`` somewhere other than as a plain child (inside a pid namespace)."""
+
+    def start(self, argv: Sequence[str], pass_fds: Sequence[int]) -> subprocess.Popen[bytes] | None:
+        """Start ``argv`` (``criu swrk FD``) with ``pass_fds`` inherited; return the process
+        the session waits for when it ends, or None when another process reaps CRIU."""
+        ...
+
 
 _LOG_TAIL_LINES = 12
 _RECV_LIMIT = 1 << 20
@@ -81,8 +99,9 @@ class CriuRequest:
         log_file: Log name inside ``images_dir``.
         notify: Callback for notify events; ``notify_scripts`` is set when given.
         log_dir: Where CRIU writes its log (``work_dir``); ``images_dir`` when None,
-            which puts the log among the images.
+            which puts the log among the images (always with a ``runner``).
         terminal: Give CRIU our stdin terminal, for a shell job that had one.
+        runner: Starts ``criu swrk`` (inside a pid namespace); a plain child when None.
     """
 
     images_dir: Path
@@ -92,11 +111,13 @@ class CriuRequest:
     notify: Notify | None = None
     log_dir: Path | None = None
     terminal: bool = False
+    runner: SwrkRunner | None = None
 
     @property
     def log_path(self) -> Path:
         """Where CRIU's log for this request ends up."""
-        return (self.log_dir or self.images_dir) / self.log_file
+        log_dir = self.log_dir if self.runner is None else None
+        return (log_dir or self.images_dir) / self.log_file
 
 
 @attrs.frozen(kw_only=True)
@@ -147,6 +168,10 @@ class CriuBackend(Protocol):
     def report(self) -> CriuReport:
         """Describe the CRIU binary and what this kernel supports."""
 
+    def cpuinfo_check(self, images_dir: Path) -> str | None:
+        """Whether this CPU runs what ``images_dir/cpuinfo.img`` describes (CRIU's
+        ``cpuinfo check``): None when it does, else CRIU's reason."""
+
 
 def _import_pycriu() -> tuple[Any, Any]:
     try:
@@ -173,6 +198,26 @@ def load_image(path: Path) -> dict[str, Any]:
         except Exception as exc:  # pycriu raises bare Exceptions and MagicException
             raise ValueError(f"{path.name}: not a CRIU image pycriu can decode ({exc})") from exc
     return image
+
+
+def rewrite_image(path: Path, change: Callable[[dict[str, Any]], bool]) -> bool:
+    """Decode the CRIU image ``path``, let ``change`` edit it in place, and write it back
+    when ``change`` says it changed something (the return value).
+
+    Raises:
+        ValueError: The file is not a CRIU image pycriu can decode or encode.
+    """
+    _, images = _import_pycriu()
+    image = load_image(path)
+    if not change(image):
+        return False
+    data = io.BytesIO()
+    try:
+        images.dump(image, data)
+    except Exception as exc:  # pycriu raises bare Exceptions
+        raise ValueError(f"{path.name}: pycriu cannot encode it ({exc})") from exc
+    path.write_bytes(data.getvalue())
+    return True
 
 
 def pagemap_image(pages_id: int, entries: Sequence[tuple[int, int, int]]) -> bytes:
@@ -344,19 +389,31 @@ def build_options(options: Mapping[str, Any]) -> Any:
 class _Session:
     """One ``criu swrk`` child and its socket; closed (child reaped) for sure."""
 
-    def __init__(self, binary: str, pass_fds: Sequence[int], *, terminal: bool = False):
+    def __init__(
+        self,
+        binary: str,
+        pass_fds: Sequence[int],
+        *,
+        terminal: bool = False,
+        runner: SwrkRunner | None = None,
+    ):
         self._parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv = [binary, "swrk", str(child.fileno())]
+        fds = (child.fileno(), *pass_fds)
         try:
-            self._proc = subprocess.Popen(
-                [binary, "swrk", str(child.fileno())],
-                pass_fds=(child.fileno(), *pass_fds),
-                # CRIU attaches a shell job's terminal to its own stdin's; otherwise the
-                # restored tree (CRIU's child) gets a new session, off our terminal.
-                stdin=None if terminal else subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=not terminal,
-            )
+            if runner is not None:
+                self._proc = runner.start(argv, fds)
+            else:
+                self._proc = subprocess.Popen(
+                    argv,
+                    pass_fds=fds,
+                    # CRIU attaches a shell job's terminal to its own stdin's; otherwise the
+                    # restored tree (CRIU's child) gets a new session, off our terminal.
+                    stdin=None if terminal else subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=not terminal,
+                )
         except OSError as exc:
             self._parent.close()
             raise CriuNotFound(f"cannot start {binary} swrk: {exc}") from exc
@@ -378,7 +435,7 @@ class _Session:
                 data = b""
                 logger.debug("criu swrk: receive failed: %s", exc)
             if not data:
-                status = self._proc.wait()
+                status = self._proc.wait() if self._proc is not None else "unknown"
                 if failure is not None:
                     raise failure
                 raise CriuError(f"criu swrk exited before answering (status {status})")
@@ -405,6 +462,8 @@ class _Session:
 
     def close(self) -> None:
         self._parent.close()
+        if self._proc is None:  # the runner's process reaps CRIU
+            return
         try:
             self._proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -437,9 +496,13 @@ class SwrkCriu:
 
     @contextlib.contextmanager
     def _session(
-        self, pass_fds: Sequence[int] = (), *, terminal: bool = False
+        self,
+        pass_fds: Sequence[int] = (),
+        *,
+        terminal: bool = False,
+        runner: SwrkRunner | None = None,
     ) -> Iterator[_Session]:
-        session = _Session(self._binary(), pass_fds, terminal=terminal)
+        session = _Session(self._binary(), pass_fds, terminal=terminal, runner=runner)
         try:
             yield session
         finally:
@@ -459,13 +522,20 @@ class SwrkCriu:
         rpc, _ = _import_pycriu()
         self.preflight()
         opts = build_options(request.options)
-        dir_fd = os.open(request.images_dir, os.O_DIRECTORY | os.O_RDONLY)
-        fds = [dir_fd]
+        fds: list[int] = []
         try:
-            if request.log_dir is not None:
-                fds.append(os.open(request.log_dir, os.O_DIRECTORY | os.O_RDONLY))
-                opts.work_dir_fd = fds[-1]
-            opts.images_dir_fd = dir_fd
+            if request.runner is not None:
+                # CRIU finds a descriptor given by number in /proc/<caller>/fd, and from
+                # inside another pid namespace the caller is not in its /proc: the images
+                # go by path (the namespace shares our filesystems), the log among them.
+                opts.images_dir_fd = -1
+                opts.images_dir = str(request.images_dir.resolve())
+            else:
+                fds.append(os.open(request.images_dir, os.O_DIRECTORY | os.O_RDONLY))
+                opts.images_dir_fd = fds[-1]
+                if request.log_dir is not None:
+                    fds.append(os.open(request.log_dir, os.O_DIRECTORY | os.O_RDONLY))
+                    opts.work_dir_fd = fds[-1]
             opts.log_file = request.log_file
             if not opts.HasField("log_level"):
                 opts.log_level = 4
@@ -475,7 +545,9 @@ class SwrkCriu:
             req = rpc.criu_req(type=req_type, opts=opts)
             started = time.monotonic()
             logger.debug("criu %s: start (%s)", kind, request.images_dir)
-            with self._session((*fds, *request.pass_fds), terminal=request.terminal) as session:
+            with self._session(
+                (*fds, *request.pass_fds), terminal=request.terminal, runner=request.runner
+            ) as session:
                 try:
                     resp = session.call(req, rpc, request.notify)
                 except CriuError as exc:
@@ -533,6 +605,27 @@ class SwrkCriu:
         text = ".".join(map(str, numbers)) + (f" ({v.gitid})" if v.gitid else "")
         self._version = (numbers, text)
         return self._version
+
+    def cpuinfo_check(self, images_dir: Path) -> str | None:
+        """Run CRIU's ``cpuinfo check`` (RPC ``CPUINFO_CHECK``) on ``images_dir`` with
+        :data:`CPU_CAP`, the checks a restore makes; None when it passes, else CRIU's
+        first error line (or its errno's text)."""
+        rpc, _ = _import_pycriu()
+        self.preflight()
+        dir_fd = os.open(images_dir, os.O_DIRECTORY | os.O_RDONLY)
+        try:
+            opts = rpc.criu_opts(
+                images_dir_fd=dir_fd, cpu_cap=CPU_CAP, log_file="cpuinfo.log", log_level=4
+            )
+            with self._session((dir_fd,)) as session:
+                resp = session.call(rpc.criu_req(type=rpc.CPUINFO_CHECK, opts=opts), rpc, None)
+        finally:
+            os.close(dir_fd)
+        if resp.success:
+            return None
+        return _first_error(log_tail(images_dir / "cpuinfo.log")) or os.strerror(
+            resp.cr_errno or errno_mod.EINVAL
+        )
 
     def report(self) -> CriuReport:
         """Run CRIU's version, check and feature-check requests."""

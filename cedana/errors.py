@@ -13,7 +13,9 @@ builtin that fits, so ``except ProcessLookupError`` keeps working::
     ├── CriuError                       CRIU refused or failed; carries ``errno`` and ``log_tail``
     │   ├── DumpFailed
     │   └── RestoreFailed
-    │       └── PidInUse                (FileExistsError) a pid of the tree is taken
+    │       ├── PidInUse                (FileExistsError) a pid of the tree is taken
+    │       └── IncompatibleHost        this host's CRIU is older than the checkpoint's, or
+    │                                   its CPU or architecture cannot run the images
     ├── ProcessNotFound                 (ProcessLookupError) no such pid
     ├── NotCheckpointable               the target cannot be dumped as asked (kernel thread,
     │                                   established TCP without ``tcp_established``, ...)
@@ -71,6 +73,7 @@ __all__ = [
     "DumpFailed",
     "ImageMismatch",
     "ImageNotFound",
+    "IncompatibleHost",
     "InvalidOption",
     "LiveConnectionsWarning",
     "NoSpace",
@@ -162,6 +165,12 @@ class RestoreFailed(CriuError):
 
 class PidInUse(RestoreFailed, FileExistsError):  # type: ignore[misc]  # errno: int, never None
     """A pid the checkpoint needs is taken by another process (or a zombie)."""
+
+
+class IncompatibleHost(RestoreFailed):
+    """This host cannot restore the checkpoint: its CRIU is older than the one that made
+    it, or its CPU lacks features the images need, or it is another architecture.
+    Raised before anything is unpacked or runs."""
 
 
 class ProcessNotFound(CedanaError, ProcessLookupError):

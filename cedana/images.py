@@ -146,9 +146,11 @@ def _link_in(
 def _checkpoint_layer(image: oci.Image, ref: object) -> oci.Descriptor:
     if image.artifact_type != media.CEDANA_ARTIFACT:
         raise UnsupportedFormat(
-            f"{ref} is not a cedana checkpoint (its artifact type is "
-            f"{image.artifact_type or 'none: a container image'}); "
-            "push one there with cedana push"
+            f"{ref} is neither a cedana checkpoint nor a checkpoint image (its artifact "
+            f"type is {image.artifact_type or 'none: a container image'}, and it has none "
+            f"of {', '.join(_kube_image.NAME_KEYS)} among its annotations): push a "
+            "checkpoint there with cedana push, or make a checkpoint image with cedana "
+            "export --format oci-image"
         )
     layers = [
         d

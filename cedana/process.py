@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import attrs
 
-from cedana import procfs, registry
+from cedana import compat, pidns, procfs, registry
 from cedana.artifact import (
     ArtifactWriter,
     HostInfo,
@@ -49,7 +49,7 @@ from cedana.artifact import (
 )
 from cedana.artifact.signing import KeySource, Trust, signing_key
 from cedana.checkpoint import Checkpoint
-from cedana.criu import CriuBackend, CriuRequest, default_backend, load_image
+from cedana.criu import CPU_CAP, CriuBackend, CriuRequest, default_backend, load_image
 from cedana.criu import restore_failed as criu_restore_failed
 from cedana.descriptors import (
     StdioTarget,
@@ -79,6 +79,28 @@ logger = logging.getLogger("cedana.process")
 #: What fills a work dir, for a full filesystem's error message.
 _IMAGES = "CRIU's images"
 _DUMPED = "CRIU's images (and, for a container, its root filesystem changes)"
+
+#: What ``pid_namespace=`` takes (see :class:`RestoreOptions`).
+PidNamespaceMode = Literal["current", "new", "auto"]
+_PID_NAMESPACES = ("current", "new", "auto")
+
+#: How long a restore waits, by default, for the tree's own zombies to be reaped.
+PID_WAIT = 5.0
+
+
+def _check_pid_namespace(_options: object, _attribute: object, value: Any) -> None:
+    if value is not None and value not in _PID_NAMESPACES:
+        raise InvalidOption(
+            f"pid_namespace={value!r}: pass 'current' (the original pids, here), 'new' (a "
+            "new pid namespace held by cedana's init) or 'auto' (a new one only when a pid "
+            "is taken)"
+        )
+
+
+def _check_pid_wait(_options: object, _attribute: object, value: Any) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise InvalidOption(f"pid_wait={value!r}: pass a number of seconds, 0 or more")
+
 
 #: zstd's level when none is given: its own default, a good speed/size balance.
 DEFAULT_LEVEL = 1
@@ -264,6 +286,15 @@ class RestoreOptions:
         stdout: Likewise for stdout (a path is opened for appending).
         stderr: Likewise for stderr.
         work_dir: Where the images are unpacked; the system temp dir by default.
+        pid_namespace: Where the tree gets its original pids back: ``"current"`` here,
+            in the caller's pid namespace (PidInUse when one is taken); ``"new"`` in a new
+            pid namespace held by cedana's init, where they are always free; ``"auto"``
+            here when they are free, else in a new namespace. None (the default):
+            ``"new"`` for a checkpoint taken in a pid namespace of its own
+            (``spawn(pid_namespace=True)``, or restored into one), else ``"current"``.
+        pid_wait: Seconds to wait for pids held by the tree's own zombies (the tree
+            just checkpointed, not yet reaped by its parent) before a pid counts as
+            taken.
         criu: Any other ``criu_opts`` field, the escape hatch.
     """
 
@@ -272,6 +303,10 @@ class RestoreOptions:
     stdout: StdioTarget = None
     stderr: StdioTarget = None
     work_dir: Path | None = None
+    pid_namespace: PidNamespaceMode | None = attrs.field(
+        default=None, validator=_check_pid_namespace
+    )
+    pid_wait: float = attrs.field(default=PID_WAIT, validator=_check_pid_wait)
     criu: Mapping[str, Any] = attrs.field(factory=dict)
 
 
@@ -284,6 +319,13 @@ class DumpPlan:
     criu: Mapping[str, Any]
     external: tuple[Mapping[str, Any], ...]
     terminal: bool = False
+    #: For a tree in a pid namespace held by cedana's init: each pid (this /proc's) to the
+    #: tree's own pid in that namespace, which CRIU, run inside it, dumps. Empty otherwise.
+    ns_pids: Mapping[int, int] = attrs.field(factory=dict)
+
+    def own_pid(self, pid: int) -> int:
+        """``pid`` as the checkpoint records it (its pid in the tree's namespace)."""
+        return self.ns_pids.get(pid, pid)
 
     @property
     def shell_job(self) -> bool:
@@ -311,7 +353,16 @@ def plan_dump(
     procfs.check_dumpable(root)
     tree = procfs.tree(pid)
     procfs.check_not_traced(tree)
-    outside = [info for info in tree if info.sid == 0]
+    ns_pids: dict[int, int] = {}
+    if pidns.cedana_init_of(pid) is not None:
+        # CRIU cannot dump a namespace without its init, so it runs inside the namespace
+        # and dumps the tree under the pids the tree itself sees.
+        ns_pids = {info.pid: pidns.ns_pids(info.pid)[-1] for info in tree}
+        with contextlib.suppress(ProcessNotFound):  # the root's parent, the init or another
+            ns_pids[root.ppid] = pidns.ns_pids(root.ppid)[-1]
+        outside = [info for info in tree if pidns.ns_sid(info.pid) == 0]
+    else:
+        outside = [info for info in tree if info.sid == 0]
     if outside:
         raise NotCheckpointable(
             f"pid {outside[0].pid} belongs to a session whose leader is outside this pid "
@@ -333,7 +384,8 @@ def plan_dump(
                 "(--tcp-established) to dump them with TCP repair"
             )
     criu: dict[str, Any] = {
-        "pid": pid,
+        "pid": ns_pids.get(pid, pid),
+        "cpu_cap": CPU_CAP,  # makes CRIU write cpuinfo.img, checked before a restore
         "shell_job": root.sid != root.pid or tty,
         "tcp_established": options.tcp_established,
         "file_locks": options.file_locks,
@@ -351,6 +403,7 @@ def plan_dump(
         criu=criu,
         external=tuple(external),
         terminal=tty,
+        ns_pids=ns_pids,
     )
 
 
@@ -429,9 +482,13 @@ def checkpoint_tree(
         kind=kind,
         runtime=runtime,
         options=options.to_manifest(),
-        tree=tuple(ProcessEntry(pid=p.pid, ppid=p.ppid, command=p.command) for p in plan.tree),
+        tree=tuple(
+            ProcessEntry(pid=plan.own_pid(p.pid), ppid=plan.own_pid(p.ppid), command=p.command)
+            for p in plan.tree
+        ),
         workload={
-            "root_pid": plan.pid,
+            "root_pid": plan.own_pid(plan.pid),
+            **({"pid_namespace": "own"} if plan.ns_pids else {}),
             "shell_job": plan.shell_job,
             "terminal": plan.terminal,
             "external": [dict(e) for e in plan.external],
@@ -505,6 +562,7 @@ def checkpoint_tree(
                     log_file="dump.log",
                     log_dir=logs,
                     notify=on_notify,
+                    runner=pidns.EnterRunner(plan.pid) if plan.ns_pids else None,
                 )
                 try:
                     backend.dump(request)
@@ -579,16 +637,75 @@ def preflight(backend: CriuBackend | None = None) -> CriuBackend:
 restore_failed = criu_restore_failed
 
 
-def check_pids_free(entries: Sequence[ProcessEntry]) -> None:
-    """Raise PidInUse naming the holder when a pid of the tree is taken."""
+def check_pids_free(entries: Sequence[ProcessEntry], *, waited: float = 0) -> None:
+    """Raise PidInUse naming the holder when a pid of the tree is taken (after ``waited``
+    seconds of waiting for the tree's own zombies, which the message then says)."""
     for entry in entries:
         holder = procfs.holder_of(entry.pid)
         if holder is not None:
+            after = (
+                f" (after waiting {waited:g}s for the tree's own zombies to be reaped)"
+                if waited
+                else ""
+            )
             raise PidInUse(
                 f"cannot restore pid {entry.pid} ({entry.command!r}): CRIU restores every "
-                f"process under its original pid, and it is taken by {holder}",
+                f"process under its original pid, and it is taken by {holder}{after}; "
+                "or restore into a new pid namespace: pid_namespace='new' (--new-pidns), "
+                "or 'auto' to do so only when a pid is taken",
                 errno=17,
             )
+
+
+def _own_zombie(entry: ProcessEntry) -> bool:
+    """Whether ``entry``'s pid is held by what is most likely the very process the
+    checkpoint recorded, dead and waiting to be reaped by a parent other than this process
+    (which never reaps a caller's child): the tree just dumped. Such a pid frees itself."""
+    try:
+        info = procfs.proc_info(entry.pid)
+    except ProcessNotFound:
+        return False
+    if info.state != "Z" or info.ppid == os.getpid():
+        return False
+    # comm is the executable's name: argv[0]'s, or a script's when an interpreter runs it
+    # (``#!/usr/bin/python3`` makes argv "python3 ./train.py" and comm "train.py").
+    words = entry.command.strip("[]").split(" ")[:2]
+    return any(os.path.basename(w)[:15] == info.comm[:15] for w in words if w)
+
+
+def await_pids_free(entries: Sequence[ProcessEntry], timeout: float) -> tuple[bool, float]:
+    """Wait up to ``timeout`` seconds while the only pids of the tree that are taken are
+    held by its own zombies (:func:`_own_zombie`); return whether every pid is free, and
+    how long was waited."""
+    started = time.monotonic()
+    deadline = started + timeout
+    announced = False
+    while True:
+        taken = [e for e in entries if procfs.holder_of(e.pid) is not None]
+        waited = time.monotonic() - started if announced else 0.0
+        if not taken:
+            if announced:
+                logger.info("restore: the tree's own zombies were reaped after %.2fs", waited)
+            return True, waited
+        if time.monotonic() >= deadline or not all(_own_zombie(e) for e in taken):
+            return False, waited
+        if not announced:
+            announced = True
+            logger.info(
+                "restore: pid(s) %s are held by the tree's own zombies; waiting up to %gs "
+                "for their parent to reap them",
+                ", ".join(str(e.pid) for e in taken),
+                timeout,
+            )
+        time.sleep(0.01)
+
+
+def pid_namespace_mode(asked: PidNamespaceMode | None, manifest: Manifest) -> PidNamespaceMode:
+    """The pid namespace a restore uses: as ``asked``, or by default ``"new"`` for a tree
+    checkpointed in a namespace of its own (its pids are low ones, always taken here)."""
+    if asked is not None:
+        return asked
+    return "new" if manifest.workload.get("pid_namespace") == "own" else "current"
 
 
 def restores_tcp(tcp_established: bool | None, manifest: Manifest) -> bool:
@@ -604,8 +721,9 @@ def restore_tree(
     options: RestoreOptions,
     *,
     backend: CriuBackend | None = None,
-) -> int:
-    """Unpack ``checkpoint`` (verifying it) and restore its tree; return the root pid."""
+) -> tuple[int, pidns.PidNamespace | None]:
+    """Unpack ``checkpoint`` (verifying it) and restore its tree; return the root's pid
+    (in this /proc) and the new pid namespace holding it, if one was made."""
     backend = backend_or_default(backend)
     manifest = checkpoint.manifest
     if manifest.kind == "rootfs":
@@ -615,15 +733,32 @@ def restore_tree(
             "container of its runtime"
         )
     backend.preflight()
+    compat.check_host(checkpoint, backend)
     workload = manifest.workload
-    check_pids_free(manifest.tree)
     terminal = bool(workload.get("terminal", False))
+    mode = pid_namespace_mode(options.pid_namespace, manifest)
+    if mode != "new":
+        free, waited = await_pids_free(manifest.tree, options.pid_wait)
+        if not free and mode == "auto" and not terminal:
+            logger.info("restore %s: a pid is taken, into a new pid namespace", checkpoint.path)
+            mode = "new"
+        elif not free:
+            check_pids_free(manifest.tree, waited=waited)
+    if terminal and mode == "new":
+        raise RestoreFailed(
+            "this checkpoint holds processes attached to a terminal, which cedana does not "
+            "restore into a new pid namespace: restore with pid_namespace='current'"
+        )
     if terminal and not os.isatty(0):
         raise RestoreFailed(
             "this checkpoint holds processes attached to a terminal; CRIU gives them the "
             "terminal of the restoring process, and this one's stdin is not a terminal: "
             "restore from a terminal (e.g. `cedana restore FILE` in a shell)"
         )
+    runner = None
+    if mode == "new":
+        root_pid = int(workload.get("root_pid", manifest.tree[0].pid))
+        runner = pidns.PidNamespace.for_restore([e.pid for e in manifest.tree], root_pid)
     tcp = restores_tcp(options.tcp_established, manifest)
     started = time.monotonic()
     with (
@@ -634,6 +769,7 @@ def restore_tree(
         images = work / "images"
         checkpoint.extract(images)
         request_opts: dict[str, Any] = {
+            "cpu_cap": CPU_CAP,
             "shell_job": bool(workload.get("shell_job", False)),
             "tcp_established": tcp,
             "file_locks": bool(manifest.options.get("file_locks", False)),
@@ -647,18 +783,24 @@ def restore_tree(
             pass_fds=tuple(sorted({fd for _, fd in inherit})),
             log_file="restore.log",
             terminal=terminal,
+            runner=runner,
         )
-        logger.debug("restore %s: start", checkpoint.path)
+        logger.debug("restore %s: start (pid namespace: %s)", checkpoint.path, mode)
         report("restore", 0, 1)
+        namespace = None
         try:
             pid = backend.restore(request)
-        except RestoreFailed as exc:
-            if exc.errno == 17:
+            if runner is not None:
+                namespace, pid = runner.restored(pid)
+        except BaseException as exc:
+            if runner is not None:
+                runner.close()  # ends whatever CRIU left in the namespace
+            if isinstance(exc, RestoreFailed) and exc.errno == 17 and runner is None:
                 check_pids_free(manifest.tree)  # name the holder if we can
             raise
     report("restore", 1, 1)
     logger.debug("restore %s: pid %d in %.3fs", checkpoint.path, pid, time.monotonic() - started)
-    return pid
+    return pid, namespace
 
 
 @attrs.define(eq=False)
@@ -672,12 +814,30 @@ class Process:
         restored: The tree is one cedana restored: when this process adopted its root
             (as a subreaper), cedana reaps it once it ends. Otherwise a root that is the
             caller's own child is left for the caller to wait on.
+        namespace: The pid namespace cedana's init holds the tree in (``spawn(...,
+            pid_namespace=True)``, ``restore(..., pid_namespace="new")``); ``pid`` is then
+            the root's pid here, and :attr:`ns_pid` its pid inside.
     """
 
     pid: int
     _backend: CriuBackend | None = attrs.field(default=None, alias="backend", repr=False)
     _popen: subprocess.Popen[bytes] | None = attrs.field(default=None, alias="popen", repr=False)
     _restored: bool = attrs.field(default=False, alias="restored", repr=False)
+    namespace: pidns.PidNamespace | None = attrs.field(default=None, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.namespace is not None and self._popen is None:
+            self._popen = self.namespace.holder  # its exit status is the root's
+
+    @property
+    def ns_pid(self) -> int:
+        """The root's pid as the tree itself sees it: :attr:`pid` unless the tree runs in
+        a pid namespace of its own (then the pid it was checkpointed with, or 2 when
+        spawned)."""
+        try:
+            return pidns.ns_pids(self.pid)[-1]
+        except ProcessNotFound:
+            return self.pid
 
     @property
     def backend(self) -> CriuBackend:
@@ -708,7 +868,7 @@ class Process:
     ) -> Checkpoint:
         """Dump ``plan`` with this tree's backend and write the artifact at ``path``
         (:func:`checkpoint_tree`): a layer above passes its manifest facts and members."""
-        return checkpoint_tree(
+        ckpt = checkpoint_tree(
             plan,
             Path(path),
             options,
@@ -720,6 +880,12 @@ class Process:
             popen=self._popen,
             root_is_ours=self._restored,
         )
+        if self.namespace is not None and not options.leave_running:
+            # The killed root's init ends its namespace once CRIU has left it: wait for the
+            # holder, so the tree is not running (nor its namespace there) from now on.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.namespace.holder.wait(timeout=10)
+        return ckpt
 
     def checkpoint(
         self,
@@ -799,6 +965,8 @@ class Process:
         stdout: StdioTarget = None,
         stderr: StdioTarget = None,
         work_dir: str | os.PathLike[str] | None = None,
+        pid_namespace: PidNamespaceMode | None = None,
+        pid_wait: float | None = None,
         criu: Mapping[str, Any] | None = None,
         options: RestoreOptions | None = None,
         backend: CriuBackend | None = None,
@@ -811,6 +979,17 @@ class Process:
         ``options``; None leaves the field as it is. ``trust`` and ``trusted_keys`` are
         those of :meth:`cedana.Checkpoint.open`: an artifact no trusted key signed is
         refused before anything is unpacked, unless ``trust="any"``.
+
+        In a new pid namespace (``pid_namespace``) the returned Process has the root's pid
+        here as :attr:`pid` (signal it, read its /proc), its own as :attr:`ns_pid`, and
+        :meth:`wait` gives its exit status (cedana's init passes it on).
+
+        Raises:
+            IncompatibleHost: This host's CRIU is older than the checkpoint's, or its CPU
+                lacks a feature the images need; nothing was unpacked.
+            PidInUse: A pid is taken (after waiting ``pid_wait`` for the tree's own
+                zombies) and ``pid_namespace`` is ``"current"``.
+            RestoreFailed: CRIU failed; nothing of the tree is left running.
         """
         given: dict[str, Any] = {
             "tcp_established": tcp_established,
@@ -818,14 +997,16 @@ class Process:
             "stdout": stdout,
             "stderr": stderr,
             "work_dir": Path(work_dir) if work_dir is not None else None,
+            "pid_namespace": pid_namespace,
+            "pid_wait": pid_wait,
             "criu": criu,
         }
         opts = attrs.evolve(
             options or RestoreOptions(), **{k: v for k, v in given.items() if v is not None}
         )
         ckpt = Checkpoint.of(checkpoint, trust=trust, trusted_keys=trusted_keys)
-        pid = restore_tree(ckpt, opts, backend=backend)
-        return cls(pid, backend=backend, restored=True)
+        pid, namespace = restore_tree(ckpt, opts, backend=backend)
+        return cls(pid, backend=backend, restored=True, namespace=namespace)
 
     # --- observing and ending the tree ---------------------------------------
 
@@ -858,6 +1039,8 @@ class Process:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _reap_if_ours(pids, self._popen, root_is_ours=self._restored)
+        if self.namespace is not None:
+            self.namespace.close()  # its init ends, and the kernel ends all left inside
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the root to end; its exit status when cedana started it (:func:`spawn`)
@@ -883,18 +1066,39 @@ def spawn(
     log: str | os.PathLike[str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    pid_namespace: bool = False,
 ) -> Process:
     """Start a workload that can always be checkpointed.
 
     It gets its own session (so no shell-job, no terminal), stdin from
     /dev/null, and stdout and stderr appended to ``log`` (or /dev/null): no
     descriptor leads back to the caller.
+
+    With ``pid_namespace=True`` it starts as pid 2 of a new pid namespace held by
+    cedana's init (pid 1 there, which reaps, passes signals on and exits as the workload
+    does), with a /proc of its own: its checkpoints hold only the namespace's pids, and
+    restore into a new namespace by default, so they never collide with a pid anywhere.
+    The returned Process has the workload's pid here (:attr:`Process.pid`);
+    :meth:`Process.wait` gives its exit status.
     """
     out = os.open(
         os.fspath(log) if log is not None else os.devnull,
         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
         0o600,
     )
+    if pid_namespace:
+        try:
+            ns, root = pidns.PidNamespace.spawn(
+                list(argv),
+                stdout=out,
+                stderr=out,
+                cwd=cwd,
+                env=dict(env) if env is not None else None,
+            )
+        finally:
+            os.close(out)
+        logger.debug("spawned pid %d (2 in its pid namespace): %s", root, " ".join(argv))
+        return Process(root, namespace=ns)
     try:
         popen = subprocess.Popen(
             list(argv),

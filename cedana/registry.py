@@ -22,7 +22,16 @@ import attrs
 
 from cedana.errors import CedanaError
 
-__all__ = ["PLANNED", "Runtime", "entries", "lookup", "one_name", "parse_target", "register"]
+__all__ = [
+    "PLANNED",
+    "Runtime",
+    "entries",
+    "lookup",
+    "one_name",
+    "parse_target",
+    "register",
+    "restore_targets",
+]
 
 
 def _no_summary(_restored: Any) -> dict[str, Any]:
@@ -49,6 +58,11 @@ class Runtime:
             runtime's shim root is that runtime's to manage.
         bare: A target without ``NAME:`` names one of these (a bare PID).
         summary: A restored ``cls`` -> the command line's ``runtime``/``name`` facts.
+        adopt: Restores a checkpoint of another runc-based runtime into this one, through
+            the runtime-neutral description (:mod:`cedana.container.portable`); None for
+            a runtime that restores only the checkpoints ``restores_into`` lists.
+        describe: The checkpoints of this runtime -> their neutral description, for
+            another runtime's ``adopt``; None when they restore only into ``restores_into``.
         noun: What the command line calls one of its workloads (``container``).
     """
 
@@ -62,6 +76,8 @@ class Runtime:
     runc_root: Path | None = None
     bare: bool = False
     summary: Callable[[Any], Mapping[str, Any]] = _no_summary
+    adopt: Callable[..., Any] | None = None
+    describe: Callable[..., Any] | None = None
     noun: str = "container"
 
     @property
@@ -98,6 +114,15 @@ def entries() -> Iterator[Runtime]:
 def lookup(name: str | None) -> Runtime | None:
     """The runtime named ``name``; None when no such runtime is registered."""
     return _REGISTRY.get(name or "")
+
+
+def restore_targets(source: Runtime) -> tuple[str, ...]:
+    """Every runtime ``source``'s checkpoints restore into, the default first: those it
+    lists, then each runtime that adopts another's checkpoints, if ``source`` describes
+    its own (:attr:`Runtime.describe`)."""
+    adopting = [r.name for r in _REGISTRY.values() if r.adopt is not None]
+    more = adopting if source.describe is not None else []
+    return tuple(dict.fromkeys([*source.restores_into, *more]))
 
 
 def one_name(keyword: str, *, forbidden: str = "") -> Callable[[str], Mapping[str, Any]]:

@@ -152,3 +152,13 @@ def wait_for(
             return value
         time.sleep(0.02)
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The cross-runtime restore matrix, when its tests ran (which pairs pass)."""
+    module = sys.modules.get("tests.integration.test_cross_runtime")
+    lines = module.matrix_lines() if module is not None else []
+    if lines:
+        terminalreporter.section("cross-runtime restore matrix")
+        for line in lines:
+            terminalreporter.write_line(line)

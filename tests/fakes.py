@@ -64,3 +64,6 @@ class FakeCriu:
 
     def report(self) -> CriuReport:
         raise NotImplementedError
+
+    def cpuinfo_check(self, images_dir: Path) -> str | None:
+        return None

@@ -20,7 +20,7 @@ from cedana.container.mounts import is_bind
 from cedana.errors import ContainerError, ContainerExists, UnsafeArtifact
 from cedana.rootfs import RootfsDiff
 from cedana.rootfs.idmap import IdShift
-from cedana.rootfs.mounts import is_mountpoint, umount
+from cedana.rootfs.mounts import is_mountpoint, mountinfo, umount
 from cedana.rootfs.overlay import OverlayLayers, OverlaySnapshotter
 
 __all__ = [
@@ -77,10 +77,14 @@ class MadeBundle:
     created: bool
 
     def remove(self) -> None:
-        rootfs = self.path / "rootfs"
-        with contextlib.suppress(OSError):
-            while is_mountpoint(rootfs):
-                umount(rootfs, detach=True)
+        # The overlay at rootfs, and what a restore mounted beside it (a /dev/shm tmpfs).
+        below = [
+            Path(m.mountpoint) for m in mountinfo() if m.mountpoint.startswith(f"{self.path}/")
+        ]
+        for mounted in sorted(set(below), key=lambda p: -len(str(p))):
+            with contextlib.suppress(OSError):
+                while is_mountpoint(mounted):
+                    umount(mounted, detach=True)
         if self.created:
             shutil.rmtree(self.path, ignore_errors=True)
         else:

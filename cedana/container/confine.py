@@ -532,6 +532,16 @@ def _check_config(
                 "devices=[PATH] with the device listed in linux.devices",
             )
 
+    # runc hands CRIU the config file this annotation names: its action scripts would run
+    # on the host as root. An empty one (no config file at all) is harmless.
+    criu_config = (config.get("annotations") or {}).get("org.criu.config")
+    if criu_config:
+        raise no(
+            "annotations.org.criu.config",
+            f"makes runc give CRIU the host's config file {criu_config!r}",
+            "none (remove the annotation)",
+        )
+
     seccomp = linux.get("seccomp") or {}
     if seccomp.get("listenerPath"):
         raise no(

@@ -18,7 +18,7 @@ import attrs
 
 from cedana import registry
 from cedana.checkpoint import Checkpoint
-from cedana.container import confine, namespaces
+from cedana.container import confine, namespaces, portable
 from cedana.container.bundle import (
     DEFAULT_BUNDLES,
     bundle_config,
@@ -106,6 +106,7 @@ def plan_restore(
         info.get("config"), members, what="container.config", default=CONFIG_MEMBER
     )
     new_config: dict[str, Any] | None = None
+    runtime_files: tuple[portable.RuntimeMount, ...] = ()
     layers: tuple[str, ...] = ()
     diff_dir: str | None = None
     if captured:
@@ -121,9 +122,14 @@ def plan_restore(
             rootfs_info.get("lower_identity"),
             given=lower,
         )
+        raw = ckpt.read_member(config_member)
+        if source.name != RUNC:  # another runtime's mounts and hooks: runc's own instead
+            raw, runtime_files = portable.for_bundle(raw, bundle_dir)
+            if source.describe is not None:
+                grants = portable.with_defaults(grants, source.describe(ckpt))
         new_config = confine.check_config(
             bundle_config(
-                ckpt.read_member(config_member),
+                raw,
                 original_bundle=str(info["bundle"]),
                 old_id=str(info["id"]),
                 name=name,
@@ -172,6 +178,8 @@ def plan_restore(
         diff_format=form or OVERLAY,
         userxattr=bool(rootfs_info.get("userxattr")),
         flags=tuple(flags),
+        runtime_files=runtime_files,
+        grants=grants,
     )
 
 
@@ -191,6 +199,10 @@ class RuncRestorePlan:
         diff_format: Their format: overlay's, or podman's (converted to overlay's first).
         userxattr: Overlay keeps its attributes as ``user.*``.
         flags: runc restore's flags beyond the paths (``--tcp-established``...).
+        runtime_files: The mounts another runtime made, for which the bundle gets files
+            of its own (:func:`cedana.container.portable.make_files`).
+        grants: The caller's grants, with what another runtime's defaults left open
+            (what the images are checked against); None for the caller's as given.
     """
 
     source: Path
@@ -204,6 +216,8 @@ class RuncRestorePlan:
     diff_format: str = OVERLAY
     userxattr: bool = False
     flags: tuple[str, ...] = ()
+    runtime_files: tuple[portable.RuntimeMount, ...] = ()
+    grants: confine.Grants | None = None
 
     def runc_args(self, images: Path, work: Path) -> list[str]:
         """``runc restore``'s arguments for images unpacked at ``images``."""
@@ -235,6 +249,7 @@ class RuncRestorePlan:
         restore`` and bring the loopback up; on any failure undo what was made, newest
         first (the container runc made, the bundle). Returns runc's state of it."""
         name = self.name
+        grants = self.grants if self.grants is not None else grants
         started = time.monotonic()
         logger.debug("restore runc %s from %s: start", name, self.source)
         with (
@@ -256,6 +271,11 @@ class RuncRestorePlan:
                     userxattr=self.userxattr,
                 )
                 undo.callback(made.remove)
+                if self.runtime_files:
+                    hostname = str(self.new_config.get("hostname") or name)
+                    portable.make_files(
+                        self.bundle / portable.BUNDLE_FILES, self.runtime_files, hostname=hostname
+                    )
             undo.callback(_delete_if_restored_here, command, self.root, name, self.bundle)
             with open_stdio(stdin, stdout, stderr) as (fd0, fd1, fd2):
                 done = command.run(

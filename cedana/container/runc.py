@@ -55,6 +55,7 @@ from cedana import registry
 from cedana.artifact.manifest import Manifest, thaw
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
+from cedana.compat import check_host
 from cedana.container import confine
 from cedana.container.bundle import (
     BUNDLE_MARKER,
@@ -524,9 +525,13 @@ class RuncContainer:
         return f"{CONTAINER_DIR}/{name}"
 
     @staticmethod
-    def preflight(backend: CriuBackend | None = None) -> None:
-        """CRIU's preflight check, run once per operation (the Process layer's)."""
-        preflight(backend)
+    def preflight(backend: CriuBackend | None = None, checkpoint: Checkpoint | None = None) -> None:
+        """CRIU's preflight check, run once per operation (the Process layer's); for a
+        restore, also whether this host can run ``checkpoint`` (:func:`cedana.compat.check_host`:
+        its CRIU version, architecture and CPU features), before anything runs."""
+        checked = preflight(backend)
+        if checkpoint is not None:
+            check_host(checkpoint, checked)
 
     restores_tcp = staticmethod(restores_tcp)
     restore_failed = staticmethod(restore_failed)
@@ -623,7 +628,7 @@ class RuncContainer:
             hooks=hooks,
             grants=grants,
         )
-        preflight(backend)
+        RuncContainer.preflight(backend, ckpt)
         runc_command = or_default(command, RuncCommand(plan.root, runc))
         plan.execute(
             ckpt,
@@ -729,7 +734,7 @@ def container_summary(manifest: Manifest) -> dict[str, Any] | None:
         fresh = source is not None and source.restore_fresh is not None
         into = [str(manifest.runtime)] if fresh else []
     else:
-        into = list(source.restores_into) if source is not None else []
+        into = list(registry.restore_targets(source)) if source is not None else []
     return {
         "id": info.get("id"),
         "runtime": manifest.runtime,

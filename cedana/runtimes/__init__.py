@@ -38,6 +38,12 @@ Layout::
                          (optional: ``pip install 'cedana[kata]'``)
     _qemu_spec.py        a QEMU command line parsed into what a restore may rebuild
 
+    _cross.py            a restore into another runtime: each runtime's source half
+                         (its checkpoint as cedana.container.portable's neutral
+                         description) and target half (that description as its own)
+    _images.py           image stores found by chain id, and an image moved between
+                         them through the runtimes' own save/load
+
 Nothing here imports grpc, the docker SDK or qemu.qmp until a container of theirs is used.
 """
 

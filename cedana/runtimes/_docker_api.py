@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import IO, Any
 
 import attrs
@@ -155,6 +156,13 @@ class DockerClient:
         with mapped(f"image {ref!r}", missing=ImageNotFound):
             for chunk in self._api.get_image(ref, chunk_size=1 << 20):
                 out.write(chunk)
+
+    def load_image(self, archive: Path) -> None:
+        """``POST /images/load`` (``docker load``) of the image tar ``archive``."""
+        with mapped("loading an image"), open(archive, "rb") as data:
+            for event in self._api.load_image(data) or ():
+                if isinstance(event, Mapping) and event.get("error"):
+                    raise ContainerError(f"docker could not load {archive}: {event['error']}")
 
     def create_container(self, config: Mapping[str, Any], name: str) -> str:
         """``POST /containers/create?name=NAME`` with ``config`` as is; the new id."""

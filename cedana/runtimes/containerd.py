@@ -48,7 +48,7 @@ import attrs
 from cedana import registry
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
-from cedana.container import RuncContainer, cgroups, confine, namespaces
+from cedana.container import RuncContainer, cgroups, confine, namespaces, portable
 from cedana.container.rootfs_only import refuse_rootfs
 from cedana.container.runc import DumpExtras
 from cedana.container.state import LIVE, RuncState
@@ -69,6 +69,7 @@ from cedana.progress import ProgressArg
 from cedana.rootfs import OVERLAY, Snapshotter, diff_format
 from cedana.rootfs.containerd import ContainerdSnapshotter
 from cedana.rootfs.oci_layer import OCI_LAYER_FORMAT, from_oci_layer
+from cedana.runtimes import _cross
 from cedana.runtimes._containerd_api import (
     DEFAULT_ADDRESS,
     RUNC_OPTIONS_TYPE,
@@ -498,7 +499,7 @@ class ContainerdContainer:
             hooks=hooks,
             grants=grants,
         )
-        RuncContainer.preflight(backend)
+        RuncContainer.preflight(backend, ckpt)
 
         started = time.monotonic()
         logger.debug("restore containerd %s/%s from %s: start", namespace, name, ckpt.path)
@@ -641,6 +642,7 @@ class ContainerdContainer:
         # containerd's garbage collector may remove the snapshot first, at any moment.
         with contextlib.suppress(ContainerNotFound):
             client.remove_snapshot(record.snapshotter, record.snapshot_key)
+        portable.remove_labelled(record.labels)  # files a restore from elsewhere made
 
 
 # --- restore helpers ----------------------------------------------------------------
@@ -789,6 +791,8 @@ registry.register(
         flags={"address": "address", "root": "runc_root"},
         runc_root=DEFAULT_RUNC_ROOT,
         summary=lambda c: {"namespace": c.namespace, "name": c.id},
+        adopt=_cross.into_containerd,
+        describe=_cross.describe_containerd,
     )
 )
 

@@ -50,7 +50,7 @@ from cedana import registry
 from cedana.artifact.manifest import thaw
 from cedana.artifact.signing import KeySource, Trust
 from cedana.checkpoint import Checkpoint
-from cedana.container import RuncContainer, confine, namespaces
+from cedana.container import RuncContainer, confine, namespaces, portable
 from cedana.container.rootfs_only import refuse_rootfs
 from cedana.container.runc import DumpExtras
 from cedana.container.state import RuncState
@@ -70,6 +70,7 @@ from cedana.process import CheckpointOptions
 from cedana.progress import ProgressArg
 from cedana.rootfs import OVERLAY, diff_format
 from cedana.rootfs.overlay2 import Overlay2Snapshotter
+from cedana.runtimes import _cross
 from cedana.runtimes._docker_api import DockerClient
 from cedana.staging import scratch_dir
 
@@ -123,7 +124,8 @@ _KEPT_HOST_CONFIG = frozenset(
         "Ulimits",
     }
 )
-# HostConfig fields that would hand the container host resources: refused when set.
+# HostConfig fields that would hand the container host resources: refused when set (Binds
+# only from granted sources: a restore from another runtime binds in files of cedana's).
 _REFUSED_HOST_CONFIG = (
     "Binds",
     "Mounts",
@@ -405,9 +407,10 @@ class DockerContainer:
         same image id) and create config, its new overlay2 layer receives the
         rootfs changes, and docker starts it from the CRIU images
         (``start --checkpoint``). The checkpoint is untrusted input: its
-        ``HostConfig`` may not ask for volumes, binds, devices, host namespaces,
-        privileges, capabilities beyond docker's defaults (unless granted), a
-        cgroup parent or another runtime; its CRIU images are confined as for
+        ``HostConfig`` may not ask for volumes, binds (but from ``grants.binds``),
+        devices, host namespaces, privileges, capabilities beyond docker's defaults
+        (unless granted), a cgroup parent or another runtime; its CRIU images are
+        confined as for
         runc (:func:`cedana.container.confine.check_images`). Everything is checked
         before docker is asked to make anything.
 
@@ -465,7 +468,7 @@ class DockerContainer:
         )
         image_id = str((recorded.get("image") or {}).get("id") or "")
         create = _create_config(recorded, image_id, grants)
-        RuncContainer.preflight(backend)
+        RuncContainer.preflight(backend, ckpt)
 
         started = time.monotonic()
         logger.debug("restore docker %s from %s: start", name, ckpt.path)
@@ -560,9 +563,13 @@ class DockerContainer:
     # --- managing it ------------------------------------------------------------
 
     def remove(self) -> None:
-        """Remove the container from docker (killed first if it runs); gone is fine."""
+        """Remove the container from docker (killed first if it runs); gone is fine. The
+        files a restore from another runtime made for it go with it."""
+        record = self._api().find_container(self.name)
         with contextlib.suppress(ContainerNotFound):
             self._api().remove_container(self.name)
+        if record is not None:
+            portable.remove_labelled((record.get("Config") or {}).get("Labels") or {})
 
 
 # --- restore helpers ----------------------------------------------------------------
@@ -654,6 +661,33 @@ def _create_config(
     }
 
 
+def _layers_chain(api: DockerClient, image: str) -> str | None:
+    """The chain id of ``image``'s layers (how another store recognises it); None when
+    docker no longer has it."""
+    from cedana.runtimes._containerd_api import chain_id
+
+    try:
+        layers = (api.inspect_image(image).get("RootFS") or {}).get("Layers") or []
+    except ImageNotFound:
+        return None
+    return chain_id([str(d) for d in layers]) if layers else None
+
+
+def _granted_binds(binds: Any, grants: confine.Grants) -> bool:
+    """True when every ``SOURCE:DEST[:MODE]`` of ``binds`` has an absolute source inside
+    one of the granted bind sources."""
+    if not isinstance(binds, (list, tuple)) or not grants.binds:
+        return False
+    for bind in binds:
+        source = str(bind).split(":", 1)[0]
+        real = os.path.realpath(source)
+        if not os.path.isabs(source) or not any(
+            real == g or real.startswith(g.rstrip("/") + "/") for g in grants.binds
+        ):
+            return False
+    return True
+
+
 def _checked_host_config(host: Mapping[str, Any], grants: confine.Grants | None) -> dict[str, Any]:
     """A checkpoint's ``HostConfig``, confined to what docker gives a container by default.
 
@@ -669,6 +703,8 @@ def _checked_host_config(host: Mapping[str, Any], grants: confine.Grants | None)
     if host.get("Privileged"):
         raise refuse("Privileged", "asks for a privileged container")
     for field in _REFUSED_HOST_CONFIG:
+        if field == "Binds" and host.get(field) and _granted_binds(host[field], g):
+            continue
         if host.get(field):
             raise refuse(field, f"is {host[field]!r}, which reaches outside the container")
     if str(host.get("Runtime") or "runc") not in _RUNC_RUNTIMES:
@@ -718,6 +754,8 @@ def _checked_host_config(host: Mapping[str, Any], grants: confine.Grants | None)
     for field in ("MaskedPaths", "ReadonlyPaths", "SecurityOpt"):
         if host.get(field) is not None:
             out[field] = host[field]
+    if host.get("Binds"):
+        out["Binds"] = list(host["Binds"])
     if log:
         out["LogConfig"] = log
     return out
@@ -735,6 +773,8 @@ registry.register(
         flags={"address": "address", "root": "runc_root"},
         runc_root=DEFAULT_RUNC_ROOT,
         summary=lambda c: {"name": c.name},
+        adopt=_cross.into_docker,
+        describe=_cross.describe_docker,
     )
 )
 
@@ -765,7 +805,11 @@ class _CheckpointRun:
         docker = {
             "id": record["Id"],
             "name": str(record.get("Name") or "").lstrip("/"),
-            "image": {"name": (record.get("Config") or {}).get("Image"), "id": record["Image"]},
+            "image": {
+                "name": (record.get("Config") or {}).get("Image"),
+                "id": record["Image"],
+                "chain_id": _layers_chain(self.container._api(), str(record["Image"])),
+            },
             "config": record.get("Config") or {},
             "host_config": record.get("HostConfig") or {},
             "address": self.container._api().base_url,

@@ -90,6 +90,7 @@ from cedana.rootfs.containers_storage import (
 )
 from cedana.rootfs.mounts import mountinfo, umount
 from cedana.rootfs.overlay import DIFF_NAME
+from cedana.runtimes import _cross
 from cedana.runtimes._podman_layout import (
     CEDANA_FILES,
     DEVSHM_MEMBER,
@@ -438,7 +439,7 @@ class PodmanContainer:
                 f"a podman container named {name!r} exists; choose another name (name=... / "
                 "--name) or remove it first (podman rm)"
             )
-        RuncContainer.preflight(backend)
+        RuncContainer.preflight(backend, ckpt)
 
         started = time.monotonic()
         with scratch_dir(".cedana-restore-", parent=work_dir, fills="CRIU's images") as work:
@@ -805,8 +806,20 @@ registry.register(
         flags={"root": "runc_root"},
         runc_root=DEFAULT_RUNC_ROOT,
         summary=lambda c: {"name": c.name},
+        adopt=_cross.into_podman,
+        describe=_cross.describe_podman,
     )
 )
+
+
+def _layers_chain(api: PodmanCLI, image: str) -> str | None:
+    """The chain id of ``image``'s layers (how another store recognises it); None when
+    podman no longer has it."""
+    from cedana.runtimes._containerd_api import chain_id
+
+    record = api.image(image) or {}
+    layers = (record.get("RootFS") or {}).get("Layers") or []
+    return chain_id([str(d) for d in layers]) if layers else None
 
 
 @attrs.define(eq=False)
@@ -840,6 +853,7 @@ class _CheckpointRun:
                 "name": record.get("ImageName"),
                 "id": record.get("Image"),
                 "digest": record.get("ImageDigest"),
+                "chain_id": _layers_chain(self.container._api(), str(record.get("Image"))),
             },
             "config": podman_config(record),
             "network_mode": (record.get("HostConfig") or {}).get("NetworkMode"),

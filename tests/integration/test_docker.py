@@ -356,21 +356,18 @@ def test_restore_into_runc(
     containers: Containers, dockerd: Dockerd, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """The same artifact restores as a plain runc container (``into="runc"``), its files
-    and counter included, beside the running original; docker's own hook and the files
-    docker binds in (``/etc/hosts``...) are the caller's to allow."""
+    and counter included, beside the running original; docker's own networking hook is
+    dropped and the files docker binds in (``/etc/hosts``...) become files of the new
+    bundle (never docker's host paths), so nothing needs granting."""
     name, new = name_for(request), name_for(request, "-runc")
     c = containers.run(name, "echo mine > /root/new.txt; " + COUNTER)
     wait_count(c, 3)
     ckpt = c.checkpoint(tmp_path / "c.tar.zst", leave_running=True)
-    with pytest.raises(cedana.UnsafeArtifact, match="hooks"):
-        cedana.restore(ckpt, into="runc", name=new)
-    binds = dockerd.data_root / "containers" / c.id
-    r = containers.track(
-        cedana.restore(ckpt, into="runc", name=new, hooks={}, grants=cedana.Grants(binds=[binds]))
-    )
+    r = containers.track(cedana.restore(ckpt, into="runc", name=new))
     assert isinstance(r, cedana.RuncContainer) and r.status == "running"
     assert_counts_on(r, checkpointed_counts_int(ckpt))
     assert r.exec(["cat", "/root/new.txt"]) == b"mine\n"
+    assert r.exec(["cat", "/etc/hostname"]) == f"{c.id[:12]}\n".encode()
     assert c.status == "running"
 
 

@@ -362,7 +362,9 @@ def test_podman_checkpoint_image_through_an_oci_archive_and_a_registry(
         tar.addfile(tarfile.TarInfo("empty"))
     buf.seek(0)
     oci.write_image(layout, layers=[oci.add_layer(layout, buf)], tag="x")
-    with pytest.raises(cedana.UnsupportedFormat, match="not a checkpoint image"):
+    with pytest.raises(
+        cedana.UnsupportedFormat, match="neither a cedana checkpoint nor a checkpoint image"
+    ):
         cedana.restore(f"oci:{plain}:x", trust="any")
 
 
@@ -405,8 +407,9 @@ def test_containerd_checkpoint_image_through_a_registry(
     request: pytest.FixtureRequest,
 ) -> None:
     """A containerd checkpoint exported as a checkpoint image of containerd's archive
-    (``--archive containerd``) is pushed to a registry and restored from it into containerd
-    under a new name; the counter goes on. Its layer tampered with in the registry's
+    (``--archive containerd``) is pushed to a registry, ``cedana inspect REF`` shows it
+    (containerd's archive, its process tree), and it is restored from the registry into
+    containerd under a new name; the counter goes on. Its layer tampered with in the registry's
     storage, a restore from it is refused (the digest does not match) and makes nothing."""
     name, new = name_for(request), name_for(request, "-r")
     c = ctd.run(name)
@@ -418,6 +421,11 @@ def test_containerd_checkpoint_image_through_a_registry(
         "--to", ref,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    done = run_cedana("inspect", ref, "--json")
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["checkpoint"]["path"] == ref and shown["checkpoint"]["kind"] == "container"
+    assert shown["images"]["processes"], "the archive's CRIU images are decoded"
     done = run_cedana(
         "restore", ref, "--insecure-accept-unsigned", "--address", containerd.address,
         "--name", f"{containerd.namespace}/{new}",

@@ -102,8 +102,9 @@ def test_push_pull_restore(workloads: Workloads, tmp_path: Path, oci_registry: R
 
 
 def test_cli_push_pull(workloads: Workloads, tmp_path: Path, oci_registry: Registry) -> None:
-    """`cedana push` and `cedana pull -o` round-trip the file and print the digest; a
-    pull of an unknown tag fails with one line and leaves no file."""
+    """`cedana push` and `cedana pull -o` round-trip the file and print the digest;
+    `cedana inspect REF` shows the pushed checkpoint under its reference; a pull of an
+    unknown tag fails with one line and leaves no file."""
     path, _log, _pid = _checkpoint(workloads, tmp_path)
     ref = oci_registry.ref("ckpt-tests/cli", "v2")
     done = run_cedana("push", str(path), ref, "--json")
@@ -113,6 +114,11 @@ def test_cli_push_pull(workloads: Workloads, tmp_path: Path, oci_registry: Regis
     done = run_cedana("pull", ref, "-o", str(out))
     assert done.returncode == 0, done.stderr
     assert _sha(out) == _sha(path)
+    done = run_cedana("inspect", ref, "--json")
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["checkpoint"]["path"] == ref and shown["checkpoint"]["kind"] == "process"
+    assert shown["images"]["processes"], "the pulled checkpoint's process tree is decoded"
     done = run_cedana("pull", oci_registry.ref("ckpt-tests/cli", "nope"), "-o", str(tmp_path / "x"))
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "not in registry" in done.stderr
@@ -189,7 +195,9 @@ def test_push_to_oci_archive_and_restore(workloads: Workloads, tmp_path: Path) -
         pass
     image = oci.write_image(layout, layers=[oci.add_layer(layout, src)])
     oci.push(image, f"oci-archive:{tmp_path / 'image.tar'}")
-    with pytest.raises(UnsupportedFormat, match="not a cedana checkpoint"):
+    with pytest.raises(
+        UnsupportedFormat, match="neither a cedana checkpoint nor a checkpoint image"
+    ):
         cedana.pull(f"oci-archive:{tmp_path / 'image.tar'}", tmp_path / "x.tar.zst")
     assert not (tmp_path / "x.tar.zst").exists()
 

@@ -193,6 +193,14 @@ def test_devices_beyond_the_defaults_are_refused(tmp_path: Path) -> None:
     check(cfg, tmp_path, grants=Grants(devices=["/dev/fuse"]))
 
 
+def test_a_criu_config_file_of_the_hosts_is_refused(tmp_path: Path) -> None:
+    """The ``org.criu.config`` annotation makes runc hand CRIU a host config file (whose
+    action scripts run as root): refused; an empty one (no config file) passes."""
+    with pytest.raises(UnsafeArtifact, match="org.criu.config"):
+        check(config(annotations={"org.criu.config": "/tmp/evil.conf"}), tmp_path)
+    check(config(annotations={"org.criu.config": ""}), tmp_path)
+
+
 def test_seccomp_listener_and_foreign_cgroups_are_refused(tmp_path: Path) -> None:
     """A seccomp notify socket on the host is refused; a cgroup that is not the new
     container's own (or climbs with ..) is refused unless granted; its own passes."""

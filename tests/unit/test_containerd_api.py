@@ -410,15 +410,20 @@ def test_restore_into_containerd_refuses_what_the_shim_cannot_pass(
 
 
 def test_restore_dispatch_refuses_options_of_the_other_runtime(tmp_path: Path) -> None:
-    """A containerd checkpoint restores into containerd or runc, each with its own options;
-    an option of the other, or a third runtime, is refused with a clear error."""
+    """A containerd checkpoint restores into containerd, runc, docker or podman, each with
+    its own options; an option of another, or a runtime that is none of them, is refused
+    with a clear error."""
     ckpt = _checkpoint(tmp_path)
     with pytest.raises(ContainerError, match="bundle"):
         cedana.restore(ckpt, bundle="/b")
     with pytest.raises(ContainerError, match="namespace"):
         cedana.restore(ckpt, into="runc", namespace="x")
-    with pytest.raises(ContainerError, match="podman"):
-        cedana.restore(ckpt, into="podman")
+    with pytest.raises(ContainerError, match="into docker does not take bundle"):
+        cedana.restore(ckpt, into="docker", bundle="/b")
+    with pytest.raises(
+        ContainerError, match="containerd or runc or docker or podman, not into 'crio'"
+    ):
+        cedana.restore(ckpt, into="crio")
 
 
 # --- the optional dependency -------------------------------------------------------------

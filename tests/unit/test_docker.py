@@ -75,6 +75,20 @@ def test_grants_allow_what_they_name() -> None:
     assert out["CapAdd"] == ["SYS_ADMIN"] and out["NetworkMode"] == "host"
 
 
+def test_binds_only_from_granted_sources(tmp_path: Path) -> None:
+    """Binds (what a restore from another runtime uses for files of cedana's) pass only
+    when every source lies inside a granted bind source."""
+    binds = [f"{tmp_path}/files/run-.containerenv:/run/.containerenv"]
+    with pytest.raises(UnsafeArtifact, match="Binds"):
+        _checked_host_config({**HOST, "Binds": binds}, None)
+    with pytest.raises(UnsafeArtifact, match="Binds"):
+        _checked_host_config(
+            {**HOST, "Binds": [*binds, "/etc:/host-etc"]}, Grants(binds=[tmp_path])
+        )
+    out = _checked_host_config({**HOST, "Binds": binds}, Grants(binds=[tmp_path / "files"]))
+    assert out["Binds"] == binds
+
+
 def test_create_config_names_the_image_by_id_and_labels_the_origin() -> None:
     """The new container's config is the recorded one on the recorded image id, labelled
     with the checkpointed container's name; a record without a config is refused."""

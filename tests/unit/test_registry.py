@@ -180,3 +180,15 @@ def test_entries_are_frozen() -> None:
     assert runtime is not None
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         runtime.name = "other"  # type: ignore[misc]
+
+
+def test_every_runc_based_checkpoint_restores_into_every_runc_based_runtime() -> None:
+    """Each runtime that describes its checkpoints restores into its own targets first
+    (its own the default), then into every runtime that adopts another's."""
+    runc_based = ("runc", "containerd", "docker", "podman")
+    for name in (*runc_based, "process"):
+        runtime = registry.lookup(name)
+        assert runtime is not None
+        targets = registry.restore_targets(runtime)
+        assert targets[0] == name
+        assert set(targets) == (set(runc_based) if name != "process" else {"process"})

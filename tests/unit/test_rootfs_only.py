@@ -325,7 +325,7 @@ def test_restore_of_a_rootfs_checkpoint_stays_in_its_runtime(tmp_path: Path) -> 
         cedana.restore(artifact, into="containerd")
     with pytest.raises(ContainerError, match="namespace="):
         cedana.restore(artifact, namespace="x")
-    with pytest.raises(ContainerError, match="cannot start afresh"):
+    with pytest.raises(ContainerError, match="a runtime this cedana does not know"):
         cedana.restore(_rootfs_artifact(tmp_path, "zone"))
     with pytest.raises(UnsafeArtifact, match="not one of its members"):  # no diff member
         cedana.RuncContainer.restore_fresh(artifact, name="n", bundle=tmp_path / "b")

@@ -229,6 +229,10 @@ class RecordingCriu:
     def report(self) -> CriuReport:
         raise NotImplementedError
 
+    def cpuinfo_check(self, images_dir: Path) -> str | None:
+        self.calls.append("cpuinfo_check")
+        return None
+
 
 @pytest.fixture
 def extracted(monkeypatch: pytest.MonkeyPatch) -> list[Path]:

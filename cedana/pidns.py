@@ -1,0 +1,307 @@
+"""Pid namespaces held by cedana's small init (:mod:`cedana._pidinit`).
+
+A :class:`PidNamespace` is a new pid (and mount) namespace whose pid 1 is cedana's init:
+it reaps, forwards signals to the workload's root and exits as the root does; the
+*holder*, this process's child in the caller's namespace, mirrors that exit status, so
+``Popen.wait()`` on it is waiting on the workload. Two ways in:
+
+- :meth:`PidNamespace.spawn` starts a command as the root (ns pid 2);
+- :meth:`PidNamespace.runner` starts ``criu swrk`` inside, as the init's child, for a
+  restore: CRIU, being in the namespace, restores the tree under its original pids
+  there, and the restored root is reparented to the init when CRIU exits.
+
+A tree already in such a namespace is dumped by a CRIU started inside it
+(:class:`EnterRunner`: ``nsenter`` into its pid and mount namespaces), so CRIU sees the
+tree's own pids, as it must for a tree whose root is not the namespace's pid 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+
+from cedana import procfs
+from cedana.errors import CedanaError, ProcessNotFound, RestoreFailed
+
+__all__ = ["EnterRunner", "PidNamespace", "cedana_init_of", "host_pid", "ns_pids"]
+
+logger = logging.getLogger("cedana.pidns")
+
+#: The init's script: run by path, so it never imports the package.
+INIT_SCRIPT = Path(__file__).with_name("_pidinit.py")
+
+#: How long the init may take to make the namespace and say it is ready.
+READY_TIMEOUT = 10.0
+
+
+def ns_pids(pid: int) -> tuple[int, ...]:
+    """``pid``'s pids in each pid namespace it is in, outermost (this /proc's) first
+    (``NSpid`` of /proc/PID/status).
+
+    Raises:
+        ProcessNotFound: No such pid.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return tuple(int(x) for x in line.split()[1:])
+    except (FileNotFoundError, ProcessLookupError) as exc:
+        raise ProcessNotFound(f"no process with pid {pid}") from exc
+    return (pid,)
+
+
+def ns_sid(pid: int) -> int:
+    """``pid``'s session id as its own (innermost) pid namespace sees it (0: its session
+    leader is outside that namespace)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("NSsid:"):
+                return int(line.split()[-1])
+    return procfs.proc_info(pid).sid
+
+
+def pidns_id(pid: int) -> str:
+    """The identity of ``pid``'s pid namespace (``pid:[INODE]``)."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except (FileNotFoundError, ProcessLookupError) as exc:
+        raise ProcessNotFound(f"no process with pid {pid}") from exc
+
+
+def host_pid(ancestor: int, ns_pid: int) -> int | None:
+    """The pid (in this /proc) of the descendant of ``ancestor`` whose innermost pid is
+    ``ns_pid``; None when there is none (yet)."""
+    try:
+        tree = procfs.tree(ancestor)
+    except ProcessNotFound:
+        return None
+    for info in tree:
+        with contextlib.suppress(ProcessNotFound):
+            if info.pid != ancestor and ns_pids(info.pid)[-1] == ns_pid:
+                return info.pid
+    return None
+
+
+def cedana_init_of(pid: int) -> int | None:
+    """The pid (in this /proc) of the init of ``pid``'s pid namespace when that namespace
+    is a child of ours held by cedana's init; None when ``pid`` is in our own namespace
+    (or in one that cedana does not hold, e.g. a container's)."""
+    ours = pidns_id(os.getpid())
+    theirs = pidns_id(pid)
+    if theirs == ours:
+        return None
+    current = pid
+    while current > 1:
+        try:
+            if pidns_id(current) != theirs:
+                return None
+            if ns_pids(current)[-1] == 1:
+                with open(f"/proc/{current}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+                return current if any(a.endswith(b"_pidinit.py") for a in argv) else None
+            current = procfs.proc_info(current).ppid
+        except (ProcessNotFound, OSError):
+            return None
+    return None
+
+
+@attrs.frozen
+class EnterRunner:
+    """Starts ``criu swrk`` inside the pid and mount namespaces of ``pid`` (``nsenter``),
+    for a dump of a tree in a namespace cedana's init holds."""
+
+    pid: int
+
+    def start(self, argv: Sequence[str], pass_fds: Sequence[int]) -> subprocess.Popen[bytes]:
+        """Start ``argv`` under ``nsenter``; it waits for CRIU, and the session for it."""
+        return subprocess.Popen(
+            ["nsenter", "--target", str(self.pid), "--pid", "--mount", "--", *argv],
+            pass_fds=tuple(pass_fds),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+@attrs.define(eq=False)
+class PidNamespace:
+    """A new pid namespace held by cedana's init; see the module docstring.
+
+    Attributes:
+        holder: The holder, this process's child: its exit status is the workload's.
+        init: The init's pid in this /proc.
+    """
+
+    holder: subprocess.Popen[bytes]
+    init: int
+
+    @classmethod
+    def _start(
+        cls,
+        flags: Sequence[str],
+        argv: Sequence[str],
+        *,
+        pass_fds: Sequence[int] = (),
+        stdio: tuple[int | None, int | None, int | None] = (None, None, None),
+        cwd: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> PidNamespace:
+        # The holder's cwd and environment pass through the init to the workload.
+        ready_r, ready_w = os.pipe()
+        stdin, stdout, stderr = stdio
+        try:
+            holder = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-I",
+                    str(INIT_SCRIPT),
+                    *flags,
+                    "--ready-fd",
+                    str(ready_w),
+                    "--",
+                    *argv,
+                ],
+                pass_fds=(ready_w, *pass_fds),
+                stdin=subprocess.DEVNULL if stdin is None else stdin,
+                stdout=subprocess.DEVNULL if stdout is None else stdout,
+                stderr=subprocess.DEVNULL if stderr is None else stderr,
+                start_new_session=True,
+                close_fds=True,
+                cwd=cwd,
+                env=env,
+            )
+        except OSError as exc:
+            os.close(ready_r)
+            raise CedanaError(f"cannot start cedana's pid-namespace init: {exc}") from exc
+        finally:
+            os.close(ready_w)
+        try:
+            said = _read_line(ready_r, READY_TIMEOUT)
+        finally:
+            os.close(ready_r)
+        if said != "ready":
+            _end(holder)
+            raise CedanaError(
+                "cedana's init could not make a new pid namespace: "
+                f"{said or 'it exited before it was ready'}"
+            )
+        kids = procfs.children(holder.pid)
+        if not kids:
+            _end(holder)
+            raise CedanaError("cedana's pid-namespace init ended before it was ready")
+        ns = cls(holder=holder, init=kids[0])
+        logger.debug("pid namespace: holder %d, init %d", holder.pid, ns.init)
+        return ns
+
+    @classmethod
+    def spawn(
+        cls,
+        argv: Sequence[str],
+        *,
+        stdout: int,
+        stderr: int,
+        cwd: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> tuple[PidNamespace, int]:
+        """Start ``argv`` as the root of a new namespace (in a session of its own, stdin
+        /dev/null); return the namespace and the root's pid in this /proc."""
+        ns = cls._start(["--spawn"], argv, stdio=(None, stdout, stderr), cwd=cwd, env=env)
+        root = _wait_host_pid(ns, 2)
+        if root is None:
+            _end(ns.holder)
+            raise CedanaError(f"{argv[0]} ended before it could be seen in its pid namespace")
+        return ns, root
+
+    @classmethod
+    def for_restore(cls, tree_pids: Sequence[int], root_pid: int) -> _RestoreRunner:
+        """A runner that starts CRIU in a new namespace for a tree of ``tree_pids`` whose
+        root is ``root_pid`` (pids inside the namespace)."""
+        return _RestoreRunner(tree_pids=tuple(tree_pids), root_pid=root_pid)
+
+    def root_host_pid(self, ns_pid: int) -> int | None:
+        """The pid in this /proc of the process with ``ns_pid`` in this namespace."""
+        return host_pid(self.init, ns_pid)
+
+    def close(self) -> None:
+        """End the namespace (kill its init, so the kernel kills everything in it) and
+        reap the holder; for a failed restore."""
+        _end(self.holder)
+
+
+@attrs.define(eq=False)
+class _RestoreRunner:
+    """Starts ``criu swrk`` as the child of a new namespace's init (a CriuRequest runner);
+    ``namespace`` is set once it has."""
+
+    tree_pids: tuple[int, ...]
+    root_pid: int
+    namespace: PidNamespace | None = None
+
+    def start(self, argv: Sequence[str], pass_fds: Sequence[int]) -> None:
+        """Make the namespace and start CRIU in it; the init reaps CRIU."""
+        # CRIU itself takes the pid after the highest of the tree's, so the tree finds
+        # all of its own free.
+        flags = ["--root-pid", str(self.root_pid), "--last-pid", str(max(self.tree_pids))]
+        self.namespace = PidNamespace._start(flags, argv, pass_fds=pass_fds)
+
+    def restored(self, ns_pid: int) -> tuple[PidNamespace, int]:
+        """The namespace and the restored root's pid in this /proc, once CRIU has
+        answered that it restored the root as ``ns_pid``."""
+        if self.namespace is None:
+            raise RestoreFailed("CRIU was not started in a new pid namespace")
+        root = _wait_host_pid(self.namespace, ns_pid)
+        if root is None:
+            raise RestoreFailed(
+                f"the restored root (pid {ns_pid} in its namespace) is not there after CRIU "
+                "said it was restored"
+            )
+        return self.namespace, root
+
+    def close(self) -> None:
+        """End the namespace, if one was made (a failed restore)."""
+        if self.namespace is not None:
+            self.namespace.close()
+
+
+def _wait_host_pid(ns: PidNamespace, ns_pid: int, timeout: float = READY_TIMEOUT) -> int | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = ns.root_host_pid(ns_pid)
+        if found is not None:
+            return found
+        if ns.holder.poll() is not None:
+            return None
+        time.sleep(0.002)
+    return None
+
+
+def _read_line(fd: int, timeout: float) -> str:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in data and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.05)[0]:
+            chunk = os.read(fd, 512)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def _end(holder: subprocess.Popen[bytes]) -> None:
+    if holder.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            holder.send_signal(signal.SIGKILL)  # the init dies with it (PR_SET_PDEATHSIG)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        holder.wait(timeout=10)
