@@ -59,7 +59,10 @@ def assert_continues(log: Path, before: list[int], prefix: str = "", more: int =
 
 def assert_gone(pid: int) -> None:
     reap_zombie_children()
-    wait_for(lambda: procfs.holder_of(pid) is None, 10, f"pid {pid} to go")
+    try:
+        wait_for(lambda: procfs.holder_of(pid) is None, 10, f"pid {pid} to go")
+    except pytest.fail.Exception as exc:  # say who holds it: ours, or a reused pid
+        pytest.fail(f"{exc}; held by {procfs.holder_of(pid)}")
 
 
 COUNTER = """
