@@ -7,6 +7,7 @@ import contextlib
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -189,3 +190,17 @@ def craft(base: Path, dest: Path, edit: Callable[[dict[str, Any], Path], None]) 
     shutil.rmtree(work)
     assert thaw(cedana.open(dest).manifest.workload) == workload  # it verifies
     return dest
+
+
+def kill_containerd_shims(address: str) -> None:
+    """End the shims serving the containerd at ``address``: they outlive their daemon."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"containerd-shim-runc-v2") and address.encode() in argv:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry), signal.SIGKILL)

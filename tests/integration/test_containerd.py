@@ -20,7 +20,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tarfile
 import time
@@ -41,6 +40,7 @@ from tests.helpers import (
     busybox_tree,
     count,
     craft,
+    kill_containerd_shims,
     name_for,
     remove_runc_container,
     run_cedana,
@@ -228,7 +228,7 @@ class Containerd:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._kill_shims()
+        kill_containerd_shims(self.address)
         for entry in reversed(mountinfo()):
             if entry.mountpoint.startswith(str(self.tmp) + "/"):
                 with contextlib.suppress(OSError):
@@ -236,23 +236,6 @@ class Containerd:
         for ns in namespaces:
             with contextlib.suppress(OSError):
                 Path("/run/containerd/runc", ns).rmdir()
-
-    def _kill_shims(self) -> None:
-        """Shims outlive containerd; end those serving this daemon (their -address is ours)."""
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if (
-                argv
-                and argv[0].endswith(b"containerd-shim-runc-v2")
-                and (self.address.encode() in argv)
-            ):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(entry), signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tarfile
 import time
@@ -50,6 +49,7 @@ from tests.helpers import (
     assert_counts_on,
     busybox_tree,
     count,
+    kill_containerd_shims,
     name_for,
     remove_runc_container,
     run_cedana,
@@ -239,7 +239,7 @@ class CriDaemon:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._kill_shims()
+        kill_containerd_shims(self.address)
         for entry in sorted(mountinfo(), key=lambda m: -len(m.mountpoint)):
             if entry.mountpoint.startswith(str(self.tmp) + "/"):
                 with contextlib.suppress(OSError):
@@ -248,23 +248,6 @@ class CriDaemon:
             with contextlib.suppress(OSError):  # left if anything else uses it meanwhile
                 (CNI_CACHE / "results").rmdir()
                 CNI_CACHE.rmdir()
-
-    def _kill_shims(self) -> None:
-        """Shims outlive containerd; end those serving this daemon (their -address is ours)."""
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if (
-                argv
-                and argv[0].endswith(b"containerd-shim-runc-v2")
-                and (self.address.encode() in argv)
-            ):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(entry), signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
