@@ -286,7 +286,7 @@ def _podman_base(
         raise ImageMismatch(f"{ckpt.path} records no podman image id; pass base=")
     archive = tmp / "base.tar"
     done = PodmanCLI().run(
-        "image", "save", "--format", "oci-archive", "-o", str(archive), image_id, check=False
+        "image", "save", "--format", "oci-archive", "-o", str(archive), "--", image_id, check=False
     )
     if done.returncode != 0:
         raise ImageMismatch(

@@ -224,7 +224,7 @@ class PodmanImages:
 
     def save(self, ref: str, archive: Path) -> None:
         self._cli().run(
-            "save", "--quiet", "--format", "docker-archive", "-o", os.fspath(archive), ref
+            "save", "--quiet", "--format", "docker-archive", "-o", os.fspath(archive), "--", ref
         )
 
     def load(self, archive: Path) -> None:

@@ -161,7 +161,7 @@ class PodmanCLI:
 
     def container(self, name: str) -> dict[str, Any] | None:
         """``podman container inspect``'s record of ``name`` (or id); None if none has it."""
-        done = self.run("container", "inspect", "--format", "json", name, check=False)
+        done = self.run("container", "inspect", "--format", "json", "--", name, check=False)
         if done.returncode != 0:
             if "no such container" in done.stderr.lower():
                 return None
@@ -171,7 +171,8 @@ class PodmanCLI:
 
     def image(self, ref: str) -> dict[str, Any] | None:
         """``podman image inspect``'s record of ``ref``; None if the store has no such image."""
-        done = self.run("image", "inspect", "--format", "json", ref, check=False)
+        # "--": a ref from an artifact ("--root=DIR") is an operand, never an option.
+        done = self.run("image", "inspect", "--format", "json", "--", ref, check=False)
         if done.returncode != 0:
             if "not known" in done.stderr.lower() or "no such image" in done.stderr.lower():
                 return None
@@ -181,7 +182,7 @@ class PodmanCLI:
 
     def remove(self, name: str) -> None:
         """``podman rm --force`` without a grace period (what is already gone is skipped)."""
-        self.run("rm", "--force", "--time", "0", "--ignore", name, check=False)
+        self.run("rm", "--force", "--time", "0", "--ignore", "--", name, check=False)
 
 
 def _last_error(stderr: str) -> str:
