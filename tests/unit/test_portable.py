@@ -257,3 +257,23 @@ def test_a_files_dir_stays_under_files_root_whatever_the_name(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lib"]
     assert [p for p in root.iterdir()] == [made]
     portable.remove_files(made)
+
+
+@pytest.mark.parametrize(
+    ("ids", "name"),
+    [
+        ({"podman": "--root=/tmp/x"}, "b:1"),
+        ({"docker": "../containers/web/json"}, "b:1"),
+        ({"docker": "sha256:ab cd"}, "b:1"),
+        ({}, "a/../../containers/web"),
+    ],
+)
+def test_an_image_id_that_is_no_id_is_refused(
+    tmp_path: Path, ids: dict[str, str], name: str
+) -> None:
+    """The artifact's image ids are looked up in the stores too (podman's command line,
+    docker's API path): an id that is not a hex digest, or a name with a '..' component,
+    is refused before any store is asked. Fails while only the name is checked."""
+    target = _Store("target", fails=True)  # asked: RuntimeUnavailable, not UnsafeArtifact
+    with pytest.raises(UnsafeArtifact, match="not an image"):
+        bring(ImageFacts(name=name, chain_id=None, ids=ids), target, None, work_dir=tmp_path)
