@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -245,6 +246,15 @@ class RegistryClient:
         )
 
         def auth(client: Any, response: Any) -> None:
+            # A 401 from a host the registry redirected to (a blob's download URL) is
+            # that host's: the registry's credentials are not for it.
+            asked = urlsplit(str(getattr(response, "url", "") or "")).netloc
+            if asked and asked.lower() != str(ref.host).lower():
+                raise RegistryRefused(
+                    f"registry {ref.host} redirected to {asked}, which asks for credentials; "
+                    "the registry's are not sent to another host",
+                    status=401,
+                )
             user, password = creds if creds else (None, None)
             client.authenticate(user, password, response=response, actions=["pull", "push"])
 
@@ -342,11 +352,30 @@ class RegistryClient:
         """The manifest (or index) at ``which`` (a tag or a digest): its bytes and a
         descriptor for them, checked against the digest asked for or, by tag, against
         the registry's ``Docker-Content-Digest``."""
+        import dxf
+
+        # python-dxf's get_manifest reads the whole body: streamed here, so a registry
+        # sending more than a manifest's bound is stopped there, not held in memory.
         with self._mapped(f"pulling manifest {which}"):
-            _, response = self._dxf.get_manifest_and_response(which)
-        data: bytes = response.content
-        if len(data) > MAX_JSON:
-            raise ArtifactCorrupt(f"the manifest at {which} is larger than {MAX_JSON} bytes")
+            response = self._dxf._request(
+                "get",
+                "manifests/" + which,
+                headers=dxf._accept_header,
+                stream=True,
+            )
+            try:
+                parts: list[bytes] = []
+                size = 0
+                for chunk in response.iter_content(_CHUNK):
+                    size += len(chunk)
+                    if size > MAX_JSON:
+                        raise ArtifactCorrupt(
+                            f"the manifest at {which} is larger than {MAX_JSON} bytes"
+                        )
+                    parts.append(chunk)
+            finally:
+                response.close()
+        data = b"".join(parts)
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         expected = (
             which if which.startswith("sha256:") else response.headers.get("Docker-Content-Digest")
