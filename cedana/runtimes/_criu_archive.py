@@ -26,10 +26,10 @@ This module is the one reader of them all. :class:`ArchiveFormat` (registered wi
 :mod:`cedana.artifact.foreign`) recognises the family by its first entries (a cedana
 artifact starts with ``manifest.json``); :func:`open_archive` reads the whole archive
 before anything else may: every entry must have a safe relative name and be a regular
-file or a directory of the layout (no links, devices or unknown names, at most so many);
-the JSON files are bounded in size and must parse; the inner tars are read entry by entry
-(safe names, no device nodes, hard links only to their own files, relative symlinks
-staying inside); every member is hashed; CRIU's images must be of this host's machine
+file or a directory of the layout (no links, devices, sparse files or unknown names, at
+most so many); the JSON files are bounded in size and must parse; the inner tars are read
+entry by entry (safe names, no device nodes or sparse files, hard links only to their own
+files, relative symlinks staying inside); every member is hashed; CRIU's images must be of this host's machine
 (their ``mtype``) and need no kernel feature it lacks (a time namespace). Then the engine
 is told from ``spec.dump`` and the files present, and that engine's :class:`Flavour`
 (registered by the runtime module that owns it: podman's in :mod:`._podman_archive`,
@@ -311,6 +311,8 @@ def _classify(
         or len(name) > 4096
     ):
         raise refused(path, f"entry {raw!r}", "has an unsafe name (absolute, '..' or odd)")
+    if info.sparse is not None or info.type == tarfile.GNUTYPE_SPARSE:
+        raise refused(path, f"entry {name!r}", "is a sparse file, which no engine writes")
     if not (info.isreg() or info.isdir()):
         kind = (
             "a symbolic link"
@@ -389,6 +391,8 @@ def _check_inner_tar(path: Path, what: str, stream: _Hashing, *, rootfs: bool) -
                 raise refused(path, f"{what} entry {info.name!r}", "leaves the root") from None
             if any(parts[:i] in links for i in range(1, len(parts))):
                 raise refused(path, f"{what} entry {info.name!r}", "goes through a symlink")
+            if info.sparse is not None or info.type == tarfile.GNUTYPE_SPARSE:
+                raise refused(path, f"{what} entry {info.name!r}", "is a sparse file")
             if info.isreg():
                 files.add(parts)
                 counts["files"] += 1

@@ -290,6 +290,33 @@ def test_hostile_archives_are_refused(tmp_path: Path, kind: str, error: type) ->
     assert not (tmp_path.parent / "evil").exists()
 
 
+@pytest.mark.parametrize("fmt", ["gnu", "pax"])
+def test_sparse_member_is_refused_before_it_is_written(tmp_path: Path, fmt: str) -> None:
+    """A sparse member (a few bytes in the tar, 512 MiB once unpacked) is refused as
+    UnsafeArtifact from its header: no layout blob holds a hole, and unpacking it would
+    fill the disk with zeros before its digest could be checked. Fails while it is
+    written out (and then found ArtifactCorrupt)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar writes the sparse member")
+    src = tmp_path / "src" / "blobs" / "sha256"
+    src.mkdir(parents=True)
+    (tmp_path / "src" / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    with open(src / ("d" * 64), "wb") as f:
+        f.truncate(512 << 20)
+    archive = tmp_path / "sparse.tar"
+    subprocess.run(
+        ["tar", f"--format={fmt}", "--sparse", "-C", tmp_path / "src", "-cf", archive, "."],
+        check=True,
+    )
+    assert archive.stat().st_size < 1 << 20
+    with pytest.raises(UnsafeArtifact, match="sparse"):
+        oci.pull(f"oci-archive:{archive}", tmp_path / "into")
+    assert not (tmp_path / "into").exists()
+
+
 def test_archive_without_index_or_not_a_tar(tmp_path: Path) -> None:
     """A tar that is no layout, or a file that is no tar, is ArtifactCorrupt."""
     (tmp_path / "empty.tar").write_bytes(_tar({"oci-layout": b'{"imageLayoutVersion":"1.0.0"}'}))

@@ -471,3 +471,25 @@ def test_archive_cut_inside_a_member_is_damaged(tmp_path: Path) -> None:
     archive.write_bytes(raw[:cut])
     with pytest.raises(cedana.ArtifactCorrupt, match="damaged"):
         open_archive(archive)
+
+
+def test_sparse_member_is_refused(tmp_path: Path) -> None:
+    """A sparse member (a CRIU pages image of 256 MiB that takes a few bytes in the tar)
+    is refused while the archive is opened: no engine writes one, and extracting it
+    would fill the disk with what the archive never carried. Fails while it is read
+    (and would be extracted) as a regular file."""
+    import shutil
+    import subprocess
+
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar writes the sparse member")
+    tree = tmp_path / "tree"
+    with tarfile.open(fileobj=io.BytesIO(_tar_bytes(layout()))) as tar:
+        tar.extractall(tree, filter="data")
+    with open(tree / "checkpoint" / "pages-1.img", "wb") as f:
+        f.truncate(256 << 20)
+    archive = tmp_path / "a.tar"
+    subprocess.run(["tar", "--sparse", "-C", tree, "-cf", archive, "."], check=True)
+    assert archive.stat().st_size < 1 << 20
+    with pytest.raises(cedana.UnsafeArtifact, match="sparse"):
+        cedana.open(archive, trust="any")
