@@ -317,6 +317,47 @@ def test_sparse_member_is_refused_before_it_is_written(tmp_path: Path, fmt: str)
     assert not (tmp_path / "into").exists()
 
 
+def test_blob_longer_than_its_descriptor_is_not_read_to_its_end(tmp_path: Path) -> None:
+    """An ``oci:`` layout whose blob files never end (here /dev/zero in their place) is
+    refused as ArtifactCorrupt once a blob passes its descriptor's size, by reading and
+    by verifying (and an endless ``oci-layout`` file once past its bound), in a child with 256 MiB of address space and 60 s. Fails while a blob
+    is read whole first (MemoryError) or hashed to its end (never)."""
+    import subprocess
+    import sys
+
+    image = _image(tmp_path)
+    for desc in [image.descriptor, *image.blobs()]:
+        path = image.layout.blob_path(desc.digest)
+        path.unlink()
+        path.symlink_to("/dev/zero")
+    (tmp_path / "endless").mkdir()
+    (tmp_path / "endless" / "oci-layout").symlink_to("/dev/zero")
+    script = f"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (256 << 20, 256 << 20))
+from cedana import oci
+from cedana.errors import ArtifactCorrupt
+layout = oci.Layout.open({str(image.layout.path)!r})
+desc = layout.manifests()[0]
+for read in (layout.read_blob, layout.verify_blob, layout.image):
+    try:
+        read(desc)
+    except ArtifactCorrupt:
+        continue
+    sys.exit(f"{{read.__name__}} took it")
+try:
+    oci.Layout.open({str(tmp_path / "endless")!r})
+except ArtifactCorrupt:
+    pass
+else:
+    sys.exit("an endless oci-layout file was taken")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_archive_without_index_or_not_a_tar(tmp_path: Path) -> None:
     """A tar that is no layout, or a file that is no tar, is ArtifactCorrupt."""
     (tmp_path / "empty.tar").write_bytes(_tar({"oci-layout": b'{"imageLayoutVersion":"1.0.0"}'}))
