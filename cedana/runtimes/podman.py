@@ -535,11 +535,15 @@ class PodmanContainer:
         with scratch_dir(".cedana-export-", parent=work_dir, fills="CRIU's images") as work:
             archive = plan.write(ckpt, work, grants=grants)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with open(fd, "wb") as out, open(archive, "rb") as src:
-                if compress == "zstd":
-                    zstandard.ZstdCompressor(level=3, threads=-1).copy_stream(src, out)
-                else:
-                    shutil.copyfileobj(src, out, 1 << 20)
+            try:
+                with open(fd, "wb") as out, open(archive, "rb") as src:
+                    if compress == "zstd":
+                        zstandard.ZstdCompressor(level=3, threads=-1).copy_stream(src, out)
+                    else:
+                        shutil.copyfileobj(src, out, 1 << 20)
+            except BaseException:
+                target.unlink(missing_ok=True)  # no partial archive under the name
+                raise
         return target
 
     # --- managing it ------------------------------------------------------------

@@ -493,3 +493,35 @@ def test_sparse_member_is_refused(tmp_path: Path) -> None:
     assert archive.stat().st_size < 1 << 20
     with pytest.raises(cedana.UnsafeArtifact, match="sparse"):
         cedana.open(archive, trust="any")
+
+
+def test_a_failed_export_leaves_no_partial_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When writing podman's import archive to its destination fails midway (a full
+    disk), nothing is left at the destination. Fails while the partial file stays under
+    the name asked for."""
+    import errno
+
+    from cedana.runtimes import podman as podman_mod
+
+    entries = [e for e in layout() if e[0].name != "spec.dump"]
+    entries.append((_info("spec.dump"), json.dumps(CONFINABLE_SPEC).encode()))
+    ckpt = cedana.open(write(tmp_path / "a.tar.zst", entries), trust="any")
+
+    def full(src: Any, dst: Any, length: int = 0) -> None:
+        dst.write(src.read(100))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def written(self: Any, ckpt: Any, work: Path, *, grants: Any) -> Path:
+        (work / "import.tar").write_bytes(b"x" * 4096)  # what plan.write would make
+        return work / "import.tar"
+
+    monkeypatch.setattr(podman_mod._ImportPlan, "write", written)
+    monkeypatch.setattr(podman_mod.shutil, "copyfileobj", full)
+    dest = tmp_path / "out.tar"
+    with pytest.raises(OSError):
+        podman_mod.PodmanContainer.export(
+            ckpt, dest, compress="none", client=FakeCLI(), work_dir=tmp_path, trust="any"
+        )
+    assert not dest.exists()
