@@ -555,3 +555,29 @@ def test_check_destination_refuses_early(tmp_path: Path) -> None:
     with pytest.raises(InvalidOption, match="not a digest"):
         check_destination("docker://localhost:5000/app@sha256:" + "0" * 64)
     assert (tmp_path / "x.tar").read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize("title", ["layout", "/", "..", "a\x00b", "x" * 300])
+def test_a_layers_title_does_not_choose_where_the_pull_goes(tmp_path: Path, title: str) -> None:
+    """A pushed checkpoint's layer title (the registry's word) names no file: a title
+    that is the pull's own layout directory, the directory itself, or no file name at
+    all still pulls the checkpoint, into a file of the pull's choosing, and the private
+    temp dir is gone afterwards. Fails while the title is used as the file's name
+    (IsADirectoryError, ValueError)."""
+    from cedana import images
+    from tests.unit.test_restore_plans import _ROOTFS, _artifact, _container
+
+    art = _artifact(
+        tmp_path, runtime="runc", workload={"container": _container(tmp_path), "rootfs": _ROOTFS}
+    )
+    layout = oci.Layout.create(tmp_path / "pushed")
+    blob = layout.add_file(
+        art, media.CEDANA_CHECKPOINT_LAYER_ZSTD, annotations={media.ANNOTATION_TITLE: title}
+    )
+    image = oci.write_image(layout, layers=[blob], artifact_type=media.CEDANA_ARTIFACT)
+    oci.push(image, f"oci-archive:{tmp_path / 'pushed.tar'}")
+    for ref in (f"oci:{tmp_path / 'pushed'}", f"oci-archive:{tmp_path / 'pushed.tar'}"):
+        with images.pulled(ref) as path:
+            assert path.is_file() and path.read_bytes() == art.read_bytes()
+            where = path.parent
+        assert not where.exists()
