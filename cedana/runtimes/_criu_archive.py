@@ -144,6 +144,8 @@ _MAX_INNER_ENTRIES = 1_000_000
 _CHUNK = 1 << 20
 
 _KEEP_BYTES = (*JSON_MEMBERS, "descriptors.json", "pstree.img")
+#: The bounds of the members held whole that are not JSON_MEMBERS (held: bounded).
+_HELD_BOUNDS = {"descriptors.json": _MAX_JSON, "pstree.img": _MAX_IMAGE_HELD}
 
 
 def refused(path: Path, what: str, why: str) -> UnsafeArtifact:
@@ -599,8 +601,9 @@ def _scan_entries(path: Path, compression: Compression) -> Scan:
                 _Hashing(data).drain()
             continue
         size = entry.info.size
-        if entry.member in JSON_MEMBERS and size > _MAX_JSON:
-            raise refused(path, entry.name, f"claims {size} bytes (at most {_MAX_JSON})")
+        bound = _HELD_BOUNDS.get(entry.member, _MAX_JSON if entry.member in JSON_MEMBERS else None)
+        if bound is not None and size > bound:
+            raise refused(path, entry.name, f"claims {size} bytes (at most {bound})")
         reader = _Hashing(data)
         if entry.member in inner:
             counted = _check_inner_tar(path, entry.name, reader, rootfs=inner[entry.member])

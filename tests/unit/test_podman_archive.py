@@ -525,3 +525,17 @@ def test_a_failed_export_leaves_no_partial_archive(
             ckpt, dest, compress="none", client=FakeCLI(), work_dir=tmp_path, trust="any"
         )
     assert not dest.exists()
+
+
+@pytest.mark.parametrize(
+    ("member", "size"),
+    [("checkpoint/pstree.img", (4 << 20) + 1), ("checkpoint/descriptors.json", (16 << 20) + 1)],
+)
+def test_members_held_in_memory_are_bounded(tmp_path: Path, member: str, size: int) -> None:
+    """pstree.img and descriptors.json are held in memory while the archive is read (to
+    tell its processes and files): one past its bound is refused from its header, as
+    the JSON files are, however well it compresses. Fails while they are held whole."""
+    entries = [e for e in layout() if e[0].name != member]
+    entries.append((_info(member), b"\x00" * size))
+    with pytest.raises(cedana.UnsafeArtifact, match="claims"):
+        cedana.open(write(tmp_path / "a.tar.zst", entries), trust="any")
