@@ -299,6 +299,8 @@ class RegistryClient:
                 if exc.response is not None and exc.response.status_code == 404:
                     return False
                 raise
+            except (KeyError, ValueError, TypeError):  # no size said: sent again
+                return False
 
     def push_blob(self, path: str | os.PathLike[str], desc: Descriptor) -> bool:
         """Upload the file at ``path`` as the blob ``desc`` unless the registry has it;

@@ -27,6 +27,11 @@ class _Hostile(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
+    def do_HEAD(self) -> None:  # noqa: N802 (http.server's name)
+        # A blob "there" of no size it will say (no Content-Length header).
+        self.send_response(200)
+        self.end_headers()
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         if self.path == "/v2/":
             self.send_response(200)
@@ -104,3 +109,12 @@ def test_credentials_go_only_to_the_registry_that_asked() -> None:
         with pytest.raises(RegistryRefused, match="elsewhere.example"):
             auth(fake, _Response("https://elsewhere.example/blobs/x?sig=1"))
         assert len(fake.asked) == 1
+
+
+def test_a_blob_head_without_a_size_is_no_blob(hostile: str) -> None:
+    """A registry answering a blob's HEAD with no Content-Length does not have that blob
+    as far as a push is concerned (it is sent again), rather than a raw KeyError from
+    the client. Fails while the missing header escapes unmapped."""
+    desc = oci.Descriptor(media_type=oci.media.LAYER_TAR, digest="sha256:" + "a" * 64, size=3)
+    with RegistryClient(oci.parse_reference(f"docker://{hostile}/app:v1")) as client:
+        assert client.has_blob(desc) is False
