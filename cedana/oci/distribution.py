@@ -9,7 +9,10 @@ the file) and download, ``HEAD`` checks. This module adds what cedana needs on t
   or a digest that differs stops the pull, and nothing is stored (python-dxf checks the
   digest too, after the last byte);
 - a manifest pulled by digest must hash to it, one pulled by tag to the registry's
-  ``Docker-Content-Digest``;
+  ``Docker-Content-Digest``; it is read only up to its bound (``MAX_JSON``);
+- the registry's credentials go to the registry only: an upload URL on another host is
+  refused before anything is sent (python-dxf adds the Authorization header to every
+  request), and a 401 from a host the registry redirected to starts no token dance;
 - blobs the registry already has are not sent again (``HEAD`` first);
 - credentials come from the caller, else from the auth files docker and podman keep
   (``$REGISTRY_AUTH_FILE``, ``$XDG_RUNTIME_DIR/containers/auth.json``,
@@ -34,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import attrs
 
@@ -310,11 +313,31 @@ class RegistryClient:
             return False
         started = time.monotonic()
         with self._mapped(f"pushing blob {desc.digest}"), open(path, "rb") as f:
-            self._dxf.push_blob(data=f, digest=desc.digest, check_exists=False)
+            self._dxf._base_request("put", self._upload_url(desc), data=f)
         logger.debug(
             "pushed blob %s (%d bytes) in %.3fs", desc.digest, desc.size, time.monotonic() - started
         )
         return True
+
+    def _upload_url(self, desc: Descriptor) -> str:
+        """A new upload session's URL (``POST /blobs/uploads/``), for one ``PUT`` of the
+        blob; as python-dxf's push_blob makes it, but refused on another host than the
+        registry's: python-dxf sends the registry's Authorization with every request."""
+        response = self._dxf._request("post", "blobs/uploads/")
+        location = response.headers.get("Location")
+        if not location:
+            raise RegistryRefused(
+                f"registry {self.reference.host} opened an upload without a Location"
+            )
+        parts = urlsplit(urljoin(str(response.url), location))
+        if parts.netloc.lower() != str(self.reference.host).lower():
+            raise RegistryRefused(
+                f"registry {self.reference.host} named an upload URL on another host "
+                f"({parts.netloc}); its credentials are not sent there, nothing was pushed"
+            )
+        query = [*parse_qsl(parts.query, keep_blank_values=True), ("digest", desc.digest)]
+        scheme = "http" if self._dxf._insecure else "https"
+        return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), ""))
 
     def pull_blob(self, desc: Descriptor, out: IO[bytes]) -> None:
         """Stream the blob into ``out``, refused past the descriptor's size. python-dxf

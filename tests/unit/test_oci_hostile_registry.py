@@ -23,6 +23,7 @@ HUGE = 256 << 20
 
 class _Hostile(BaseHTTPRequestHandler):
     sent = 0
+    upload_to = ""
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -30,6 +31,13 @@ class _Hostile(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:  # noqa: N802 (http.server's name)
         # A blob "there" of no size it will say (no Content-Length header).
         self.send_response(200)
+        self.end_headers()
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        # An upload session whose URL is on another host.
+        self.send_response(202)
+        self.send_header("Location", type(self).upload_to)
+        self.send_header("Content-Length", "0")
         self.end_headers()
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
@@ -118,3 +126,50 @@ def test_a_blob_head_without_a_size_is_no_blob(hostile: str) -> None:
     desc = oci.Descriptor(media_type=oci.media.LAYER_TAR, digest="sha256:" + "a" * 64, size=3)
     with RegistryClient(oci.parse_reference(f"docker://{hostile}/app:v1")) as client:
         assert client.has_blob(desc) is False
+
+
+class _Elsewhere(BaseHTTPRequestHandler):
+    seen: list[dict[str, str]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_PUT(self) -> None:  # noqa: N802 (http.server's name)
+        type(self).seen.append(dict(self.headers))
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_an_upload_url_on_another_host_gets_no_credentials(
+    hostile: str, tmp_path: Any
+) -> None:
+    """A registry whose upload session (POST /blobs/uploads/) names a URL on another host
+    is refused before anything is sent there: the PUT would carry the registry's
+    Authorization header (python-dxf adds it to every request). Fails while the blob and
+    the token go to that host."""
+    elsewhere = ThreadingHTTPServer(("127.0.0.1", 0), _Elsewhere)
+    thread = threading.Thread(target=elsewhere.serve_forever, daemon=True)
+    thread.start()
+    _Elsewhere.seen = []
+    _Hostile.upload_to = f"http://127.0.0.1:{elsewhere.server_address[1]}/steal?x=1"
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"abc")
+    import hashlib
+
+    desc = oci.Descriptor(
+        media_type=oci.media.LAYER_TAR,
+        digest="sha256:" + hashlib.sha256(b"abc").hexdigest(),
+        size=3,
+    )
+    try:
+        with RegistryClient(oci.parse_reference(f"docker://{hostile}/app:v1")) as client:
+            client._dxf._headers = {"Authorization": "Bearer the-registrys-token"}
+            with pytest.raises(RegistryRefused, match="another host"):
+                client.push_blob(blob, desc)
+    finally:
+        elsewhere.shutdown()
+        elsewhere.server_close()
+        thread.join()
+    assert _Elsewhere.seen == []
