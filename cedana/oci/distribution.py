@@ -271,6 +271,12 @@ class RegistryClient:
         )
         self._stack.enter_context(self._dxf)
 
+    @property
+    def _raw_dxf(self) -> Any:
+        """python-dxf's client below its public calls (its request layer, which adds the
+        registry's auth), for what the public calls cannot do with a bound."""
+        return self._dxf
+
     def close(self) -> None:
         """Close the connection pool (idempotent)."""
         self._stack.close()
@@ -313,7 +319,7 @@ class RegistryClient:
             return False
         started = time.monotonic()
         with self._mapped(f"pushing blob {desc.digest}"), open(path, "rb") as f:
-            self._dxf._base_request("put", self._upload_url(desc), data=f)
+            self._raw_dxf._base_request("put", self._upload_url(desc), data=f)
         logger.debug(
             "pushed blob %s (%d bytes) in %.3fs", desc.digest, desc.size, time.monotonic() - started
         )
@@ -323,8 +329,8 @@ class RegistryClient:
         """A new upload session's URL (``POST /blobs/uploads/``), for one ``PUT`` of the
         blob; as python-dxf's push_blob makes it, but refused on another host than the
         registry's: python-dxf sends the registry's Authorization with every request."""
-        response = self._dxf._request("post", "blobs/uploads/")
-        location = response.headers.get("Location")
+        response = self._raw_dxf._request("post", "blobs/uploads/")
+        location = str(response.headers.get("Location") or "")
         if not location:
             raise RegistryRefused(
                 f"registry {self.reference.host} opened an upload without a Location"
@@ -336,7 +342,7 @@ class RegistryClient:
                 f"({parts.netloc}); its credentials are not sent there, nothing was pushed"
             )
         query = [*parse_qsl(parts.query, keep_blank_values=True), ("digest", desc.digest)]
-        scheme = "http" if self._dxf._insecure else "https"
+        scheme = "http" if self._raw_dxf._insecure else "https"
         return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), ""))
 
     def pull_blob(self, desc: Descriptor, out: IO[bytes]) -> None:
@@ -382,7 +388,7 @@ class RegistryClient:
         # python-dxf's get_manifest reads the whole body: streamed here, so a registry
         # sending more than a manifest's bound is stopped there, not held in memory.
         with self._mapped(f"pulling manifest {which}"):
-            response = self._dxf._request(
+            response = self._raw_dxf._request(
                 "get",
                 "manifests/" + which,
                 headers=dxf._accept_header,

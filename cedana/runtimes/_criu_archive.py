@@ -29,8 +29,9 @@ before anything else may: every entry must have a safe relative name and be a re
 file or a directory of the layout (no links, devices, sparse files or unknown names, at
 most so many); the JSON files are bounded in size and must parse; the inner tars are read
 entry by entry (safe names, no device nodes or sparse files, hard links only to their own
-files, relative symlinks staying inside); every member is hashed; CRIU's images must be of this host's machine
-(their ``mtype``) and need no kernel feature it lacks (a time namespace). Then the engine
+files, relative symlinks staying inside); every member is hashed; CRIU's images must be of
+this host's machine (their ``mtype``) and need no kernel feature it lacks (a time
+namespace). Then the engine
 is told from ``spec.dump`` and the files present, and that engine's :class:`Flavour`
 (registered by the runtime module that owns it: podman's in :mod:`._podman_archive`,
 CRI-O's and containerd's in :mod:`._kube_archive`) checks the names against its own

@@ -222,7 +222,6 @@ def test_a_failed_export_leaves_no_partial_archive(
     disk), nothing is left at the destination. Fails while the partial file stays under
     the name asked for."""
     import errno
-    import shutil
 
     from cedana.runtimes import _kube_archive
     from tests.unit.test_restore_plans import _ROOTFS, _artifact, _container
@@ -235,9 +234,8 @@ def test_a_failed_export_leaves_no_partial_archive(
         dst.write(src.read(100))
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(_kube_archive.shutil, "copyfileobj", full)
+    monkeypatch.setattr(_kube_archive.shutil, "copyfileobj", full)  # type: ignore[attr-defined]
     dest = tmp_path / "out.tar"
     with pytest.raises(OSError):
         _kube_archive.export_archive(art, dest, work_dir=tmp_path)
-    monkeypatch.setattr(_kube_archive.shutil, "copyfileobj", shutil.copyfileobj)
     assert not dest.exists()

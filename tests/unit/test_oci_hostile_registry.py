@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -28,19 +28,19 @@ class _Hostile(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
-    def do_HEAD(self) -> None:  # noqa: N802 (http.server's name)
+    def do_HEAD(self) -> None:
         # A blob "there" of no size it will say (no Content-Length header).
         self.send_response(200)
         self.end_headers()
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         # An upload session whose URL is on another host.
         self.send_response(202)
         self.send_header("Location", type(self).upload_to)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         if self.path == "/v2/":
             self.send_response(200)
             self.send_header("Content-Length", "2")
@@ -110,7 +110,7 @@ def test_credentials_go_only_to_the_registry_that_asked() -> None:
     options = oci.RegistryOptions(tls=True, username="u", password="p")
     ref = oci.parse_reference("docker://registry.example:5000/app:v1")
     with RegistryClient(ref, options) as client:
-        auth = client._dxf._auth
+        auth: Any = client._dxf._auth
         fake = _Dxf()
         auth(fake, _Response("https://registry.example:5000/v2/app/manifests/v1"))
         assert len(fake.asked) == 1 and fake.asked[0][0][:2] == ("u", "p")
@@ -129,12 +129,12 @@ def test_a_blob_head_without_a_size_is_no_blob(hostile: str) -> None:
 
 
 class _Elsewhere(BaseHTTPRequestHandler):
-    seen: list[dict[str, str]] = []
+    seen: ClassVar[list[dict[str, str]]] = []
 
     def log_message(self, *args: Any) -> None:
         pass
 
-    def do_PUT(self) -> None:  # noqa: N802 (http.server's name)
+    def do_PUT(self) -> None:
         type(self).seen.append(dict(self.headers))
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.send_response(201)
@@ -142,9 +142,7 @@ class _Elsewhere(BaseHTTPRequestHandler):
         self.end_headers()
 
 
-def test_an_upload_url_on_another_host_gets_no_credentials(
-    hostile: str, tmp_path: Any
-) -> None:
+def test_an_upload_url_on_another_host_gets_no_credentials(hostile: str, tmp_path: Any) -> None:
     """A registry whose upload session (POST /blobs/uploads/) names a URL on another host
     is refused before anything is sent there: the PUT would carry the registry's
     Authorization header (python-dxf adds it to every request). Fails while the blob and

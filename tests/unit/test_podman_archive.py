@@ -518,7 +518,7 @@ def test_a_failed_export_leaves_no_partial_archive(
         return work / "import.tar"
 
     monkeypatch.setattr(podman_mod._ImportPlan, "write", written)
-    monkeypatch.setattr(podman_mod.shutil, "copyfileobj", full)
+    monkeypatch.setattr(podman_mod.shutil, "copyfileobj", full)  # type: ignore[attr-defined]
     dest = tmp_path / "out.tar"
     with pytest.raises(OSError):
         podman_mod.PodmanContainer.export(
