@@ -658,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--address",
         metavar="SOCK",
         help="the API socket of the runtime the base image is read from (containerd, docker; "
-        "default: the checkpointed container's, else the runtime's own)",
+        "default: the runtime's own; never the one the checkpoint records)",
     )
     c.add_argument("--insecure-accept-unsigned", action="store_true", help=_INSECURE)
     _registry_flags(c)

@@ -91,7 +91,8 @@ def commit(
         compression: Of the new layer: gzip (every runtime) or zstd.
         overwrite: Replace an existing ``oci-archive:`` file.
         address: The API socket of the runtime the base image is read from (containerd,
-            docker); default: the one the checkpoint records, else the runtime's own.
+            docker); default: the runtime's own (never the one the checkpoint records:
+            a checkpoint does not choose a host socket).
 
     Raises:
         InvalidOption: A process checkpoint, or one without captured rootfs changes.
@@ -207,6 +208,9 @@ def _base(
     manifest = ckpt.manifest
     runtime = manifest.runtime or ""
     record = dict(manifest.workload.get(runtime) or {})
+    # The socket is the caller's or the runtime's default: a checkpoint chooses no host
+    # socket (nor a tcp:// host) to be dialled.
+    record.pop("address", None)
     if address is not None:
         record["address"] = address
     image_record = dict(record.get("image") or {})
@@ -286,7 +290,7 @@ def _podman_base(
         raise ImageMismatch(f"{ckpt.path} records no podman image id; pass base=")
     archive = tmp / "base.tar"
     done = PodmanCLI().run(
-        "image", "save", "--format", "oci-archive", "-o", str(archive), image_id, check=False
+        "image", "save", "--format", "oci-archive", "-o", str(archive), "--", image_id, check=False
     )
     if done.returncode != 0:
         raise ImageMismatch(

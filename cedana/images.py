@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -37,6 +38,8 @@ logger = logging.getLogger("cedana.images")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ANNOTATION_KIND = "io.cedana.checkpoint.kind"
 ANNOTATION_RUNTIME = "io.cedana.checkpoint.runtime"
+_LAYOUT_DIR = "layout"
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,200}")
 
 
 def is_reference(text: object) -> bool:
@@ -203,13 +206,15 @@ def _pull_to(ref: str | Reference, tmp: Path, *, registry: oci.RegistryOptions |
     A cedana artifact gives its file; a Kubernetes checkpoint image
     (:mod:`cedana.runtimes._kube_image`) gives the archive its layer holds.
     """
-    image = oci.pull(ref, tmp / "layout", registry=registry)
+    image = oci.pull(ref, tmp / _LAYOUT_DIR, registry=registry)
     if image.artifact_type == media.CEDANA_ARTIFACT:
         layer = _checkpoint_layer(image, ref)
         title = (layer.annotations or {}).get(media.ANNOTATION_TITLE, "")
         zstd = layer.media_type == media.CEDANA_CHECKPOINT_LAYER_ZSTD
         suffix = ".tar.zst" if zstd else ".tar"
-        name = Path(title).name if title and not title.startswith(".") else "checkpoint" + suffix
+        # The title is the registry's word: a plain file name, else one of the pull's own.
+        plain = _PLAIN_NAME.fullmatch(title) and title != _LAYOUT_DIR
+        name = title if plain else "checkpoint" + suffix
     else:
         kube_layer = _kube_image.checkpoint_layer(image)
         layer = kube_layer if kube_layer is not None else _checkpoint_layer(image, ref)

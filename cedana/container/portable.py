@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -286,8 +287,13 @@ def files_binds(mounts: Sequence[RuntimeMount], files: Path) -> list[dict[str, A
 
 
 def new_files_dir(runtime: str, name: str) -> Path:
-    """A fresh files directory under :data:`FILES_ROOT` for container ``name``."""
-    return FILES_ROOT / f"{runtime}-{name}-{secrets.token_hex(4)}"
+    """A fresh files directory under :data:`FILES_ROOT` for container ``name``.
+
+    The name may be the artifact's (a restore without ``name=``), so it only labels the
+    directory: what is not a letter, digit, ``_``, ``.`` or ``-`` becomes ``-``, and the
+    directory is a child of :data:`FILES_ROOT` whatever the name says."""
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)[:64].strip(".-") or "x"
+    return FILES_ROOT / f"{runtime}-{label}-{secrets.token_hex(4)}"
 
 
 def make_files(files: Path, mounts: Sequence[RuntimeMount], *, hostname: str) -> Path:

@@ -5,7 +5,7 @@ Writing builds the tar beside its destination and renames it into place once com
 and fsynced, so a failure leaves no partial archive under the name. Reading takes only
 the layout's own members (``oci-layout``, ``index.json``, ``blobs/sha256/<hex>``, their
 directories) and stores each blob only once its content matches the digest it is named
-by: links, devices, other names and escaping paths are refused.
+by: links, devices, sparse files, other names and escaping paths are refused.
 """
 
 from __future__ import annotations
@@ -121,6 +121,12 @@ def read_archive(path: str | os.PathLike[str], into: Layout) -> None:
                 if not info.isreg():
                     raise UnsafeArtifact(
                         f"{path}: member {info.name!r} is a link or device, which no OCI "
+                        "archive holds; refusing it"
+                    )
+                if info.sparse is not None or info.type == tarfile.GNUTYPE_SPARSE:
+                    # A few bytes in the tar, any size unpacked: no layout tool writes one.
+                    raise UnsafeArtifact(
+                        f"{path}: member {info.name!r} is a sparse file, which no OCI "
                         "archive holds; refusing it"
                     )
                 if name == "oci-layout":

@@ -9,7 +9,10 @@ the file) and download, ``HEAD`` checks. This module adds what cedana needs on t
   or a digest that differs stops the pull, and nothing is stored (python-dxf checks the
   digest too, after the last byte);
 - a manifest pulled by digest must hash to it, one pulled by tag to the registry's
-  ``Docker-Content-Digest``;
+  ``Docker-Content-Digest``; it is read only up to its bound (``MAX_JSON``);
+- the registry's credentials go to the registry only: an upload URL on another host is
+  refused before anything is sent (python-dxf adds the Authorization header to every
+  request), and a 401 from a host the registry redirected to starts no token dance;
 - blobs the registry already has are not sent again (``HEAD`` first);
 - credentials come from the caller, else from the auth files docker and podman keep
   (``$REGISTRY_AUTH_FILE``, ``$XDG_RUNTIME_DIR/containers/auth.json``,
@@ -34,6 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import attrs
 
@@ -245,6 +249,15 @@ class RegistryClient:
         )
 
         def auth(client: Any, response: Any) -> None:
+            # A 401 from a host the registry redirected to (a blob's download URL) is
+            # that host's: the registry's credentials are not for it.
+            asked = urlsplit(str(getattr(response, "url", "") or "")).netloc
+            if asked and asked.lower() != str(ref.host).lower():
+                raise RegistryRefused(
+                    f"registry {ref.host} redirected to {asked}, which asks for credentials; "
+                    "the registry's are not sent to another host",
+                    status=401,
+                )
             user, password = creds if creds else (None, None)
             client.authenticate(user, password, response=response, actions=["pull", "push"])
 
@@ -257,6 +270,12 @@ class RegistryClient:
             timeout=self.options.timeout,
         )
         self._stack.enter_context(self._dxf)
+
+    @property
+    def _raw_dxf(self) -> Any:
+        """python-dxf's client below its public calls (its request layer, which adds the
+        registry's auth), for what the public calls cannot do with a bound."""
+        return self._dxf
 
     def close(self) -> None:
         """Close the connection pool (idempotent)."""
@@ -289,6 +308,8 @@ class RegistryClient:
                 if exc.response is not None and exc.response.status_code == 404:
                     return False
                 raise
+            except (KeyError, ValueError, TypeError):  # no size said: sent again
+                return False
 
     def push_blob(self, path: str | os.PathLike[str], desc: Descriptor) -> bool:
         """Upload the file at ``path`` as the blob ``desc`` unless the registry has it;
@@ -298,11 +319,31 @@ class RegistryClient:
             return False
         started = time.monotonic()
         with self._mapped(f"pushing blob {desc.digest}"), open(path, "rb") as f:
-            self._dxf.push_blob(data=f, digest=desc.digest, check_exists=False)
+            self._raw_dxf._base_request("put", self._upload_url(desc), data=f)
         logger.debug(
             "pushed blob %s (%d bytes) in %.3fs", desc.digest, desc.size, time.monotonic() - started
         )
         return True
+
+    def _upload_url(self, desc: Descriptor) -> str:
+        """A new upload session's URL (``POST /blobs/uploads/``), for one ``PUT`` of the
+        blob; as python-dxf's push_blob makes it, but refused on another host than the
+        registry's: python-dxf sends the registry's Authorization with every request."""
+        response = self._raw_dxf._request("post", "blobs/uploads/")
+        location = str(response.headers.get("Location") or "")
+        if not location:
+            raise RegistryRefused(
+                f"registry {self.reference.host} opened an upload without a Location"
+            )
+        parts = urlsplit(urljoin(str(response.url), location))
+        if parts.netloc.lower() != str(self.reference.host).lower():
+            raise RegistryRefused(
+                f"registry {self.reference.host} named an upload URL on another host "
+                f"({parts.netloc}); its credentials are not sent there, nothing was pushed"
+            )
+        query = [*parse_qsl(parts.query, keep_blank_values=True), ("digest", desc.digest)]
+        scheme = "http" if self._raw_dxf._insecure else "https"
+        return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), ""))
 
     def pull_blob(self, desc: Descriptor, out: IO[bytes]) -> None:
         """Stream the blob into ``out``, refused past the descriptor's size. python-dxf
@@ -342,11 +383,30 @@ class RegistryClient:
         """The manifest (or index) at ``which`` (a tag or a digest): its bytes and a
         descriptor for them, checked against the digest asked for or, by tag, against
         the registry's ``Docker-Content-Digest``."""
+        import dxf
+
+        # python-dxf's get_manifest reads the whole body: streamed here, so a registry
+        # sending more than a manifest's bound is stopped there, not held in memory.
         with self._mapped(f"pulling manifest {which}"):
-            _, response = self._dxf.get_manifest_and_response(which)
-        data: bytes = response.content
-        if len(data) > MAX_JSON:
-            raise ArtifactCorrupt(f"the manifest at {which} is larger than {MAX_JSON} bytes")
+            response = self._raw_dxf._request(
+                "get",
+                "manifests/" + which,
+                headers=dxf._accept_header,
+                stream=True,
+            )
+            try:
+                parts: list[bytes] = []
+                size = 0
+                for chunk in response.iter_content(_CHUNK):
+                    size += len(chunk)
+                    if size > MAX_JSON:
+                        raise ArtifactCorrupt(
+                            f"the manifest at {which} is larger than {MAX_JSON} bytes"
+                        )
+                    parts.append(chunk)
+            finally:
+                response.close()
+        data = b"".join(parts)
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         expected = (
             which if which.startswith("sha256:") else response.headers.get("Docker-Content-Digest")

@@ -228,7 +228,8 @@ class Layout:
         where = Path(path)
         marker = where / "oci-layout"
         try:
-            data = json.loads(marker.read_bytes()[:4096])
+            with open(marker, "rb") as f:
+                data = json.loads(f.read(4096))
         except FileNotFoundError:
             raise ReferenceNotFound(
                 f"{where} is no OCI image layout (no oci-layout file)"
@@ -345,7 +346,9 @@ class Layout:
         size = 0
         try:
             with open(path, "rb") as f:
-                while chunk := f.read(_CHUNK):
+                # Read no further than one chunk past its size: a file that never ends
+                # (a link to a device in the layout) is refused, not hashed forever.
+                while size <= desc.size and (chunk := f.read(_CHUNK)):
                     h.update(chunk)
                     size += len(chunk)
         except FileNotFoundError:
@@ -361,7 +364,8 @@ class Layout:
         if desc.size > limit:
             raise ArtifactCorrupt(f"{desc.digest} is {desc.size} bytes, more than {limit}")
         try:
-            data = self.blob_path(desc.digest).read_bytes()
+            with open(self.blob_path(desc.digest), "rb") as f:
+                data = f.read(desc.size + 1)  # one byte more says it is longer
         except FileNotFoundError:
             raise ArtifactCorrupt(f"{self.path} lacks blob {desc.digest}") from None
         if len(data) != desc.size or "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
@@ -385,7 +389,8 @@ class Layout:
         """``index.json``, parsed."""
         path = self.path / "index.json"
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as f:
+                raw = f.read(MAX_JSON + 1)
         except FileNotFoundError:
             raise ArtifactCorrupt(f"{self.path} is an image layout without index.json") from None
         if len(raw) > MAX_JSON:

@@ -26,11 +26,12 @@ This module is the one reader of them all. :class:`ArchiveFormat` (registered wi
 :mod:`cedana.artifact.foreign`) recognises the family by its first entries (a cedana
 artifact starts with ``manifest.json``); :func:`open_archive` reads the whole archive
 before anything else may: every entry must have a safe relative name and be a regular
-file or a directory of the layout (no links, devices or unknown names, at most so many);
-the JSON files are bounded in size and must parse; the inner tars are read entry by entry
-(safe names, no device nodes, hard links only to their own files, relative symlinks
-staying inside); every member is hashed; CRIU's images must be of this host's machine
-(their ``mtype``) and need no kernel feature it lacks (a time namespace). Then the engine
+file or a directory of the layout (no links, devices, sparse files or unknown names, at
+most so many); the JSON files are bounded in size and must parse; the inner tars are read
+entry by entry (safe names, no device nodes or sparse files, hard links only to their own
+files, relative symlinks staying inside); every member is hashed; CRIU's images must be of
+this host's machine (their ``mtype``) and need no kernel feature it lacks (a time
+namespace). Then the engine
 is told from ``spec.dump`` and the files present, and that engine's :class:`Flavour`
 (registered by the runtime module that owns it: podman's in :mod:`._podman_archive`,
 CRI-O's and containerd's in :mod:`._kube_archive`) checks the names against its own
@@ -144,6 +145,8 @@ _MAX_INNER_ENTRIES = 1_000_000
 _CHUNK = 1 << 20
 
 _KEEP_BYTES = (*JSON_MEMBERS, "descriptors.json", "pstree.img")
+#: The bounds of the members held whole that are not JSON_MEMBERS (held: bounded).
+_HELD_BOUNDS = {"descriptors.json": _MAX_JSON, "pstree.img": _MAX_IMAGE_HELD}
 
 
 def refused(path: Path, what: str, why: str) -> UnsafeArtifact:
@@ -311,6 +314,8 @@ def _classify(
         or len(name) > 4096
     ):
         raise refused(path, f"entry {raw!r}", "has an unsafe name (absolute, '..' or odd)")
+    if info.sparse is not None or info.type == tarfile.GNUTYPE_SPARSE:
+        raise refused(path, f"entry {name!r}", "is a sparse file, which no engine writes")
     if not (info.isreg() or info.isdir()):
         kind = (
             "a symbolic link"
@@ -389,6 +394,8 @@ def _check_inner_tar(path: Path, what: str, stream: _Hashing, *, rootfs: bool) -
                 raise refused(path, f"{what} entry {info.name!r}", "leaves the root") from None
             if any(parts[:i] in links for i in range(1, len(parts))):
                 raise refused(path, f"{what} entry {info.name!r}", "goes through a symlink")
+            if info.sparse is not None or info.type == tarfile.GNUTYPE_SPARSE:
+                raise refused(path, f"{what} entry {info.name!r}", "is a sparse file")
             if info.isreg():
                 files.add(parts)
                 counts["files"] += 1
@@ -595,8 +602,9 @@ def _scan_entries(path: Path, compression: Compression) -> Scan:
                 _Hashing(data).drain()
             continue
         size = entry.info.size
-        if entry.member in JSON_MEMBERS and size > _MAX_JSON:
-            raise refused(path, entry.name, f"claims {size} bytes (at most {_MAX_JSON})")
+        bound = _HELD_BOUNDS.get(entry.member, _MAX_JSON if entry.member in JSON_MEMBERS else None)
+        if bound is not None and size > bound:
+            raise refused(path, entry.name, f"claims {size} bytes (at most {bound})")
         reader = _Hashing(data)
         if entry.member in inner:
             counted = _check_inner_tar(path, entry.name, reader, rootfs=inner[entry.member])

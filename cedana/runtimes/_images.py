@@ -224,7 +224,7 @@ class PodmanImages:
 
     def save(self, ref: str, archive: Path) -> None:
         self._cli().run(
-            "save", "--quiet", "--format", "docker-archive", "-o", os.fspath(archive), ref
+            "save", "--quiet", "--format", "docker-archive", "-o", os.fspath(archive), "--", ref
         )
 
     def load(self, archive: Path) -> None:
@@ -407,6 +407,8 @@ class RuncLayers:
 #: An image reference as the stores write them; anything else (an option's leading
 #: dash, spaces) is not passed to their command lines.
 _REFERENCE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._/:@+-]*\Z")
+#: An image's id in a store (docker's and containerd's ``sha256:...``, podman's hex).
+_ID = re.compile(r"(?:sha256:)?[0-9a-f]{1,64}\Z")
 
 
 def bring(
@@ -422,11 +424,17 @@ def bring(
         ImageNotFound: It is in neither (or ``source`` cannot be reached); the message
             names the image and the commands that bring it.
     """
-    if not _REFERENCE.match(image.name):
+    if not _REFERENCE.match(image.name) or ".." in image.name.split("/"):
         raise UnsafeArtifact(
             f"the checkpoint's image name {image.name!r} is not an image reference, so "
             "nothing was restored; do not use this checkpoint"
         )
+    for store, ident in image.ids.items():
+        if ident and not _ID.match(ident):
+            raise UnsafeArtifact(
+                f"the checkpoint's {store} image id {ident!r} is not an image id, so "
+                "nothing was restored; do not use this checkpoint"
+            )
     found = target.find(image)
     if found is not None:
         return found

@@ -430,8 +430,12 @@ def export_archive(
             exclude=frozenset({*CEDANA_FILES, "stats-dump", "dump.log"}),
         )
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with open(fd, "wb") as out, open(work / "archive.tar", "rb") as src:
-            shutil.copyfileobj(src, out, 1 << 20)
+        try:
+            with open(fd, "wb") as out, open(work / "archive.tar", "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+        except BaseException:
+            target.unlink(missing_ok=True)  # no partial archive under the name
+            raise
     logger.debug("exported %s as a %s archive %s", ckpt.path, format, target)
     return target
 

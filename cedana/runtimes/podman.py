@@ -161,7 +161,7 @@ class PodmanCLI:
 
     def container(self, name: str) -> dict[str, Any] | None:
         """``podman container inspect``'s record of ``name`` (or id); None if none has it."""
-        done = self.run("container", "inspect", "--format", "json", name, check=False)
+        done = self.run("container", "inspect", "--format", "json", "--", name, check=False)
         if done.returncode != 0:
             if "no such container" in done.stderr.lower():
                 return None
@@ -171,7 +171,8 @@ class PodmanCLI:
 
     def image(self, ref: str) -> dict[str, Any] | None:
         """``podman image inspect``'s record of ``ref``; None if the store has no such image."""
-        done = self.run("image", "inspect", "--format", "json", ref, check=False)
+        # "--": a ref from an artifact ("--root=DIR") is an operand, never an option.
+        done = self.run("image", "inspect", "--format", "json", "--", ref, check=False)
         if done.returncode != 0:
             if "not known" in done.stderr.lower() or "no such image" in done.stderr.lower():
                 return None
@@ -181,7 +182,7 @@ class PodmanCLI:
 
     def remove(self, name: str) -> None:
         """``podman rm --force`` without a grace period (what is already gone is skipped)."""
-        self.run("rm", "--force", "--time", "0", "--ignore", name, check=False)
+        self.run("rm", "--force", "--time", "0", "--ignore", "--", name, check=False)
 
 
 def _last_error(stderr: str) -> str:
@@ -534,11 +535,15 @@ class PodmanContainer:
         with scratch_dir(".cedana-export-", parent=work_dir, fills="CRIU's images") as work:
             archive = plan.write(ckpt, work, grants=grants)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with open(fd, "wb") as out, open(archive, "rb") as src:
-                if compress == "zstd":
-                    zstandard.ZstdCompressor(level=3, threads=-1).copy_stream(src, out)
-                else:
-                    shutil.copyfileobj(src, out, 1 << 20)
+            try:
+                with open(fd, "wb") as out, open(archive, "rb") as src:
+                    if compress == "zstd":
+                        zstandard.ZstdCompressor(level=3, threads=-1).copy_stream(src, out)
+                    else:
+                        shutil.copyfileobj(src, out, 1 << 20)
+            except BaseException:
+                target.unlink(missing_ok=True)  # no partial archive under the name
+                raise
         return target
 
     # --- managing it ------------------------------------------------------------

@@ -237,7 +237,9 @@ def test_containerd_checkpoint_commits_and_ctr_runs_it(
     ckpt = c.checkpoint(tmp_path / "c.tar.zst")
     ref = "localhost/oci-commit/ctr:v1"
     archive = tmp_path / "ctr-image.tar"
-    cedana.commit(ckpt, f"oci-archive:{archive}:{ref}", compression="zstd")
+    cedana.commit(
+        ckpt, f"oci-archive:{archive}:{ref}", compression="zstd", address=containerd.address
+    )
     image = oci.pull(f"oci-archive:{archive}", tmp_path / "check")
     assert image.layers[-1].media_type == media.LAYER_ZSTD
     assert ref in _ctr_import(containerd, archive)
@@ -395,7 +397,7 @@ def test_image_gone_or_other_is_refused(
 
     moved = craft(ckpt.path, tmp_path / "moved.tar.zst", other_chain)
     with pytest.raises(ImageMismatch, match="would not fit"):
-        cedana.commit(moved, f"oci-archive:{out / 'y.tar'}")
+        cedana.commit(moved, f"oci-archive:{out / 'y.tar'}", address=ctr_containers.daemon.address)
     assert list(out.iterdir()) == []
 
 

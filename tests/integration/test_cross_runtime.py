@@ -453,3 +453,32 @@ def test_confinement_holds_into_another_runtime(
     assert name not in runtimes.podman.names()
     assert name not in runtimes.containerd.lines("containers", "ls")
     assert not (Path("/var/lib/cedana/bundles") / name).exists()
+
+
+def test_a_container_name_with_slashes_makes_nothing_outside_cedanas_files(
+    runtimes: Runtimes, tmp_path: Path
+) -> None:
+    """A docker checkpoint (signed by a trusted key) whose recorded container name climbs
+    out with '..', restored into containerd without a name of the caller's: containerd
+    refuses the name, and nothing was made outside /var/lib/cedana/files (nor left in it)
+    on the way. Fails while the name is joined into the files directory's path."""
+    ckpt, _ = runtimes.checkpoint_of("docker")
+    escape = tmp_path / "escaped"
+    hops = "../" * len(portable.FILES_ROOT.parts)
+
+    def edit(workload: dict[str, Any], images: Path) -> None:
+        workload["docker"]["name"] = f"/{hops}{str(escape).lstrip('/')}"
+
+    crafted = craft(ckpt.path, tmp_path / "crafted.tar.zst", edit)
+    before = set(portable.FILES_ROOT.iterdir()) if portable.FILES_ROOT.is_dir() else set()
+    with pytest.raises(cedana.CedanaError):
+        cedana.restore(
+            cedana.open(crafted),
+            into="containerd",
+            namespace=runtimes.containerd.namespace,
+            address=runtimes.containerd.address,
+            source_address=runtimes.dockerd.address,
+        )
+    assert not list(tmp_path.glob("escaped*"))
+    after = set(portable.FILES_ROOT.iterdir()) if portable.FILES_ROOT.is_dir() else set()
+    assert after == before

@@ -213,3 +213,29 @@ def test_checkpoint_image_is_told_by_its_annotations_and_has_one_layer(tmp_path:
     two = oci.write_image(layout, layers=[one, layer("x")], annotations={NAME_KEYS[0]: "w"})
     with pytest.raises(cedana.UnsupportedFormat, match="2 layers"):
         checkpoint_layer(two)
+
+
+def test_a_failed_export_leaves_no_partial_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the copy of the finished archive to its destination fails midway (a full
+    disk), nothing is left at the destination. Fails while the partial file stays under
+    the name asked for."""
+    import errno
+
+    from cedana.runtimes import _kube_archive
+    from tests.unit.test_restore_plans import _ROOTFS, _artifact, _container
+
+    art = _artifact(
+        tmp_path, runtime="runc", workload={"container": _container(tmp_path), "rootfs": _ROOTFS}
+    )
+
+    def full(src: Any, dst: Any, length: int = 0) -> None:
+        dst.write(src.read(100))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_kube_archive.shutil, "copyfileobj", full)  # type: ignore[attr-defined]
+    dest = tmp_path / "out.tar"
+    with pytest.raises(OSError):
+        _kube_archive.export_archive(art, dest, work_dir=tmp_path)
+    assert not dest.exists()

@@ -290,6 +290,74 @@ def test_hostile_archives_are_refused(tmp_path: Path, kind: str, error: type) ->
     assert not (tmp_path.parent / "evil").exists()
 
 
+@pytest.mark.parametrize("fmt", ["gnu", "pax"])
+def test_sparse_member_is_refused_before_it_is_written(tmp_path: Path, fmt: str) -> None:
+    """A sparse member (a few bytes in the tar, 512 MiB once unpacked) is refused as
+    UnsafeArtifact from its header: no layout blob holds a hole, and unpacking it would
+    fill the disk with zeros before its digest could be checked. Fails while it is
+    written out (and then found ArtifactCorrupt)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar writes the sparse member")
+    src = tmp_path / "src" / "blobs" / "sha256"
+    src.mkdir(parents=True)
+    (tmp_path / "src" / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    with open(src / ("d" * 64), "wb") as f:
+        f.truncate(512 << 20)
+    archive = tmp_path / "sparse.tar"
+    subprocess.run(
+        ["tar", f"--format={fmt}", "--sparse", "-C", tmp_path / "src", "-cf", archive, "."],
+        check=True,
+    )
+    assert archive.stat().st_size < 1 << 20
+    with pytest.raises(UnsafeArtifact, match="sparse"):
+        oci.pull(f"oci-archive:{archive}", tmp_path / "into")
+    assert not (tmp_path / "into").exists()
+
+
+def test_blob_longer_than_its_descriptor_is_not_read_to_its_end(tmp_path: Path) -> None:
+    """An ``oci:`` layout whose blob files never end (here /dev/zero in their place) is
+    refused as ArtifactCorrupt once a blob passes its descriptor's size, by reading and
+    by verifying (and an endless ``oci-layout`` file once past its bound), in a child with 256 MiB of address space and 60 s. Fails while a blob
+    is read whole first (MemoryError) or hashed to its end (never)."""
+    import subprocess
+    import sys
+
+    image = _image(tmp_path)
+    for desc in [image.descriptor, *image.blobs()]:
+        path = image.layout.blob_path(desc.digest)
+        path.unlink()
+        path.symlink_to("/dev/zero")
+    (tmp_path / "endless").mkdir()
+    (tmp_path / "endless" / "oci-layout").symlink_to("/dev/zero")
+    script = f"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (256 << 20, 256 << 20))
+from cedana import oci
+from cedana.errors import ArtifactCorrupt
+layout = oci.Layout.open({str(image.layout.path)!r})
+desc = layout.manifests()[0]
+for read in (layout.read_blob, layout.verify_blob, layout.image):
+    try:
+        read(desc)
+    except ArtifactCorrupt:
+        continue
+    sys.exit(f"{{read.__name__}} took it")
+try:
+    oci.Layout.open({str(tmp_path / "endless")!r})
+except ArtifactCorrupt:
+    pass
+else:
+    sys.exit("an endless oci-layout file was taken")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_archive_without_index_or_not_a_tar(tmp_path: Path) -> None:
     """A tar that is no layout, or a file that is no tar, is ArtifactCorrupt."""
     (tmp_path / "empty.tar").write_bytes(_tar({"oci-layout": b'{"imageLayoutVersion":"1.0.0"}'}))
@@ -487,3 +555,29 @@ def test_check_destination_refuses_early(tmp_path: Path) -> None:
     with pytest.raises(InvalidOption, match="not a digest"):
         check_destination("docker://localhost:5000/app@sha256:" + "0" * 64)
     assert (tmp_path / "x.tar").read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize("title", ["layout", "/", "..", "a\x00b", "x" * 300])
+def test_a_layers_title_does_not_choose_where_the_pull_goes(tmp_path: Path, title: str) -> None:
+    """A pushed checkpoint's layer title (the registry's word) names no file: a title
+    that is the pull's own layout directory, the directory itself, or no file name at
+    all still pulls the checkpoint, into a file of the pull's choosing, and the private
+    temp dir is gone afterwards. Fails while the title is used as the file's name
+    (IsADirectoryError, ValueError)."""
+    from cedana import images
+    from tests.unit.test_restore_plans import _ROOTFS, _artifact, _container
+
+    art = _artifact(
+        tmp_path, runtime="runc", workload={"container": _container(tmp_path), "rootfs": _ROOTFS}
+    )
+    layout = oci.Layout.create(tmp_path / "pushed")
+    blob = layout.add_file(
+        art, media.CEDANA_CHECKPOINT_LAYER_ZSTD, annotations={media.ANNOTATION_TITLE: title}
+    )
+    image = oci.write_image(layout, layers=[blob], artifact_type=media.CEDANA_ARTIFACT)
+    oci.push(image, f"oci-archive:{tmp_path / 'pushed.tar'}")
+    for ref in (f"oci:{tmp_path / 'pushed'}", f"oci-archive:{tmp_path / 'pushed.tar'}"):
+        with images.pulled(ref) as path:
+            assert path.is_file() and path.read_bytes() == art.read_bytes()
+            where = path.parent
+        assert not where.exists()

@@ -150,3 +150,57 @@ def test_hostile_diffs_are_refused(
     with pytest.raises(error, match=match):
         overlay_to_oci(_diff(tmp_path / "diff.tar", entries), out)
     assert out.getvalue() == b""
+
+
+@pytest.mark.parametrize(
+    ("runtime", "record", "module", "client"),
+    [
+        (
+            "containerd",
+            {"address": "/tmp/elsewhere/evil.sock", "namespace": "n",
+             "image": {"name": "x", "manifest_digest": "sha256:" + "a" * 64}},
+            "cedana.runtimes._containerd_api",
+            "ContainerdClient",
+        ),
+        (
+            "docker",
+            {"address": "tcp://attacker.example:2375", "image": {"name": "x", "id": "sha256:" + "b" * 64}},
+            "cedana.runtimes._docker_api",
+            "DockerClient",
+        ),
+    ],
+)  # fmt: skip
+def test_commit_reaches_no_socket_the_checkpoint_names(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    runtime: str,
+    record: dict[str, object],
+    module: str,
+    client: str,
+) -> None:
+    """Without address=, commit reads the base image from the runtime's default socket,
+    never from the one the checkpoint records (a host socket, or a tcp:// host, is not
+    the artifact's to choose). Fails while the recorded address is dialled."""
+    import importlib
+
+    from cedana import commit
+    from cedana.errors import ContainerError, ImageMismatch
+    from tests.unit.test_restore_plans import _ROOTFS, _artifact, _container
+
+    art = _artifact(
+        tmp_path,
+        runtime=runtime,
+        workload={"container": _container(tmp_path), "rootfs": _ROOTFS, runtime: record},
+    )
+    dialled: list[object] = []
+
+    class Refusing:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            dialled.append(kwargs.get("address", args[0] if args else None))
+            raise ContainerError("not reachable in this test")
+
+    monkeypatch.setattr(importlib.import_module(module), client, Refusing)
+    with pytest.raises(ImageMismatch):
+        commit(art, f"oci-archive:{tmp_path / 'out.tar'}")
+    assert dialled and all(a in (None, "/run/containerd/containerd.sock") for a in dialled)
+    assert not (tmp_path / "out.tar").exists()

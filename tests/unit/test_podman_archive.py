@@ -471,3 +471,71 @@ def test_archive_cut_inside_a_member_is_damaged(tmp_path: Path) -> None:
     archive.write_bytes(raw[:cut])
     with pytest.raises(cedana.ArtifactCorrupt, match="damaged"):
         open_archive(archive)
+
+
+def test_sparse_member_is_refused(tmp_path: Path) -> None:
+    """A sparse member (a CRIU pages image of 256 MiB that takes a few bytes in the tar)
+    is refused while the archive is opened: no engine writes one, and extracting it
+    would fill the disk with what the archive never carried. Fails while it is read
+    (and would be extracted) as a regular file."""
+    import shutil
+    import subprocess
+
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar writes the sparse member")
+    tree = tmp_path / "tree"
+    with tarfile.open(fileobj=io.BytesIO(_tar_bytes(layout()))) as tar:
+        tar.extractall(tree, filter="data")
+    with open(tree / "checkpoint" / "pages-1.img", "wb") as f:
+        f.truncate(256 << 20)
+    archive = tmp_path / "a.tar"
+    subprocess.run(["tar", "--sparse", "-C", tree, "-cf", archive, "."], check=True)
+    assert archive.stat().st_size < 1 << 20
+    with pytest.raises(cedana.UnsafeArtifact, match="sparse"):
+        cedana.open(archive, trust="any")
+
+
+def test_a_failed_export_leaves_no_partial_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When writing podman's import archive to its destination fails midway (a full
+    disk), nothing is left at the destination. Fails while the partial file stays under
+    the name asked for."""
+    import errno
+
+    from cedana.runtimes import podman as podman_mod
+
+    entries = [e for e in layout() if e[0].name != "spec.dump"]
+    entries.append((_info("spec.dump"), json.dumps(CONFINABLE_SPEC).encode()))
+    ckpt = cedana.open(write(tmp_path / "a.tar.zst", entries), trust="any")
+
+    def full(src: Any, dst: Any, length: int = 0) -> None:
+        dst.write(src.read(100))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def written(self: Any, ckpt: Any, work: Path, *, grants: Any) -> Path:
+        (work / "import.tar").write_bytes(b"x" * 4096)  # what plan.write would make
+        return work / "import.tar"
+
+    monkeypatch.setattr(podman_mod._ImportPlan, "write", written)
+    monkeypatch.setattr(podman_mod.shutil, "copyfileobj", full)  # type: ignore[attr-defined]
+    dest = tmp_path / "out.tar"
+    with pytest.raises(OSError):
+        podman_mod.PodmanContainer.export(
+            ckpt, dest, compress="none", client=FakeCLI(), work_dir=tmp_path, trust="any"
+        )
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize(
+    ("member", "size"),
+    [("checkpoint/pstree.img", (4 << 20) + 1), ("checkpoint/descriptors.json", (16 << 20) + 1)],
+)
+def test_members_held_in_memory_are_bounded(tmp_path: Path, member: str, size: int) -> None:
+    """pstree.img and descriptors.json are held in memory while the archive is read (to
+    tell its processes and files): one past its bound is refused from its header, as
+    the JSON files are, however well it compresses. Fails while they are held whole."""
+    entries = [e for e in layout() if e[0].name != member]
+    entries.append((_info(member), b"\x00" * size))
+    with pytest.raises(cedana.UnsafeArtifact, match="claims"):
+        cedana.open(write(tmp_path / "a.tar.zst", entries), trust="any")

@@ -237,3 +237,43 @@ def test_an_image_name_that_is_no_reference_is_refused(tmp_path: Path, name: str
     target = _Store("target")
     with pytest.raises(UnsafeArtifact, match="not an image reference"):
         bring(ImageFacts(name=name, chain_id=None), target, None, work_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["../../../escaped", "a/../../b", "/abs/x", "..", "-x\n"])
+def test_a_files_dir_stays_under_files_root_whatever_the_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """The files a restore into containerd or docker makes go in a new directory of
+    FILES_ROOT, whatever the container's name (an artifact's, when the caller gives
+    none): a name with '/' or '..' does not put it, or any directory, elsewhere. Fails
+    while the name is joined into the path as it is."""
+    root = tmp_path / "lib" / "cedana" / "files"
+    monkeypatch.setattr(portable, "FILES_ROOT", root)
+    files = portable.new_files_dir("containerd", name)
+    assert files.parent == root and "/" not in files.name and not files.name.startswith(".")
+    made = portable.make_files(
+        files, [portable.RuntimeMount(destination="/etc/hosts", kind="hosts")], hostname="h"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lib"]
+    assert [p for p in root.iterdir()] == [made]
+    portable.remove_files(made)
+
+
+@pytest.mark.parametrize(
+    ("ids", "name"),
+    [
+        ({"podman": "--root=/tmp/x"}, "b:1"),
+        ({"docker": "../containers/web/json"}, "b:1"),
+        ({"docker": "sha256:ab cd"}, "b:1"),
+        ({}, "a/../../containers/web"),
+    ],
+)
+def test_an_image_id_that_is_no_id_is_refused(
+    tmp_path: Path, ids: dict[str, str], name: str
+) -> None:
+    """The artifact's image ids are looked up in the stores too (podman's command line,
+    docker's API path): an id that is not a hex digest, or a name with a '..' component,
+    is refused before any store is asked. Fails while only the name is checked."""
+    target = _Store("target", fails=True)  # asked: RuntimeUnavailable, not UnsafeArtifact
+    with pytest.raises(UnsafeArtifact, match="not an image"):
+        bring(ImageFacts(name=name, chain_id=None, ids=ids), target, None, work_dir=tmp_path)
