@@ -1178,6 +1178,7 @@ def _start_qemu(argv: list[str], run_dir: Path, read_fd: int) -> subprocess.Pope
             stderr=log,
             pass_fds=(read_fd,),
             start_new_session=True,
+            cwd=run_dir,  # what QEMU opens by a relative name is never the caller's
         )
     except OSError as exc:
         raise ContainerError(f"starting {argv[0]} failed: {exc}") from exc

@@ -265,3 +265,32 @@ def test_a_vm_checkpoint_is_shown_and_refused_where_it_does_not_fit(
     for fmt in ("podman", "kubernetes"):
         assert cli.main(["export", str(artifact), "--format", fmt, "-o", str(tmp_path / "x")]) != 0
         assert "holds a vm checkpoint" in capsys.readouterr().err
+
+
+def test_a_recorded_rom_file_is_refused() -> None:
+    """A device's ``romfile`` is a file QEMU opens by name, relative to its working
+    directory first (``romfile=secret`` opens ./secret), so a crafted command line could
+    make it read a host file: only kata's empty ``romfile=`` (no option ROM) passes."""
+    spec = parse_command_line([*KATA_LIKE, "-device", "virtio-scsi-pci,id=scsi0,romfile="])
+    assert ("romfile", "") in dict(spec.devices)["virtio-scsi-pci"]
+    for name in ("secret", "efi-virtio.rom", ".."):
+        with pytest.raises(UnsupportedVm, match="romfile"):
+            parse_command_line([*KATA_LIKE, "-device", f"virtio-rng-pci,romfile={name}"])
+
+
+def test_qemu_runs_in_the_run_dir(tmp_path: Path) -> None:
+    """The restored QEMU starts in cedana's run dir, not in the caller's working directory,
+    so nothing it opens by a relative name is one of the caller's files."""
+    import os
+
+    from cedana.runtimes.kata import _start_qemu
+
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = _start_qemu(["/bin/sh", "-c", "pwd"], tmp_path, read_fd)
+        proc.wait(10)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    assert (tmp_path / "qemu.log").read_text().strip() == str(tmp_path)
+
