@@ -962,6 +962,7 @@ def _plan_restore(spec: VmSpec, workload: Mapping[str, Any]) -> _RestorePlan:
             "the VM was saved running under KVM, which this host cannot use; restore it on "
             "a host with KVM"
         )
+    _checked_memory_dirs(spec)
     images = workload.get("images") or {}
     kernel = _checked_image(spec.kernel, (images.get("kernel") or {}).get("blake3"), "kernel")
     initrd = _checked_image(spec.initrd, (images.get("initrd") or {}).get("blake3"), "initrd")
@@ -981,6 +982,23 @@ def _plan_restore(spec: VmSpec, workload: Mapping[str, Any]) -> _RestorePlan:
         initrd=initrd,
         virtiofsd=virtiofsd,
     )
+
+
+def _checked_memory_dirs(spec: VmSpec) -> None:
+    """Each file-backed guest memory's ``mem-path`` (/dev/shm or /dev/hugepages, by the
+    allow-list) must be a directory here: QEMU makes a file of a path that is missing
+    (0644, the guest's memory in it) and leaves it behind.
+
+    Raises:
+        UnsupportedVm: One is not a directory on this host.
+    """
+    for kind, props in spec.objects:
+        path = dict(props).get("mem-path")
+        if kind == "memory-backend-file" and path is not None and not os.path.isdir(path):
+            raise UnsupportedVm(
+                f"the VM's memory backend is in {path}, which is not a directory on this "
+                "host; mount it (hugetlbfs on /dev/hugepages) or restore on a host that has it"
+            )
 
 
 def _empty_dir(target: Path) -> bool:

@@ -294,3 +294,27 @@ def test_qemu_runs_in_the_run_dir(tmp_path: Path) -> None:
         os.close(write_fd)
     assert (tmp_path / "qemu.log").read_text().strip() == str(tmp_path)
 
+
+def test_guest_memory_files_go_only_in_existing_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``memory-backend-file`` whose ``mem-path`` is missing on the restoring host (no
+    /dev/hugepages mounted) is refused: QEMU would create that path as a file (0644) holding
+    the guest's memory and leave it behind."""
+    from cedana.runtimes import _qemu_spec
+    from cedana.runtimes.kata import _checked_memory_dirs
+
+    here, missing = tmp_path / "shm", tmp_path / "hugepages"
+    here.mkdir()
+    monkeypatch.setattr(_qemu_spec, "_SHM_DIRS", ("/dev/shm", str(here), str(missing)))
+
+    def spec_on(directory: Path) -> _qemu_spec.VmSpec:
+        return parse_command_line(
+            [*KATA_LIKE, "-object", f"memory-backend-file,id=m9,size=1M,mem-path={directory}"]
+        )
+
+    _checked_memory_dirs(spec_on(here))
+    with pytest.raises(UnsupportedVm, match="not a directory"):
+        _checked_memory_dirs(spec_on(missing))
+    assert not missing.exists()
+
