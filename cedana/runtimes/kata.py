@@ -338,10 +338,13 @@ def _checked_image(path: str | None, digest: str | None, what: str) -> str | Non
         return None
     if not os.path.isabs(path) or ".." in Path(path).parts:
         raise UnsafeArtifact(f"the checkpoint's {what} {path!r} is not a plain absolute path")
-    if Path(path).parts[1:2] in (("proc",), ("sys",), ("dev",)):
+    # Where its links lead is what QEMU opens (/etc/mtab leads into /proc), and QEMU gets
+    # that path, so a link changed after these checks changes nothing.
+    real = os.path.realpath(path)
+    if Path(real).parts[1:2] in (("proc",), ("sys",), ("dev",)):
         raise UnsafeArtifact(f"the checkpoint's {what} {path!r} is not a file cedana hands QEMU")
     try:
-        st = os.stat(path)
+        st = os.stat(real)
     except FileNotFoundError:
         raise ContainerError(
             f"the VM's {what} {path} is not on this host; install the same guest {what} there "
@@ -354,12 +357,12 @@ def _checked_image(path: str | None, digest: str | None, what: str) -> str | Non
             f"the VM's {what} {path} is not a regular file that only root may write; "
             "cedana does not hand it to QEMU"
         )
-    if digest is None or _file_digest(path) != digest:
+    if digest is None or _file_digest(real) != digest:
         raise ContainerError(
             f"{path} is not the {what} the VM was checkpointed with (its digest differs); "
             "restore on a host with the same guest image"
         )
-    return path
+    return real
 
 
 class _TarOut:

@@ -168,6 +168,8 @@ def test_kata_targets_are_registered() -> None:
 def test_recorded_kernel_and_initrd_are_checked(tmp_path: Path) -> None:
     """A recorded image path is handed to QEMU only as an absolute path to a regular file
     only root may write, whose digest is the recorded one: the rest is refused."""
+    import os
+
     from cedana.errors import ContainerError, UnsafeArtifact
     from cedana.runtimes.kata import _checked_image, _file_digest
 
@@ -184,7 +186,9 @@ def test_recorded_kernel_and_initrd_are_checked(tmp_path: Path) -> None:
         _checked_image(str(writable), _file_digest(str(writable)), "kernel")
     with pytest.raises(ContainerError, match="digest differs"):
         _checked_image("/bin/sh", "0" * 64, "kernel")
-    assert _checked_image("/bin/sh", _file_digest("/bin/sh"), "kernel") == "/bin/sh"
+    # Handed to QEMU where it leads: a link swapped after the checks changes nothing.
+    real = os.path.realpath("/bin/sh")
+    assert _checked_image("/bin/sh", _file_digest("/bin/sh"), "kernel") == real
 
 
 def test_a_shares_overlay_layers_must_be_the_recorded_directories(tmp_path: Path) -> None:
@@ -317,4 +321,16 @@ def test_guest_memory_files_go_only_in_existing_directories(
     with pytest.raises(UnsupportedVm, match="not a directory"):
         _checked_memory_dirs(spec_on(missing))
     assert not missing.exists()
+
+
+def test_a_recorded_image_through_a_symlink_is_checked_where_it_leads(tmp_path: Path) -> None:
+    """A kernel path that is a link into /proc (as /etc/mtab is) is refused as a /proc
+    file is, though the link itself is elsewhere."""
+    from cedana.errors import UnsafeArtifact
+    from cedana.runtimes.kata import _checked_image, _file_digest
+
+    link = tmp_path / "vmlinuz"
+    link.symlink_to("/proc/version")
+    with pytest.raises(UnsafeArtifact, match="not a file cedana hands QEMU"):
+        _checked_image(str(link), _file_digest(str(link)), "kernel")
 
