@@ -793,6 +793,7 @@ class KataSandbox:
         workload = thaw(manifest.workload)
         qemu_facts = workload.get("qemu") or {}
         spec = parse_command_line([str(a) for a in qemu_facts.get("argv") or []])
+        _checked_shares(workload, spec)
         plan = _plan_restore(spec, workload)
         new_id = name or (workload.get("sandbox") or {}).get("id") or spec.sandbox_id
         if not isinstance(new_id, str) or not _SANDBOX_ID.fullmatch(new_id):
@@ -985,6 +986,32 @@ def _plan_restore(spec: VmSpec, workload: Mapping[str, Any]) -> _RestorePlan:
         initrd=initrd,
         virtiofsd=virtiofsd,
     )
+
+
+def _checked_shares(workload: Mapping[str, Any], spec: VmSpec) -> None:
+    """The manifest's ``shares`` are records of the shape :meth:`_Share.record` writes,
+    one per virtiofs device: checked before anything is made for them.
+
+    Raises:
+        UnsafeArtifact: They are not (the message names the field).
+    """
+    shares = workload.get("shares") or []
+
+    def bad(what: str) -> UnsafeArtifact:
+        return UnsafeArtifact(
+            f"the checkpoint's shares {what}; cedana writes none such: do not use this checkpoint"
+        )
+
+    if not isinstance(shares, list):
+        raise bad("are not a list")
+    for n, share in enumerate(shares):
+        if not isinstance(share, Mapping) or not isinstance(share.get("member"), str):
+            raise bad(f"[{n}] is not a record with a member")
+        overlays = share.get("overlays") or []
+        if not isinstance(overlays, list) or not all(isinstance(o, Mapping) for o in overlays):
+            raise bad(f"[{n}].overlays are not a list of records")
+    if len(shares) != len(spec.virtiofs()):
+        raise bad(f"are {len(shares)} for {len(spec.virtiofs())} virtiofs devices")
 
 
 def _checked_memory_dirs(spec: VmSpec) -> None:

@@ -334,3 +334,24 @@ def test_a_recorded_image_through_a_symlink_is_checked_where_it_leads(tmp_path: 
     with pytest.raises(UnsafeArtifact, match="not a file cedana hands QEMU"):
         _checked_image(str(link), _file_digest(str(link)), "kernel")
 
+@pytest.mark.parametrize(
+    "shares",
+    [
+        "vm/share-0.tar",
+        ["vm/share-0.tar"],
+        [{"tag": "kataShared"}],
+        [{"member": "vm/share-0.tar", "overlays": "ab"}],
+        [{"member": "vm/share-0.tar", "overlays": [["path", "x"]]}],
+    ],
+)
+def test_malformed_shares_are_refused_before_anything_is_made(shares: object) -> None:
+    """A manifest whose ``shares`` are not records of the expected shape is an
+    UnsafeArtifact naming the field, not a KeyError or AttributeError half-way through a
+    restore."""
+    from cedana.errors import UnsafeArtifact
+    from cedana.runtimes.kata import _checked_shares
+
+    spec = parse_command_line(KATA_LIKE)
+    _checked_shares({"shares": [{"member": "vm/share-0.tar", "overlays": []}]}, spec)
+    with pytest.raises(UnsafeArtifact, match="shares"):
+        _checked_shares({"shares": shares}, spec)
