@@ -31,7 +31,7 @@ from pathlib import Path
 import attrs
 
 from cedana import procfs
-from cedana.errors import CedanaError, ProcessNotFound, RestoreFailed
+from cedana.errors import CedanaError, ProcessNotFound, RestoreFailed, UnsafeArtifact
 
 __all__ = ["EnterRunner", "PidNamespace", "cedana_init_of", "host_pid", "ns_pids"]
 
@@ -227,8 +227,26 @@ class PidNamespace:
     @classmethod
     def for_restore(cls, tree_pids: Sequence[int], root_pid: int) -> _RestoreRunner:
         """A runner that starts CRIU in a new namespace for a tree of ``tree_pids`` whose
-        root is ``root_pid`` (pids inside the namespace)."""
-        return _RestoreRunner(tree_pids=tuple(tree_pids), root_pid=root_pid)
+        root is ``root_pid`` (pids inside the namespace).
+
+        Raises:
+            UnsafeArtifact: ``root_pid`` is not one of ``tree_pids`` above the init's 1 (the
+                manifest is not one cedana wrote): the init would wait on, and end the
+                namespace with, another process.
+        """
+        pids = tuple(tree_pids)
+        if (
+            not all(isinstance(p, int) and not isinstance(p, bool) and p > 1 for p in pids)
+            or not isinstance(root_pid, int)
+            or isinstance(root_pid, bool)
+            or root_pid not in pids
+        ):
+            raise UnsafeArtifact(
+                f"the checkpoint's root pid {root_pid!r} is not one of its tree's pids "
+                f"({', '.join(map(repr, pids))}) above 1; cedana writes none such: do not use "
+                "this checkpoint"
+            )
+        return _RestoreRunner(tree_pids=pids, root_pid=root_pid)
 
     def root_host_pid(self, ns_pid: int) -> int | None:
         """The pid in this /proc of the process with ``ns_pid`` in this namespace."""
