@@ -572,3 +572,25 @@ def test_a_process_has_no_rootfs_only_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(cedana.InvalidOption, match="no root filesystem"):
         cedana.Process(os.getpid()).checkpoint(tmp_path / "x.tar.zst", rootfs_only=True)
     assert not (tmp_path / "x.tar.zst").exists()
+
+
+
+@requires_docker
+def test_docker_fresh_restore_takes_no_networking_config(
+    docker_containers: dkr.Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The create body's ``NetworkingConfig`` is no setting of the container's config, and
+    docker attaches a container to every network it names, whatever ``NetworkMode`` (the
+    field cedana confines) says: a re-signed docker rootfs checkpoint whose config adds one
+    (joining docker's ``host`` network) is refused, and docker makes no container."""
+    name, other = name_for(request), name_for(request, "-2")
+    c = docker_containers.run(name)
+    ckpt = c.checkpoint(tmp_path / "d.tar.zst", rootfs_only=True)
+
+    def join_host(workload: dict[str, Any], _images: Path) -> None:
+        workload["docker"]["config"]["NetworkingConfig"] = {"EndpointsConfig": {"host": {}}}
+
+    bad = craft(ckpt.path, tmp_path / "net.tar.zst", join_host)
+    with pytest.raises(cedana.UnsafeArtifact, match="NetworkingConfig"):
+        cedana.restore(bad, name=other, address=docker_containers.daemon.address)
+    assert other not in docker_containers.daemon.names()
