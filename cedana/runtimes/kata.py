@@ -1049,6 +1049,17 @@ def _empty_dir(target: Path) -> bool:
         return False
 
 
+def _empty_again(target: Path) -> None:
+    """Remove what a failed restore put into the caller's (empty) directory ``target``
+    (its overlays are unmounted first: they were mounted later)."""
+    for entry in os.scandir(target):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
 def _checked_lower(recorded: Any, identities: Any) -> tuple[str, ...]:
     """A share's overlay's recorded lower layers, if each is still the same directory (its
     :func:`~cedana.rootfs.overlay.layer_identity`): a crafted manifest names no host
@@ -1204,6 +1215,8 @@ def _restore_shares(
         target = Path(shared_dir) if (n == 0 and shared_dir is not None) else run_dir / f"share-{n}"
         if _empty_dir(target):
             undo.callback(shutil.rmtree, target, ignore_errors=True)
+        else:  # the caller's: left empty, as it was given
+            undo.callback(_empty_again, target)
         _put_back(ckpt, str(share["member"]), target)
         for k, overlay in enumerate(share.get("overlays") or []):
             mounts.append(_mount_overlay(ckpt, overlay, target, run_dir / f"overlay-{n}-{k}", undo))

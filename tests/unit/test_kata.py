@@ -355,3 +355,63 @@ def test_malformed_shares_are_refused_before_anything_is_made(shares: object) ->
     _checked_shares({"shares": [{"member": "vm/share-0.tar", "overlays": []}]}, spec)
     with pytest.raises(UnsafeArtifact, match="shares"):
         _checked_shares({"shares": shares}, spec)
+
+
+def test_a_failed_restore_empties_the_callers_shared_dir_again(tmp_path: Path) -> None:
+    """A share put back into the caller's empty ``shared_dir`` is taken out again when
+    the restore fails after it (here: virtiofsd does not start), so the directory is left
+    as it was given, empty; one cedana made is removed."""
+    import contextlib
+
+    from cedana.artifact import write_artifact
+    from cedana.artifact.manifest import HostInfo, Manifest
+    from cedana.artifact.signing import host_key
+    from cedana.errors import ContainerError
+    from cedana.rootfs.overlay import capture_upper
+    from cedana.runtimes.kata import _restore_shares, _RestorePlan
+
+    content = tmp_path / "content"
+    (content / "etc").mkdir(parents=True)
+    (content / "etc" / "hostname").write_text("guest\n")
+    members = tmp_path / "members"
+    (members / "vm").mkdir(parents=True)
+    (members / "vm" / "state").write_bytes(b"QEVM")
+    with open(members / "vm" / "share-0.tar", "wb") as out:
+        capture_upper(content, out)
+    share = {"tag": "kataShared", "member": "vm/share-0.tar", "cache": "auto", "overlays": []}
+    manifest = Manifest(
+        host=HostInfo(kernel="6.18.0", arch="x86_64", criu_version="", hostname="box"),
+        kind="vm",
+        runtime="kata",
+        options={},
+        tree=[],
+        workload={"qemu": {"argv": KATA_LIKE}, "shares": [share]},
+    )
+    write_artifact(members, tmp_path / "vm.tar.zst", manifest, signer=host_key())
+    ckpt = cedana.open(tmp_path / "vm.tar.zst")
+    plan = _RestorePlan(
+        binary="qemu-system-x86_64",
+        machine_type="q35",
+        accel="tcg",
+        kernel=None,
+        initrd=None,
+        virtiofsd="/bin/false",
+    )
+    given = tmp_path / "given"
+    given.mkdir()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for shared_dir in (given, None):
+        with pytest.raises(ContainerError, match="virtiofsd did not start"):
+            with contextlib.ExitStack() as undo:
+                _restore_shares(
+                    ckpt,
+                    workload={"shares": [share]},
+                    spec=parse_command_line(KATA_LIKE),
+                    plan=plan,
+                    run_dir=run_dir,
+                    shared_dir=shared_dir,
+                    undo=undo,
+                )
+        assert given.is_dir() and not any(given.iterdir())
+        assert not (run_dir / "share-0").exists()
