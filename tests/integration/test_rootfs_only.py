@@ -184,7 +184,6 @@ def test_runc_rootfs_only_checkpoint_and_fresh_restore(
     assert_started_fresh(restored, checkpointed_counts(ckpt))
 
 
-
 def test_runc_fresh_bind_through_a_diff_symlink_is_refused(
     runc_containers: rnc.Containers, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -222,6 +221,7 @@ def test_runc_fresh_bind_through_a_diff_symlink_is_refused(
         cedana.restore(bad, name=new, root=runc_containers.root, bundle=bundle)
     assert not (runc_containers.root / new).exists() and not bundle.exists()
     assert Path("/proc/self/mountinfo").read_text().count(" /etc ") == mounts_before
+
 
 def test_runc_paused_container_stays_paused(
     runc_containers: rnc.Containers, tmp_path: Path, request: pytest.FixtureRequest
@@ -611,7 +611,6 @@ def test_a_process_has_no_rootfs_only_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(cedana.InvalidOption, match="no root filesystem"):
         cedana.Process(os.getpid()).checkpoint(tmp_path / "x.tar.zst", rootfs_only=True)
     assert not (tmp_path / "x.tar.zst").exists()
-
 
 
 @requires_docker

@@ -334,6 +334,7 @@ def test_a_recorded_image_through_a_symlink_is_checked_where_it_leads(tmp_path: 
     with pytest.raises(UnsafeArtifact, match="not a file cedana hands QEMU"):
         _checked_image(str(link), _file_digest(str(link)), "kernel")
 
+
 @pytest.mark.parametrize(
     "shares",
     [
@@ -402,16 +403,18 @@ def test_a_failed_restore_empties_the_callers_shared_dir_again(tmp_path: Path) -
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     for shared_dir in (given, None):
-        with pytest.raises(ContainerError, match="virtiofsd did not start"):
-            with contextlib.ExitStack() as undo:
-                _restore_shares(
-                    ckpt,
-                    workload={"shares": [share]},
-                    spec=parse_command_line(KATA_LIKE),
-                    plan=plan,
-                    run_dir=run_dir,
-                    shared_dir=shared_dir,
-                    undo=undo,
-                )
+        with (
+            pytest.raises(ContainerError, match="virtiofsd did not start"),
+            contextlib.ExitStack() as undo,
+        ):
+            _restore_shares(
+                ckpt,
+                workload={"shares": [share]},
+                spec=parse_command_line(KATA_LIKE),
+                plan=plan,
+                run_dir=run_dir,
+                shared_dir=shared_dir,
+                undo=undo,
+            )
         assert given.is_dir() and not any(given.iterdir())
         assert not (run_dir / "share-0").exists()
