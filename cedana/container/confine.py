@@ -414,6 +414,10 @@ def check_config(
     return out
 
 
+#: (uid_t)-1, which chown takes as "leave it": no mapping may reach it.
+_NO_ID = (1 << 32) - 1
+
+
 def _host_uids() -> set[int]:
     """The host's user ids (root and every account), but the caller's own when not root."""
     import pwd
@@ -471,6 +475,12 @@ def _check_config(
         taken = None
         for i, m in enumerate(linux.get(field) or []):
             start, size = int(m["hostID"]), int(m["size"])
+            if start < 0 or size < 1 or start + size > _NO_ID:
+                raise no(
+                    f"linux.{field}[{i}]",
+                    f"maps onto host ids {start}..{start + size - 1}, which are not ids",
+                    "none",
+                )
             taken = accounts() if taken is None else taken
             hit = sorted(a for a in taken if start <= a < start + size)
             if hit:

@@ -545,7 +545,8 @@ def test_user_namespace_mappings_onto_host_accounts_are_refused(tmp_path: Path) 
     ones too) and are let into its bundle: mapped onto root, or onto a host user's or
     group's id (here the ``users`` group, a member's group, ``nobody``), a crafted config
     would hand those accounts the container's files and setuid binaries; refused, naming
-    the field. Ids no account has (a subordinate range) pass."""
+    the field, as are ranges past the last id (chown takes (uid_t)-1 as "leave it"). Ids
+    no account has (a subordinate range) pass."""
     import grp
     import pwd
 
@@ -559,6 +560,8 @@ def test_user_namespace_mappings_onto_host_accounts_are_refused(tmp_path: Path) 
         (_mapped(100000, account_gid, size=1), "gidMappings"),
         (_mapped(account_uid, 100000, size=1), "uidMappings"),
         (_mapped(1, 100000, size=70000), "uidMappings"),
+        (_mapped(100000, (1 << 32) - 1, size=1), "gidMappings"),
+        (_mapped(1 << 40, 100000), "uidMappings"),
     ):
         with pytest.raises(UnsafeArtifact, match=rf"linux\.{field}\[0\].*host"):
             check(cfg, tmp_path)
