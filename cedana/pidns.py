@@ -96,10 +96,22 @@ def host_pid(ancestor: int, ns_pid: int) -> int | None:
 def cedana_init_of(pid: int) -> int | None:
     """The pid (in this /proc) of the init of ``pid``'s pid namespace when that namespace
     is a child of ours held by cedana's init; None when ``pid`` is in our own namespace
-    (or in one that cedana does not hold, e.g. a container's)."""
+    (or in one that cedana does not hold, e.g. a container's).
+
+    A dump of such a tree runs CRIU in ``pid``'s mount namespace (:class:`EnterRunner`),
+    so that namespace must be the init's, in our user namespace (only root changes its
+    mounts): anyone may name an init ``_pidinit.py`` in a user and mount namespace of
+    their own, with their program bound over CRIU's path.
+    """
     ours = pidns_id(os.getpid())
     theirs = pidns_id(pid)
     if theirs == ours:
+        return None
+    try:
+        mine = os.readlink("/proc/self/ns/user")
+        if os.readlink(f"/proc/{pid}/ns/user") != mine:
+            return None
+    except OSError:
         return None
     current = pid
     while current > 1:
@@ -109,7 +121,10 @@ def cedana_init_of(pid: int) -> int | None:
             if ns_pids(current)[-1] == 1:
                 with open(f"/proc/{current}/cmdline", "rb") as f:
                     argv = f.read().split(b"\0")
-                return current if any(a.endswith(b"_pidinit.py") for a in argv) else None
+                if not any(a.endswith(b"_pidinit.py") for a in argv):
+                    return None
+                same = os.readlink(f"/proc/{current}/ns/mnt") == os.readlink(f"/proc/{pid}/ns/mnt")
+                return current if same and os.readlink(f"/proc/{current}/ns/user") == mine else None
             current = procfs.proc_info(current).ppid
         except (ProcessNotFound, OSError):
             return None
