@@ -31,7 +31,7 @@ from pathlib import Path
 import attrs
 
 from cedana import procfs
-from cedana.errors import CedanaError, ProcessNotFound, RestoreFailed
+from cedana.errors import CedanaError, ProcessNotFound, RestoreFailed, UnsafeArtifact
 
 __all__ = ["EnterRunner", "PidNamespace", "cedana_init_of", "host_pid", "ns_pids"]
 
@@ -96,10 +96,22 @@ def host_pid(ancestor: int, ns_pid: int) -> int | None:
 def cedana_init_of(pid: int) -> int | None:
     """The pid (in this /proc) of the init of ``pid``'s pid namespace when that namespace
     is a child of ours held by cedana's init; None when ``pid`` is in our own namespace
-    (or in one that cedana does not hold, e.g. a container's)."""
+    (or in one that cedana does not hold, e.g. a container's).
+
+    A dump of such a tree runs CRIU in ``pid``'s mount namespace (:class:`EnterRunner`),
+    so that namespace must be the init's, in our user namespace (only root changes its
+    mounts): anyone may name an init ``_pidinit.py`` in a user and mount namespace of
+    their own, with their program bound over CRIU's path.
+    """
     ours = pidns_id(os.getpid())
     theirs = pidns_id(pid)
     if theirs == ours:
+        return None
+    try:
+        mine = os.readlink("/proc/self/ns/user")
+        if os.readlink(f"/proc/{pid}/ns/user") != mine:
+            return None
+    except OSError:
         return None
     current = pid
     while current > 1:
@@ -109,7 +121,10 @@ def cedana_init_of(pid: int) -> int | None:
             if ns_pids(current)[-1] == 1:
                 with open(f"/proc/{current}/cmdline", "rb") as f:
                     argv = f.read().split(b"\0")
-                return current if any(a.endswith(b"_pidinit.py") for a in argv) else None
+                if not any(a.endswith(b"_pidinit.py") for a in argv):
+                    return None
+                same = os.readlink(f"/proc/{current}/ns/mnt") == os.readlink(f"/proc/{pid}/ns/mnt")
+                return current if same and os.readlink(f"/proc/{current}/ns/user") == mine else None
             current = procfs.proc_info(current).ppid
         except (ProcessNotFound, OSError):
             return None
@@ -227,8 +242,26 @@ class PidNamespace:
     @classmethod
     def for_restore(cls, tree_pids: Sequence[int], root_pid: int) -> _RestoreRunner:
         """A runner that starts CRIU in a new namespace for a tree of ``tree_pids`` whose
-        root is ``root_pid`` (pids inside the namespace)."""
-        return _RestoreRunner(tree_pids=tuple(tree_pids), root_pid=root_pid)
+        root is ``root_pid`` (pids inside the namespace).
+
+        Raises:
+            UnsafeArtifact: ``root_pid`` is not one of ``tree_pids`` above the init's 1 (the
+                manifest is not one cedana wrote): the init would wait on, and end the
+                namespace with, another process.
+        """
+        pids = tuple(tree_pids)
+        if (
+            not all(isinstance(p, int) and not isinstance(p, bool) and p > 1 for p in pids)
+            or not isinstance(root_pid, int)
+            or isinstance(root_pid, bool)
+            or root_pid not in pids
+        ):
+            raise UnsafeArtifact(
+                f"the checkpoint's root pid {root_pid!r} is not one of its tree's pids "
+                f"({', '.join(map(repr, pids))}) above 1; cedana writes none such: do not use "
+                "this checkpoint"
+            )
+        return _RestoreRunner(tree_pids=pids, root_pid=root_pid)
 
     def root_host_pid(self, ns_pid: int) -> int | None:
         """The pid in this /proc of the process with ``ns_pid`` in this namespace."""

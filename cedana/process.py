@@ -757,7 +757,7 @@ def restore_tree(
         )
     runner = None
     if mode == "new":
-        root_pid = int(workload.get("root_pid", manifest.tree[0].pid))
+        root_pid = workload.get("root_pid", manifest.tree[0].pid)
         runner = pidns.PidNamespace.for_restore([e.pid for e in manifest.tree], root_pid)
     tcp = restores_tcp(options.tcp_established, manifest)
     started = time.monotonic()

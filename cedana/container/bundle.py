@@ -133,6 +133,36 @@ def private_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
+def _check_binds_in(bundle: Path, config: Mapping[str, Any]) -> None:
+    """Bind sources in the new bundle, now that it holds the artifact's files.
+
+    Confinement let them through by their names, before the bundle existed; runc follows
+    every symlink of a source on the host, so a link of the diff (or of an image layer,
+    seen through ``rootfs``) on the way would bind whatever host path it names. Each must
+    still lead inside the bundle.
+
+    Raises:
+        UnsafeArtifact: One leads outside it.
+    """
+    names = {os.path.normpath(os.path.abspath(bundle)), os.path.realpath(bundle)}
+
+    def inside(path: str) -> bool:
+        return any(path == n or path.startswith(n.rstrip("/") + "/") for n in names)
+
+    for i, m in enumerate(config.get("mounts") or []):
+        source = str(m.get("source") or "")
+        if not is_bind(m) or not os.path.isabs(source) or not inside(os.path.normpath(source)):
+            continue  # not in the bundle: a granted source, checked as the caller's
+        real = os.path.realpath(source)
+        if not inside(real):
+            raise UnsafeArtifact(
+                f"the checkpoint's config.json field mounts[{i}] ({m.get('destination')}) "
+                f"bind-mounts {source!r}, which leads to {real} on the host through a "
+                "symlink of the checkpoint's files, so nothing was restored; do not use "
+                "this checkpoint"
+            )
+
+
 def make_overlay_bundle(
     bundle: Path,
     diff_dir: Path,
@@ -176,6 +206,7 @@ def make_overlay_bundle(
         with open(fd, "w") as f:
             f.write(json.dumps(config, indent=2))
         layers.mount(rootfs)
+        _check_binds_in(bundle, config)
         (bundle / BUNDLE_MARKER).write_text(
             json.dumps({"container": name, "overlay": "rootfs", "lower": list(layers.lower)})
         )

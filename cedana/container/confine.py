@@ -22,8 +22,9 @@ and what the caller grants explicitly with :class:`Grants`:
   new bundle, a filesystem other than the pseudo filesystems every container
   gets (or those of them mounted read-write that runtimes mount read-only), a
   device or device-cgroup rule beyond the default set, unmasked ``/proc``
-  paths, a seccomp listener socket or a cgroup that is not the new container's
-  own. Each refusal names the field.
+  paths, a seccomp listener socket, a user namespace mapped onto host accounts
+  (root, a user's or a group's id: they would own the container's files) or a
+  cgroup that is not the new container's own. Each refusal names the field.
 - **CRIU's images** restore namespaces, credentials and mounts as they record
   them, whatever the config says, so :func:`check_images` holds them to the
   same rules.
@@ -413,6 +414,28 @@ def check_config(
     return out
 
 
+#: (uid_t)-1, which chown takes as "leave it": no mapping may reach it.
+_NO_ID = (1 << 32) - 1
+
+
+def _host_uids() -> set[int]:
+    """The host's user ids (root and every account), but the caller's own when not root."""
+    import pwd
+
+    ids = {0} | {p.pw_uid for p in pwd.getpwall()}
+    return ids - {os.geteuid()} if os.geteuid() else ids
+
+
+def _host_gids() -> set[int]:
+    """The host's group ids (root's, every group, every account's primary group), but the
+    caller's own when not root."""
+    import grp
+    import pwd
+
+    ids = {0} | {g.gr_gid for g in grp.getgrall()} | {p.pw_gid for p in pwd.getpwall()}
+    return ids - {os.getegid()} if os.geteuid() else ids
+
+
 def _check_config(
     config: Mapping[str, Any], *, name: str, bundle: Path | None, grants: Grants, what: str
 ) -> None:
@@ -444,6 +467,29 @@ def _check_config(
                 f"leaves out the {kind} namespace, so the container would share the host's",
                 f"namespaces={{{kind!r}: 'host'}}",
             )
+
+    # User namespace mappings: the host ids the container's become own its files (setuid
+    # ones too) and its mapped root's group is let into its bundle, so none may be an
+    # account of the host's (root, a user, a group) but the caller's own.
+    for field, accounts in (("uidMappings", _host_uids), ("gidMappings", _host_gids)):
+        taken = None
+        for i, m in enumerate(linux.get(field) or []):
+            start, size = int(m["hostID"]), int(m["size"])
+            if start < 0 or size < 1 or start + size > _NO_ID:
+                raise no(
+                    f"linux.{field}[{i}]",
+                    f"maps onto host ids {start}..{start + size - 1}, which are not ids",
+                    "none",
+                )
+            taken = accounts() if taken is None else taken
+            hit = sorted(a for a in taken if start <= a < start + size)
+            if hit:
+                raise no(
+                    f"linux.{field}[{i}]",
+                    f"maps the container's ids onto host id {hit[0]}, an account of the host "
+                    "(the container's files, setuid ones too, would be its)",
+                    "none (map onto ids no host account has, e.g. a range of /etc/subuid)",
+                )
 
     # Capabilities: within the default set.
     caps = (config.get("process") or {}).get("capabilities") or {}

@@ -32,8 +32,9 @@ from cedana.errors import NotCheckpointable
 __all__ = ["DEVICES", "UnsupportedVm", "VmSpec", "parse_command_line", "split_options"]
 
 #: Device models a restored VM may have, and the properties each may carry (values are
-#: plain words: no paths, no commas). ``chardev`` and ``rng`` name a chardev or object
-#: of the command line, which the spec then holds as well.
+#: plain words: no paths, no commas; ``romfile`` only empty, as kata writes it).
+#: ``chardev`` and ``rng`` name a chardev or object of the command line, which the spec
+#: then holds as well.
 DEVICES: Mapping[str, frozenset[str]] = {
     "vhost-user-fs-pci": frozenset(
         {"id", "bus", "addr", "tag", "queue-size", "chardev", "romfile"}
@@ -401,6 +402,12 @@ def parse_command_line(argv: Sequence[str]) -> VmSpec:
                 raise UnsupportedVm(f"device {driver} property {unknown[0]!r} is not supported")
             for key, v in props.items():
                 _word(v, f"device {driver} property {key}")
+            if props.get("romfile", ""):
+                # QEMU opens it as a file, relative to its working directory first.
+                raise UnsupportedVm(
+                    f"device {driver} romfile {props['romfile']!r} is a file QEMU would open "
+                    "on this host; cedana restores devices without an option ROM (romfile=)"
+                )
             devices.append((driver, props))
         elif opt == "-serial":
             if value.startswith("chardev:"):

@@ -642,6 +642,10 @@ def _check_image(api: DockerClient, recorded: Mapping[str, Any], image_id: str) 
     return image_id
 
 
+#: The fields of docker's create request beside the container config's own.
+_CREATE_BODY = ("HostConfig", "NetworkingConfig")
+
+
 def _create_config(
     recorded: Mapping[str, Any], image_id: str, grants: confine.Grants | None
 ) -> dict[str, Any]:
@@ -652,6 +656,15 @@ def _create_config(
         raise confine.refused(
             "manifest field docker.config", "is not a create config", "do not use this checkpoint"
         )
+    for field in _CREATE_BODY:
+        # The config is spread into the create body: the body's own fields are no
+        # container setting (NetworkingConfig joins networks past NetworkMode's check).
+        if field in config:
+            raise confine.refused(
+                f"manifest field docker.config.{field}",
+                "is a field of docker's create request, not of a container's config",
+                "do not use this checkpoint",
+            )
     labels = {**dict(config.get("Labels") or {}), RESTORED_FROM_LABEL: str(recorded.get("name"))}
     return {
         **{k: v for k, v in config.items() if k not in ("Image", "Labels", "Volumes")},

@@ -338,10 +338,13 @@ def _checked_image(path: str | None, digest: str | None, what: str) -> str | Non
         return None
     if not os.path.isabs(path) or ".." in Path(path).parts:
         raise UnsafeArtifact(f"the checkpoint's {what} {path!r} is not a plain absolute path")
-    if Path(path).parts[1:2] in (("proc",), ("sys",), ("dev",)):
+    # Where its links lead is what QEMU opens (/etc/mtab leads into /proc), and QEMU gets
+    # that path, so a link changed after these checks changes nothing.
+    real = os.path.realpath(path)
+    if Path(real).parts[1:2] in (("proc",), ("sys",), ("dev",)):
         raise UnsafeArtifact(f"the checkpoint's {what} {path!r} is not a file cedana hands QEMU")
     try:
-        st = os.stat(path)
+        st = os.stat(real)
     except FileNotFoundError:
         raise ContainerError(
             f"the VM's {what} {path} is not on this host; install the same guest {what} there "
@@ -354,12 +357,12 @@ def _checked_image(path: str | None, digest: str | None, what: str) -> str | Non
             f"the VM's {what} {path} is not a regular file that only root may write; "
             "cedana does not hand it to QEMU"
         )
-    if digest is None or _file_digest(path) != digest:
+    if digest is None or _file_digest(real) != digest:
         raise ContainerError(
             f"{path} is not the {what} the VM was checkpointed with (its digest differs); "
             "restore on a host with the same guest image"
         )
-    return path
+    return real
 
 
 class _TarOut:
@@ -790,6 +793,7 @@ class KataSandbox:
         workload = thaw(manifest.workload)
         qemu_facts = workload.get("qemu") or {}
         spec = parse_command_line([str(a) for a in qemu_facts.get("argv") or []])
+        _checked_shares(workload, spec)
         plan = _plan_restore(spec, workload)
         new_id = name or (workload.get("sandbox") or {}).get("id") or spec.sandbox_id
         if not isinstance(new_id, str) or not _SANDBOX_ID.fullmatch(new_id):
@@ -962,6 +966,7 @@ def _plan_restore(spec: VmSpec, workload: Mapping[str, Any]) -> _RestorePlan:
             "the VM was saved running under KVM, which this host cannot use; restore it on "
             "a host with KVM"
         )
+    _checked_memory_dirs(spec)
     images = workload.get("images") or {}
     kernel = _checked_image(spec.kernel, (images.get("kernel") or {}).get("blake3"), "kernel")
     initrd = _checked_image(spec.initrd, (images.get("initrd") or {}).get("blake3"), "initrd")
@@ -983,6 +988,49 @@ def _plan_restore(spec: VmSpec, workload: Mapping[str, Any]) -> _RestorePlan:
     )
 
 
+def _checked_shares(workload: Mapping[str, Any], spec: VmSpec) -> None:
+    """The manifest's ``shares`` are records of the shape :meth:`_Share.record` writes,
+    one per virtiofs device: checked before anything is made for them.
+
+    Raises:
+        UnsafeArtifact: They are not (the message names the field).
+    """
+    shares = workload.get("shares") or []
+
+    def bad(what: str) -> UnsafeArtifact:
+        return UnsafeArtifact(
+            f"the checkpoint's shares {what}; cedana writes none such: do not use this checkpoint"
+        )
+
+    if not isinstance(shares, list):
+        raise bad("are not a list")
+    for n, share in enumerate(shares):
+        if not isinstance(share, Mapping) or not isinstance(share.get("member"), str):
+            raise bad(f"[{n}] is not a record with a member")
+        overlays = share.get("overlays") or []
+        if not isinstance(overlays, list) or not all(isinstance(o, Mapping) for o in overlays):
+            raise bad(f"[{n}].overlays are not a list of records")
+    if len(shares) != len(spec.virtiofs()):
+        raise bad(f"are {len(shares)} for {len(spec.virtiofs())} virtiofs devices")
+
+
+def _checked_memory_dirs(spec: VmSpec) -> None:
+    """Each file-backed guest memory's ``mem-path`` (/dev/shm or /dev/hugepages, by the
+    allow-list) must be a directory here: QEMU makes a file of a path that is missing
+    (0644, the guest's memory in it) and leaves it behind.
+
+    Raises:
+        UnsupportedVm: One is not a directory on this host.
+    """
+    for kind, props in spec.objects:
+        path = dict(props).get("mem-path")
+        if kind == "memory-backend-file" and path is not None and not os.path.isdir(path):
+            raise UnsupportedVm(
+                f"the VM's memory backend is in {path}, which is not a directory on this "
+                "host; mount it (hugetlbfs on /dev/hugepages) or restore on a host that has it"
+            )
+
+
 def _empty_dir(target: Path) -> bool:
     """Make ``target`` (True), or accept it empty (False).
 
@@ -999,6 +1047,17 @@ def _empty_dir(target: Path) -> bool:
                 "new or empty one"
             ) from None
         return False
+
+
+def _empty_again(target: Path) -> None:
+    """Remove what a failed restore put into the caller's (empty) directory ``target``
+    (its overlays are unmounted first: they were mounted later)."""
+    for entry in os.scandir(target):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
 
 
 def _checked_lower(recorded: Any, identities: Any) -> tuple[str, ...]:
@@ -1156,6 +1215,8 @@ def _restore_shares(
         target = Path(shared_dir) if (n == 0 and shared_dir is not None) else run_dir / f"share-{n}"
         if _empty_dir(target):
             undo.callback(shutil.rmtree, target, ignore_errors=True)
+        else:  # the caller's: left empty, as it was given
+            undo.callback(_empty_again, target)
         _put_back(ckpt, str(share["member"]), target)
         for k, overlay in enumerate(share.get("overlays") or []):
             mounts.append(_mount_overlay(ckpt, overlay, target, run_dir / f"overlay-{n}-{k}", undo))
@@ -1178,6 +1239,7 @@ def _start_qemu(argv: list[str], run_dir: Path, read_fd: int) -> subprocess.Pope
             stderr=log,
             pass_fds=(read_fd,),
             start_new_session=True,
+            cwd=run_dir,  # what QEMU opens by a relative name is never the caller's
         )
     except OSError as exc:
         raise ContainerError(f"starting {argv[0]} failed: {exc}") from exc

@@ -262,6 +262,28 @@ def _writable_sysfs_mount(entries: list[dict[str, Any]]) -> None:
             e["sb_flags"] &= ~1
 
 
+def _bind_through_diff_symlink(tmp_path: Path) -> Edit:
+    """A bind source inside the new bundle (so confinement lets its name through) that the
+    diff makes a symlink to the host's /etc."""
+    link = tarfile.TarInfo("hostetc")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc"
+    in_diff = edit_diff(link)
+
+    def bind(config: dict[str, Any]) -> None:
+        source = str(tmp_path / "bundle" / "upper" / "hostetc")
+        config["mounts"].append(
+            {"destination": "/hostetc", "type": "bind", "source": source, "options": ["rbind"]}
+        )
+
+    in_config = edit_config(bind)
+
+    def edit(workload: dict[str, Any], images: Path) -> None:
+        in_diff(workload, images)
+        in_config(workload, images)
+
+    return edit
+
+
 HOSTILE: dict[str, tuple[Callable[[Path], Edit], str]] = {
     "images-host-netns": (lambda _: edit_image("ids-*.img", _host_netns_ids), "host's network"),
     "images-capabilities": (
@@ -324,6 +346,7 @@ HOSTILE: dict[str, tuple[Callable[[Path], Edit], str]] = {
         "redirect",
     ),
     "diff-hardlink": (lambda _: edit_diff(_hardlink("shadow", "/etc/shadow")), "absolute name"),
+    "bind-through-diff-symlink": (_bind_through_diff_symlink, r"bind-mounts .*leads to /etc"),
 }
 
 

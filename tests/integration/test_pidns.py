@@ -274,3 +274,54 @@ def test_command_line_restores_into_a_new_pid_namespace(
     done = run_cedana("restore", str(ckpt.path), "--pid-namespace", "current")
     assert done.returncode != 0
     assert "--new-pidns" in done.stderr
+
+
+FAKE_INIT = """\
+import os, subprocess, sys
+# In a user and mount namespace of its own (unshare -U -m): the user's to change.
+subprocess.run(["mount", "--bind", sys.argv[1], sys.argv[2]], check=True)
+child = os.fork()
+if child == 0:
+    os.setsid()
+    os.execv("/bin/sleep", ["sleep", "120"])
+with open(sys.argv[3], "w") as f:
+    f.write("ready")
+os.waitpid(child, 0)
+"""
+
+
+def test_a_namespace_only_named_like_cedanas_is_not_entered(tmp_path: Path) -> None:
+    """A checkpoint of a tree in a pid namespace runs CRIU inside the tree's mount
+    namespace only when cedana's init holds it. Anyone can name an init ``_pidinit.py``
+    in a user and mount namespace of their own, where they may bind their own program
+    over CRIU's path: such a namespace is not taken for cedana's, so that program is
+    never run (as root) and the checkpoint fails without it."""
+    from cedana.criu import SwrkCriu
+
+    criu = SwrkCriu()._binary()
+    marker, ready = tmp_path / "ran-as-root", tmp_path / "ready"
+    fake = tmp_path / "fake-criu"
+    fake.write_text(f"#!/bin/sh\necho $(id -u) > {marker}\n")
+    fake.chmod(0o755)
+    script = tmp_path / "fake_pidinit.py"
+    script.write_text(FAKE_INIT)
+    holder = subprocess.Popen(
+        ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--mount-proc",
+         sys.executable, str(script), str(fake), criu, str(ready)],
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+
+        def sleepers() -> list[int]:
+            tree = procfs.tree(holder.pid)
+            return [p.pid for p in tree if Path(f"/proc/{p.pid}/comm").read_text() == "sleep\n"]
+
+        wait_for(lambda: ready.exists() and sleepers(), 10, "the fake init and its child")
+        sleeper = sleepers()[0]
+        assert pidns.cedana_init_of(sleeper) is None
+        with pytest.raises(cedana.CedanaError):
+            cedana.Process(sleeper).checkpoint(tmp_path / "out.tar.zst", leave_running=True)
+        assert not marker.exists()
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(10)

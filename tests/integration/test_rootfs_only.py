@@ -184,6 +184,45 @@ def test_runc_rootfs_only_checkpoint_and_fresh_restore(
     assert_started_fresh(restored, checkpointed_counts(ckpt))
 
 
+def test_runc_fresh_bind_through_a_diff_symlink_is_refused(
+    runc_containers: rnc.Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A bind source inside the new bundle passes confinement, but the bundle is made from
+    the artifact: a re-signed checkpoint whose config binds ``<bundle>/upper/hostetc`` and
+    whose diff makes that a symlink to ``/etc`` would have runc bind the host's /etc into
+    the container. Refused once the bundle exists, before runc runs: no container, no
+    bundle, and /etc is mounted nowhere new."""
+    import json
+
+    name, new = name_for(request), name_for(request, "-2")
+    c = runc_containers.run(name)
+    ckpt = c.checkpoint(tmp_path / "r.tar.zst", rootfs_only=True)
+    bundle = tmp_path / "fresh"
+    diff_edit = _diff_plus(_symlink("hostetc", "/etc"))
+
+    def edit(workload: dict[str, Any], images: Path) -> None:
+        diff_edit(workload, images)
+        path = images / "container" / "config.json"
+        config = json.loads(path.read_text())
+        config["mounts"].append(
+            {
+                "destination": "/hostetc",
+                "type": "bind",
+                "source": str(bundle / "upper" / "hostetc"),
+                "options": ["rbind", "rw"],
+            }
+        )
+        path.write_text(json.dumps(config))
+
+    bad = craft(ckpt.path, tmp_path / "bind.tar.zst", edit)
+    mounts_before = Path("/proc/self/mountinfo").read_text().count(" /etc ")
+    runc_containers.track(new)
+    with pytest.raises(cedana.UnsafeArtifact, match="bind-mounts.*/etc"):
+        cedana.restore(bad, name=new, root=runc_containers.root, bundle=bundle)
+    assert not (runc_containers.root / new).exists() and not bundle.exists()
+    assert Path("/proc/self/mountinfo").read_text().count(" /etc ") == mounts_before
+
+
 def test_runc_paused_container_stays_paused(
     runc_containers: rnc.Containers, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -572,3 +611,24 @@ def test_a_process_has_no_rootfs_only_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(cedana.InvalidOption, match="no root filesystem"):
         cedana.Process(os.getpid()).checkpoint(tmp_path / "x.tar.zst", rootfs_only=True)
     assert not (tmp_path / "x.tar.zst").exists()
+
+
+@requires_docker
+def test_docker_fresh_restore_takes_no_networking_config(
+    docker_containers: dkr.Containers, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The create body's ``NetworkingConfig`` is no setting of the container's config, and
+    docker attaches a container to every network it names, whatever ``NetworkMode`` (the
+    field cedana confines) says: a re-signed docker rootfs checkpoint whose config adds one
+    (joining docker's ``host`` network) is refused, and docker makes no container."""
+    name, other = name_for(request), name_for(request, "-2")
+    c = docker_containers.run(name)
+    ckpt = c.checkpoint(tmp_path / "d.tar.zst", rootfs_only=True)
+
+    def join_host(workload: dict[str, Any], _images: Path) -> None:
+        workload["docker"]["config"]["NetworkingConfig"] = {"EndpointsConfig": {"host": {}}}
+
+    bad = craft(ckpt.path, tmp_path / "net.tar.zst", join_host)
+    with pytest.raises(cedana.UnsafeArtifact, match="NetworkingConfig"):
+        cedana.restore(bad, name=other, address=docker_containers.daemon.address)
+    assert other not in docker_containers.daemon.names()

@@ -529,3 +529,39 @@ def test_undecodable_images_are_refused(tmp_path: Path, monkeypatch: pytest.Monk
     del images["ids-1.img"]
     with pytest.raises(UnsafeArtifact, match="CRIU images cannot be checked"):
         check_images(tmp_path, monkeypatch, images)
+
+
+def _mapped(uid_host: int, gid_host: int, size: int = 65536) -> dict[str, Any]:
+    cfg = config(
+        linux__uidMappings=[{"containerID": 0, "hostID": uid_host, "size": size}],
+        linux__gidMappings=[{"containerID": 0, "hostID": gid_host, "size": size}],
+    )
+    cfg["linux"]["namespaces"].append({"type": "user"})
+    return cfg
+
+
+def test_user_namespace_mappings_onto_host_accounts_are_refused(tmp_path: Path) -> None:
+    """The host ids a config's user namespace maps onto own the container's files (setuid
+    ones too) and are let into its bundle: mapped onto root, or onto a host user's or
+    group's id (here the ``users`` group, a member's group, ``nobody``), a crafted config
+    would hand those accounts the container's files and setuid binaries; refused, naming
+    the field, as are ranges past the last id (chown takes (uid_t)-1 as "leave it"). Ids
+    no account has (a subordinate range) pass."""
+    import grp
+    import pwd
+
+    check(_mapped(100000, 100000), tmp_path)
+    account_gid = grp.getgrall()[-1].gr_gid or 100
+    account_uid = pwd.getpwall()[-1].pw_uid or 65534
+    for cfg, field in (
+        (_mapped(0, 100000), "uidMappings"),
+        (_mapped(100000, 0), "gidMappings"),
+        (_mapped(100000, 0, size=1), "gidMappings"),
+        (_mapped(100000, account_gid, size=1), "gidMappings"),
+        (_mapped(account_uid, 100000, size=1), "uidMappings"),
+        (_mapped(1, 100000, size=70000), "uidMappings"),
+        (_mapped(100000, (1 << 32) - 1, size=1), "gidMappings"),
+        (_mapped(1 << 40, 100000), "uidMappings"),
+    ):
+        with pytest.raises(UnsafeArtifact, match=rf"linux\.{field}\[0\].*host"):
+            check(cfg, tmp_path)

@@ -139,3 +139,17 @@ def test_registry_entry() -> None:
     assert runtime is not None and runtime.cls is cedana.DockerContainer
     assert runtime.restores_into == ("docker", "runc")
     assert runtime.flags == {"address": "address", "root": "runc_root"}
+
+
+@pytest.mark.parametrize("field", ["NetworkingConfig", "HostConfig"])
+def test_a_create_body_field_in_the_recorded_config_is_refused(field: str) -> None:
+    """The recorded ``Config`` is spread into docker's create body, so a field of the body
+    itself there (``NetworkingConfig`` attaches the container to any network, past the
+    confined ``NetworkMode``) is refused, naming it."""
+    recorded = {
+        "name": "web",
+        "config": {"Image": "busybox", "Cmd": ["sh"], field: {"EndpointsConfig": {"host": {}}}},
+        "host_config": HOST,
+    }
+    with pytest.raises(UnsafeArtifact, match=f"docker.config.{field}"):
+        _create_config(recorded, "sha256:abc", None)

@@ -168,6 +168,8 @@ def test_kata_targets_are_registered() -> None:
 def test_recorded_kernel_and_initrd_are_checked(tmp_path: Path) -> None:
     """A recorded image path is handed to QEMU only as an absolute path to a regular file
     only root may write, whose digest is the recorded one: the rest is refused."""
+    import os
+
     from cedana.errors import ContainerError, UnsafeArtifact
     from cedana.runtimes.kata import _checked_image, _file_digest
 
@@ -184,7 +186,9 @@ def test_recorded_kernel_and_initrd_are_checked(tmp_path: Path) -> None:
         _checked_image(str(writable), _file_digest(str(writable)), "kernel")
     with pytest.raises(ContainerError, match="digest differs"):
         _checked_image("/bin/sh", "0" * 64, "kernel")
-    assert _checked_image("/bin/sh", _file_digest("/bin/sh"), "kernel") == "/bin/sh"
+    # Handed to QEMU where it leads: a link swapped after the checks changes nothing.
+    real = os.path.realpath("/bin/sh")
+    assert _checked_image("/bin/sh", _file_digest("/bin/sh"), "kernel") == real
 
 
 def test_a_shares_overlay_layers_must_be_the_recorded_directories(tmp_path: Path) -> None:
@@ -265,3 +269,152 @@ def test_a_vm_checkpoint_is_shown_and_refused_where_it_does_not_fit(
     for fmt in ("podman", "kubernetes"):
         assert cli.main(["export", str(artifact), "--format", fmt, "-o", str(tmp_path / "x")]) != 0
         assert "holds a vm checkpoint" in capsys.readouterr().err
+
+
+def test_a_recorded_rom_file_is_refused() -> None:
+    """A device's ``romfile`` is a file QEMU opens by name, relative to its working
+    directory first (``romfile=secret`` opens ./secret), so a crafted command line could
+    make it read a host file: only kata's empty ``romfile=`` (no option ROM) passes."""
+    spec = parse_command_line([*KATA_LIKE, "-device", "virtio-scsi-pci,id=scsi0,romfile="])
+    assert ("romfile", "") in dict(spec.devices)["virtio-scsi-pci"]
+    for name in ("secret", "efi-virtio.rom", ".."):
+        with pytest.raises(UnsupportedVm, match="romfile"):
+            parse_command_line([*KATA_LIKE, "-device", f"virtio-rng-pci,romfile={name}"])
+
+
+def test_qemu_runs_in_the_run_dir(tmp_path: Path) -> None:
+    """The restored QEMU starts in cedana's run dir, not in the caller's working directory,
+    so nothing it opens by a relative name is one of the caller's files."""
+    import os
+
+    from cedana.runtimes.kata import _start_qemu
+
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = _start_qemu(["/bin/sh", "-c", "pwd"], tmp_path, read_fd)
+        proc.wait(10)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    assert (tmp_path / "qemu.log").read_text().strip() == str(tmp_path)
+
+
+def test_guest_memory_files_go_only_in_existing_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``memory-backend-file`` whose ``mem-path`` is missing on the restoring host (no
+    /dev/hugepages mounted) is refused: QEMU would create that path as a file (0644) holding
+    the guest's memory and leave it behind."""
+    from cedana.runtimes import _qemu_spec
+    from cedana.runtimes.kata import _checked_memory_dirs
+
+    here, missing = tmp_path / "shm", tmp_path / "hugepages"
+    here.mkdir()
+    monkeypatch.setattr(_qemu_spec, "_SHM_DIRS", ("/dev/shm", str(here), str(missing)))
+
+    def spec_on(directory: Path) -> _qemu_spec.VmSpec:
+        return parse_command_line(
+            [*KATA_LIKE, "-object", f"memory-backend-file,id=m9,size=1M,mem-path={directory}"]
+        )
+
+    _checked_memory_dirs(spec_on(here))
+    with pytest.raises(UnsupportedVm, match="not a directory"):
+        _checked_memory_dirs(spec_on(missing))
+    assert not missing.exists()
+
+
+def test_a_recorded_image_through_a_symlink_is_checked_where_it_leads(tmp_path: Path) -> None:
+    """A kernel path that is a link into /proc (as /etc/mtab is) is refused as a /proc
+    file is, though the link itself is elsewhere."""
+    from cedana.errors import UnsafeArtifact
+    from cedana.runtimes.kata import _checked_image, _file_digest
+
+    link = tmp_path / "vmlinuz"
+    link.symlink_to("/proc/version")
+    with pytest.raises(UnsafeArtifact, match="not a file cedana hands QEMU"):
+        _checked_image(str(link), _file_digest(str(link)), "kernel")
+
+
+@pytest.mark.parametrize(
+    "shares",
+    [
+        "vm/share-0.tar",
+        ["vm/share-0.tar"],
+        [{"tag": "kataShared"}],
+        [{"member": "vm/share-0.tar", "overlays": "ab"}],
+        [{"member": "vm/share-0.tar", "overlays": [["path", "x"]]}],
+    ],
+)
+def test_malformed_shares_are_refused_before_anything_is_made(shares: object) -> None:
+    """A manifest whose ``shares`` are not records of the expected shape is an
+    UnsafeArtifact naming the field, not a KeyError or AttributeError half-way through a
+    restore."""
+    from cedana.errors import UnsafeArtifact
+    from cedana.runtimes.kata import _checked_shares
+
+    spec = parse_command_line(KATA_LIKE)
+    _checked_shares({"shares": [{"member": "vm/share-0.tar", "overlays": []}]}, spec)
+    with pytest.raises(UnsafeArtifact, match="shares"):
+        _checked_shares({"shares": shares}, spec)
+
+
+def test_a_failed_restore_empties_the_callers_shared_dir_again(tmp_path: Path) -> None:
+    """A share put back into the caller's empty ``shared_dir`` is taken out again when
+    the restore fails after it (here: virtiofsd does not start), so the directory is left
+    as it was given, empty; one cedana made is removed."""
+    import contextlib
+
+    from cedana.artifact import write_artifact
+    from cedana.artifact.manifest import HostInfo, Manifest
+    from cedana.artifact.signing import host_key
+    from cedana.errors import ContainerError
+    from cedana.rootfs.overlay import capture_upper
+    from cedana.runtimes.kata import _restore_shares, _RestorePlan
+
+    content = tmp_path / "content"
+    (content / "etc").mkdir(parents=True)
+    (content / "etc" / "hostname").write_text("guest\n")
+    members = tmp_path / "members"
+    (members / "vm").mkdir(parents=True)
+    (members / "vm" / "state").write_bytes(b"QEVM")
+    with open(members / "vm" / "share-0.tar", "wb") as out:
+        capture_upper(content, out)
+    share = {"tag": "kataShared", "member": "vm/share-0.tar", "cache": "auto", "overlays": []}
+    manifest = Manifest(
+        host=HostInfo(kernel="6.18.0", arch="x86_64", criu_version="", hostname="box"),
+        kind="vm",
+        runtime="kata",
+        options={},
+        tree=[],
+        workload={"qemu": {"argv": KATA_LIKE}, "shares": [share]},
+    )
+    write_artifact(members, tmp_path / "vm.tar.zst", manifest, signer=host_key())
+    ckpt = cedana.open(tmp_path / "vm.tar.zst")
+    plan = _RestorePlan(
+        binary="qemu-system-x86_64",
+        machine_type="q35",
+        accel="tcg",
+        kernel=None,
+        initrd=None,
+        virtiofsd="/bin/false",
+    )
+    given = tmp_path / "given"
+    given.mkdir()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for shared_dir in (given, None):
+        with (
+            pytest.raises(ContainerError, match="virtiofsd did not start"),
+            contextlib.ExitStack() as undo,
+        ):
+            _restore_shares(
+                ckpt,
+                workload={"shares": [share]},
+                spec=parse_command_line(KATA_LIKE),
+                plan=plan,
+                run_dir=run_dir,
+                shared_dir=shared_dir,
+                undo=undo,
+            )
+        assert given.is_dir() and not any(given.iterdir())
+        assert not (run_dir / "share-0").exists()

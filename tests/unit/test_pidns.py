@@ -154,3 +154,18 @@ def test_a_script_run_by_its_interpreter_is_its_own_zombie() -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize(
+    ("tree", "root"),
+    [([5, 6], 7), ([1, 5], 1), ([5, 6], "5"), ([5, True], 5), ([5, 6], -5)],
+)
+def test_a_root_pid_outside_the_tree_is_refused(tree: list[object], root: object) -> None:
+    """The root pid the init waits on (and whose exit ends the namespace) must be one of
+    the tree's own pids, above the init's 1: a crafted manifest naming another is refused
+    before any namespace is made."""
+    from cedana.errors import UnsafeArtifact
+    from cedana.pidns import PidNamespace
+
+    with pytest.raises(UnsafeArtifact, match="root pid"):
+        PidNamespace.for_restore(tree, root)  # type: ignore[arg-type]

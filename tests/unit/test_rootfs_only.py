@@ -455,3 +455,23 @@ def test_fresh_plan_checks_everything_and_makes_nothing(tmp_path: Path) -> None:
     (tmp_path / "lower" / "new-file").write_text("the layer changed")
     with pytest.raises(UnsafeArtifact, match="identity differs"):
         plan_fresh(ckpt, name="x", bundle=tmp_path / "b2", root=root)
+
+
+def test_a_fresh_start_mapped_onto_host_root_is_refused(tmp_path: Path) -> None:
+    """A re-signed rootfs-only checkpoint whose config maps the container's root onto the
+    host's (uid 0) and its group onto the host's ``users`` would get setuid-root files in a
+    bundle that group may enter: plan_fresh refuses it, and no bundle is made."""
+    from cedana.container.fresh import plan_fresh
+    from tests.unit.test_confine import config as oci_config
+
+    root = tmp_path / "root"
+    root.mkdir()
+    crafted = oci_config(
+        linux__uidMappings=[{"containerID": 0, "hostID": 0, "size": 1}],
+        linux__gidMappings=[{"containerID": 0, "hostID": 100, "size": 1}],
+    )
+    crafted["linux"]["namespaces"].append({"type": "user"})
+    ckpt = cedana.open(_fresh_artifact(tmp_path, crafted, owners="container"))
+    with pytest.raises(UnsafeArtifact, match=r"uidMappings\[0\].*host id 0"):
+        plan_fresh(ckpt, name="web2", bundle=tmp_path / "b", root=root)
+    assert not (tmp_path / "b").exists()
