@@ -17,7 +17,8 @@ status to the holder on a pipe.
 Two modes:
 
 ``--spawn -- ARGV``
-    Start ARGV as the workload's root, in a session of its own (ns pid 2).
+    Start ARGV as the workload's root, in a session of its own (ns pid 2); it stops
+    itself (SIGSTOP) before the exec, and the caller continues it once it has its pid.
 ``--root-pid N --last-pid M -- CRIU swrk FD``
     Run CRIU (its RPC socket at FD, inherited) to restore a tree whose root has ns pid N;
     ``ns_last_pid`` is set to M first, so CRIU itself gets a pid the tree does not need.
@@ -153,6 +154,10 @@ def _init(args: dict[str, object], ready: int, status_fd: int) -> int:
                     signal.signal(sig, signal.SIG_DFL)
                 if args["spawn"]:
                     os.setsid()
+                    # Stopped until the caller has seen its pid (PidNamespace.spawn goes on
+                    # with SIGCONT): a workload that ends at once would otherwise be gone
+                    # before its host pid could be found.
+                    os.kill(os.getpid(), signal.SIGSTOP)
                 os.execvp(command[0], command)
             finally:
                 os._exit(127)

@@ -234,9 +234,10 @@ class PidNamespace:
         /dev/null); return the namespace and the root's pid in this /proc."""
         ns = cls._start(["--spawn"], argv, stdio=(None, stdout, stderr), cwd=cwd, env=env)
         root = _wait_host_pid(ns, 2)
-        if root is None:
+        if root is None or not _wait_stopped(root):
             _end(ns.holder)
-            raise CedanaError(f"{argv[0]} ended before it could be seen in its pid namespace")
+            raise CedanaError(f"cannot start {argv[0]} in a new pid namespace: it never began")
+        os.kill(root, signal.SIGCONT)  # it stopped itself before its exec, to be seen first
         return ns, root
 
     @classmethod
@@ -318,6 +319,19 @@ def _wait_host_pid(ns: PidNamespace, ns_pid: int, timeout: float = READY_TIMEOUT
             return None
         time.sleep(0.002)
     return None
+
+
+def _wait_stopped(pid: int, timeout: float = READY_TIMEOUT) -> bool:
+    """Wait until ``pid`` is stopped (the spawned root stops itself before its exec)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if procfs.proc_info(pid).state == "T":
+                return True
+        except ProcessNotFound:
+            return False
+        time.sleep(0.002)
+    return False
 
 
 def _read_line(fd: int, timeout: float) -> str:

@@ -660,11 +660,12 @@ def check_pids_free(entries: Sequence[ProcessEntry], *, waited: float = 0) -> No
 def _own_zombie(entry: ProcessEntry) -> bool:
     """Whether ``entry``'s pid is held by what is most likely the very process the
     checkpoint recorded, dead and waiting to be reaped by a parent other than this process
-    (which never reaps a caller's child): the tree just dumped. Such a pid frees itself."""
+    (which never reaps a caller's child): the tree just dumped. Such a pid frees itself;
+    one that is free again (reaped since it was seen taken) counts as such too."""
     try:
         info = procfs.proc_info(entry.pid)
     except ProcessNotFound:
-        return False
+        return True
     if info.state != "Z" or info.ppid == os.getpid():
         return False
     # comm is the executable's name: argv[0]'s, or a script's when an interpreter runs it

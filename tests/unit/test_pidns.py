@@ -156,6 +156,14 @@ def test_a_script_run_by_its_interpreter_is_its_own_zombie() -> None:
         holder.wait()
 
 
+def test_a_pid_reaped_since_it_was_seen_taken_counts_as_freeing_itself() -> None:
+    """A zombie reaped between seeing its pid taken and looking at it again is no reason to
+    stop waiting (the restore went on without the wait's account before): its pid is free."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert _own_zombie(ProcessEntry(pid=gone.pid, ppid=1, command="true"))
+
+
 @pytest.mark.parametrize(
     ("tree", "root"),
     [([5, 6], 7), ([1, 5], 1), ([5, 6], "5"), ([5, True], 5), ([5, 6], -5)],
