@@ -7,7 +7,8 @@ Layout, one concern per layer (each holds the one below)::
     process.py    Process, spawn: a live process tree (uses procfs.py, descriptors.py: what
                   leads outside the tree and how restore reattaches it; pidns.py: new pid
                   namespaces held by cedana's init, _pidinit.py; compat.py: whether this
-                  host can run a checkpoint's images)
+                  host can run a checkpoint's images; options.py: CheckpointOptions,
+                  RestoreOptions, which every layer takes)
     container/    RuncContainer: a runc container (runc state, cgroups, namespaces, mounts)
     rootfs/       snapshotters: a container's rootfs changes (overlay, containerd, overlay2)
     runtimes/     ContainerdContainer, DockerContainer, PodmanContainer, CrioContainer: runc +

@@ -34,6 +34,8 @@ Layout::
                          (optional: ``pip install 'cedana[docker]'``)
     kata.py              KataSandbox: a kata sandbox's QEMU VM saved whole over QMP
                          (experimental), restored from an allow-listed command line
+    _kata_vm.py          its plumbing: QEMU and virtiofsd found, started, fed and ended;
+                         shares captured and put back
     _qmp.py              QEMU's machine protocol: the only importer of qemu.qmp
                          (optional: ``pip install 'cedana[kata]'``)
     _qemu_spec.py        a QEMU command line parsed into what a restore may rebuild

@@ -32,8 +32,9 @@ from cedana.errors import (
     NotCheckpointable,
 )
 from cedana.progress import Progress
+from cedana.runtimes._kata_vm import STATE_MEMBER
 from cedana.runtimes._qemu_spec import UnsupportedVm
-from cedana.runtimes.kata import STATE_MEMBER, KataSandbox
+from cedana.runtimes.kata import KataSandbox
 from tests.capabilities import requires_kata, requires_root
 from tests.helpers import tmpfs
 from tests.kata_guest import (

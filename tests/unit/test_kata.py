@@ -171,7 +171,7 @@ def test_recorded_kernel_and_initrd_are_checked(tmp_path: Path) -> None:
     import os
 
     from cedana.errors import ContainerError, UnsafeArtifact
-    from cedana.runtimes.kata import _checked_image, _file_digest
+    from cedana.runtimes._kata_vm import _checked_image, _file_digest
 
     with pytest.raises(UnsafeArtifact, match="not a plain absolute path"):
         _checked_image("boot/vmlinuz", "0" * 64, "kernel")
@@ -196,7 +196,7 @@ def test_a_shares_overlay_layers_must_be_the_recorded_directories(tmp_path: Path
     paths of the same directories (by identity) the checkpoint recorded."""
     from cedana.errors import ContainerError, UnsafeArtifact
     from cedana.rootfs.overlay import layer_identity
-    from cedana.runtimes.kata import _checked_lower
+    from cedana.runtimes._kata_vm import _checked_lower
 
     layer = tmp_path / "layer"
     layer.mkdir()
@@ -287,7 +287,7 @@ def test_qemu_runs_in_the_run_dir(tmp_path: Path) -> None:
     so nothing it opens by a relative name is one of the caller's files."""
     import os
 
-    from cedana.runtimes.kata import _start_qemu
+    from cedana.runtimes._kata_vm import _start_qemu
 
     read_fd, write_fd = os.pipe()
     try:
@@ -306,7 +306,7 @@ def test_guest_memory_files_go_only_in_existing_directories(
     /dev/hugepages mounted) is refused: QEMU would create that path as a file (0644) holding
     the guest's memory and leave it behind."""
     from cedana.runtimes import _qemu_spec
-    from cedana.runtimes.kata import _checked_memory_dirs
+    from cedana.runtimes._kata_vm import _checked_memory_dirs
 
     here, missing = tmp_path / "shm", tmp_path / "hugepages"
     here.mkdir()
@@ -327,7 +327,7 @@ def test_a_recorded_image_through_a_symlink_is_checked_where_it_leads(tmp_path: 
     """A kernel path that is a link into /proc (as /etc/mtab is) is refused as a /proc
     file is, though the link itself is elsewhere."""
     from cedana.errors import UnsafeArtifact
-    from cedana.runtimes.kata import _checked_image, _file_digest
+    from cedana.runtimes._kata_vm import _checked_image, _file_digest
 
     link = tmp_path / "vmlinuz"
     link.symlink_to("/proc/version")
@@ -350,7 +350,7 @@ def test_malformed_shares_are_refused_before_anything_is_made(shares: object) ->
     UnsafeArtifact naming the field, not a KeyError or AttributeError half-way through a
     restore."""
     from cedana.errors import UnsafeArtifact
-    from cedana.runtimes.kata import _checked_shares
+    from cedana.runtimes._kata_vm import _checked_shares
 
     spec = parse_command_line(KATA_LIKE)
     _checked_shares({"shares": [{"member": "vm/share-0.tar", "overlays": []}]}, spec)
@@ -369,7 +369,7 @@ def test_a_failed_restore_empties_the_callers_shared_dir_again(tmp_path: Path) -
     from cedana.artifact.signing import host_key
     from cedana.errors import ContainerError
     from cedana.rootfs.overlay import capture_upper
-    from cedana.runtimes.kata import _restore_shares, _RestorePlan
+    from cedana.runtimes._kata_vm import _restore_shares, _RestorePlan
 
     content = tmp_path / "content"
     (content / "etc").mkdir(parents=True)
