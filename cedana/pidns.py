@@ -13,6 +13,10 @@ it reaps, forwards signals to the workload's root and exits as the root does; th
 A tree already in such a namespace is dumped by a CRIU started inside it
 (:class:`EnterRunner`: ``nsenter`` into its pid and mount namespaces), so CRIU sees the
 tree's own pids, as it must for a tree whose root is not the namespace's pid 1.
+
+Which namespace a restore uses (:func:`pid_namespace_mode`) and whether the tree's pids
+are free here (:func:`await_pids_free`: waiting, for a bounded time, on the tree's own
+zombies; :func:`check_pids_free`: PidInUse naming the holder) are decided here too.
 """
 
 from __future__ import annotations
@@ -31,9 +35,26 @@ from pathlib import Path
 import attrs
 
 from cedana import procfs
-from cedana.errors import CedanaError, ProcessNotFound, RestoreFailed, UnsafeArtifact
+from cedana.artifact import Manifest, ProcessEntry
+from cedana.errors import (
+    CedanaError,
+    PidInUse,
+    ProcessNotFound,
+    RestoreFailed,
+    UnsafeArtifact,
+)
+from cedana.options import PidNamespaceMode
 
-__all__ = ["EnterRunner", "PidNamespace", "cedana_init_of", "host_pid", "ns_pids"]
+__all__ = [
+    "EnterRunner",
+    "PidNamespace",
+    "await_pids_free",
+    "cedana_init_of",
+    "check_pids_free",
+    "host_pid",
+    "ns_pids",
+    "pid_namespace_mode",
+]
 
 logger = logging.getLogger("cedana.pidns")
 
@@ -352,3 +373,78 @@ def _end(holder: subprocess.Popen[bytes]) -> None:
             holder.send_signal(signal.SIGKILL)  # the init dies with it (PR_SET_PDEATHSIG)
     with contextlib.suppress(subprocess.TimeoutExpired):
         holder.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------- pids taken here
+
+
+def check_pids_free(entries: Sequence[ProcessEntry], *, waited: float = 0) -> None:
+    """Raise PidInUse naming the holder when a pid of the tree is taken (after ``waited``
+    seconds of waiting for the tree's own zombies, which the message then says)."""
+    for entry in entries:
+        holder = procfs.holder_of(entry.pid)
+        if holder is not None:
+            after = (
+                f" (after waiting {waited:g}s for the tree's own zombies to be reaped)"
+                if waited
+                else ""
+            )
+            raise PidInUse(
+                f"cannot restore pid {entry.pid} ({entry.command!r}): CRIU restores every "
+                f"process under its original pid, and it is taken by {holder}{after}; "
+                "or restore into a new pid namespace: pid_namespace='new' (--new-pidns), "
+                "or 'auto' to do so only when a pid is taken",
+                errno=17,
+            )
+
+
+def _own_zombie(entry: ProcessEntry) -> bool:
+    """Whether ``entry``'s pid is held by what is most likely the very process the
+    checkpoint recorded, dead and waiting to be reaped by a parent other than this process
+    (which never reaps a caller's child): the tree just dumped. Such a pid frees itself;
+    one that is free again (reaped since it was seen taken) counts as such too."""
+    try:
+        info = procfs.proc_info(entry.pid)
+    except ProcessNotFound:
+        return True
+    if info.state != "Z" or info.ppid == os.getpid():
+        return False
+    # comm is the executable's name: argv[0]'s, or a script's when an interpreter runs it
+    # (``#!/usr/bin/python3`` makes argv "python3 ./train.py" and comm "train.py").
+    words = entry.command.strip("[]").split(" ")[:2]
+    return any(os.path.basename(w)[:15] == info.comm[:15] for w in words if w)
+
+
+def await_pids_free(entries: Sequence[ProcessEntry], timeout: float) -> tuple[bool, float]:
+    """Wait up to ``timeout`` seconds while the only pids of the tree that are taken are
+    held by its own zombies (:func:`_own_zombie`); return whether every pid is free, and
+    how long was waited."""
+    started = time.monotonic()
+    deadline = started + timeout
+    announced = False
+    while True:
+        taken = [e for e in entries if procfs.holder_of(e.pid) is not None]
+        waited = time.monotonic() - started if announced else 0.0
+        if not taken:
+            if announced:
+                logger.info("restore: the tree's own zombies were reaped after %.2fs", waited)
+            return True, waited
+        if time.monotonic() >= deadline or not all(_own_zombie(e) for e in taken):
+            return False, waited
+        if not announced:
+            announced = True
+            logger.info(
+                "restore: pid(s) %s are held by the tree's own zombies; waiting up to %gs "
+                "for their parent to reap them",
+                ", ".join(str(e.pid) for e in taken),
+                timeout,
+            )
+        time.sleep(0.01)
+
+
+def pid_namespace_mode(asked: PidNamespaceMode | None, manifest: Manifest) -> PidNamespaceMode:
+    """The pid namespace a restore uses: as ``asked``, or by default ``"new"`` for a tree
+    checkpointed in a namespace of its own (its pids are low ones, always taken here)."""
+    if asked is not None:
+        return asked
+    return "new" if manifest.workload.get("pid_namespace") == "own" else "current"

@@ -63,7 +63,6 @@ from cedana.errors import (
     InvalidOption,
     LiveConnectionsWarning,
     NotCheckpointable,
-    PidInUse,
     ProcessNotFound,
     RestoreFailed,
 )
@@ -412,78 +411,6 @@ def preflight(backend: CriuBackend | None = None) -> CriuBackend:
 restore_failed = criu_restore_failed
 
 
-def check_pids_free(entries: Sequence[ProcessEntry], *, waited: float = 0) -> None:
-    """Raise PidInUse naming the holder when a pid of the tree is taken (after ``waited``
-    seconds of waiting for the tree's own zombies, which the message then says)."""
-    for entry in entries:
-        holder = procfs.holder_of(entry.pid)
-        if holder is not None:
-            after = (
-                f" (after waiting {waited:g}s for the tree's own zombies to be reaped)"
-                if waited
-                else ""
-            )
-            raise PidInUse(
-                f"cannot restore pid {entry.pid} ({entry.command!r}): CRIU restores every "
-                f"process under its original pid, and it is taken by {holder}{after}; "
-                "or restore into a new pid namespace: pid_namespace='new' (--new-pidns), "
-                "or 'auto' to do so only when a pid is taken",
-                errno=17,
-            )
-
-
-def _own_zombie(entry: ProcessEntry) -> bool:
-    """Whether ``entry``'s pid is held by what is most likely the very process the
-    checkpoint recorded, dead and waiting to be reaped by a parent other than this process
-    (which never reaps a caller's child): the tree just dumped. Such a pid frees itself;
-    one that is free again (reaped since it was seen taken) counts as such too."""
-    try:
-        info = procfs.proc_info(entry.pid)
-    except ProcessNotFound:
-        return True
-    if info.state != "Z" or info.ppid == os.getpid():
-        return False
-    # comm is the executable's name: argv[0]'s, or a script's when an interpreter runs it
-    # (``#!/usr/bin/python3`` makes argv "python3 ./train.py" and comm "train.py").
-    words = entry.command.strip("[]").split(" ")[:2]
-    return any(os.path.basename(w)[:15] == info.comm[:15] for w in words if w)
-
-
-def await_pids_free(entries: Sequence[ProcessEntry], timeout: float) -> tuple[bool, float]:
-    """Wait up to ``timeout`` seconds while the only pids of the tree that are taken are
-    held by its own zombies (:func:`_own_zombie`); return whether every pid is free, and
-    how long was waited."""
-    started = time.monotonic()
-    deadline = started + timeout
-    announced = False
-    while True:
-        taken = [e for e in entries if procfs.holder_of(e.pid) is not None]
-        waited = time.monotonic() - started if announced else 0.0
-        if not taken:
-            if announced:
-                logger.info("restore: the tree's own zombies were reaped after %.2fs", waited)
-            return True, waited
-        if time.monotonic() >= deadline or not all(_own_zombie(e) for e in taken):
-            return False, waited
-        if not announced:
-            announced = True
-            logger.info(
-                "restore: pid(s) %s are held by the tree's own zombies; waiting up to %gs "
-                "for their parent to reap them",
-                ", ".join(str(e.pid) for e in taken),
-                timeout,
-            )
-        time.sleep(0.01)
-
-
-def pid_namespace_mode(asked: PidNamespaceMode | None, manifest: Manifest) -> PidNamespaceMode:
-    """The pid namespace a restore uses: as ``asked``, or by default ``"new"`` for a tree
-    checkpointed in a namespace of its own (its pids are low ones, always taken here)."""
-    if asked is not None:
-        return asked
-    return "new" if manifest.workload.get("pid_namespace") == "own" else "current"
-
-
 def restores_tcp(tcp_established: bool | None, manifest: Manifest) -> bool:
     """Whether a restore repairs established TCP connections: as asked, or when None (the
     default) as the checkpoint was taken."""
@@ -512,14 +439,14 @@ def restore_tree(
     compat.check_host(checkpoint, backend)
     workload = manifest.workload
     terminal = bool(workload.get("terminal", False))
-    mode = pid_namespace_mode(options.pid_namespace, manifest)
+    mode = pidns.pid_namespace_mode(options.pid_namespace, manifest)
     if mode != "new":
-        free, waited = await_pids_free(manifest.tree, options.pid_wait)
+        free, waited = pidns.await_pids_free(manifest.tree, options.pid_wait)
         if not free and mode == "auto" and not terminal:
             logger.info("restore %s: a pid is taken, into a new pid namespace", checkpoint.path)
             mode = "new"
         elif not free:
-            check_pids_free(manifest.tree, waited=waited)
+            pidns.check_pids_free(manifest.tree, waited=waited)
     if terminal and mode == "new":
         raise RestoreFailed(
             "this checkpoint holds processes attached to a terminal, which cedana does not "
@@ -572,7 +499,7 @@ def restore_tree(
             if runner is not None:
                 runner.close()  # ends whatever CRIU left in the namespace
             if isinstance(exc, RestoreFailed) and exc.errno == 17 and runner is None:
-                check_pids_free(manifest.tree)  # name the holder if we can
+                pidns.check_pids_free(manifest.tree)  # name the holder if we can
             raise
     report("restore", 1, 1)
     logger.debug("restore %s: pid %d in %.3fs", checkpoint.path, pid, time.monotonic() - started)

@@ -113,7 +113,7 @@ def test_restored_straight_after_checkpoint_waits_for_its_own_zombies(
             except BaseException as exc:  # reported below
                 errors.append(exc)
 
-        caplog.set_level("INFO", logger="cedana.process")
+        caplog.set_level("INFO", logger="cedana.pidns")
         waiter = threading.Thread(target=restore)
         waiter.start()
         wait_for(lambda: "held by the tree's own zombies" in caplog.text, 20, "the wait")

@@ -19,7 +19,7 @@ import pytest
 import cedana
 from cedana import pidns, procfs
 from cedana.artifact import HostInfo, Manifest, ProcessEntry
-from cedana.process import _own_zombie, await_pids_free, check_pids_free, pid_namespace_mode
+from cedana.pidns import _own_zombie, await_pids_free, check_pids_free, pid_namespace_mode
 from tests.conftest import wait_for
 
 
