@@ -5,6 +5,7 @@ Layout::
     containerd.py        ContainerdContainer: lookup through containerd's API, checkpoint
                          (runc dump + the containerd snapshot), restore as a containerd
                          container (or into plain runc)
+    _grpc.py             what both gRPC clients share: status codes -> cedana's errors
     _containerd_api.py   containerd's gRPC API: the only importer of grpc (optional:
                          ``pip install 'cedana[containerd]'``)
     _containerd_proto.py containerd's messages and methods, one table built into

@@ -37,13 +37,12 @@ import attrs
 from cedana.errors import (
     CedanaError,
     ContainerError,
-    ContainerExists,
     ContainerNotFound,
-    NotPermitted,
     RuntimeUnavailable,
 )
 from cedana.rootfs.containerd import Mount
 from cedana.runtimes._containerd_proto import Schema, schema
+from cedana.runtimes._grpc import STATUS_ERRORS, socket_path, status_error
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -67,27 +66,6 @@ DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
 #: The type URL of the runc shims' options (containerd.runc.v1.Options).
 RUNC_OPTIONS_TYPE = "containerd.runc.v1.Options"
 SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
-
-#: gRPC status code name -> the error raised for it (every code has one).
-STATUS_ERRORS: Mapping[str, type[CedanaError]] = {
-    "OK": ContainerError,
-    "CANCELLED": ContainerError,
-    "UNKNOWN": ContainerError,
-    "INVALID_ARGUMENT": ContainerError,
-    "DEADLINE_EXCEEDED": ContainerError,
-    "NOT_FOUND": ContainerNotFound,
-    "ALREADY_EXISTS": ContainerExists,
-    "PERMISSION_DENIED": NotPermitted,
-    "RESOURCE_EXHAUSTED": ContainerError,
-    "FAILED_PRECONDITION": ContainerError,
-    "ABORTED": ContainerError,
-    "OUT_OF_RANGE": ContainerError,
-    "UNIMPLEMENTED": ContainerError,
-    "INTERNAL": ContainerError,
-    "UNAVAILABLE": RuntimeUnavailable,
-    "DATA_LOSS": ContainerError,
-    "UNAUTHENTICATED": NotPermitted,
-}
 
 #: How long one API call may take (seconds); a restore's Start runs runc restore.
 CALL_TIMEOUT = 60.0
@@ -313,17 +291,10 @@ def _select_manifest(index: Mapping[str, Any]) -> str:
 
 def grpc_error(exc: Any, *, what: str, address: str, namespace: str) -> CedanaError:
     """The cedana error for a gRPC error ``exc`` (``code()``, ``details()``) raised by ``what``."""
-    code = exc.code() if callable(getattr(exc, "code", None)) else None
-    name = getattr(code, "name", "UNKNOWN")
-    details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-    cls = STATUS_ERRORS.get(name, ContainerError)
+    cls, details = status_error(exc)
     if cls is RuntimeUnavailable:
         return cls(f"containerd at {address} is unavailable ({what}): {details}")
     return cls(f"containerd {what} (namespace {namespace!r}): {details}")
-
-
-def _socket_path(address: str) -> str:
-    return address[len("unix://") :] if address.startswith("unix://") else address
 
 
 @attrs.define(eq=False)
@@ -349,7 +320,7 @@ class ContainerdClient:
 
     def __attrs_post_init__(self) -> None:
         self._api = load_api()
-        path = _socket_path(self.address)
+        path = socket_path(self.address)
         if not os.path.exists(path):
             raise RuntimeUnavailable(
                 f"containerd is not listening at {path} (no such socket); start containerd "

@@ -30,12 +30,11 @@ import attrs
 from cedana.errors import (
     CedanaError,
     ContainerError,
-    ContainerExists,
     ContainerNotFound,
-    NotPermitted,
     RuntimeUnavailable,
 )
 from cedana.runtimes._containerd_proto import Method, Schema, _message_class
+from cedana.runtimes._grpc import STATUS_ERRORS, socket_path, status_error
 
 __all__ = [
     "CRI_SERVICE",
@@ -64,27 +63,6 @@ MAX_MESSAGE = 16 * 1024 * 1024
 
 #: ContainerState (api.proto) -> cedana's word for it.
 _STATES = {0: "created", 1: "running", 2: "exited", 3: "unknown"}
-
-#: gRPC status code name -> the error raised for it (every code has one).
-STATUS_ERRORS: Mapping[str, type[CedanaError]] = {
-    "OK": ContainerError,
-    "CANCELLED": ContainerError,
-    "UNKNOWN": ContainerError,
-    "INVALID_ARGUMENT": ContainerError,
-    "DEADLINE_EXCEEDED": ContainerError,
-    "NOT_FOUND": ContainerNotFound,
-    "ALREADY_EXISTS": ContainerExists,
-    "PERMISSION_DENIED": NotPermitted,
-    "RESOURCE_EXHAUSTED": ContainerError,
-    "FAILED_PRECONDITION": ContainerError,
-    "ABORTED": ContainerError,
-    "OUT_OF_RANGE": ContainerError,
-    "UNIMPLEMENTED": ContainerError,
-    "INTERNAL": ContainerError,
-    "UNAVAILABLE": RuntimeUnavailable,
-    "DATA_LOSS": ContainerError,
-    "UNAUTHENTICATED": NotPermitted,
-}
 
 
 # --------------------------------------------------------------------------- loading
@@ -261,20 +239,13 @@ def _parse_info(info: Mapping[str, str]) -> dict[str, Any]:
 
 def cri_error(exc: Any, *, what: str, address: str) -> CedanaError:
     """The cedana error for gRPC error ``exc`` (``code()``, ``details()``) raised by ``what``."""
-    code = exc.code() if callable(getattr(exc, "code", None)) else None
-    name = getattr(code, "name", "UNKNOWN")
-    details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-    cls = STATUS_ERRORS.get(name, ContainerError)
+    cls, details = status_error(exc)
     if cls is RuntimeUnavailable:
         return cls(
             f"the CRI runtime at {address} is unavailable ({what}): {details}; start CRI-O "
             "or pass its socket as address= (--address)"
         )
     return cls(f"CRI {what} at {address}: {details}")
-
-
-def _socket_path(address: str) -> str:
-    return address[len("unix://") :] if address.startswith("unix://") else address
 
 
 @attrs.define(eq=False)
@@ -299,7 +270,7 @@ class CriClient:
 
     def __attrs_post_init__(self) -> None:
         self._grpc, self._schema = load_cri()
-        path = _socket_path(self.address)
+        path = socket_path(self.address)
         if not os.path.exists(path):
             raise RuntimeUnavailable(
                 f"CRI-O is not listening at {path} (no such socket); start CRI-O, or pass "
