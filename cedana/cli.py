@@ -124,13 +124,22 @@ def cmd_commit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_restore(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _local_file(args: argparse.Namespace) -> Iterator[str]:
+    """``args.file``, or for a reference (docker://, oci:, oci-archive:) the checkpoint
+    pulled from it (digests checked) into a temp file, removed after."""
     from cedana.images import is_reference, pulled
 
-    if is_reference(args.file):  # pulled (digest checked) to a temp file, removed after
-        with pulled(args.file, registry=_registry_options(args)) as local:
-            return _restore(args, str(local))
-    return _restore(args, args.file)
+    if not is_reference(args.file):
+        yield args.file
+        return
+    with pulled(args.file, registry=_registry_options(args)) as local:
+        yield str(local)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    with _local_file(args) as path:
+        return _restore(args, path)
 
 
 def _restore(args: argparse.Namespace, path: str) -> int:
@@ -182,12 +191,8 @@ def _close(workload: Any) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from cedana.images import is_reference, pulled
-
-    if is_reference(args.file):  # pulled (digest checked) to a temp file, removed after
-        with pulled(args.file, registry=_registry_options(args)) as local:
-            return _inspect(args, str(local))
-    return _inspect(args, args.file)
+    with _local_file(args) as path:
+        return _inspect(args, path)
 
 
 def _inspect(args: argparse.Namespace, path: str) -> int:
