@@ -11,7 +11,6 @@ The runtimes are the ones the runtime modules' tests use: podman with storage of
 
 from __future__ import annotations
 
-import inspect
 import io
 import json
 import os
@@ -275,10 +274,6 @@ def test_docker_checkpoint_commits_on_the_saved_image(
         containers.cleanup()
 
 
-_ROOTFS_ONLY = "rootfs_only" in inspect.signature(cedana.RuncContainer.checkpoint).parameters
-
-
-@pytest.mark.skipif(not _ROOTFS_ONLY, reason="rootfs-only checkpoints are not in this cedana")
 def test_rootfs_only_checkpoints_commit(
     runc_containers: RuncContainers,
     podman: Podman,

@@ -16,8 +16,6 @@ from cedana.errors import ArtifactCorrupt, RegistryRefused
 from cedana.oci.distribution import RegistryClient
 from cedana.oci.layout import MAX_JSON
 
-pytest.importorskip("dxf")
-
 HUGE = 256 << 20
 
 
