@@ -176,9 +176,13 @@ class Containerd:
         self.log = tmp / "containerd.log"
         self.process: subprocess.Popen[bytes] | None = None
 
+    def config(self) -> str:
+        """containerd's config.toml for this daemon."""
+        return CONFIG.format(opt=self.tmp / "opt")
+
     def start(self) -> None:
         config = self.tmp / "config.toml"
-        config.write_text(CONFIG.format(opt=self.tmp / "opt"))
+        config.write_text(self.config())
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 ["containerd", "--config", str(config), "--root", str(self.tmp / "root"),

@@ -28,9 +28,7 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,12 +47,12 @@ from tests.helpers import (
     assert_counts_on,
     busybox_tree,
     count,
-    kill_containerd_shims,
     name_for,
     remove_runc_container,
     run_cedana,
     wait_count,
 )
+from tests.integration.test_containerd import Containerd
 from tests.integration.test_podman import CHANGES, CONTAINERS_CONF, IMAGE, STORAGE_CONF, Podman
 
 CNI_BIN = Path("/usr/lib/cni")
@@ -182,44 +180,22 @@ def oci_archive(path: Path, name: str, layer: bytes, argv: list[str]) -> None:
 # --- containerd's CRI plugin --------------------------------------------------------------
 
 
-class CriDaemon:
-    """containerd with its CRI plugin on, in a temp dir of its own."""
+class CriDaemon(Containerd):
+    """containerd with its CRI plugin on (and a CNI network), in a temp dir of its own."""
 
     def __init__(self, tmp: Path):
-        self.tmp = tmp
-        self.address = str(tmp / "containerd.sock")
-        self.log = tmp / "containerd.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(tmp)
+        self.namespace = K8S  # where the CRI plugin keeps its containers and images
+        self.made_cache = False
+
+    def config(self) -> str:
+        return CONFIG.format(tmp=self.tmp, pause=PAUSE, cni_bin=CNI_BIN)
 
     def start(self) -> None:
         self.made_cache = not CNI_CACHE.exists()
         (self.tmp / "cni").mkdir()
         (self.tmp / "cni" / "10-crio-test.conflist").write_text(CNI_CONF.format(tmp=self.tmp))
-        config = self.tmp / "config.toml"
-        config.write_text(CONFIG.format(tmp=self.tmp, pause=PAUSE, cni_bin=CNI_BIN))
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                ["containerd", "--config", str(config), "--root", str(self.tmp / "root"),
-                 "--state", str(self.tmp / "state"), "--address", self.address],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while self.ctr("version", check=False).returncode != 0:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"containerd did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.05)
-
-    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            ["ctr", "-a", self.address, "-n", K8S, *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        if check and done.returncode != 0:
-            pytest.fail(f"ctr {' '.join(args)} failed: {done.stderr}")
-        return done
+        super().start()
 
     def import_image(self, name: str, layer: bytes, argv: list[str]) -> None:
         archive = self.tmp / "image.tar"
@@ -233,18 +209,8 @@ class CriDaemon:
                 for pod in cri.call("ListPodSandbox", {}).items:
                     cri.call("StopPodSandbox", {"pod_sandbox_id": pod.id})
                     cri.call("RemovePodSandbox", {"pod_sandbox_id": pod.id})
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        kill_containerd_shims(self.address)
-        for entry in sorted(mountinfo(), key=lambda m: -len(m.mountpoint)):
-            if entry.mountpoint.startswith(str(self.tmp) + "/"):
-                with contextlib.suppress(OSError):
-                    umount(entry.mountpoint, detach=True)
-        if getattr(self, "made_cache", False):
+        super().stop()
+        if self.made_cache:
             with contextlib.suppress(OSError):  # left if anything else uses it meanwhile
                 (CNI_CACHE / "results").rmdir()
                 CNI_CACHE.rmdir()
